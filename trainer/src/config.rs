@@ -1,0 +1,427 @@
+//! The run configuration: one TOML file describes a whole run, so that peers (and a later
+//! reader) can agree on exactly what was trained. Unknown fields are errors, and every
+//! error names the file, the field and what is allowed.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainerError;
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The model architecture.
+    pub model: ModelConfig,
+    /// Corpus, tokenizer and evaluation data.
+    pub data: DataConfig,
+    /// Each worker's local optimizer.
+    pub inner: InnerConfig,
+    /// How workers are combined.
+    pub outer: OuterConfig,
+    /// Evaluation cadence.
+    pub eval: EvalConfig,
+    /// Seed and compute backend.
+    pub run: RunSection,
+}
+
+/// A LLaMA-style decoder (Hugging Face `LlamaConfig` conventions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Vocabulary size; 256 for bytes. With a `tokenizer.json`, at least its vocabulary.
+    pub vocab_size: usize,
+    /// Hidden width.
+    pub d_model: usize,
+    /// Decoder layers.
+    pub n_layers: usize,
+    /// Attention heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// SwiGLU hidden width (`intermediate_size`).
+    pub ffn_hidden: usize,
+    /// Context length in tokens.
+    pub context: usize,
+    /// RoPE base θ.
+    pub rope_theta: f64,
+    /// RMSNorm ε.
+    pub rms_eps: f64,
+    /// Share the embedding matrix with the LM head.
+    pub tie_embeddings: bool,
+    /// Standard deviation of the normal initialisation (`initializer_range`).
+    pub init_std: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 256,
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            n_kv_heads: 4,
+            ffn_hidden: 344,
+            context: 128,
+            rope_theta: 10000.0,
+            rms_eps: 1e-5,
+            tie_embeddings: false,
+            init_std: 0.02,
+        }
+    }
+}
+
+/// Where tokens come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `shakespeare`, `milton` (bundled, public domain), or a path to a UTF-8 text file.
+    pub corpus: String,
+    /// `bytes`, or a path to a Hugging Face `tokenizer.json`.
+    pub tokenizer: String,
+    /// Fraction of the corpus (its end) held out for validation.
+    pub validation_fraction: f64,
+    /// Validation batches.
+    pub validation_batches: usize,
+    /// Windows per validation batch.
+    pub validation_batch_size: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            corpus: "shakespeare".into(),
+            tokenizer: "bytes".into(),
+            validation_fraction: 0.05,
+            validation_batches: 20,
+            validation_batch_size: 16,
+        }
+    }
+}
+
+/// Each worker's AdamW with warmup and cosine decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InnerConfig {
+    /// Optimizer steps per worker over the whole run.
+    pub steps: usize,
+    /// Sequences per worker per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW β₁.
+    pub beta1: f32,
+    /// AdamW β₂.
+    pub beta2: f32,
+    /// AdamW ε.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Fraction of `steps` spent in linear warmup.
+    pub warmup_fraction: f64,
+    /// Cosine decay ends at this fraction of the peak.
+    pub min_lr_fraction: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub grad_clip: f32,
+}
+
+impl Default for InnerConfig {
+    fn default() -> Self {
+        Self {
+            steps: 600,
+            batch_size: 16,
+            lr: 2e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            warmup_fraction: 0.05,
+            min_lr_fraction: 0.1,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// How workers' progress is combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Local steps, then averaged pseudo-gradients and an outer Nesterov step.
+    #[default]
+    Diloco,
+    /// Data-parallel baseline: gradients averaged every step.
+    Ddp,
+}
+
+/// How pseudo-gradients travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    /// Blockwise int8 absmax.
+    #[default]
+    Int8,
+    /// Full-precision f32.
+    None,
+}
+
+/// Storage type of quantization scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleType {
+    /// 4 bytes per block.
+    #[default]
+    F32,
+    /// 2 bytes per block.
+    F16,
+}
+
+/// DiLoCo's outer loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OuterConfig {
+    /// `diloco` or `ddp`.
+    pub mode: Mode,
+    /// Number of workers.
+    pub workers: usize,
+    /// Local steps per round (H).
+    pub inner_steps: usize,
+    /// Outer SGD learning rate.
+    pub lr: f32,
+    /// Outer Nesterov momentum.
+    pub momentum: f32,
+    /// `int8` or `none`.
+    pub quant: Quant,
+    /// Values per quantization block.
+    pub block: usize,
+    /// `f32` or `f16` scales.
+    pub scale: ScaleType,
+    /// Carry each worker's quantization residual into its next pseudo-gradient.
+    pub error_feedback: bool,
+    /// Data-parallel steps before DiLoCo starts (a warm start; 0 for none).
+    pub warmup_ddp_steps: usize,
+    /// Outer learning rate schedule: `constant` or `cosine` (to 10 % over the run).
+    pub lr_schedule: OuterSchedule,
+}
+
+/// Outer learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OuterSchedule {
+    /// The same rate every round.
+    #[default]
+    Constant,
+    /// Cosine decay from `lr` to `lr / 10` over the rounds.
+    Cosine,
+}
+
+impl Default for OuterConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Diloco,
+            workers: 4,
+            inner_steps: 50,
+            lr: 0.7,
+            momentum: 0.9,
+            quant: Quant::Int8,
+            block: 256,
+            scale: ScaleType::F32,
+            error_feedback: false,
+            warmup_ddp_steps: 0,
+            lr_schedule: OuterSchedule::Constant,
+        }
+    }
+}
+
+/// Evaluation cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate when the per-worker step count passes a multiple of this (and at the end).
+    pub every_steps: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { every_steps: 50 }
+    }
+}
+
+/// Compute backend for the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// burn's `flex` CPU backend.
+    #[default]
+    Cpu,
+    /// burn's wgpu backend (build with `--features wgpu`).
+    Wgpu,
+    /// burn's CUDA backend (build with `--features cuda`).
+    Cuda,
+}
+
+/// Seed and backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Seeds initialisation, shards' sampling and validation windows.
+    pub seed: u64,
+    /// `cpu`, `wgpu` or `cuda`.
+    pub backend: BackendKind,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self { seed: 0, backend: BackendKind::Cpu }
+    }
+}
+
+/// A configuration error: which file, which field, what is allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The field and what is allowed.
+    pub message: String,
+}
+
+impl RunConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, TrainerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::Io { path: path.to_owned(), source: e })?;
+        Self::parse(&text, path).map_err(TrainerError::Config)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: RunConfig =
+            toml::from_str(text).map_err(|e| ConfigError { path: path.to_owned(), message: e.to_string() })?;
+        config.validate().map_err(|message| ConfigError { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    /// Checks the relations between fields. The message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let m = &self.model;
+        let positive = [
+            ("model.vocab_size", m.vocab_size),
+            ("model.d_model", m.d_model),
+            ("model.n_layers", m.n_layers),
+            ("model.n_heads", m.n_heads),
+            ("model.n_kv_heads", m.n_kv_heads),
+            ("model.ffn_hidden", m.ffn_hidden),
+            ("model.context", m.context),
+            ("data.validation_batches", self.data.validation_batches),
+            ("data.validation_batch_size", self.data.validation_batch_size),
+            ("inner.steps", self.inner.steps),
+            ("inner.batch_size", self.inner.batch_size),
+            ("outer.workers", self.outer.workers),
+            ("outer.inner_steps", self.outer.inner_steps),
+            ("eval.every_steps", self.eval.every_steps),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(format!("`{field}` must be at least 1"));
+            }
+        }
+        if m.d_model % m.n_heads != 0 || (m.d_model / m.n_heads) % 2 != 0 {
+            return Err(format!(
+                "`model.d_model` ({}) must be divisible by `model.n_heads` ({}) into an even head size (RoPE rotates pairs)",
+                m.d_model, m.n_heads
+            ));
+        }
+        if m.n_heads % m.n_kv_heads != 0 {
+            return Err(format!("`model.n_heads` ({}) must be a multiple of `model.n_kv_heads` ({})", m.n_heads, m.n_kv_heads));
+        }
+        let unit = |field: &str, v: f64| {
+            if (0.0..1.0).contains(&v) { Ok(()) } else { Err(format!("`{field}` is {v}; allowed: 0 ≤ value < 1")) }
+        };
+        unit("data.validation_fraction", self.data.validation_fraction)?;
+        unit("inner.warmup_fraction", self.inner.warmup_fraction)?;
+        unit("inner.min_lr_fraction", self.inner.min_lr_fraction)?;
+        if self.data.validation_fraction == 0.0 {
+            return Err("`data.validation_fraction` must be above 0: validation needs held-out text".into());
+        }
+        if !(self.inner.lr > 0.0 && self.inner.lr.is_finite()) {
+            return Err(format!("`inner.lr` is {}; allowed: a positive number", self.inner.lr));
+        }
+        if !(self.outer.lr > 0.0 && self.outer.lr.is_finite()) {
+            return Err(format!("`outer.lr` is {}; allowed: a positive number", self.outer.lr));
+        }
+        if !(0.0..1.0).contains(&self.outer.momentum) {
+            return Err(format!("`outer.momentum` is {}; allowed: 0 ≤ value < 1", self.outer.momentum));
+        }
+        if self.outer.block < 4 || self.outer.block > 65536 || self.outer.block % 4 != 0 {
+            return Err(format!("`outer.block` is {}; allowed: a multiple of 4 from 4 to 65536", self.outer.block));
+        }
+        if self.outer.warmup_ddp_steps >= self.inner.steps {
+            return Err(format!(
+                "`outer.warmup_ddp_steps` ({}) must be below `inner.steps` ({})",
+                self.outer.warmup_ddp_steps, self.inner.steps
+            ));
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the canonical (re-serialised) config: the run's identity.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let canonical = toml::to_string(self).expect("a RunConfig always serialises");
+        let digest = sha2::Sha256::digest(canonical.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RunConfig, ConfigError> {
+        RunConfig::parse(text, Path::new("configs/x.toml"))
+    }
+
+    #[test]
+    fn a_typo_names_the_file_the_field_and_the_choices() {
+        let err = parse("[inner]\nlearning_rate = 0.1\n").unwrap_err().to_string();
+        assert!(err.starts_with("configs/x.toml: "), "{err}");
+        assert!(err.contains("learning_rate") && err.contains("`lr`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_enum_value_lists_the_allowed_ones() {
+        let err = parse("[outer]\nmode = \"allreduce\"\n").unwrap_err().to_string();
+        assert!(err.contains("diloco") && err.contains("ddp"), "{err}");
+    }
+
+    #[test]
+    fn relations_between_fields_are_checked() {
+        let err = parse("[model]\nd_model = 100\nn_heads = 3\n").unwrap_err().to_string();
+        assert!(err.contains("model.d_model"), "{err}");
+        let err = parse("[outer]\nblock = 6\n").unwrap_err().to_string();
+        assert!(err.contains("outer.block"), "{err}");
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "expected tiny, parity, 125m and 1b configs");
+    }
+
+    #[test]
+    fn the_hash_changes_with_any_field() {
+        let a = RunConfig::default();
+        let mut b = a.clone();
+        b.inner.lr *= 2.0;
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash(), RunConfig::default().hash());
+    }
+}

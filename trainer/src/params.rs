@@ -1,0 +1,107 @@
+//! A model's parameters as one flat `f32` vector plus a layout of named slices: the form
+//! DiLoCo's outer loop, the kernels and the wire work in.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+/// Where one parameter tensor lives in the flat vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSlot {
+    /// Dotted module path, e.g. `layers.0.attention.wq.weight`.
+    pub name: String,
+    /// burn's shape of the tensor.
+    pub shape: Vec<usize>,
+    /// Offset of its first value.
+    pub offset: usize,
+    /// Number of values.
+    pub len: usize,
+}
+
+/// The layout of a model's flat parameter vector, in module visiting order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParamLayout {
+    /// One slot per parameter tensor.
+    pub slots: Vec<ParamSlot>,
+}
+
+impl ParamLayout {
+    /// Total number of values.
+    pub fn len(&self) -> usize {
+        self.slots.last().map_or(0, |s| s.offset + s.len)
+    }
+
+    /// Whether the model has no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Flatten {
+    path: Vec<String>,
+    layout: ParamLayout,
+    values: Vec<f32>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Flatten {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let tensor = param.val();
+        let shape = tensor.dims().to_vec();
+        let data = tensor.into_data().convert::<f32>();
+        let values = data.as_slice::<f32>().expect("converted to f32");
+        self.layout.slots.push(ParamSlot {
+            name: self.path.join("."),
+            shape,
+            offset: self.values.len(),
+            len: values.len(),
+        });
+        self.values.extend_from_slice(values);
+    }
+}
+
+/// Copies every parameter of `module` into one vector, with its layout.
+pub fn flatten<B: Backend, M: Module<B>>(module: &M) -> (ParamLayout, Vec<f32>) {
+    let mut visitor = Flatten { path: Vec::new(), layout: ParamLayout::default(), values: Vec::new() };
+    module.visit(&mut visitor);
+    (visitor.layout, visitor.values)
+}
+
+struct Load<'a, B: Backend> {
+    values: &'a [f32],
+    offset: usize,
+    device: B::Device,
+}
+
+impl<B: Backend> ModuleMapper<B> for Load<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.dims();
+        let len: usize = shape.iter().product();
+        let slice = &self.values[self.offset..self.offset + len];
+        self.offset += len;
+        let mut fresh = Tensor::<B, D>::from_data(TensorData::new(slice.to_vec(), shape), &self.device);
+        if tensor.is_require_grad() {
+            fresh = fresh.require_grad();
+        }
+        Param::from_mapped_value(id, fresh, mapper)
+    }
+}
+
+/// Replaces every parameter of `module` with values from `values` (a vector with the
+/// module's own layout), keeping parameter ids so optimizer state stays attached.
+///
+/// # Panics
+/// If `values` does not have the module's parameter count: a programming error, since
+/// layouts are checked where vectors enter from outside.
+pub fn load<B: Backend, M: Module<B>>(module: M, values: &[f32], device: &B::Device) -> M {
+    assert_eq!(values.len(), module.num_params(), "parameter vector does not match the model");
+    module.map(&mut Load { values, offset: 0, device: device.clone() })
+}
