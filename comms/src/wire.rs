@@ -95,7 +95,11 @@ pub struct CodecLimits {
 
 impl Default for CodecLimits {
     fn default() -> Self {
-        Self { max_frame_bytes: 1 << 30, max_decoded_bytes: 1 << 30, max_tensors: 4096 }
+        Self {
+            max_frame_bytes: 1 << 30,
+            max_decoded_bytes: 1 << 30,
+            max_tensors: 4096,
+        }
     }
 }
 
@@ -192,7 +196,10 @@ pub fn encode(set: &TensorSet, level: i32) -> Result<Vec<u8>, WireError> {
     for t in &set.tensors {
         check_shape(t)?;
         if t.name.len() > MAX_NAME_LEN {
-            return Err(WireError::InvalidName(format!("{} bytes long, at most {MAX_NAME_LEN}", t.name.len())));
+            return Err(WireError::InvalidName(format!(
+                "{} bytes long, at most {MAX_NAME_LEN}",
+                t.name.len()
+            )));
         }
         body.extend_from_slice(&(t.name.len() as u16).to_le_bytes());
         body.extend_from_slice(t.name.as_bytes());
@@ -202,28 +209,38 @@ pub fn encode(set: &TensorSet, level: i32) -> Result<Vec<u8>, WireError> {
         }
         match &t.payload {
             TensorPayload::Int8(q) => {
-                q.validate().map_err(|source| WireError::InvalidTensor { name: t.name.clone(), source })?;
+                q.validate().map_err(|source| WireError::InvalidTensor {
+                    name: t.name.clone(),
+                    source,
+                })?;
                 body.push(DTYPE_INT8);
                 put_u32(&mut body, q.config.block)?;
                 match q.config.scale {
                     ScaleDtype::F32 => {
                         body.push(0);
-                        q.scales.iter().for_each(|s| body.extend_from_slice(&s.to_le_bytes()));
+                        q.scales
+                            .iter()
+                            .for_each(|s| body.extend_from_slice(&s.to_le_bytes()));
                     }
                     ScaleDtype::F16 => {
                         body.push(1);
-                        q.scales.iter().for_each(|s| body.extend_from_slice(&half::f16::from_f32(*s).to_le_bytes()));
+                        q.scales.iter().for_each(|s| {
+                            body.extend_from_slice(&half::f16::from_f32(*s).to_le_bytes())
+                        });
                     }
                 }
                 body.extend(q.codes.iter().map(|&c| c as u8));
             }
             TensorPayload::F32(values) => {
                 body.push(DTYPE_F32);
-                values.iter().for_each(|v| body.extend_from_slice(&v.to_le_bytes()));
+                values
+                    .iter()
+                    .for_each(|v| body.extend_from_slice(&v.to_le_bytes()));
             }
         }
     }
-    let compressed = zstd::bulk::compress(&body, level).map_err(|e| WireError::Decompress(e.to_string()))?;
+    let compressed =
+        zstd::bulk::compress(&body, level).map_err(|e| WireError::Decompress(e.to_string()))?;
     let mut frame = Vec::with_capacity(HEADER_LEN + compressed.len());
     frame.extend_from_slice(&MAGIC);
     frame.extend_from_slice(&VERSION.to_le_bytes());
@@ -239,7 +256,11 @@ pub fn encode(set: &TensorSet, level: i32) -> Result<Vec<u8>, WireError> {
 /// Decodes one frame from untrusted bytes.
 pub fn decode(bytes: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireError> {
     if bytes.len() > limits.max_frame_bytes {
-        return Err(WireError::Oversize { what: "frame", size: bytes.len(), limit: limits.max_frame_bytes });
+        return Err(WireError::Oversize {
+            what: "frame",
+            size: bytes.len(),
+            limit: limits.max_frame_bytes,
+        });
     }
     let mut header = Reader { bytes, pos: 0 };
     let magic: [u8; 4] = header.take("magic", 4)?.try_into().expect("4 bytes");
@@ -266,30 +287,53 @@ pub fn decode(bytes: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireError
         return Err(WireError::Checksum { expected, actual });
     }
     if decoded_len > limits.max_decoded_bytes {
-        return Err(WireError::Oversize { what: "decoded body", size: decoded_len, limit: limits.max_decoded_bytes });
+        return Err(WireError::Oversize {
+            what: "decoded body",
+            size: decoded_len,
+            limit: limits.max_decoded_bytes,
+        });
     }
-    let decoded = zstd::bulk::decompress(body, decoded_len).map_err(|e| WireError::Decompress(e.to_string()))?;
+    let decoded = zstd::bulk::decompress(body, decoded_len)
+        .map_err(|e| WireError::Decompress(e.to_string()))?;
     if decoded.len() != decoded_len {
-        return Err(WireError::Decompress(format!("{} bytes, header declared {decoded_len}", decoded.len())));
+        return Err(WireError::Decompress(format!(
+            "{} bytes, header declared {decoded_len}",
+            decoded.len()
+        )));
     }
     decode_tensors(&decoded, limits)
 }
 
 fn decode_tensors(body: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireError> {
-    let mut r = Reader { bytes: body, pos: 0 };
+    let mut r = Reader {
+        bytes: body,
+        pos: 0,
+    };
     let count = r.u32("tensor count")? as usize;
     if count > limits.max_tensors {
-        return Err(WireError::Oversize { what: "tensor count", size: count, limit: limits.max_tensors });
+        return Err(WireError::Oversize {
+            what: "tensor count",
+            size: count,
+            limit: limits.max_tensors,
+        });
     }
     let mut tensors = Vec::with_capacity(count.min(r.remaining() / 12));
     for _ in 0..count {
         let name_len = r.u16("name length")? as usize;
+        if name_len > MAX_NAME_LEN {
+            return Err(WireError::InvalidName(format!(
+                "{name_len} bytes long, at most {MAX_NAME_LEN}"
+            )));
+        }
         let name = std::str::from_utf8(r.take("name", name_len)?)
             .map_err(|e| WireError::InvalidName(e.to_string()))?
             .to_owned();
         let rank = r.u8("rank")? as usize;
         if rank > MAX_RANK {
-            return Err(WireError::ShapeMismatch { name, detail: format!("rank {rank} exceeds {MAX_RANK}") });
+            return Err(WireError::ShapeMismatch {
+                name,
+                detail: format!("rank {rank} exceeds {MAX_RANK}"),
+            });
         }
         let mut shape = Vec::with_capacity(rank);
         let mut len: usize = 1;
@@ -310,11 +354,19 @@ fn decode_tensors(body: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireEr
                     code => return Err(WireError::UnknownDtype { name, code }),
                 };
                 let config = QuantConfig { block, scale };
-                config.validate().map_err(|source| WireError::InvalidTensor { name: name.clone(), source })?;
+                config
+                    .validate()
+                    .map_err(|source| WireError::InvalidTensor {
+                        name: name.clone(),
+                        source,
+                    })?;
                 let blocks = config.blocks(len);
                 let scale_bytes = r.take("scales", blocks.saturating_mul(scale.bytes()))?;
                 let scales = match scale {
-                    ScaleDtype::F32 => scale_bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
+                    ScaleDtype::F32 => scale_bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                        .collect(),
                     ScaleDtype::F16 => scale_bytes
                         .chunks_exact(2)
                         .map(|c| half::f16::from_le_bytes(c.try_into().expect("2")).to_f32())
@@ -322,15 +374,28 @@ fn decode_tensors(body: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireEr
                 };
                 let codes: Vec<i8> = r.take("codes", len)?.iter().map(|&b| b as i8).collect();
                 if codes.contains(&i8::MIN) {
-                    return Err(WireError::ShapeMismatch { name, detail: "code -128 is outside -127..=127".into() });
+                    return Err(WireError::ShapeMismatch {
+                        name,
+                        detail: "code -128 is outside -127..=127".into(),
+                    });
                 }
-                let q = QuantizedTensor { config, codes, scales };
-                q.validate().map_err(|source| WireError::InvalidTensor { name: name.clone(), source })?;
+                let q = QuantizedTensor {
+                    config,
+                    codes,
+                    scales,
+                };
+                q.validate().map_err(|source| WireError::InvalidTensor {
+                    name: name.clone(),
+                    source,
+                })?;
                 TensorPayload::Int8(q)
             }
             DTYPE_F32 => {
                 let raw = r.take("values", len.saturating_mul(4))?;
-                let values: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+                let values: Vec<f32> = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                    .collect();
                 if let Some(index) = values.iter().position(|v| !v.is_finite()) {
                     return Err(WireError::NonFinite { name, index });
                 }
@@ -338,7 +403,11 @@ fn decode_tensors(body: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireEr
             }
             code => return Err(WireError::UnknownDtype { name, code }),
         };
-        tensors.push(WireTensor { name, shape, payload });
+        tensors.push(WireTensor {
+            name,
+            shape,
+            payload,
+        });
     }
     if r.remaining() != 0 {
         return Err(WireError::TrailingBytes(r.remaining()));
@@ -351,14 +420,22 @@ fn check_shape(t: &WireTensor) -> Result<(), WireError> {
     if t.shape.len() > MAX_RANK || product != t.payload.len() {
         return Err(WireError::ShapeMismatch {
             name: t.name.clone(),
-            detail: format!("shape {:?} holds {product} values, payload has {}", t.shape, t.payload.len()),
+            detail: format!(
+                "shape {:?} holds {product} values, payload has {}",
+                t.shape,
+                t.payload.len()
+            ),
         });
     }
     Ok(())
 }
 
 fn put_u32(out: &mut Vec<u8>, v: usize) -> Result<(), WireError> {
-    let v = u32::try_from(v).map_err(|_| WireError::Oversize { what: "length field", size: v, limit: u32::MAX as usize })?;
+    let v = u32::try_from(v).map_err(|_| WireError::Oversize {
+        what: "length field",
+        size: v,
+        limit: u32::MAX as usize,
+    })?;
     out.extend_from_slice(&v.to_le_bytes());
     Ok(())
 }
@@ -383,7 +460,11 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], WireError> {
         if n > self.remaining() {
-            return Err(WireError::Truncated { what, needed: n, available: self.remaining() });
+            return Err(WireError::Truncated {
+                what,
+                needed: n,
+                available: self.remaining(),
+            });
         }
         let out = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
@@ -395,14 +476,20 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
-        Ok(u16::from_le_bytes(self.take(what, 2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(what, 2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
-        Ok(u32::from_le_bytes(self.take(what, 4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(what, 4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
-        Ok(u64::from_le_bytes(self.take(what, 8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(what, 8)?.try_into().expect("8 bytes"),
+        ))
     }
 }

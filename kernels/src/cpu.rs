@@ -56,17 +56,27 @@ impl RayonKernels {
                 *code = encode(value(start + j), multiplier);
             }
         };
-        codes.par_chunks_mut(config.block).enumerate().for_each(encode_block);
+        codes
+            .par_chunks_mut(config.block)
+            .enumerate()
+            .for_each(encode_block);
         if let Some(residual) = residual {
-            residual.par_chunks_mut(config.block).enumerate().for_each(|(b, out)| {
-                let step = value_step(scales[b]);
-                let start = b * config.block;
-                for (j, r) in out.iter_mut().enumerate() {
-                    *r = value(start + j) - f32::from(codes[start + j]) * step;
-                }
-            });
+            residual
+                .par_chunks_mut(config.block)
+                .enumerate()
+                .for_each(|(b, out)| {
+                    let step = value_step(scales[b]);
+                    let start = b * config.block;
+                    for (j, r) in out.iter_mut().enumerate() {
+                        *r = value(start + j) - f32::from(codes[start + j]) * step;
+                    }
+                });
         }
-        Ok(QuantizedTensor { config, codes, scales })
+        Ok(QuantizedTensor {
+            config,
+            codes,
+            scales,
+        })
     }
 }
 
@@ -75,7 +85,11 @@ impl Kernels for RayonKernels {
         "rayon"
     }
 
-    fn quantize(&self, values: &[f32], config: QuantConfig) -> Result<QuantizedTensor, KernelError> {
+    fn quantize(
+        &self,
+        values: &[f32],
+        config: QuantConfig,
+    ) -> Result<QuantizedTensor, KernelError> {
         self.quantize_with(values.len(), |i| values[i], None, config)
     }
 
@@ -111,14 +125,16 @@ impl Kernels for RayonKernels {
         check_lengths("accumulator", quantized.len(), accumulator.len())?;
         quantized.validate()?;
         let block = quantized.config.block;
-        accumulator.par_chunks_mut(block).zip(quantized.codes.par_chunks(block)).enumerate().for_each(
-            |(b, (acc, codes))| {
+        accumulator
+            .par_chunks_mut(block)
+            .zip(quantized.codes.par_chunks(block))
+            .enumerate()
+            .for_each(|(b, (acc, codes))| {
                 let step = value_step(quantized.scales[b]) * weight;
                 for (a, &c) in acc.iter_mut().zip(codes) {
                     *a += f32::from(c) * step;
                 }
-            },
-        );
+            });
         Ok(())
     }
 

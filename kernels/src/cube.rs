@@ -151,7 +151,9 @@ pub struct CubeKernels<R: Runtime> {
 
 impl<R: Runtime> std::fmt::Debug for CubeKernels<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CubeKernels").field("runtime", &self.name).finish()
+        f.debug_struct("CubeKernels")
+            .field("runtime", &self.name)
+            .finish()
     }
 }
 
@@ -176,7 +178,8 @@ fn cube_count(items: usize) -> CubeCount {
 }
 
 fn len_u32(len: usize) -> Result<u32, KernelError> {
-    u32::try_from(len).map_err(|_| KernelError::Runtime(format!("buffer of {len} elements exceeds u32 indexing")))
+    u32::try_from(len)
+        .map_err(|_| KernelError::Runtime(format!("buffer of {len} elements exceeds u32 indexing")))
 }
 
 impl<R: Runtime> CubeKernels<R> {
@@ -189,16 +192,26 @@ impl<R: Runtime> CubeKernels<R> {
 
     fn upload(&self, values: &[f32]) -> Handle {
         // Zero-length bindings are not allowed by every backend.
-        if values.is_empty() { self.client.create_from_slice(f32::as_bytes(&[0.0])) } else { self.client.create_from_slice(f32::as_bytes(values)) }
+        if values.is_empty() {
+            self.client.create_from_slice(f32::as_bytes(&[0.0]))
+        } else {
+            self.client.create_from_slice(f32::as_bytes(values))
+        }
     }
 
     fn read_f32(&self, handle: Handle, len: usize) -> Result<Vec<f32>, KernelError> {
-        let bytes = self.client.read_one(handle).map_err(|e| KernelError::Runtime(format!("{e:?}")))?;
+        let bytes = self
+            .client
+            .read_one(handle)
+            .map_err(|e| KernelError::Runtime(format!("{e:?}")))?;
         Ok(f32::from_bytes(&bytes)[..len].to_vec())
     }
 
     fn read_u32(&self, handle: Handle, len: usize) -> Result<Vec<u32>, KernelError> {
-        let bytes = self.client.read_one(handle).map_err(|e| KernelError::Runtime(format!("{e:?}")))?;
+        let bytes = self
+            .client
+            .read_one(handle)
+            .map_err(|e| KernelError::Runtime(format!("{e:?}")))?;
         Ok(u32::from_bytes(&bytes)[..len].to_vec())
     }
 
@@ -214,7 +227,11 @@ impl<R: Runtime> CubeKernels<R> {
         config.validate()?;
         let len = a.len();
         if len == 0 {
-            return Ok(QuantizedTensor { config, codes: Vec::new(), scales: Vec::new() });
+            return Ok(QuantizedTensor {
+                config,
+                codes: Vec::new(),
+                scales: Vec::new(),
+            });
         }
         let len32 = len_u32(len)?;
         let blocks = config.blocks(len);
@@ -264,11 +281,20 @@ impl<R: Runtime> CubeKernels<R> {
             )
         };
         let words = self.read_u32(words_h, words_len)?;
-        let codes = words.iter().flat_map(|w| w.to_le_bytes()).take(len).map(|b| b as i8).collect();
+        let codes = words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .take(len)
+            .map(|b| b as i8)
+            .collect();
         if let Some(residual) = residual {
             residual.copy_from_slice(&self.read_f32(r_h, len)?);
         }
-        Ok(QuantizedTensor { config, codes, scales })
+        Ok(QuantizedTensor {
+            config,
+            codes,
+            scales,
+        })
     }
 }
 
@@ -277,7 +303,11 @@ impl<R: Runtime> Kernels for CubeKernels<R> {
         self.name
     }
 
-    fn quantize(&self, values: &[f32], config: QuantConfig) -> Result<QuantizedTensor, KernelError> {
+    fn quantize(
+        &self,
+        values: &[f32],
+        config: QuantConfig,
+    ) -> Result<QuantizedTensor, KernelError> {
         self.quantize_source(values, &[], None, SOURCE_VALUES, config)
     }
 
@@ -293,7 +323,13 @@ impl<R: Runtime> Kernels for CubeKernels<R> {
             None => self.quantize_source(global, local, None, SOURCE_DIFFERENCE, config),
             Some(residual) => {
                 check_lengths("residual", global.len(), residual.len())?;
-                self.quantize_source(global, local, Some(residual), SOURCE_DIFFERENCE_PLUS_RESIDUAL, config)
+                self.quantize_source(
+                    global,
+                    local,
+                    Some(residual),
+                    SOURCE_DIFFERENCE_PLUS_RESIDUAL,
+                    config,
+                )
             }
         }
     }
@@ -318,7 +354,11 @@ impl<R: Runtime> Kernels for CubeKernels<R> {
             }
             *w = u32::from_le_bytes(bytes);
         }
-        let steps: Vec<f32> = quantized.scales.iter().map(|&s| value_step(s) * weight).collect();
+        let steps: Vec<f32> = quantized
+            .scales
+            .iter()
+            .map(|&s| value_step(s) * weight)
+            .collect();
         let acc_h = self.upload(accumulator);
         unsafe {
             dequantize_accumulate_words::launch_unchecked::<R>(
@@ -326,7 +366,10 @@ impl<R: Runtime> Kernels for CubeKernels<R> {
                 cube_count(len),
                 CubeDim::new_1d(THREADS),
                 ArrayArg::from_raw_parts(acc_h.clone(), len),
-                ArrayArg::from_raw_parts(self.client.create_from_slice(u32::as_bytes(&words)), words.len()),
+                ArrayArg::from_raw_parts(
+                    self.client.create_from_slice(u32::as_bytes(&words)),
+                    words.len(),
+                ),
                 ArrayArg::from_raw_parts(self.upload(&steps), steps.len()),
                 len_u32(len)?,
                 quantized.config.block as u32,

@@ -4,7 +4,9 @@
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum KernelError {
     /// A value in the input was NaN or infinite; nothing was encoded.
-    #[error("non-finite value (NaN or ±Inf) in block {block} (elements {start}..{end}); refusing to encode it")]
+    #[error(
+        "non-finite value (NaN or ±Inf) in block {block} (elements {start}..{end}); refusing to encode it"
+    )]
     NonFinite {
         /// Index of the first block holding a non-finite value.
         block: usize,

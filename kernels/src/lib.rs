@@ -38,6 +38,10 @@ pub use error::KernelError;
 /// The CubeCL kernels on wgpu: a GPU where there is one, Mesa's lavapipe (software Vulkan) where not.
 #[cfg(feature = "wgpu")]
 pub type WgpuKernels = CubeKernels<cubecl::wgpu::WgpuRuntime>;
+
+/// The CubeCL kernels on CUDA (the driver is loaded at run time).
+#[cfg(feature = "cuda")]
+pub type CudaKernels = CubeKernels<cubecl::cuda::CudaRuntime>;
 pub use quantized::{QuantConfig, QuantizedTensor, ScaleDtype};
 
 /// Largest relative difference allowed between the two implementations' float outputs.
@@ -95,10 +99,18 @@ pub trait Kernels: Send + Sync {
 }
 
 /// Checks that buffers which must be the same length are.
-pub(crate) fn check_lengths(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
+pub(crate) fn check_lengths(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::LengthMismatch { what, expected, got })
+        Err(KernelError::LengthMismatch {
+            what,
+            expected,
+            got,
+        })
     }
 }

@@ -56,7 +56,10 @@ pub struct QuantConfig {
 
 impl Default for QuantConfig {
     fn default() -> Self {
-        Self { block: 256, scale: ScaleDtype::F32 }
+        Self {
+            block: 256,
+            scale: ScaleDtype::F32,
+        }
     }
 }
 
@@ -83,7 +86,11 @@ impl QuantConfig {
     /// The error for a non-finite value found in block `b`.
     pub(crate) fn non_finite(&self, b: usize, len: usize) -> KernelError {
         let r = self.block_range(b, len);
-        KernelError::NonFinite { block: b, start: r.start, end: r.end }
+        KernelError::NonFinite {
+            block: b,
+            start: r.start,
+            end: r.end,
+        }
     }
 }
 
@@ -117,7 +124,11 @@ impl QuantizedTensor {
     /// Checks internal consistency (the wire decoder relies on this for untrusted input).
     pub fn validate(&self) -> Result<(), KernelError> {
         self.config.validate()?;
-        crate::check_lengths("scales", self.config.blocks(self.codes.len()), self.scales.len())?;
+        crate::check_lengths(
+            "scales",
+            self.config.blocks(self.codes.len()),
+            self.scales.len(),
+        )?;
         if let Some(b) = self.scales.iter().position(|s| !s.is_finite() || *s < 0.0) {
             return Err(self.config.non_finite(b, self.codes.len()));
         }
@@ -132,14 +143,22 @@ pub(crate) fn stored_scales(absmax: &[f32], config: QuantConfig) -> Result<Vec<f
         .enumerate()
         .map(|(block, &a)| {
             let stored = config.scale.store(a);
-            if stored.is_finite() { Ok(stored) } else { Err(KernelError::ScaleOverflow { block, absmax: a }) }
+            if stored.is_finite() {
+                Ok(stored)
+            } else {
+                Err(KernelError::ScaleOverflow { block, absmax: a })
+            }
         })
         .collect()
 }
 
 /// The multiplier that turns a value into a code: `127 / stored_absmax`, or 0 for an all-zero block.
 pub(crate) fn code_multiplier(stored_absmax: f32) -> f32 {
-    if stored_absmax > 0.0 { 127.0 / stored_absmax } else { 0.0 }
+    if stored_absmax > 0.0 {
+        127.0 / stored_absmax
+    } else {
+        0.0
+    }
 }
 
 /// The multiplier that turns a code back into a value: `stored_absmax / 127`.

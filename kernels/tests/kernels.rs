@@ -5,7 +5,8 @@
 
 use proptest::prelude::*;
 use sinter_kernels::{
-    FLOAT_TOLERANCE, KernelError, Kernels, QuantConfig, QuantizedTensor, RayonKernels, ScaleDtype, WgpuKernels,
+    FLOAT_TOLERANCE, KernelError, Kernels, QuantConfig, QuantizedTensor, RayonKernels, ScaleDtype,
+    WgpuKernels,
 };
 use std::sync::OnceLock;
 
@@ -44,14 +45,26 @@ fn assert_close(what: &str, a: &[f32], b: &[f32]) {
 fn assert_within_half_step(original: &[f32], q: &QuantizedTensor, restored: &[f32]) {
     for (i, (o, r)) in original.iter().zip(restored).enumerate() {
         let step = q.scales[i / q.config.block] / 127.0;
-        assert!((o - r).abs() <= step * 0.5 + step * 1e-4 + 1e-30, "value {i}: {o} restored as {r}, step {step}");
+        assert!(
+            (o - r).abs() <= step * 0.5 + step * 1e-4 + 1e-30,
+            "value {i}: {o} restored as {r}, step {step}"
+        );
     }
 }
 
 const CONFIGS: [QuantConfig; 3] = [
-    QuantConfig { block: 256, scale: ScaleDtype::F32 },
-    QuantConfig { block: 64, scale: ScaleDtype::F16 },
-    QuantConfig { block: 4, scale: ScaleDtype::F32 },
+    QuantConfig {
+        block: 256,
+        scale: ScaleDtype::F32,
+    },
+    QuantConfig {
+        block: 64,
+        scale: ScaleDtype::F16,
+    },
+    QuantConfig {
+        block: 4,
+        scale: ScaleDtype::F32,
+    },
 ];
 
 #[test]
@@ -60,8 +73,14 @@ fn quantize_roundtrip_is_within_half_a_step_and_implementations_agree() {
         for len in [0, 1, 3, 255, 256, 257, 1000, 4099] {
             let x = values(len, len as u64 + 7);
             let [cpu, gpu] = implementations().map(|k| k.quantize(&x, config).unwrap());
-            assert_eq!(cpu.codes, gpu.codes, "codes differ for {config:?}, len {len}");
-            assert_eq!(cpu.scales, gpu.scales, "scales differ for {config:?}, len {len}");
+            assert_eq!(
+                cpu.codes, gpu.codes,
+                "codes differ for {config:?}, len {len}"
+            );
+            assert_eq!(
+                cpu.scales, gpu.scales,
+                "scales differ for {config:?}, len {len}"
+            );
             for k in implementations() {
                 let restored = k.dequantize(&cpu).unwrap();
                 assert_within_half_step(&x, &cpu, &restored);
@@ -92,7 +111,16 @@ fn non_finite_values_are_rejected_naming_the_block() {
         x[700] = bad;
         for k in implementations() {
             let err = k.quantize(&x, QuantConfig::default()).unwrap_err();
-            assert_eq!(err, KernelError::NonFinite { block: 2, start: 512, end: 768 }, "{} on {bad}", k.name());
+            assert_eq!(
+                err,
+                KernelError::NonFinite {
+                    block: 2,
+                    start: 512,
+                    end: 768
+                },
+                "{} on {bad}",
+                k.name()
+            );
         }
     }
 }
@@ -104,7 +132,9 @@ fn pseudo_gradient_quantize_equals_quantizing_the_difference() {
     let diff: Vec<f32> = global.iter().zip(&local).map(|(g, l)| g - l).collect();
     for config in CONFIGS {
         for k in implementations() {
-            let fused = k.pseudo_gradient_quantize(&global, &local, None, config).unwrap();
+            let fused = k
+                .pseudo_gradient_quantize(&global, &local, None, config)
+                .unwrap();
             let plain = k.quantize(&diff, config).unwrap();
             assert_eq!(fused, plain, "{}", k.name());
         }
@@ -116,20 +146,32 @@ fn error_feedback_carries_exactly_what_quantization_lost() {
     let global = values(3000, 21);
     let local = values(3000, 22);
     let start = values(3000, 23);
-    let config = QuantConfig { block: 128, scale: ScaleDtype::F16 };
+    let config = QuantConfig {
+        block: 128,
+        scale: ScaleDtype::F16,
+    };
     let mut results = Vec::new();
     for k in implementations() {
         let mut residual = start.clone();
-        let q = k.pseudo_gradient_quantize(&global, &local, Some(&mut residual), config).unwrap();
+        let q = k
+            .pseudo_gradient_quantize(&global, &local, Some(&mut residual), config)
+            .unwrap();
         let restored = k.dequantize(&q).unwrap();
         for i in 0..global.len() {
             let sent = (global[i] - local[i]) + start[i];
             let expect = sent - restored[i];
-            assert!((residual[i] - expect).abs() <= 1e-6 * sent.abs().max(1e-3), "{}: residual[{i}]", k.name());
+            assert!(
+                (residual[i] - expect).abs() <= 1e-6 * sent.abs().max(1e-3),
+                "{}: residual[{i}]",
+                k.name()
+            );
         }
         results.push((q, residual));
     }
-    assert_eq!(results[0].0, results[1].0, "codes with error feedback differ");
+    assert_eq!(
+        results[0].0, results[1].0,
+        "codes with error feedback differ"
+    );
     assert_close("residual", &results[0].1, &results[1].1);
 }
 
@@ -141,7 +183,15 @@ fn a_failed_quantization_leaves_the_residual_untouched() {
     for k in implementations() {
         let mut residual = values(600, 3);
         let before = residual.clone();
-        assert!(k.pseudo_gradient_quantize(&global, &local, Some(&mut residual), QuantConfig::default()).is_err());
+        assert!(
+            k.pseudo_gradient_quantize(
+                &global,
+                &local,
+                Some(&mut residual),
+                QuantConfig::default()
+            )
+            .is_err()
+        );
         assert_eq!(residual, before, "{}", k.name());
     }
 }
@@ -150,7 +200,10 @@ fn a_failed_quantization_leaves_the_residual_untouched() {
 fn dequantize_accumulate_sums_many_peers() {
     let config = QuantConfig::default();
     let peers: Vec<Vec<f32>> = (0..5).map(|p| values(2049, 100 + p)).collect();
-    let quantized: Vec<QuantizedTensor> = peers.iter().map(|x| RayonKernels.quantize(x, config).unwrap()).collect();
+    let quantized: Vec<QuantizedTensor> = peers
+        .iter()
+        .map(|x| RayonKernels.quantize(x, config).unwrap())
+        .collect();
     let mut sums = Vec::new();
     for k in implementations() {
         let mut acc = vec![0.0f32; 2049];
@@ -159,8 +212,16 @@ fn dequantize_accumulate_sums_many_peers() {
         }
         for i in 0..acc.len() {
             let mean: f32 = peers.iter().map(|x| x[i]).sum::<f32>() / 5.0;
-            let step: f32 = quantized.iter().map(|q| q.scales[i / 256] / 127.0).sum::<f32>() / 5.0;
-            assert!((acc[i] - mean).abs() <= step * 0.5 + 1e-6, "{}: mean[{i}]", k.name());
+            let step: f32 = quantized
+                .iter()
+                .map(|q| q.scales[i / 256] / 127.0)
+                .sum::<f32>()
+                / 5.0;
+            assert!(
+                (acc[i] - mean).abs() <= step * 0.5 + 1e-6,
+                "{}: mean[{i}]",
+                k.name()
+            );
         }
         sums.push(acc);
     }
@@ -176,8 +237,10 @@ fn outer_step_matches_pytorch_sgd_nesterov() {
     for k in implementations() {
         let mut params = vec![1.0f32, -2.0, 0.5];
         let mut momentum = vec![0.0f32; 3];
-        k.outer_nesterov_step(&mut params, &mut momentum, &[0.1, -0.2, 0.3], 0.7, 0.9).unwrap();
-        k.outer_nesterov_step(&mut params, &mut momentum, &[0.05, 0.05, -0.1], 0.7, 0.9).unwrap();
+        k.outer_nesterov_step(&mut params, &mut momentum, &[0.1, -0.2, 0.3], 0.7, 0.9)
+            .unwrap();
+        k.outer_nesterov_step(&mut params, &mut momentum, &[0.05, 0.05, -0.1], 0.7, 0.9)
+            .unwrap();
         for (p, e) in params.iter().zip(expected_after_two) {
             assert!((p - e).abs() < 1e-6, "{}: {params:?}", k.name());
         }
@@ -191,7 +254,8 @@ fn outer_step_implementations_agree_on_large_buffers() {
     for k in implementations() {
         let mut params = values(100_003, 6);
         let mut momentum = values(100_003, 7);
-        k.outer_nesterov_step(&mut params, &mut momentum, &delta, 0.7, 0.9).unwrap();
+        k.outer_nesterov_step(&mut params, &mut momentum, &delta, 0.7, 0.9)
+            .unwrap();
         results.push((params, momentum));
     }
     assert_close("params", &results[0].0, &results[1].0);
@@ -206,11 +270,22 @@ fn mismatched_lengths_and_bad_blocks_are_typed_errors() {
             Err(KernelError::LengthMismatch { .. })
         ));
         assert_eq!(
-            k.quantize(&[1.0; 8], QuantConfig { block: 6, scale: ScaleDtype::F32 }),
+            k.quantize(
+                &[1.0; 8],
+                QuantConfig {
+                    block: 6,
+                    scale: ScaleDtype::F32
+                }
+            ),
             Err(KernelError::InvalidBlockSize(6))
         );
-        let q = RayonKernels.quantize(&[1.0; 8], QuantConfig::default()).unwrap();
-        assert!(matches!(k.dequantize_accumulate(&mut [0.0; 9], &q, 1.0), Err(KernelError::LengthMismatch { .. })));
+        let q = RayonKernels
+            .quantize(&[1.0; 8], QuantConfig::default())
+            .unwrap();
+        assert!(matches!(
+            k.dequantize_accumulate(&mut [0.0; 9], &q, 1.0),
+            Err(KernelError::LengthMismatch { .. })
+        ));
     }
 }
 

@@ -1,1 +1,289 @@
-fn main() {}
+//! `launch`: the sinter command line. Parses arguments, loads the config and wires the
+//! trainer's pieces together; everything testable lives in the library crates.
+
+mod backend;
+mod cli;
+mod progress;
+mod report;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Parser;
+use sinter_kernels::Kernels;
+use sinter_trainer::config::{Mode, Quant};
+use sinter_trainer::generate::{Sampling, generate};
+use sinter_trainer::simulate::{Observer, simulate};
+use sinter_trainer::{RunConfig, TrainerError, weights};
+
+use backend::{BackendJob, dispatch};
+use cli::{Cli, Command, ModeArg, OutArgs, QuantArg, SimArgs};
+use progress::Progress;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,wgpu=warn,cubecl=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let config_error = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<TrainerError>(),
+                    Some(TrainerError::Config(_))
+                ) || c
+                    .downcast_ref::<sinter_trainer::config::ConfigError>()
+                    .is_some()
+            });
+            ExitCode::from(if config_error { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Sim(args) => {
+            let config = sim_config(&args)?;
+            train_and_report(config, &args.out, "sim")
+        }
+        Command::Train(args) => {
+            let mut config = load_config(&args.config, &args.out)?;
+            config.outer.workers = 1;
+            config.outer.mode = Mode::Ddp;
+            config.outer.warmup_ddp_steps = 0;
+            train_and_report(config, &args.out, "train")
+        }
+        Command::Eval(args) => {
+            let config = weights_config(&args.weights)?;
+            dispatch(
+                config.run.backend,
+                EvalJob {
+                    weights: args.weights,
+                },
+            )
+        }
+        Command::Generate(args) => {
+            let config = weights_config(&args.weights)?;
+            dispatch(config.run.backend, GenerateJob { args })
+        }
+    }
+}
+
+/// Loads a config and applies the overrides every training command shares.
+fn load_config(path: &Path, out: &OutArgs) -> Result<RunConfig> {
+    let mut config = RunConfig::load(path)?;
+    if let Some(steps) = out.steps {
+        config.inner.steps = steps;
+    }
+    if let Some(seed) = out.seed {
+        config.run.seed = seed;
+    }
+    Ok(config)
+}
+
+fn sim_config(args: &SimArgs) -> Result<RunConfig> {
+    let mut config = load_config(&args.config, &args.out)?;
+    let outer = &mut config.outer;
+    if let Some(n) = args.workers {
+        outer.workers = n;
+    }
+    if let Some(h) = args.inner_steps {
+        outer.inner_steps = h;
+    }
+    if let Some(q) = args.quant {
+        outer.quant = match q {
+            QuantArg::Int8 => Quant::Int8,
+            QuantArg::None => Quant::None,
+        };
+    }
+    if let Some(m) = args.mode {
+        outer.mode = match m {
+            ModeArg::Diloco => Mode::Diloco,
+            ModeArg::Ddp => Mode::Ddp,
+        };
+    }
+    if let Some(lr) = args.outer_lr {
+        outer.lr = lr;
+    }
+    if let Some(mu) = args.outer_momentum {
+        outer.momentum = mu;
+    }
+    if let Some(ef) = args.error_feedback {
+        outer.error_feedback = ef;
+    }
+    if let Some(w) = args.warmup_ddp_steps {
+        outer.warmup_ddp_steps = w;
+    }
+    config
+        .validate()
+        .map_err(|message| sinter_trainer::config::ConfigError {
+            path: args.config.clone(),
+            message,
+        })
+        .context("after applying command-line overrides")?;
+    Ok(config)
+}
+
+fn weights_config(path: &Path) -> Result<RunConfig> {
+    let (config, _) = weights::load_model::<sinter_trainer::CpuBackend>(path, &Default::default())
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(config)
+}
+
+fn train_and_report(config: RunConfig, out: &OutArgs, what: &str) -> Result<()> {
+    let title = match config.outer.mode {
+        Mode::Ddp if config.outer.workers == 1 => "one worker".to_owned(),
+        Mode::Ddp => format!("data-parallel, {} workers", config.outer.workers),
+        Mode::Diloco => format!(
+            "DiLoCo, {} workers, H={}, {}",
+            config.outer.workers,
+            config.outer.inner_steps,
+            if config.outer.quant == Quant::Int8 {
+                "int8"
+            } else {
+                "fp32"
+            }
+        ),
+    };
+    tracing::info!(%title, config_hash = %&config.hash()[..16], steps = config.inner.steps, "starting {what}");
+    dispatch(
+        config.run.backend,
+        TrainJob {
+            config,
+            out: out.out.clone(),
+            title,
+        },
+    )
+}
+
+struct TrainJob {
+    config: RunConfig,
+    out: Option<PathBuf>,
+    title: String,
+}
+
+impl BackendJob for TrainJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<()> {
+        let (_, dataset) = self.config.load_data()?;
+        let total = match self.config.outer.mode {
+            Mode::Ddp => self.config.inner.steps,
+            Mode::Diloco => {
+                let w = self.config.outer.warmup_ddp_steps;
+                w + (self.config.inner.steps - w) * self.config.outer.workers
+            }
+        };
+        let mut progress = Progress::new(total as u64);
+        let result = simulate::<B>(
+            &self.config,
+            &dataset,
+            kernels,
+            &device,
+            &mut progress as &mut dyn Observer,
+        );
+        progress.finish();
+        let (summary, evals, model) = result?;
+        println!(
+            "{}: validation loss {:.4} -> {:.4} in {:.0} s ({:.1}k tokens/s); {} MB sent per worker ({} MB data-parallel would)",
+            self.title,
+            summary.initial_val_loss,
+            summary.final_val_loss,
+            summary.wall_secs,
+            summary.tokens_per_sec / 1000.0,
+            summary.bytes_sent_per_worker / 1_000_000,
+            summary.ddp_equivalent_bytes_per_worker / 1_000_000
+        );
+        if let Some(dir) = &self.out {
+            report::write_run(dir, &evals, &summary, &self.title)?;
+            weights::save(&model, &self.config, &dir.join("model.safetensors"))?;
+            println!(
+                "wrote {0}/metrics.jsonl, {0}/summary.json, {0}/loss.svg, {0}/model.safetensors",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+struct EvalJob {
+    weights: PathBuf,
+}
+
+impl BackendJob for EvalJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
+        let (config, model) = weights::load_model::<B::InnerBackend>(&self.weights, &device)?;
+        let (_, dataset) = config.load_data()?;
+        let windows =
+            dataset.validation_windows(&config.data, config.model.context, config.run.seed);
+        let loss = sinter_trainer::eval::validation_loss(
+            &model,
+            &windows,
+            config.data.validation_batch_size,
+            &device,
+        );
+        println!(
+            "validation loss {loss:.4} ({} windows of {} tokens)",
+            windows.len() * config.data.validation_batch_size,
+            config.model.context
+        );
+        Ok(())
+    }
+}
+
+struct GenerateJob {
+    args: cli::GenerateArgs,
+}
+
+impl BackendJob for GenerateJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
+        let args = self.args;
+        let (config, model) = weights::load_model::<B::InnerBackend>(&args.weights, &device)?;
+        let tokenizer = sinter_trainer::tokenizer::Tokenizer::load(&config.data.tokenizer)?;
+        let prompt = tokenizer.encode(args.prompt.as_bytes())?;
+        let sampling = Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        };
+        let mut stdout = std::io::stdout().lock();
+        write!(stdout, "{}", args.prompt)?;
+        // Bytes of a multi-byte character may arrive one token at a time: print whole
+        // characters only.
+        let mut pending: Vec<u32> = Vec::new();
+        generate(
+            &model,
+            &prompt,
+            args.max_tokens,
+            config.model.context,
+            &sampling,
+            &device,
+            |token| {
+                pending.push(token);
+                if let Ok(text) = tokenizer.decode(&pending)
+                    && !text.ends_with('\u{FFFD}')
+                {
+                    let _ = write!(stdout, "{text}");
+                    let _ = stdout.flush();
+                    pending.clear();
+                }
+            },
+        );
+        writeln!(stdout)?;
+        Ok(())
+    }
+}

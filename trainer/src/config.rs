@@ -272,7 +272,10 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        Self { seed: 0, backend: BackendKind::Cpu }
+        Self {
+            seed: 0,
+            backend: BackendKind::Cpu,
+        }
     }
 }
 
@@ -289,15 +292,23 @@ pub struct ConfigError {
 impl RunConfig {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, TrainerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::Io { path: path.to_owned(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
         Self::parse(&text, path).map_err(TrainerError::Config)
     }
 
     /// Parses and validates TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: RunConfig =
-            toml::from_str(text).map_err(|e| ConfigError { path: path.to_owned(), message: e.to_string() })?;
-        config.validate().map_err(|message| ConfigError { path: path.to_owned(), message })?;
+        let config: RunConfig = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -313,7 +324,10 @@ impl RunConfig {
             ("model.ffn_hidden", m.ffn_hidden),
             ("model.context", m.context),
             ("data.validation_batches", self.data.validation_batches),
-            ("data.validation_batch_size", self.data.validation_batch_size),
+            (
+                "data.validation_batch_size",
+                self.data.validation_batch_size,
+            ),
             ("inner.steps", self.inner.steps),
             ("inner.batch_size", self.inner.batch_size),
             ("outer.workers", self.outer.workers),
@@ -332,28 +346,49 @@ impl RunConfig {
             ));
         }
         if m.n_heads % m.n_kv_heads != 0 {
-            return Err(format!("`model.n_heads` ({}) must be a multiple of `model.n_kv_heads` ({})", m.n_heads, m.n_kv_heads));
+            return Err(format!(
+                "`model.n_heads` ({}) must be a multiple of `model.n_kv_heads` ({})",
+                m.n_heads, m.n_kv_heads
+            ));
         }
         let unit = |field: &str, v: f64| {
-            if (0.0..1.0).contains(&v) { Ok(()) } else { Err(format!("`{field}` is {v}; allowed: 0 ≤ value < 1")) }
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("`{field}` is {v}; allowed: 0 ≤ value < 1"))
+            }
         };
         unit("data.validation_fraction", self.data.validation_fraction)?;
         unit("inner.warmup_fraction", self.inner.warmup_fraction)?;
         unit("inner.min_lr_fraction", self.inner.min_lr_fraction)?;
         if self.data.validation_fraction == 0.0 {
-            return Err("`data.validation_fraction` must be above 0: validation needs held-out text".into());
+            return Err(
+                "`data.validation_fraction` must be above 0: validation needs held-out text".into(),
+            );
         }
         if !(self.inner.lr > 0.0 && self.inner.lr.is_finite()) {
-            return Err(format!("`inner.lr` is {}; allowed: a positive number", self.inner.lr));
+            return Err(format!(
+                "`inner.lr` is {}; allowed: a positive number",
+                self.inner.lr
+            ));
         }
         if !(self.outer.lr > 0.0 && self.outer.lr.is_finite()) {
-            return Err(format!("`outer.lr` is {}; allowed: a positive number", self.outer.lr));
+            return Err(format!(
+                "`outer.lr` is {}; allowed: a positive number",
+                self.outer.lr
+            ));
         }
         if !(0.0..1.0).contains(&self.outer.momentum) {
-            return Err(format!("`outer.momentum` is {}; allowed: 0 ≤ value < 1", self.outer.momentum));
+            return Err(format!(
+                "`outer.momentum` is {}; allowed: 0 ≤ value < 1",
+                self.outer.momentum
+            ));
         }
         if self.outer.block < 4 || self.outer.block > 65536 || self.outer.block % 4 != 0 {
-            return Err(format!("`outer.block` is {}; allowed: a multiple of 4 from 4 to 65536", self.outer.block));
+            return Err(format!(
+                "`outer.block` is {}; allowed: a multiple of 4 from 4 to 65536",
+                self.outer.block
+            ));
         }
         if self.outer.warmup_ddp_steps >= self.inner.steps {
             return Err(format!(
@@ -383,20 +418,29 @@ mod tests {
 
     #[test]
     fn a_typo_names_the_file_the_field_and_the_choices() {
-        let err = parse("[inner]\nlearning_rate = 0.1\n").unwrap_err().to_string();
+        let err = parse("[inner]\nlearning_rate = 0.1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("configs/x.toml: "), "{err}");
-        assert!(err.contains("learning_rate") && err.contains("`lr`"), "{err}");
+        assert!(
+            err.contains("learning_rate") && err.contains("`lr`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_bad_enum_value_lists_the_allowed_ones() {
-        let err = parse("[outer]\nmode = \"allreduce\"\n").unwrap_err().to_string();
+        let err = parse("[outer]\nmode = \"allreduce\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("diloco") && err.contains("ddp"), "{err}");
     }
 
     #[test]
     fn relations_between_fields_are_checked() {
-        let err = parse("[model]\nd_model = 100\nn_heads = 3\n").unwrap_err().to_string();
+        let err = parse("[model]\nd_model = 100\nn_heads = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model.d_model"), "{err}");
         let err = parse("[outer]\nblock = 6\n").unwrap_err().to_string();
         assert!(err.contains("outer.block"), "{err}");

@@ -37,10 +37,13 @@ pub fn corpus_bytes(spec: &str) -> Result<Vec<u8>, TrainerError> {
             return std::fs::read(&path).map_err(|source| TrainerError::Io { path, source });
         }
     };
-    let text = zstd::decode_all(packed).map_err(|e| TrainerError::Data(format!("bundled corpus {spec}: {e}")))?;
+    let text = zstd::decode_all(packed)
+        .map_err(|e| TrainerError::Data(format!("bundled corpus {spec}: {e}")))?;
     let actual = hex(&Sha256::digest(&text));
     if actual != expected {
-        return Err(TrainerError::Data(format!("bundled corpus {spec} has sha256 {actual}, expected {expected}")));
+        return Err(TrainerError::Data(format!(
+            "bundled corpus {spec} has sha256 {actual}, expected {expected}"
+        )));
     }
     Ok(text)
 }
@@ -54,7 +57,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("sinter");
     }
-    std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from).join(".cache/sinter")
+    std::env::var_os("HOME")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join(".cache/sinter")
 }
 
 /// A memory-mapped token file.
@@ -65,13 +70,20 @@ pub struct TokenFile {
 
 impl std::fmt::Debug for TokenFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenFile").field("path", &self.path).field("tokens", &self.tokens().len()).finish()
+        f.debug_struct("TokenFile")
+            .field("path", &self.path)
+            .field("tokens", &self.tokens().len())
+            .finish()
     }
 }
 
 impl TokenFile {
     /// Tokenizes `text` into `dir` unless a file for the same text and tokenizer is there.
-    pub fn build_or_open(text: &[u8], tokenizer: &Tokenizer, dir: &Path) -> Result<Self, TrainerError> {
+    pub fn build_or_open(
+        text: &[u8],
+        tokenizer: &Tokenizer,
+        dir: &Path,
+    ) -> Result<Self, TrainerError> {
         let key = {
             let mut h = Sha256::new();
             h.update(tokenizer.id().as_bytes());
@@ -82,7 +94,10 @@ impl TokenFile {
         let path = dir.join(format!("tokens-{}.u32", &key[..32]));
         if !path.exists() {
             let tokens = tokenizer.encode(text)?;
-            let io = |source| TrainerError::Io { path: path.clone(), source };
+            let io = |source| TrainerError::Io {
+                path: path.clone(),
+                source,
+            };
             std::fs::create_dir_all(dir).map_err(io)?;
             // Write to a unique temporary name, fsync, then rename: a crash or a concurrent
             // writer never leaves a half-written token file under the final name.
@@ -103,15 +118,25 @@ impl TokenFile {
 
     /// Maps an existing token file.
     pub fn open(path: &Path) -> Result<Self, TrainerError> {
-        let io = |source| TrainerError::Io { path: path.to_owned(), source };
+        let io = |source| TrainerError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: token files are written once under a temporary name and renamed into place;
         // nothing writes to them after that.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         if map.len() % 4 != 0 {
-            return Err(TrainerError::Data(format!("{}: length {} is not a whole number of u32 tokens", path.display(), map.len())));
+            return Err(TrainerError::Data(format!(
+                "{}: length {} is not a whole number of u32 tokens",
+                path.display(),
+                map.len()
+            )));
         }
-        Ok(Self { map, path: path.to_owned() })
+        Ok(Self {
+            map,
+            path: path.to_owned(),
+        })
     }
 
     /// The tokens.
@@ -132,12 +157,20 @@ pub struct Dataset {
 
 impl Dataset {
     /// Loads (tokenizing once) the corpus a config names.
-    pub fn load(config: &DataConfig, tokenizer: &Tokenizer, context: usize) -> Result<Self, TrainerError> {
+    pub fn load(
+        config: &DataConfig,
+        tokenizer: &Tokenizer,
+        context: usize,
+    ) -> Result<Self, TrainerError> {
         let text = corpus_bytes(&config.corpus)?;
         let file = TokenFile::build_or_open(&text, tokenizer, &cache_dir())?;
         let n = file.tokens().len();
         let split = n - ((n as f64) * config.validation_fraction) as usize;
-        let dataset = Self { file, train: 0..split, validation: split..n };
+        let dataset = Self {
+            file,
+            train: 0..split,
+            validation: split..n,
+        };
         if dataset.validation.len() <= context + 1 {
             return Err(TrainerError::Data(format!(
                 "corpus {:?} holds {n} tokens: too few for validation windows of {} tokens",
@@ -145,8 +178,16 @@ impl Dataset {
                 context + 1
             )));
         }
-        if let Some(tok) = dataset.file.tokens().iter().find(|&&t| t as usize >= tokenizer.vocab_size()) {
-            return Err(TrainerError::Data(format!("token {tok} is outside the vocabulary of {}", tokenizer.vocab_size())));
+        if let Some(tok) = dataset
+            .file
+            .tokens()
+            .iter()
+            .find(|&&t| t as usize >= tokenizer.vocab_size())
+        {
+            return Err(TrainerError::Data(format!(
+                "token {tok} is outside the vocabulary of {}",
+                tokenizer.vocab_size()
+            )));
         }
         Ok(dataset)
     }
@@ -169,7 +210,12 @@ impl Dataset {
 
     /// The fixed validation windows: `batches × batch_size` windows of `context + 1` tokens,
     /// drawn with `seed`.
-    pub fn validation_windows(&self, config: &DataConfig, context: usize, seed: u64) -> Vec<Vec<u32>> {
+    pub fn validation_windows(
+        &self,
+        config: &DataConfig,
+        context: usize,
+        seed: u64,
+    ) -> Vec<Vec<u32>> {
         let tokens = &self.tokens()[self.validation.clone()];
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5641_4c49_4441_5445);
         (0..config.validation_batches)
@@ -199,7 +245,12 @@ pub struct ShardSampler {
 
 impl ShardSampler {
     /// A sampler over `range` of the training tokens for worker `worker`.
-    pub fn new(range: Range<usize>, context: usize, seed: u64, worker: usize) -> Result<Self, TrainerError> {
+    pub fn new(
+        range: Range<usize>,
+        context: usize,
+        seed: u64,
+        worker: usize,
+    ) -> Result<Self, TrainerError> {
         if range.len() <= context + 1 {
             return Err(TrainerError::Data(format!(
                 "worker {worker}'s shard holds {} tokens, fewer than one window of {}: use fewer workers or a bigger corpus",
@@ -207,13 +258,25 @@ impl ShardSampler {
                 context + 1
             )));
         }
-        let rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(worker as u64 + 1));
-        Ok(Self { range, rng, context })
+        let rng = StdRng::seed_from_u64(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(worker as u64 + 1),
+        );
+        Ok(Self {
+            range,
+            rng,
+            context,
+        })
     }
 
     /// The next batch of `batch` windows.
     pub fn next_batch(&mut self, dataset: &Dataset, batch: usize) -> Vec<u32> {
-        sample_windows(&dataset.train()[self.range.clone()], batch, self.context, &mut self.rng)
+        sample_windows(
+            &dataset.train()[self.range.clone()],
+            batch,
+            self.context,
+            &mut self.rng,
+        )
     }
 }
 
@@ -253,7 +316,11 @@ mod tests {
         assert_eq!(a.tokens().len(), text.len());
         let b = TokenFile::build_or_open(&text, &Tokenizer::Bytes, dir.path()).unwrap();
         assert_eq!(a.tokens(), b.tokens());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left behind"
+        );
     }
 
     #[test]
@@ -265,6 +332,10 @@ mod tests {
         assert!(shards.windows(2).all(|p| p[0].end == p[1].start));
         let mut a = ShardSampler::new(shards[1].clone(), 128, 7, 1).unwrap();
         let mut b = ShardSampler::new(shards[1].clone(), 128, 7, 1).unwrap();
-        assert_eq!(a.next_batch(&dataset, 4), b.next_batch(&dataset, 4), "same seed, same windows");
+        assert_eq!(
+            a.next_batch(&dataset, 4),
+            b.next_batch(&dataset, 4),
+            "same seed, same windows"
+        );
     }
 }

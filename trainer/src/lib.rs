@@ -1,1 +1,83 @@
-//! placeholder
+//! # sinter-trainer
+//!
+//! DiLoCo training of a LLaMA-style model in burn: each worker takes `H` local AdamW steps
+//! on its own shard; the group averages int8 pseudo-gradients (global − local parameters)
+//! and applies them with an outer Nesterov step. A data-parallel mode is the yardstick.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | the TOML run configuration and its validation |
+//! | [`model`] | the decoder (Hugging Face LLaMA conventions) |
+//! | [`tokenizer`], [`data`] | tokens, cached token files, shards, validation windows |
+//! | [`params`] | a model's parameters as one flat vector with a named layout |
+//! | [`inner`] | one worker's AdamW step with global-norm clipping |
+//! | [`pseudo_gradient`] | pseudo-gradient → wire frame → accumulated mean (shared with the network layer) |
+//! | [`simulate`] | N workers in one process: DiLoCo or data-parallel |
+//! | [`eval`], [`generate`], [`weights`] | validation loss, sampling, saved weights |
+//!
+//! The default backend is burn's `flex` CPU backend; `wgpu` and `cuda` are features.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod generate;
+pub mod inner;
+pub mod model;
+pub mod params;
+pub mod pseudo_gradient;
+pub mod schedule;
+pub mod simulate;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::PathBuf;
+
+pub use config::RunConfig;
+
+/// The CPU backend used by default.
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend with autodiff, for training.
+pub type CpuTrainBackend = burn::backend::Autodiff<CpuBackend>;
+
+/// Everything that can go wrong while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The corpus, tokenizer or token file is unusable.
+    #[error("data: {0}")]
+    Data(String),
+    /// A kernel refused its input.
+    #[error(transparent)]
+    Kernel(#[from] sinter_kernels::KernelError),
+    /// A frame could not be encoded or decoded.
+    #[error(transparent)]
+    Wire(#[from] sinter_comms::WireError),
+    /// A peer's pseudo-gradient does not fit the model.
+    #[error("pseudo-gradient does not match the model: {0}")]
+    Layout(String),
+    /// A saved weights file is unusable.
+    #[error("weights file {path}: {reason}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Training diverged or every worker failed in a round.
+    #[error("training failed: {0}")]
+    Diverged(String),
+    /// The config asks for a backend this build lacks.
+    #[error("backend `{0}` is not compiled in: rebuild with `--features {0}`")]
+    BackendUnavailable(&'static str),
+}

@@ -7,15 +7,40 @@
 //! burn's `Linear` stores its weight as `[d_in, d_out]`, the transpose of PyTorch's
 //! `[out, in]`; export transposes.
 
-use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::silu;
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 
 use crate::config::ModelConfig;
+
+/// RMSNorm as Hugging Face computes it: `x · rsqrt(mean(x²) + ε) · weight`, on `[tokens, d]`.
+///
+/// Written with a multiply by the per-row reciprocal rather than burn's divide, which keeps
+/// burn's CPU backend on its broadcast fast paths forward and backward.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// The learned scale, `[d]`, initialised to ones.
+    pub weight: Param<Tensor<B, 1>>,
+    epsilon: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    fn new(d: usize, epsilon: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::ones([d], device)),
+            epsilon,
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let inv_rms = (x.clone().square().mean_dim(1) + self.epsilon)
+            .sqrt()
+            .recip();
+        (x * inv_rms) * self.weight.val().unsqueeze()
+    }
+}
 
 /// Causal self-attention with rotary positions.
 #[derive(Module, Debug)]
@@ -88,7 +113,7 @@ impl ModelConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
         let std = self.init_std;
         let head_dim = self.head_dim();
-        let norm = || RmsNormConfig::new(self.d_model).with_epsilon(self.rms_eps).init(device);
+        let norm = || RmsNorm::new(self.d_model, self.rms_eps, device);
         let layers = (0..self.n_layers)
             .map(|_| DecoderLayer {
                 attention_norm: norm(),
@@ -116,46 +141,95 @@ impl ModelConfig {
                 .init(device),
             layers,
             norm: norm(),
-            lm_head: (!self.tie_embeddings).then(|| linear(self.d_model, self.vocab_size, std, device)),
+            lm_head: (!self.tie_embeddings)
+                .then(|| linear(self.d_model, self.vocab_size, std, device)),
         }
     }
 }
 
-/// `cos` and `sin` tables, `[seq, head_dim]`, in Hugging Face's layout (frequencies repeated
-/// over both halves of the head).
-fn rope_tables<B: Backend>(seq: usize, head_dim: usize, theta: f64, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let half = head_dim / 2;
-    let mut angles = Vec::with_capacity(seq * head_dim);
-    for pos in 0..seq {
-        for i in 0..head_dim {
-            let inv_freq = 1.0 / theta.powf((2 * (i % half)) as f64 / head_dim as f64);
-            angles.push((pos as f64 * inv_freq) as f32);
-        }
-    }
-    let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-    let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-    let make = |v: Vec<f32>| Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([seq, head_dim]);
-    (make(cos), make(sin))
+/// Constant tensors one forward pass shares across layers, laid out so that burn's CPU
+/// backend stays on its contiguous fast paths (no strided views, no expanded masks).
+struct Positional<B: Backend> {
+    /// `cos` of each position's angles as one row `[1, seq · n_heads · head_dim]` (Hugging
+    /// Face layout: frequencies repeated over both halves of each head).
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    /// `[width, width]` block-diagonal matrix with `x · R = rotate_half(x)` per head.
+    rotate_half: Tensor<B, 2>,
+    /// One row `[1, seq · seq]`: 0 where a query may attend, −∞ in the future.
+    causal_bias: Tensor<B, 2>,
+    seq: usize,
 }
 
-/// Applies RoPE to `[batch, heads, seq, head_dim]`.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let cos = cos.clone().unsqueeze::<4>().expand([b, h, s, d]);
-    let sin = sin.clone().unsqueeze::<4>().expand([b, h, s, d]);
-    x * cos + rotated * sin
+impl<B: Backend> Positional<B> {
+    fn new(seq: usize, heads: usize, head_dim: usize, theta: f64, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        let width = heads * head_dim;
+        let mut cos = Vec::with_capacity(seq * width);
+        let mut sin = Vec::with_capacity(seq * width);
+        for pos in 0..seq {
+            for i in 0..width {
+                let j = i % head_dim;
+                let inv_freq = 1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64);
+                let angle = pos as f64 * inv_freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        // rotate_half([x1, x2]) = [-x2, x1]: output j < half takes -x[j + half], j ≥ half takes x[j - half].
+        let mut rotate = vec![0.0f32; width * width];
+        for h in 0..heads {
+            let base = h * head_dim;
+            for j in 0..half {
+                rotate[(base + j + half) * width + base + j] = -1.0;
+                rotate[(base + j) * width + base + j + half] = 1.0;
+            }
+        }
+        let causal: Vec<f32> = (0..seq * seq)
+            .map(|k| {
+                if k % seq > k / seq {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let table = |v: Vec<f32>, rows: usize, cols: usize| {
+            Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([rows, cols])
+        };
+        Self {
+            cos: table(cos, 1, seq * width),
+            sin: table(sin, 1, seq * width),
+            rotate_half: table(rotate, width, width),
+            causal_bias: table(causal, 1, seq * seq),
+            seq,
+        }
+    }
+
+    /// RoPE on `[batch · seq, width]` projections, before they are split into heads. Each
+    /// sequence is one row against the shared `cos`/`sin` row, burn's fast broadcast shape.
+    fn rope(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [tokens, width] = x.dims();
+        let rows = [tokens / self.seq, self.seq * width];
+        let rotated = x.clone().matmul(self.rotate_half.clone()).reshape(rows);
+        let out = x.reshape(rows) * self.cos.clone() + rotated * self.sin.clone();
+        out.reshape([tokens, width])
+    }
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
-        let q = apply_rope(heads(self.wq.forward(x.clone()), self.n_heads), cos, sin);
-        let mut k = apply_rope(heads(self.wk.forward(x.clone()), self.n_kv_heads), cos, sin);
+    /// `x` is `[batch · seq, d_model]`.
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        q_pos: &Positional<B>,
+        kv_pos: &Positional<B>,
+    ) -> Tensor<B, 2> {
+        let s = q_pos.seq;
+        let b = x.dims()[0] / s;
+        let heads = |t: Tensor<B, 2>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
+        let q = heads(q_pos.rope(self.wq.forward(x.clone())), self.n_heads);
+        let mut k = heads(kv_pos.rope(self.wk.forward(x.clone())), self.n_kv_heads);
         let mut v = heads(self.wv.forward(x), self.n_kv_heads);
         let repeat = self.n_heads / self.n_kv_heads;
         if repeat > 1 {
@@ -167,15 +241,24 @@ impl<B: Backend> Attention<B> {
             k = expand(k);
             v = expand(v);
         }
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let out = attention(q, k, v, None, None, options);
-        self.wo.forward(out.swap_dims(1, 2).reshape([b, s, self.n_heads * self.head_dim]))
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(scale)
+            .reshape([b * self.n_heads, s * s]);
+        let scores = (scores + q_pos.causal_bias.clone()).reshape([b, self.n_heads, s, s]);
+        let out = softmax(scores, 3).matmul(v);
+        self.wo.forward(
+            out.swap_dims(1, 2)
+                .reshape([b * s, self.n_heads * self.head_dim]),
+        )
     }
 }
 
 impl<B: Backend> FeedForward<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.down
+            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
     }
 }
 
@@ -185,17 +268,42 @@ impl<B: Backend> Llama<B> {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let first = &self.layers[0].attention;
-        let (cos, sin) = rope_tables::<B>(seq, first.head_dim, first.rope_theta, &device);
-        let mut x = self.embedding.forward(tokens);
+        let q_pos = Positional::new(
+            seq,
+            first.n_heads,
+            first.head_dim,
+            first.rope_theta,
+            &device,
+        );
+        let kv_pos_own = (first.n_kv_heads != first.n_heads).then(|| {
+            Positional::new(
+                seq,
+                first.n_kv_heads,
+                first.head_dim,
+                first.rope_theta,
+                &device,
+            )
+        });
+        let kv_pos = kv_pos_own.as_ref().unwrap_or(&q_pos);
+        let [batch, _] = tokens.dims();
+        let mut x = self
+            .embedding
+            .forward(tokens)
+            .reshape([batch * seq, self.norm.weight.dims()[0]]);
         for layer in &self.layers {
-            x = x.clone() + layer.attention.forward(layer.attention_norm.forward(x), &cos, &sin);
+            x = x.clone()
+                + layer
+                    .attention
+                    .forward(layer.attention_norm.forward(x), &q_pos, kv_pos);
             x = x.clone() + layer.ffn.forward(layer.ffn_norm.forward(x));
         }
         let x = self.norm.forward(x);
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(x),
-            None => x.matmul(self.embedding.weight.val().transpose().unsqueeze()),
-        }
+            None => x.matmul(self.embedding.weight.val().transpose()),
+        };
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
     }
 
     /// Mean cross-entropy per token of predicting `tokens[:, 1:]` from `tokens[:, :-1]`.
@@ -205,7 +313,115 @@ impl<B: Backend> Llama<B> {
         let targets = windows.narrow(1, 1, s1 - 1).reshape([b * (s1 - 1)]);
         let logits = self.forward(inputs);
         let vocab = logits.dims()[2];
-        let logp = burn::tensor::activation::log_softmax(logits.reshape([b * (s1 - 1), vocab]), 1);
+        let logp = log_softmax(logits.reshape([b * (s1 - 1), vocab]), 1);
         logp.gather(1, targets.unsqueeze_dim(1)).mean().neg()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuBackend as B;
+    use burn::tensor::{Distribution, TensorData};
+
+    fn tiny(n_kv_heads: usize) -> ModelConfig {
+        ModelConfig {
+            vocab_size: 32,
+            d_model: 16,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads,
+            ffn_hidden: 24,
+            context: 8,
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn rope_matches_the_hugging_face_formula() {
+        let device = Default::default();
+        let (seq, heads, hd) = (5, 2, 8);
+        let pos = Positional::<B>::new(seq, heads, hd, 10000.0, &device);
+        let x = Tensor::<B, 2>::random([seq, heads * hd], Distribution::Normal(0.0, 1.0), &device);
+        let got = pos.rope(x.clone()).into_data().to_vec::<f32>().unwrap();
+        let x = x.into_data().to_vec::<f32>().unwrap();
+        for p in 0..seq {
+            for h in 0..heads {
+                for j in 0..hd {
+                    // q·cos + rotate_half(q)·sin with θ_j = p / 10000^(2(j mod hd/2)/hd).
+                    let half = hd / 2;
+                    let angle = p as f64 / 10000f64.powf((2 * (j % half)) as f64 / hd as f64);
+                    let at = |k: usize| x[p * heads * hd + h * hd + k] as f64;
+                    let rotated = if j < half {
+                        -at(j + half)
+                    } else {
+                        at(j - half)
+                    };
+                    let expect = at(j) * angle.cos() + rotated * angle.sin();
+                    let got = got[p * heads * hd + h * hd + j] as f64;
+                    assert!(
+                        (got - expect).abs() < 1e-5,
+                        "pos {p} head {h} dim {j}: {got} vs {expect}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_is_causal_for_plain_and_grouped_heads() {
+        let device = Default::default();
+        for kv in [4, 2, 1] {
+            let model: Llama<B> = tiny(kv).init(&device);
+            let a = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(vec![1i32, 5, 7, 9, 2, 3], [1, 6]),
+                &device,
+            );
+            let b = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(vec![1i32, 5, 7, 30, 31, 0], [1, 6]),
+                &device,
+            );
+            let la = model
+                .forward(a)
+                .narrow(1, 0, 3)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let lb = model
+                .forward(b)
+                .narrow(1, 0, 3)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            assert_eq!(la, lb, "future tokens changed past logits (kv heads {kv})");
+        }
+    }
+
+    #[test]
+    fn a_fresh_model_predicts_near_uniformly() {
+        let device = Default::default();
+        let model: Llama<B> = tiny(4).init(&device);
+        let windows = Tensor::<B, 2, Int>::from_data(
+            TensorData::new((0..18).map(|i| i % 32).collect::<Vec<i32>>(), [2, 9]),
+            &device,
+        );
+        let loss = model.loss(windows).into_scalar();
+        assert!((loss - (32f32).ln()).abs() < 0.1, "loss {loss} vs ln 32");
+    }
+
+    #[test]
+    fn tied_embeddings_have_no_separate_head() {
+        let device = Default::default();
+        let config = ModelConfig {
+            tie_embeddings: true,
+            ..tiny(4)
+        };
+        let model: Llama<B> = config.init(&device);
+        assert!(model.lm_head.is_none());
+        let logits = model.forward(Tensor::from_data(
+            TensorData::new(vec![1i32, 2], [1, 2]),
+            &device,
+        ));
+        assert_eq!(logits.dims(), [1, 2, 32]);
     }
 }

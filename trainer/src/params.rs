@@ -69,7 +69,11 @@ impl<B: Backend> ModuleVisitor<B> for Flatten {
 
 /// Copies every parameter of `module` into one vector, with its layout.
 pub fn flatten<B: Backend, M: Module<B>>(module: &M) -> (ParamLayout, Vec<f32>) {
-    let mut visitor = Flatten { path: Vec::new(), layout: ParamLayout::default(), values: Vec::new() };
+    let mut visitor = Flatten {
+        path: Vec::new(),
+        layout: ParamLayout::default(),
+        values: Vec::new(),
+    };
     module.visit(&mut visitor);
     (visitor.layout, visitor.values)
 }
@@ -87,7 +91,8 @@ impl<B: Backend> ModuleMapper<B> for Load<'_, B> {
         let len: usize = shape.iter().product();
         let slice = &self.values[self.offset..self.offset + len];
         self.offset += len;
-        let mut fresh = Tensor::<B, D>::from_data(TensorData::new(slice.to_vec(), shape), &self.device);
+        let mut fresh =
+            Tensor::<B, D>::from_data(TensorData::new(slice.to_vec(), shape), &self.device);
         if tensor.is_require_grad() {
             fresh = fresh.require_grad();
         }
@@ -102,6 +107,14 @@ impl<B: Backend> ModuleMapper<B> for Load<'_, B> {
 /// If `values` does not have the module's parameter count: a programming error, since
 /// layouts are checked where vectors enter from outside.
 pub fn load<B: Backend, M: Module<B>>(module: M, values: &[f32], device: &B::Device) -> M {
-    assert_eq!(values.len(), module.num_params(), "parameter vector does not match the model");
-    module.map(&mut Load { values, offset: 0, device: device.clone() })
+    assert_eq!(
+        values.len(),
+        module.num_params(),
+        "parameter vector does not match the model"
+    );
+    module.map(&mut Load {
+        values,
+        offset: 0,
+        device: device.clone(),
+    })
 }

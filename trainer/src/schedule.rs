@@ -2,7 +2,13 @@
 
 /// Linear warmup over `warmup` steps to `peak`, then cosine decay to `peak · min_fraction`
 /// at `total` steps. `step` counts from 0.
-pub fn warmup_cosine(step: usize, total: usize, warmup: usize, peak: f64, min_fraction: f64) -> f64 {
+pub fn warmup_cosine(
+    step: usize,
+    total: usize,
+    warmup: usize,
+    peak: f64,
+    min_fraction: f64,
+) -> f64 {
     if step < warmup {
         return peak * (step + 1) as f64 / warmup as f64;
     }

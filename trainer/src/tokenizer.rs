@@ -30,12 +30,25 @@ impl Tokenizer {
             return Ok(Self::Bytes);
         }
         let path = PathBuf::from(spec);
-        let raw = std::fs::read(&path).map_err(|source| TrainerError::Io { path: path.clone(), source })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&raw)
-            .map_err(|e| TrainerError::Data(format!("{}: not a Hugging Face tokenizer.json: {e}", path.display())))?;
+        let raw = std::fs::read(&path).map_err(|source| TrainerError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(&raw).map_err(|e| {
+            TrainerError::Data(format!(
+                "{}: not a Hugging Face tokenizer.json: {e}",
+                path.display()
+            ))
+        })?;
         use sha2::Digest;
-        let sha256 = sha2::Sha256::digest(&raw).iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self::HuggingFace { inner: Box::new(inner), sha256 })
+        let sha256 = sha2::Sha256::digest(&raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self::HuggingFace {
+            inner: Box::new(inner),
+            sha256,
+        })
     }
 
     /// A stable identity for caches.
@@ -59,8 +72,11 @@ impl Tokenizer {
         match self {
             Self::Bytes => Ok(text.iter().map(|&b| u32::from(b)).collect()),
             Self::HuggingFace { inner, .. } => {
-                let text = std::str::from_utf8(text).map_err(|e| TrainerError::Data(format!("corpus is not UTF-8: {e}")))?;
-                let encoding = inner.encode(text, false).map_err(|e| TrainerError::Data(format!("tokenizing: {e}")))?;
+                let text = std::str::from_utf8(text)
+                    .map_err(|e| TrainerError::Data(format!("corpus is not UTF-8: {e}")))?;
+                let encoding = inner
+                    .encode(text, false)
+                    .map_err(|e| TrainerError::Data(format!("tokenizing: {e}")))?;
                 Ok(encoding.get_ids().to_vec())
             }
         }
@@ -69,10 +85,13 @@ impl Tokenizer {
     /// Text of `ids` (invalid UTF-8 is replaced, so partial byte sequences still print).
     pub fn decode(&self, ids: &[u32]) -> Result<String, TrainerError> {
         match self {
-            Self::Bytes => Ok(String::from_utf8_lossy(&ids.iter().map(|&t| t as u8).collect::<Vec<u8>>()).into_owned()),
-            Self::HuggingFace { inner, .. } => {
-                inner.decode(ids, false).map_err(|e| TrainerError::Data(format!("detokenizing: {e}")))
-            }
+            Self::Bytes => Ok(String::from_utf8_lossy(
+                &ids.iter().map(|&t| t as u8).collect::<Vec<u8>>(),
+            )
+            .into_owned()),
+            Self::HuggingFace { inner, .. } => inner
+                .decode(ids, false)
+                .map_err(|e| TrainerError::Data(format!("detokenizing: {e}"))),
         }
     }
 }
@@ -101,7 +120,10 @@ mod tests {
         std::fs::write(&path, json).unwrap();
         let t = Tokenizer::load(path.to_str().unwrap()).unwrap();
         assert_eq!(t.vocab_size(), 5);
-        assert_eq!(t.encode(b"to be or not to be").unwrap(), vec![1, 2, 3, 4, 1, 2]);
+        assert_eq!(
+            t.encode(b"to be or not to be").unwrap(),
+            vec![1, 2, 3, 4, 1, 2]
+        );
         assert!(t.id().starts_with("hf:"));
     }
 
@@ -110,7 +132,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, "{not json").unwrap();
-        let err = Tokenizer::load(path.to_str().unwrap()).unwrap_err().to_string();
+        let err = Tokenizer::load(path.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a Hugging Face tokenizer.json"), "{err}");
     }
 }

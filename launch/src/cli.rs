@@ -1,0 +1,142 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// sinter: many machines train one model. DiLoCo workers take local steps on their own
+/// shards and exchange int8 pseudo-gradients a few hundred times less often than
+/// data-parallel training would.
+#[derive(Debug, Parser)]
+#[command(name = "launch", version, propagate_version = true)]
+#[command(
+    after_help = "Start with: launch sim configs/tiny.toml --out out/tiny\n\
+Logs go to stderr; set RUST_LOG=debug for more. Exit codes: 0 success, 1 runtime failure, 2 bad arguments or config."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate N DiLoCo (or data-parallel) workers in this process, through the real
+    /// quantize → encode → decode → dequantize path, and report loss and bytes.
+    Sim(SimArgs),
+    /// Train one worker alone (no DiLoCo): the single-machine baseline.
+    Train(TrainArgs),
+    /// Print the validation loss of saved weights.
+    Eval(EvalArgs),
+    /// Sample text from saved weights.
+    Generate(GenerateArgs),
+}
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Local steps, averaged pseudo-gradients, outer Nesterov step.
+    Diloco,
+    /// Data-parallel: gradients averaged every step.
+    Ddp,
+}
+
+/// `--quant` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum QuantArg {
+    /// Blockwise int8 absmax pseudo-gradients.
+    Int8,
+    /// Full-precision f32 pseudo-gradients.
+    None,
+}
+
+/// Where a run writes its results.
+#[derive(Debug, Args)]
+pub struct OutArgs {
+    /// Directory for metrics.jsonl, summary.json, loss.svg and model.safetensors.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Cap on inner steps per worker (overrides `inner.steps`, keeping the schedule's shape).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Seed (overrides `run.seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// `launch sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Run configuration (TOML), e.g. configs/tiny.toml.
+    pub config: PathBuf,
+    /// Number of workers (overrides `outer.workers`).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Local steps per round, H (overrides `outer.inner_steps`).
+    #[arg(long, value_name = "H")]
+    pub inner_steps: Option<usize>,
+    /// Pseudo-gradient encoding (overrides `outer.quant`).
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
+    /// DiLoCo or data-parallel (overrides `outer.mode`).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Outer learning rate (overrides `outer.lr`).
+    #[arg(long)]
+    pub outer_lr: Option<f32>,
+    /// Outer Nesterov momentum (overrides `outer.momentum`).
+    #[arg(long)]
+    pub outer_momentum: Option<f32>,
+    /// Carry quantization residuals into the next round (overrides `outer.error_feedback`).
+    #[arg(long)]
+    pub error_feedback: Option<bool>,
+    /// Data-parallel warm-start steps before DiLoCo (overrides `outer.warmup_ddp_steps`).
+    #[arg(long, value_name = "N")]
+    pub warmup_ddp_steps: Option<usize>,
+    /// Output options.
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+/// `launch train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Run configuration (TOML).
+    pub config: PathBuf,
+    /// Output options.
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+/// `launch eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Weights written by `sim` or `train` (OUT/model.safetensors).
+    pub weights: PathBuf,
+}
+
+/// `launch generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Weights written by `sim` or `train` (OUT/model.safetensors).
+    pub weights: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Softmax temperature; 0 is greedy and deterministic.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample from the smallest set of tokens reaching this probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}

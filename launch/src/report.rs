@@ -1,0 +1,86 @@
+//! A run's output directory: `metrics.jsonl`, `summary.json`, `loss.svg`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use sinter_trainer::simulate::{EvalPoint, Summary};
+
+/// Writes metrics (one JSON object per evaluation), the summary and the loss curve.
+pub fn write_run(dir: &Path, evals: &[EvalPoint], summary: &Summary, title: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut metrics = Vec::new();
+    for point in evals {
+        serde_json::to_writer(&mut metrics, point)?;
+        metrics.push(b'\n');
+    }
+    write_synced(&dir.join("metrics.jsonl"), &metrics)?;
+    write_synced(
+        &dir.join("summary.json"),
+        &serde_json::to_vec_pretty(summary)?,
+    )?;
+    plot_curves(
+        &dir.join("loss.svg"),
+        title,
+        &[(title.to_owned(), evals.to_vec())],
+    )
+}
+
+/// Writes a file and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Validation loss against training tokens, one line per labelled series.
+pub fn plot_curves(path: &Path, title: &str, series: &[(String, Vec<EvalPoint>)]) -> Result<()> {
+    let points = series.iter().flat_map(|(_, s)| s.iter());
+    let max_tokens = points.clone().map(|p| p.tokens).max().unwrap_or(1).max(1) as f64;
+    let (lo, hi) = points.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| {
+        (lo.min(p.val_loss), hi.max(p.val_loss))
+    });
+    let (lo, hi) = if lo.is_finite() {
+        (lo as f64 * 0.95, hi as f64 * 1.02)
+    } else {
+        (0.0, 1.0)
+    };
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_tokens / 1e6, lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("training tokens (millions, all workers)")
+        .y_desc("validation loss (nats/token)")
+        .draw()?;
+    for (i, (label, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points
+                    .iter()
+                    .map(|p| (p.tokens as f64 / 1e6, p.val_loss as f64)),
+                color.stroke_width(2),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! The `launch` binary as a user runs it: arguments, files written, exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn launch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_launch"))
+        .args(args)
+        .output()
+        .expect("launch runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A small model so that a whole run takes seconds.
+const SMALL: &str = r#"
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+n_kv_heads = 1
+ffn_hidden = 64
+context = 32
+
+[data]
+validation_batches = 2
+validation_batch_size = 4
+
+[inner]
+steps = 8
+batch_size = 4
+
+[outer]
+workers = 2
+inner_steps = 4
+
+[eval]
+every_steps = 4
+"#;
+
+fn small_config(dir: &Path) -> String {
+    let path = dir.join("small.toml");
+    std::fs::write(&path, SMALL).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = launch(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out);
+    for command in ["sim", "train", "eval", "generate"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let sim = text(&launch(&["sim", "--help"]));
+    assert!(
+        sim.contains("--inner-steps") && sim.contains("--quant") && sim.contains("--out"),
+        "{sim}"
+    );
+}
+
+#[test]
+fn a_config_typo_exits_2_naming_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(&path, "[outer]\nworkerz = 4\n").unwrap();
+    let out = launch(&["sim", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let message = text(&out);
+    assert!(
+        message.contains("typo.toml") && message.contains("workerz") && message.contains("workers"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_config_exits_2() {
+    let out = launch(&["sim", "/nonexistent/config.toml"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("/nonexistent/config.toml"));
+}
+
+#[test]
+fn sim_writes_metrics_summary_curve_and_weights_that_eval_and_generate_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let out_dir = dir.path().join("run");
+    let out = launch(&["sim", &config, "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "initial + 2 rounds: {metrics}");
+    for key in ["round", "step", "tokens", "val_loss", "bytes_sent"] {
+        assert!(
+            lines.iter().all(|l| l.get(key).is_some()),
+            "metrics lack {key}"
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
+    for key in [
+        "initial_val_loss",
+        "final_val_loss",
+        "tokens",
+        "workers",
+        "inner_steps",
+        "mode",
+        "quant",
+        "bytes_sent_per_worker",
+        "ddp_equivalent_bytes_per_worker",
+        "wall_secs",
+    ] {
+        assert!(summary.get(key).is_some(), "summary lacks {key}");
+    }
+    assert_eq!(summary["workers"], 2);
+    assert_eq!(summary["mode"], "diloco");
+    let svg = std::fs::read_to_string(out_dir.join("loss.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "loss.svg is not a line chart"
+    );
+
+    let weights = out_dir.join("model.safetensors");
+    let eval = launch(&["eval", weights.to_str().unwrap()]);
+    assert!(eval.status.success(), "{}", text(&eval));
+    let final_loss = summary["final_val_loss"].as_f64().unwrap();
+    let printed: f64 = text(&eval).split("validation loss ").nth(1).unwrap()[..6]
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (printed - final_loss).abs() < 1e-3,
+        "eval says {printed}, the run said {final_loss}"
+    );
+
+    let greedy = |seed: &str| {
+        let out = launch(&[
+            "generate",
+            weights.to_str().unwrap(),
+            "--prompt",
+            "ROMEO:",
+            "--max-tokens",
+            "20",
+            "--temperature",
+            "0",
+            "--seed",
+            seed,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = greedy("1");
+    assert!(first.starts_with("ROMEO:"));
+    assert_eq!(
+        first,
+        greedy("2"),
+        "temperature 0 must not depend on the seed"
+    );
+}
+
+#[test]
+fn train_is_one_worker_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let out_dir = dir.path().join("run");
+    let out = launch(&[
+        "train",
+        &config,
+        "--steps",
+        "4",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["workers"], 1);
+    assert_eq!(summary["bytes_sent_per_worker"], 0);
+}
+
+#[test]
+fn a_damaged_weights_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    let out = launch(&["eval", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("model.safetensors"), "{}", text(&out));
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian/Ubuntu machine lacks to build and test sinter: a Vulkan loader
+# and Mesa's software Vulkan driver (lavapipe), on which the CubeCL kernels run in tests
+# when there is no GPU. Safe to run again; does nothing when everything is there.
+set -euo pipefail
+
+have_lavapipe() {
+    ldconfig -p | grep -q 'libvulkan\.so\.1' && ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1
+}
+
+if ! have_lavapipe; then
+    echo "setup: installing mesa-vulkan-drivers and libvulkan1 (software Vulkan for the GPU kernels' tests)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1
+fi
+have_lavapipe || { echo "setup: Vulkan (lavapipe) still missing" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+echo "setup: ok ($(cargo --version))"

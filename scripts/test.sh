@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every check CI runs: formatting, clippy with warnings as errors, all tests (the GPU kernels
+# on Mesa's software Vulkan when there is no GPU), and a compile check of the CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sinter/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo test"
+cargo test --workspace --locked
+step "cargo check --features cuda"
+cargo check -p launch --features cuda --locked
+step "done"

@@ -1,0 +1,430 @@
+//! N workers in one process: DiLoCo (local steps, then the averaged pseudo-gradient and an
+//! outer Nesterov step) or the data-parallel baseline (gradients averaged every step).
+//!
+//! Workers take turns on the CPU (burn's flex backend already spreads each step over all
+//! cores), so a run is deterministic for a given seed. Pseudo-gradients go through the real
+//! path: quantize → encode → decode → dequantize-accumulate, and the bytes counted are those
+//! of the frames. Bytes per worker follow a bandwidth-optimal all-reduce: `2(N−1)/N` of a
+//! payload per sync.
+//!
+//! Data-parallel mode trains one model on the concatenation of all workers' batches: with
+//! equal batches, the gradient of the mean loss equals the mean of the workers' gradients,
+//! so this is exactly "gradients averaged every step" without N copies of the model.
+
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+use sinter_comms::{CodecLimits, decode, encode};
+use sinter_kernels::Kernels;
+
+use crate::config::{Mode, OuterSchedule, Quant, RunConfig};
+use crate::data::{Dataset, ShardSampler};
+use crate::eval::validation_loss;
+use crate::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
+use crate::model::Llama;
+use crate::params::{ParamLayout, flatten, load};
+use crate::{TrainerError, pseudo_gradient};
+
+/// One evaluation, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalPoint {
+    /// Outer rounds completed (data-parallel: steps / H).
+    pub round: usize,
+    /// Inner steps completed per worker.
+    pub step: usize,
+    /// Training tokens consumed by all workers together.
+    pub tokens: u64,
+    /// Validation loss of the global model.
+    pub val_loss: f32,
+    /// Bytes each worker has sent so far.
+    pub bytes_sent: u64,
+}
+
+/// The outcome of a run, as written to `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Validation loss before training.
+    pub initial_val_loss: f32,
+    /// Validation loss at the end.
+    pub final_val_loss: f32,
+    /// Training tokens consumed by all workers.
+    pub tokens: u64,
+    /// Workers.
+    pub workers: usize,
+    /// Local steps per round (H).
+    pub inner_steps: usize,
+    /// Inner steps per worker.
+    pub steps: usize,
+    /// Outer rounds (syncs).
+    pub rounds: usize,
+    /// `diloco` or `ddp`.
+    pub mode: Mode,
+    /// `int8` or `none`.
+    pub quant: Quant,
+    /// Model parameters.
+    pub params: usize,
+    /// Bytes each worker sent: compressed frames (DiLoCo) or fp32 gradients (data-parallel).
+    pub bytes_sent_per_worker: u64,
+    /// The same before zstd: quantized values and scales as an all-reduce moves them.
+    pub payload_bytes_per_worker: u64,
+    /// What data-parallel training (fp32 gradients every step) would send for these tokens.
+    pub ddp_equivalent_bytes_per_worker: u64,
+    /// Worker pseudo-gradients left out of a round (non-finite or malformed).
+    pub rejected_contributions: usize,
+    /// Wall-clock seconds.
+    pub wall_secs: f64,
+    /// Training tokens per second.
+    pub tokens_per_sec: f64,
+    /// SHA-256 of the run config.
+    pub config_hash: String,
+}
+
+/// What a simulation reports while it runs.
+pub trait Observer {
+    /// After each inner step of each worker (data-parallel: each global step).
+    fn on_step(&mut self, _worker: usize, _step: usize, _loss: f32, _tokens: u64) {}
+    /// After each evaluation.
+    fn on_eval(&mut self, _point: &EvalPoint) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// All-reduce share: the fraction of a payload each of `n` peers sends.
+pub fn allreduce_factor(n: usize) -> f64 {
+    2.0 * (n as f64 - 1.0) / n as f64
+}
+
+struct Worker<B: AutodiffBackend> {
+    model: Llama<B>,
+    optimizer: InnerOptimizer<B>,
+    sampler: ShardSampler,
+    residual: Option<Vec<f32>>,
+}
+
+struct Run<'a, B: AutodiffBackend> {
+    config: &'a RunConfig,
+    dataset: &'a Dataset,
+    kernels: &'a dyn Kernels,
+    device: B::Device,
+    observer: &'a mut dyn Observer,
+    validation: Vec<Vec<u32>>,
+    layout: ParamLayout,
+    tokens: u64,
+    bytes_sent: f64,
+    payload_bytes: f64,
+    rejected: usize,
+    evals: Vec<EvalPoint>,
+}
+
+impl<B: AutodiffBackend> Run<'_, B> {
+    fn tokens_per_step(&self) -> u64 {
+        (self.config.inner.batch_size * self.config.model.context) as u64
+    }
+
+    fn evaluate(&mut self, model: &Llama<B::InnerBackend>, round: usize, step: usize) -> f32 {
+        let val_loss = validation_loss(
+            model,
+            &self.validation,
+            self.config.data.validation_batch_size,
+            &self.device,
+        );
+        let point = EvalPoint {
+            round,
+            step,
+            tokens: self.tokens,
+            val_loss,
+            bytes_sent: self.bytes_sent.round() as u64,
+        };
+        self.observer.on_eval(&point);
+        self.evals.push(point);
+        val_loss
+    }
+
+    fn should_eval(&self, before: usize, after: usize) -> bool {
+        let every = self.config.eval.every_steps;
+        after / every > before / every || after == self.config.inner.steps
+    }
+
+    /// Data-parallel steps `from..to` on `model`: every worker's batch in one step.
+    fn data_parallel(
+        &mut self,
+        mut model: Llama<B>,
+        optimizer: &mut InnerOptimizer<B>,
+        samplers: &mut [ShardSampler],
+        from: usize,
+        to: usize,
+    ) -> Result<Llama<B>, TrainerError> {
+        let n = samplers.len();
+        let params = self.layout.len() as f64;
+        for step in from..to {
+            let mut windows = Vec::new();
+            for s in samplers.iter_mut() {
+                windows.extend(s.next_batch(self.dataset, self.config.inner.batch_size));
+            }
+            let (next, loss, _) = train_step(
+                model,
+                optimizer,
+                &windows,
+                n * self.config.inner.batch_size,
+                step,
+                self.config,
+                &self.device,
+            );
+            model = next;
+            if !loss.is_finite() {
+                return Err(TrainerError::Diverged(format!(
+                    "data-parallel loss is {loss} at step {step}"
+                )));
+            }
+            self.tokens += self.tokens_per_step() * n as u64;
+            let sent = allreduce_factor(n) * params * 4.0;
+            self.bytes_sent += sent;
+            self.payload_bytes += sent;
+            self.observer.on_step(0, step + 1, loss, self.tokens);
+            if self.should_eval(step, step + 1) {
+                self.evaluate(
+                    &eval_model(&model),
+                    (step + 1) / self.config.outer.inner_steps,
+                    step + 1,
+                );
+            }
+        }
+        Ok(model)
+    }
+
+    /// One DiLoCo round's communication: each worker's pseudo-gradient through the wire into
+    /// the mean. Returns the mean, or `None` if no worker contributed.
+    fn reduce(
+        &mut self,
+        global: &[f32],
+        workers: &mut [Worker<B>],
+        round: usize,
+    ) -> Result<Option<Vec<f32>>, TrainerError> {
+        let n = workers.len();
+        let quant = pseudo_gradient::quant_config(&self.config.outer);
+        let limits = CodecLimits::default();
+        let mut frames = Vec::with_capacity(n);
+        for (w, worker) in workers.iter_mut().enumerate() {
+            let (_, local) = flatten(&worker.model);
+            let built = pseudo_gradient::build(
+                self.kernels,
+                &self.layout,
+                global,
+                &local,
+                worker.residual.as_deref_mut(),
+                quant,
+            );
+            match built.and_then(|set| Ok((set.payload_bytes(), encode(&set, 3)?))) {
+                Ok((payload, frame)) => {
+                    self.bytes_sent += allreduce_factor(n) * frame.len() as f64 / n as f64;
+                    self.payload_bytes += allreduce_factor(n) * payload as f64 / n as f64;
+                    frames.push((w, frame));
+                }
+                Err(e) => {
+                    tracing::warn!(worker = w, round, error = %e, "pseudo-gradient rejected; worker left out of this round and its optimizer reset");
+                    self.rejected += 1;
+                    worker.optimizer = inner_optimizer::<B>(&self.config.inner);
+                    if let Some(r) = worker.residual.as_mut() {
+                        r.fill(0.0);
+                    }
+                }
+            }
+        }
+        let mut contributions = Vec::with_capacity(frames.len());
+        for (w, frame) in frames {
+            match decode(&frame, &limits) {
+                Ok(set) => contributions.push(set),
+                Err(e) => {
+                    tracing::warn!(worker = w, round, error = %e, "frame rejected");
+                    self.rejected += 1;
+                }
+            }
+        }
+        if contributions.is_empty() {
+            return Ok(None);
+        }
+        let mut mean = vec![0.0f32; global.len()];
+        let weight = 1.0 / contributions.len() as f32;
+        for set in &contributions {
+            pseudo_gradient::accumulate(self.kernels, &self.layout, set, &mut mean, weight)?;
+        }
+        Ok(Some(mean))
+    }
+}
+
+impl<B: AutodiffBackend> Run<'_, B> {
+    /// Every worker's inner steps `from..to`, one worker after another. (burn 0.21's autodiff
+    /// graph registry can deadlock when independent graphs run backward passes on several
+    /// threads at once, so workers do not train concurrently.)
+    fn local_steps(&mut self, workers: &mut [Worker<B>], from: usize, to: usize) {
+        let batch = self.config.inner.batch_size;
+        for (w, worker) in workers.iter_mut().enumerate() {
+            for s in from..to {
+                let windows = worker.sampler.next_batch(self.dataset, batch);
+                let model = worker.model.clone();
+                let (next, loss, _) = train_step(
+                    model,
+                    &mut worker.optimizer,
+                    &windows,
+                    batch,
+                    s,
+                    self.config,
+                    &self.device,
+                );
+                worker.model = next;
+                self.tokens += self.tokens_per_step();
+                self.observer.on_step(w, s + 1, loss, self.tokens);
+            }
+        }
+    }
+}
+
+fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
+    match config.outer.lr_schedule {
+        OuterSchedule::Constant => config.outer.lr,
+        OuterSchedule::Cosine => {
+            let progress = round as f32 / rounds.max(1) as f32;
+            let min = config.outer.lr * 0.1;
+            min + 0.5 * (config.outer.lr - min) * (1.0 + (std::f32::consts::PI * progress).cos())
+        }
+    }
+}
+
+/// Runs a whole simulation and returns its summary and the final global model.
+pub fn simulate<B: AutodiffBackend>(
+    config: &RunConfig,
+    dataset: &Dataset,
+    kernels: &dyn Kernels,
+    device: &B::Device,
+    observer: &mut dyn Observer,
+) -> Result<(Summary, Vec<EvalPoint>, Llama<B::InnerBackend>), TrainerError> {
+    let started = Instant::now();
+    let n = config.outer.workers;
+    B::seed(device, config.run.seed);
+    let initial: Llama<B> = config.model.init(device);
+    let (layout, _) = flatten(&initial);
+    let validation =
+        dataset.validation_windows(&config.data, config.model.context, config.run.seed);
+    let mut samplers = (0..n)
+        .map(|w| {
+            ShardSampler::new(
+                dataset.shard(w, n),
+                config.model.context,
+                config.run.seed,
+                w,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut run = Run::<B> {
+        config,
+        dataset,
+        kernels,
+        device: device.clone(),
+        observer,
+        validation,
+        layout,
+        tokens: 0,
+        bytes_sent: 0.0,
+        payload_bytes: 0.0,
+        rejected: 0,
+        evals: Vec::new(),
+    };
+    let initial_val_loss = run.evaluate(&eval_model(&initial), 0, 0);
+    let steps = config.inner.steps;
+    let h = config.outer.inner_steps;
+    let mut rounds = 0;
+
+    let final_model = match config.outer.mode {
+        Mode::Ddp => {
+            let mut optimizer = inner_optimizer::<B>(&config.inner);
+            let model = run.data_parallel(initial, &mut optimizer, &mut samplers, 0, steps)?;
+            rounds = steps.div_ceil(h);
+            eval_model(&model)
+        }
+        Mode::Diloco => {
+            let warmup = config.outer.warmup_ddp_steps;
+            let mut optimizer = inner_optimizer::<B>(&config.inner);
+            let start = if warmup > 0 {
+                run.data_parallel(initial, &mut optimizer, &mut samplers, 0, warmup)?
+            } else {
+                initial
+            };
+            let mut global = flatten(&start).1;
+            let error_feedback = config.outer.error_feedback && config.outer.quant == Quant::Int8;
+            let mut workers: Vec<Worker<B>> = samplers
+                .into_iter()
+                .map(|sampler| Worker {
+                    model: start.clone(),
+                    optimizer: optimizer.clone(),
+                    sampler,
+                    residual: error_feedback.then(|| vec![0.0; global.len()]),
+                })
+                .collect();
+            let mut momentum = vec![0.0f32; global.len()];
+            let total_rounds = (steps - warmup).div_ceil(h);
+            let mut step = warmup;
+            while step < steps {
+                let end = (step + h).min(steps);
+                run.local_steps(&mut workers, step, end);
+                match run.reduce(&global, &mut workers, rounds)? {
+                    Some(delta) => {
+                        let lr = outer_lr(config, rounds, total_rounds);
+                        kernels.outer_nesterov_step(
+                            &mut global,
+                            &mut momentum,
+                            &delta,
+                            lr,
+                            config.outer.momentum,
+                        )?;
+                    }
+                    None => tracing::error!(
+                        round = rounds,
+                        "no worker contributed; global parameters unchanged"
+                    ),
+                }
+                if global.iter().any(|v| !v.is_finite()) {
+                    return Err(TrainerError::Diverged(format!(
+                        "global parameters became non-finite in round {rounds}"
+                    )));
+                }
+                for worker in &mut workers {
+                    worker.model = load(worker.model.clone(), &global, device);
+                }
+                rounds += 1;
+                if run.should_eval(step, end) {
+                    run.evaluate(&eval_model(&workers[0].model), rounds, end);
+                }
+                step = end;
+            }
+            eval_model(&workers[0].model)
+        }
+    };
+
+    let params = run.layout.len();
+    let final_val_loss = run.evals.last().map_or(initial_val_loss, |p| p.val_loss);
+    let wall_secs = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        initial_val_loss,
+        final_val_loss,
+        tokens: run.tokens,
+        workers: n,
+        inner_steps: h,
+        steps,
+        rounds,
+        mode: config.outer.mode,
+        quant: config.outer.quant,
+        params,
+        bytes_sent_per_worker: run.bytes_sent.round() as u64,
+        payload_bytes_per_worker: run.payload_bytes.round() as u64,
+        ddp_equivalent_bytes_per_worker: (allreduce_factor(n) * params as f64 * 4.0 * steps as f64)
+            .round() as u64,
+        rejected_contributions: run.rejected,
+        wall_secs,
+        tokens_per_sec: run.tokens as f64 / wall_secs,
+        config_hash: config.hash(),
+    };
+    Ok((summary, run.evals, final_model))
+}
