@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::quantized::{code_multiplier, encode, stored_scales, value_step};
+use crate::quantized::{code_multiplier, encode, store_scale, value_step};
 use crate::{KernelError, Kernels, QuantConfig, QuantizedTensor, check_lengths};
 
 /// Kernels on CPU threads (rayon's global pool).
@@ -14,63 +14,69 @@ pub struct RayonKernels;
 const CHUNK: usize = 1 << 14;
 
 impl RayonKernels {
-    /// Quantizes the values produced by `value(i)`, writing `residual` if given.
+    /// Quantizes the values that `fill(range, out)` writes for each block, one rayon task per
+    /// block and one pass over it: copy the block into a task-local buffer, find its absmax,
+    /// encode. With `residual`, a second pass stores what quantization lost (only once every
+    /// block has succeeded, so a failure leaves the residual untouched).
     fn quantize_with<F>(
         &self,
         len: usize,
-        value: F,
+        fill: F,
         residual: Option<&mut [f32]>,
         config: QuantConfig,
     ) -> Result<QuantizedTensor, KernelError>
     where
-        F: Fn(usize) -> f32 + Sync,
+        F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
     {
         config.validate()?;
-        let blocks = config.blocks(len);
-        // Pass over each block once for its absmax (also catching non-finite values)...
-        let absmax: Vec<Option<f32>> = (0..blocks)
-            .into_par_iter()
-            .map(|b| {
-                let mut max = 0.0f32;
-                for i in config.block_range(b, len) {
-                    let v = value(i);
-                    if !v.is_finite() {
-                        return None;
-                    }
-                    max = max.max(v.abs());
-                }
-                Some(max)
-            })
-            .collect();
-        if let Some(b) = absmax.iter().position(Option::is_none) {
-            return Err(config.non_finite(b, len));
-        }
-        let absmax: Vec<f32> = absmax.into_iter().map(|a| a.unwrap_or(0.0)).collect();
-        let scales = stored_scales(&absmax, config)?;
-        // ...then encode it (the block is still in cache), updating the residual alongside.
         let mut codes = vec![0i8; len];
-        let encode_block = |(b, out): (usize, &mut [i8])| {
-            let multiplier = code_multiplier(scales[b]);
-            let start = b * config.block;
-            for (j, code) in out.iter_mut().enumerate() {
-                *code = encode(value(start + j), multiplier);
-            }
-        };
-        codes
+        let mut scales = vec![0.0f32; config.blocks(len)];
+        let outcomes: Vec<Result<(), KernelError>> = codes
             .par_chunks_mut(config.block)
+            .zip(scales.par_iter_mut())
             .enumerate()
-            .for_each(encode_block);
+            .map_init(
+                || vec![0.0f32; config.block],
+                |buffer, (b, (codes, scale))| {
+                    let values = &mut buffer[..codes.len()];
+                    fill(config.block_range(b, len), values);
+                    // For finite floats the order of |bits| is the order of magnitudes, and
+                    // NaN and ±Inf sort above every finite value: one integer max finds both
+                    // the absmax and any non-finite value, and vectorises.
+                    let max_bits = values
+                        .iter()
+                        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+                    if max_bits >= 0x7F80_0000 {
+                        return Err(config.non_finite(b, len));
+                    }
+                    *scale = store_scale(f32::from_bits(max_bits), b, config)?;
+                    let multiplier = code_multiplier(*scale);
+                    for (code, &v) in codes.iter_mut().zip(values.iter()) {
+                        *code = encode(v, multiplier);
+                    }
+                    Ok(())
+                },
+            )
+            .collect();
+        if let Some(err) = outcomes.into_iter().find_map(Result::err) {
+            return Err(err);
+        }
         if let Some(residual) = residual {
             residual
                 .par_chunks_mut(config.block)
                 .enumerate()
-                .for_each(|(b, out)| {
-                    let step = value_step(scales[b]);
-                    let start = b * config.block;
-                    for (j, r) in out.iter_mut().enumerate() {
-                        *r = value(start + j) - f32::from(codes[start + j]) * step;
-                    }
-                });
+                .for_each_init(
+                    || vec![0.0f32; config.block],
+                    |buffer, (b, out)| {
+                        let values = &mut buffer[..out.len()];
+                        fill(config.block_range(b, len), values);
+                        let step = value_step(scales[b]);
+                        let codes = &codes[b * config.block..];
+                        for ((r, &v), &c) in out.iter_mut().zip(values.iter()).zip(codes) {
+                            *r = v - f32::from(c) * step;
+                        }
+                    },
+                );
         }
         Ok(QuantizedTensor {
             config,
@@ -90,7 +96,12 @@ impl Kernels for RayonKernels {
         values: &[f32],
         config: QuantConfig,
     ) -> Result<QuantizedTensor, KernelError> {
-        self.quantize_with(values.len(), |i| values[i], None, config)
+        self.quantize_with(
+            values.len(),
+            |range, out| out.copy_from_slice(&values[range]),
+            None,
+            config,
+        )
     }
 
     fn pseudo_gradient_quantize(
@@ -102,16 +113,31 @@ impl Kernels for RayonKernels {
     ) -> Result<QuantizedTensor, KernelError> {
         check_lengths("local parameters", global.len(), local.len())?;
         match residual {
-            None => self.quantize_with(global.len(), |i| global[i] - local[i], None, config),
+            None => {
+                let fill = |range: std::ops::Range<usize>, out: &mut [f32]| {
+                    for ((o, g), l) in out
+                        .iter_mut()
+                        .zip(&global[range.clone()])
+                        .zip(&local[range])
+                    {
+                        *o = g - l;
+                    }
+                };
+                self.quantize_with(global.len(), fill, None, config)
+            }
             Some(residual) => {
                 check_lengths("residual", global.len(), residual.len())?;
                 let previous = residual.to_vec();
-                self.quantize_with(
-                    global.len(),
-                    |i| (global[i] - local[i]) + previous[i],
-                    Some(residual),
-                    config,
-                )
+                let fill = |range: std::ops::Range<usize>, out: &mut [f32]| {
+                    let sources = global[range.clone()]
+                        .iter()
+                        .zip(&local[range.clone()])
+                        .zip(&previous[range]);
+                    for (o, ((g, l), r)) in out.iter_mut().zip(sources) {
+                        *o = (g - l) + r;
+                    }
+                };
+                self.quantize_with(global.len(), fill, Some(residual), config)
             }
         }
     }

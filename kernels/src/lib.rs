@@ -42,7 +42,7 @@ pub type WgpuKernels = CubeKernels<cubecl::wgpu::WgpuRuntime>;
 /// The CubeCL kernels on CUDA (the driver is loaded at run time).
 #[cfg(feature = "cuda")]
 pub type CudaKernels = CubeKernels<cubecl::cuda::CudaRuntime>;
-pub use quantized::{QuantConfig, QuantizedTensor, ScaleDtype};
+pub use quantized::{MIN_SCALE, QuantConfig, QuantizedTensor, ScaleDtype};
 
 /// Largest relative difference allowed between the two implementations' float outputs.
 pub const FLOAT_TOLERANCE: f32 = 1e-6;

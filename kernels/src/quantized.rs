@@ -8,6 +8,10 @@
 
 use crate::KernelError;
 
+/// Smallest absmax a block keeps; below it (values under 1e-36, far beneath any useful
+/// pseudo-gradient) the block is encoded as zeros, and error feedback carries it forward.
+pub const MIN_SCALE: f32 = 1e-36;
+
 /// How scales are stored (and therefore rounded before quantizing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScaleDtype {
@@ -28,8 +32,13 @@ impl ScaleDtype {
     }
 
     /// Rounds an absmax to what this storage type holds. Rounds up where f16 would round
-    /// below the true absmax, so that no code overflows ±127 by more than rounding.
+    /// below the true absmax, so that no code overflows ±127 by more than rounding. Blocks
+    /// whose absmax is below [`MIN_SCALE`] are flushed to zero: `127 / absmax` would
+    /// overflow f32 there.
     pub fn store(self, absmax: f32) -> f32 {
+        if absmax < MIN_SCALE {
+            return 0.0;
+        }
         match self {
             ScaleDtype::F32 => absmax,
             ScaleDtype::F16 => {
@@ -66,7 +75,7 @@ impl Default for QuantConfig {
 impl QuantConfig {
     /// Checks the block size.
     pub fn validate(&self) -> Result<(), KernelError> {
-        if self.block >= 4 && self.block <= 65536 && self.block % 4 == 0 {
+        if self.block >= 4 && self.block <= 65536 && self.block.is_multiple_of(4) {
             Ok(())
         } else {
             Err(KernelError::InvalidBlockSize(self.block))
@@ -137,19 +146,27 @@ impl QuantizedTensor {
 }
 
 /// Rounds each block's absmax to its storage type: the scales both implementations encode with.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub(crate) fn stored_scales(absmax: &[f32], config: QuantConfig) -> Result<Vec<f32>, KernelError> {
     absmax
         .iter()
         .enumerate()
-        .map(|(block, &a)| {
-            let stored = config.scale.store(a);
-            if stored.is_finite() {
-                Ok(stored)
-            } else {
-                Err(KernelError::ScaleOverflow { block, absmax: a })
-            }
-        })
+        .map(|(block, &a)| store_scale(a, block, config))
         .collect()
+}
+
+/// Block `block`'s absmax rounded to its storage type, or an error if that type cannot hold it.
+pub(crate) fn store_scale(
+    absmax: f32,
+    block: usize,
+    config: QuantConfig,
+) -> Result<f32, KernelError> {
+    let stored = config.scale.store(absmax);
+    if stored.is_finite() {
+        Ok(stored)
+    } else {
+        Err(KernelError::ScaleOverflow { block, absmax })
+    }
 }
 
 /// The multiplier that turns a value into a code: `127 / stored_absmax`, or 0 for an all-zero block.
@@ -166,11 +183,12 @@ pub(crate) fn value_step(stored_absmax: f32) -> f32 {
     stored_absmax / 127.0
 }
 
-/// Rounds `v · multiplier` to the nearest code, ties away from zero, clamped to ±127.
-/// Written as `floor(|t| + 0.5)` so that GPU and CPU round identically.
+/// Rounds `v · multiplier` to the nearest code, ties away from zero, clamped to ±127:
+/// `floor(|t| + 0.5)` with the sign of `t`, as the GPU kernel computes it, written without
+/// `floor` (a library call on baseline x86-64) or branches so that it vectorises.
 #[inline]
 pub(crate) fn encode(v: f32, multiplier: f32) -> i8 {
     let t = v * multiplier;
-    let magnitude = (t.abs() + 0.5).floor().min(127.0);
-    (if t < 0.0 { -magnitude } else { magnitude }) as i8
+    // Truncating t ± 0.5 toward zero is sign(t) · floor(|t| + 0.5).
+    (t + 0.5f32.copysign(t)).clamp(-127.0, 127.0) as i32 as i8
 }

@@ -91,14 +91,26 @@ fn quantize_roundtrip_is_within_half_a_step_and_implementations_agree() {
 
 #[test]
 fn zeros_and_denormals_encode_without_dividing_by_zero() {
-    let mut x = vec![0.0f32; 300];
+    let mut x = vec![0.0f32; 600];
     x[260] = f32::from_bits(1); // smallest denormal
     x[261] = -f32::from_bits(0x007F_FFFF); // largest denormal
+    x[520] = 1e-30; // tiny but normal: kept
     for k in implementations() {
         let q = k.quantize(&x, QuantConfig::default()).unwrap();
         assert_eq!(q.scales[0], 0.0);
         assert!(q.codes[..256].iter().all(|&c| c == 0));
-        assert_eq!(q.codes[261], -127, "{}", k.name());
+        // A block of denormals flushes to zero rather than overflowing 127 / absmax.
+        assert_eq!(q.scales[1], 0.0, "{}", k.name());
+        assert!(q.codes[256..512].iter().all(|&c| c == 0), "{}", k.name());
+        assert_eq!(q.codes[520], 127, "{}", k.name());
+        assert!(
+            q.codes[512..]
+                .iter()
+                .enumerate()
+                .all(|(i, &c)| i == 8 || c == 0),
+            "{}",
+            k.name()
+        );
         let restored = k.dequantize(&q).unwrap();
         assert!(restored.iter().all(|v| v.is_finite()));
     }

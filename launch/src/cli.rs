@@ -31,6 +31,23 @@ pub enum Command {
     Eval(EvalArgs),
     /// Sample text from saved weights.
     Generate(GenerateArgs),
+    /// Measure the kernels against a memcpy baseline.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `launch bench` targets.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Rayon kernels' throughput as a ratio to memcpy of the same buffer.
+    Kernels {
+        /// Values per buffer (default: the parity model's parameter count).
+        #[arg(long, default_value_t = 857_216)]
+        len: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+    },
 }
 
 /// `--mode` values.

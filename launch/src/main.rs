@@ -2,6 +2,7 @@
 //! trainer's pieces together; everything testable lives in the library crates.
 
 mod backend;
+mod bench;
 mod cli;
 mod progress;
 mod report;
@@ -20,7 +21,7 @@ use sinter_trainer::simulate::{Observer, simulate};
 use sinter_trainer::{RunConfig, TrainerError, weights};
 
 use backend::{BackendJob, dispatch};
-use cli::{Cli, Command, ModeArg, OutArgs, QuantArg, SimArgs};
+use cli::{BenchCommand, Cli, Command, ModeArg, OutArgs, QuantArg, SimArgs};
 use progress::Progress;
 
 fn main() -> ExitCode {
@@ -74,6 +75,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => {
             let config = weights_config(&args.weights)?;
             dispatch(config.run.backend, GenerateJob { args })
+        }
+        Command::Bench(BenchCommand::Kernels { len, iters }) => {
+            bench::kernels(len, iters.max(1));
+            Ok(())
         }
     }
 }
@@ -192,7 +197,11 @@ impl BackendJob for TrainJob {
             &mut progress as &mut dyn Observer,
         );
         progress.finish();
-        let (summary, evals, model) = result?;
+        let sinter_trainer::simulate::SimOutcome {
+            summary,
+            evals,
+            model,
+        } = result?;
         println!(
             "{}: validation loss {:.4} -> {:.4} in {:.0} s ({:.1}k tokens/s); {} MB sent per worker ({} MB data-parallel would)",
             self.title,

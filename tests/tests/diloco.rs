@@ -3,7 +3,6 @@
 
 use sinter_kernels::{Kernels, RayonKernels, WgpuKernels};
 use sinter_trainer::config::{Mode, Quant, RunConfig};
-use sinter_trainer::data::Dataset;
 use sinter_trainer::simulate::{Quiet, Summary, allreduce_factor, simulate};
 use sinter_trainer::{CpuTrainBackend, params, pseudo_gradient};
 
@@ -31,10 +30,10 @@ fn run(
     kernels: &dyn Kernels,
 ) -> (Summary, Vec<sinter_trainer::simulate::EvalPoint>) {
     let (_, dataset) = config.load_data().unwrap();
-    let (summary, evals, _) =
+    let outcome =
         simulate::<CpuTrainBackend>(config, &dataset, kernels, &Default::default(), &mut Quiet)
             .unwrap();
-    (summary, evals)
+    (outcome.summary, outcome.evals)
 }
 
 #[test]
@@ -118,8 +117,6 @@ fn data_parallel_with_one_worker_is_plain_training_and_sends_nothing() {
 #[test]
 fn a_lying_or_corrupt_pseudo_gradient_is_rejected_before_it_touches_the_mean() {
     let config = small();
-    let (_, dataset): (_, Dataset) = config.load_data().unwrap();
-    let _ = dataset;
     let model = config
         .model
         .init::<sinter_trainer::CpuBackend>(&Default::default());

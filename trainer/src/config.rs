@@ -339,13 +339,13 @@ impl RunConfig {
                 return Err(format!("`{field}` must be at least 1"));
             }
         }
-        if m.d_model % m.n_heads != 0 || (m.d_model / m.n_heads) % 2 != 0 {
+        if !m.d_model.is_multiple_of(m.n_heads) || !(m.d_model / m.n_heads).is_multiple_of(2) {
             return Err(format!(
                 "`model.d_model` ({}) must be divisible by `model.n_heads` ({}) into an even head size (RoPE rotates pairs)",
                 m.d_model, m.n_heads
             ));
         }
-        if m.n_heads % m.n_kv_heads != 0 {
+        if !m.n_heads.is_multiple_of(m.n_kv_heads) {
             return Err(format!(
                 "`model.n_heads` ({}) must be a multiple of `model.n_kv_heads` ({})",
                 m.n_heads, m.n_kv_heads
@@ -384,12 +384,13 @@ impl RunConfig {
                 self.outer.momentum
             ));
         }
-        if self.outer.block < 4 || self.outer.block > 65536 || self.outer.block % 4 != 0 {
-            return Err(format!(
-                "`outer.block` is {}; allowed: a multiple of 4 from 4 to 65536",
-                self.outer.block
-            ));
-        }
+        let quant = sinter_kernels::QuantConfig {
+            block: self.outer.block,
+            scale: sinter_kernels::ScaleDtype::F32,
+        };
+        quant
+            .validate()
+            .map_err(|e| format!("`outer.block`: {e}"))?;
         if self.outer.warmup_ddp_steps >= self.inner.steps {
             return Err(format!(
                 "`outer.warmup_ddp_steps` ({}) must be below `inner.steps` ({})",

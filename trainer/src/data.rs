@@ -126,7 +126,7 @@ impl TokenFile {
         // SAFETY: token files are written once under a temporary name and renamed into place;
         // nothing writes to them after that.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        if map.len() % 4 != 0 {
+        if !map.len().is_multiple_of(4) {
             return Err(TrainerError::Data(format!(
                 "{}: length {} is not a whole number of u32 tokens",
                 path.display(),

@@ -293,14 +293,24 @@ fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
     }
 }
 
-/// Runs a whole simulation and returns its summary and the final global model.
+/// What a simulation produces.
+pub struct SimOutcome<B: burn::tensor::backend::Backend> {
+    /// The summary.
+    pub summary: Summary,
+    /// Every evaluation, in order.
+    pub evals: Vec<EvalPoint>,
+    /// The final global model.
+    pub model: Llama<B>,
+}
+
+/// Runs a whole simulation and returns its summary, evaluations and final global model.
 pub fn simulate<B: AutodiffBackend>(
     config: &RunConfig,
     dataset: &Dataset,
     kernels: &dyn Kernels,
     device: &B::Device,
     observer: &mut dyn Observer,
-) -> Result<(Summary, Vec<EvalPoint>, Llama<B::InnerBackend>), TrainerError> {
+) -> Result<SimOutcome<B::InnerBackend>, TrainerError> {
     let started = Instant::now();
     let n = config.outer.workers;
     B::seed(device, config.run.seed);
@@ -426,5 +436,9 @@ pub fn simulate<B: AutodiffBackend>(
         tokens_per_sec: run.tokens as f64 / wall_secs,
         config_hash: config.hash(),
     };
-    Ok((summary, run.evals, final_model))
+    Ok(SimOutcome {
+        summary,
+        evals: run.evals,
+        model: final_model,
+    })
 }

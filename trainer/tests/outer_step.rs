@@ -8,13 +8,13 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::{Distribution, Tensor};
 use sinter_kernels::{Kernels, RayonKernels};
-use sinter_trainer::CpuTrainBackend as B;
+use sinter_trainer::CpuTrainBackend as TB;
 use sinter_trainer::params::{flatten, load};
 
 #[derive(Module, Debug)]
-struct Tiny<Bk: burn::tensor::backend::Backend> {
-    a: Linear<Bk>,
-    b: Linear<Bk>,
+struct Tiny<B: burn::tensor::backend::Backend> {
+    a: Linear<B>,
+    b: Linear<B>,
 }
 
 struct RegisterDelta<'a> {
@@ -23,14 +23,14 @@ struct RegisterDelta<'a> {
     grads: GradientsParams,
 }
 
-impl burn::module::ModuleVisitor<B> for RegisterDelta<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+impl burn::module::ModuleVisitor<TB> for RegisterDelta<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<TB, D>>) {
         let shape = param.val().dims();
         let n: usize = shape.iter().product();
         let values = self.delta[self.offset..self.offset + n].to_vec();
         self.offset += n;
         let grad =
-            Tensor::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, D>::from_data(
+            Tensor::<<TB as burn::tensor::backend::AutodiffBackend>::InnerBackend, D>::from_data(
                 burn::tensor::TensorData::new(values, shape),
                 &Default::default(),
             );
@@ -41,7 +41,7 @@ impl burn::module::ModuleVisitor<B> for RegisterDelta<'_> {
 #[test]
 fn kernels_outer_step_equals_burn_sgd_nesterov() {
     let device = Default::default();
-    let model = Tiny::<B> {
+    let model = Tiny::<TB> {
         a: LinearConfig::new(7, 5).init(&device),
         b: LinearConfig::new(5, 3).init(&device),
     };
@@ -51,13 +51,13 @@ fn kernels_outer_step_equals_burn_sgd_nesterov() {
         dampening: 0.0,
         nesterov: true,
     }));
-    let mut optimizer = sgd.init::<B, Tiny<B>>();
+    let mut optimizer = sgd.init::<TB, Tiny<TB>>();
     let mut burn_model = model;
     let mut params = start.clone();
     let mut momentum = vec![0.0f32; params.len()];
     for round in 0..4 {
         let delta: Vec<f32> =
-            Tensor::<B, 1>::random([params.len()], Distribution::Normal(0.0, 0.1), &device)
+            Tensor::<TB, 1>::random([params.len()], Distribution::Normal(0.0, 0.1), &device)
                 .into_data()
                 .to_vec()
                 .unwrap();
