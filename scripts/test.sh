@@ -3,7 +3,6 @@
 # on Mesa's software Vulkan when there is no GPU), and a compile check of the CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sinter/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
