@@ -239,8 +239,15 @@ pub fn encode(set: &TensorSet, level: i32) -> Result<Vec<u8>, WireError> {
             }
         }
     }
+    frame(&body, level)
+}
+
+/// Wraps an already serialised tensor body in a frame: compression, header, checksum.
+/// [`encode`] uses it; tests and the fuzz target use it to put arbitrary bodies behind a
+/// valid header and reach the tensor parser.
+pub fn frame(body: &[u8], level: i32) -> Result<Vec<u8>, WireError> {
     let compressed =
-        zstd::bulk::compress(&body, level).map_err(|e| WireError::Decompress(e.to_string()))?;
+        zstd::bulk::compress(body, level).map_err(|e| WireError::Decompress(e.to_string()))?;
     let mut frame = Vec::with_capacity(HEADER_LEN + compressed.len());
     frame.extend_from_slice(&MAGIC);
     frame.extend_from_slice(&VERSION.to_le_bytes());

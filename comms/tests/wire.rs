@@ -153,22 +153,9 @@ fn encoder_refuses_inconsistent_tensors() {
     ));
 }
 
-/// Builds a frame around an arbitrary (attacker-chosen) body with a valid header and checksum,
-/// to reach the tensor parser past the checksum.
+/// A valid header and checksum around an arbitrary (attacker-chosen) body.
 fn frame_around(body: &[u8]) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(body, 1).unwrap();
-    let mut frame = Vec::new();
-    frame.extend_from_slice(b"SNTR");
-    frame.extend_from_slice(&VERSION.to_le_bytes());
-    frame.extend_from_slice(&0u16.to_le_bytes());
-    frame.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    let mut h = crc32fast::Hasher::new();
-    h.update(&frame[..16]);
-    h.update(&compressed);
-    frame.extend_from_slice(&h.finalize().to_le_bytes());
-    frame.extend_from_slice(&compressed);
-    frame
+    sinter_comms::wire::frame(body, 1).unwrap()
 }
 
 #[test]

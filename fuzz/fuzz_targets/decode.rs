@@ -6,9 +6,16 @@ use libfuzzer_sys::fuzz_target;
 use sinter_comms::{CodecLimits, decode, encode};
 
 fuzz_target!(|data: &[u8]| {
-    let limits = CodecLimits { max_frame_bytes: 1 << 20, max_decoded_bytes: 1 << 22, max_tensors: 256 };
+    let limits = CodecLimits {
+        max_frame_bytes: 1 << 20,
+        max_decoded_bytes: 1 << 22,
+        max_tensors: 256,
+    };
     if let Ok(set) = decode(data, &limits) {
         let frame = encode(&set, 1).expect("a decoded set re-encodes");
-        assert_eq!(decode(&frame, &CodecLimits::default()).expect("re-encoded frame decodes"), set);
+        assert_eq!(
+            decode(&frame, &CodecLimits::default()).expect("re-encoded frame decodes"),
+            set
+        );
     }
 });
