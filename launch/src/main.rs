@@ -262,7 +262,13 @@ impl BackendJob for GenerateJob {
         let args = self.args;
         let (config, model) = weights::load_model::<B::InnerBackend>(&args.weights, &device)?;
         let tokenizer = sinter_trainer::tokenizer::Tokenizer::load(&config.data.tokenizer)?;
-        let prompt = tokenizer.encode(args.prompt.as_bytes())?;
+        // With no prompt, start from a newline, as a text file would.
+        let start = if args.prompt.is_empty() {
+            "\n"
+        } else {
+            args.prompt.as_str()
+        };
+        let prompt = tokenizer.encode(start.as_bytes())?;
         let sampling = Sampling {
             temperature: args.temperature,
             top_k: args.top_k,

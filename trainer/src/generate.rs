@@ -66,6 +66,7 @@ pub fn sample_token(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u3
 }
 
 /// Extends `prompt` by `max_tokens` tokens, calling `on_token` with each as it is chosen.
+/// An empty prompt yields nothing.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     prompt: &[u32],
@@ -78,7 +79,8 @@ pub fn generate<B: Backend>(
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut tokens = prompt.to_vec();
     if tokens.is_empty() {
-        tokens.push(b'\n' as u32);
+        // Nothing to condition on; callers pick a start token their tokenizer knows.
+        return tokens;
     }
     for _ in 0..max_tokens {
         let window = &tokens[tokens.len().saturating_sub(context)..];

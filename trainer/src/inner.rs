@@ -92,8 +92,7 @@ pub fn inner_lr(config: &InnerConfig, step: usize) -> f64 {
     )
 }
 
-/// One AdamW step on a batch of windows; returns the updated model, the batch loss and the
-/// gradient norm before clipping.
+/// One AdamW step on a batch of windows; returns the updated model and the batch loss.
 pub fn train_step<B: AutodiffBackend>(
     model: Llama<B>,
     optimizer: &mut InnerOptimizer<B>,
@@ -102,13 +101,13 @@ pub fn train_step<B: AutodiffBackend>(
     step: usize,
     config: &RunConfig,
     device: &B::Device,
-) -> (Llama<B>, f32, f32) {
+) -> (Llama<B>, f32) {
     let loss = model.loss(windows_tensor::<B>(windows, batch, device));
     let loss_value = loss.clone().into_scalar().elem::<f32>();
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let norm = clip_global_norm(&model, &mut grads, config.inner.grad_clip);
+    clip_global_norm(&model, &mut grads, config.inner.grad_clip);
     let model = optimizer.step(inner_lr(&config.inner, step), model, grads);
-    (model, loss_value, norm)
+    (model, loss_value)
 }
 
 /// Evaluation copy of a training model.

@@ -164,7 +164,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             for s in samplers.iter_mut() {
                 windows.extend(s.next_batch(self.dataset, self.config.inner.batch_size));
             }
-            let (next, loss, _) = train_step(
+            let (next, loss) = train_step(
                 model,
                 optimizer,
                 &windows,
@@ -265,7 +265,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             for s in from..to {
                 let windows = worker.sampler.next_batch(self.dataset, batch);
                 let model = worker.model.clone();
-                let (next, loss, _) = train_step(
+                let (next, loss) = train_step(
                     model,
                     &mut worker.optimizer,
                     &windows,
