@@ -1,14 +1,23 @@
 //! # sinter-comms
 //!
-//! What peers say to each other. For now: the wire codec for a set of tensors (a peer's
-//! pseudo-gradient for one round), used by the in-process simulation exactly as the network
-//! layer will use it, so that every byte counted in a simulation is a byte that would travel.
+//! What peers say to each other, and how: the wire codec for a set of tensors (a peer's
+//! pseudo-gradient for one round), the libp2p network layer, and the group protocol that
+//! forms each round's group and runs its all-reduce. The in-process simulation uses the
+//! same codec, so every byte counted in a simulation is a byte that would travel.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`wire`] | versioned, zstd-compressed, checksummed frames of int8 or f32 tensors |
+//! | [`net`] | libp2p swarm: `Client` + `EventLoop`, peer keys, size-limited request-response |
+//! | [`group`] | membership by heartbeat, a leader per round, reduce-scatter + all-gather |
+//!
+//! | feature | what |
+//! |---|---|
+//! | `quic` | QUIC transport next to TCP |
 #![warn(missing_docs)]
 
+pub mod group;
+pub mod net;
 pub mod wire;
 
 pub use wire::{CodecLimits, TensorPayload, TensorSet, WireError, WireTensor, decode, encode};

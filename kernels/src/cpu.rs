@@ -13,11 +13,17 @@ pub struct RayonKernels;
 /// Elements per rayon task in elementwise loops: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
 
+/// Blocks quantized by one rayon task: enough work (16 Ki values at block 256) that task
+/// scheduling, not memory, stays negligible.
+const BLOCKS_PER_TASK: usize = 64;
+
 impl RayonKernels {
-    /// Quantizes the values that `fill(range, out)` writes for each block, one rayon task per
-    /// block and one pass over it: copy the block into a task-local buffer, find its absmax,
-    /// encode. With `residual`, a second pass stores what quantization lost (only once every
-    /// block has succeeded, so a failure leaves the residual untouched).
+    /// Quantizes the values that `fill(range, out)` writes for each block, in one pass over
+    /// memory: a task takes [`BLOCKS_PER_TASK`] consecutive blocks and, for each, copies it
+    /// into a task-local buffer, finds its absmax and encodes it while it is hot in cache.
+    /// With `residual`, a second pass stores what quantization lost (only once every block
+    /// has succeeded, so a failure leaves the residual untouched). On failure the error names
+    /// the first bad block, whatever the thread timing.
     fn quantize_with<F>(
         &self,
         len: usize,
@@ -31,32 +37,22 @@ impl RayonKernels {
         config.validate()?;
         let mut codes = vec![0i8; len];
         let mut scales = vec![0.0f32; config.blocks(len)];
+        let task_values = config.block * BLOCKS_PER_TASK;
         let outcomes: Vec<Result<(), KernelError>> = codes
-            .par_chunks_mut(config.block)
-            .zip(scales.par_iter_mut())
+            .par_chunks_mut(task_values)
+            .zip(scales.par_chunks_mut(BLOCKS_PER_TASK))
             .enumerate()
-            .map_init(
-                || vec![0.0f32; config.block],
-                |buffer, (b, (codes, scale))| {
+            .map(|(task, (codes, scales))| {
+                let mut buffer = vec![0.0f32; config.block];
+                let blocks = codes.chunks_mut(config.block).zip(scales.iter_mut());
+                for (i, (codes, scale)) in blocks.enumerate() {
+                    let b = task * BLOCKS_PER_TASK + i;
                     let values = &mut buffer[..codes.len()];
                     fill(config.block_range(b, len), values);
-                    // For finite floats the order of |bits| is the order of magnitudes, and
-                    // NaN and ±Inf sort above every finite value: one integer max finds both
-                    // the absmax and any non-finite value, and vectorises.
-                    let max_bits = values
-                        .iter()
-                        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
-                    if max_bits >= 0x7F80_0000 {
-                        return Err(config.non_finite(b, len));
-                    }
-                    *scale = store_scale(f32::from_bits(max_bits), b, config)?;
-                    let multiplier = code_multiplier(*scale);
-                    for (code, &v) in codes.iter_mut().zip(values.iter()) {
-                        *code = encode(v, multiplier);
-                    }
-                    Ok(())
-                },
-            )
+                    *scale = quantize_block(values, codes, b, config)?;
+                }
+                Ok(())
+            })
             .collect();
         if let Some(err) = outcomes.into_iter().find_map(Result::err) {
             return Err(err);
@@ -84,6 +80,59 @@ impl RayonKernels {
             scales,
         })
     }
+}
+
+/// Encodes block `b` (`values`) into `codes` and returns its stored scale, with AVX2 (8 lanes
+/// instead of SSE2's 4, and a native unsigned max) where the CPU has it.
+fn quantize_block(
+    values: &[f32],
+    codes: &mut [i8],
+    b: usize,
+    config: QuantConfig,
+) -> Result<f32, KernelError> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { quantize_block_avx2(values, codes, b, config) };
+    }
+    quantize_block_portable(values, codes, b, config)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_block_avx2(
+    values: &[f32],
+    codes: &mut [i8],
+    b: usize,
+    config: QuantConfig,
+) -> Result<f32, KernelError> {
+    quantize_block_portable(values, codes, b, config)
+}
+
+/// The block quantizer itself; inlined into each instruction-set variant above so that the
+/// compiler vectorises it for that set.
+#[inline(always)]
+fn quantize_block_portable(
+    values: &[f32],
+    codes: &mut [i8],
+    b: usize,
+    config: QuantConfig,
+) -> Result<f32, KernelError> {
+    // For finite floats the order of |bits| is the order of magnitudes, and NaN and ±Inf
+    // sort above every finite value: one integer max finds both the absmax and any
+    // non-finite value, and vectorises.
+    let max_bits = values
+        .iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    if max_bits >= 0x7F80_0000 {
+        return Err(config.non_finite(b, values.len() + b * config.block));
+    }
+    let scale = store_scale(f32::from_bits(max_bits), b, config)?;
+    let multiplier = code_multiplier(scale);
+    for (code, &v) in codes.iter_mut().zip(values) {
+        *code = encode(v, multiplier);
+    }
+    Ok(scale)
 }
 
 impl Kernels for RayonKernels {

@@ -185,10 +185,16 @@ pub(crate) fn value_step(stored_absmax: f32) -> f32 {
 
 /// Rounds `v · multiplier` to the nearest code, ties away from zero, clamped to ±127:
 /// `floor(|t| + 0.5)` with the sign of `t`, as the GPU kernel computes it, written without
-/// `floor` (a library call on baseline x86-64) or branches so that it vectorises.
+/// `floor` (a library call on baseline x86-64), branches or a saturating conversion, so that
+/// it compiles to packed SSE2 instructions.
 #[inline]
 pub(crate) fn encode(v: f32, multiplier: f32) -> i8 {
     let t = v * multiplier;
-    // Truncating t ± 0.5 toward zero is sign(t) · floor(|t| + 0.5).
-    (t + 0.5f32.copysign(t)).clamp(-127.0, 127.0) as i32 as i8
+    // Truncating t ± 0.5 toward zero is sign(t) · floor(|t| + 0.5). `max`/`min` return
+    // their non-NaN operand, so `bounded` lies in [-127, 127] even for a NaN `t`.
+    // (Not `clamp`: it would pass a NaN through.)
+    #[allow(clippy::manual_clamp)]
+    let bounded = (t + 0.5f32.copysign(t)).max(-127.0).min(127.0);
+    // SAFETY: `bounded` is finite and within i32's range (see above).
+    unsafe { bounded.to_int_unchecked::<i32>() as i8 }
 }

@@ -25,12 +25,21 @@ pub enum Command {
     /// Simulate N DiLoCo (or data-parallel) workers in this process, through the real
     /// quantize → encode → decode → dequantize path, and report loss and bytes.
     Sim(SimArgs),
+    /// Join (or start) a real run as one peer over libp2p: train H local steps, all-reduce
+    /// int8 pseudo-gradients with the group, apply the outer step, repeat.
+    #[command(after_help = "Example, three peers on one machine:\n  \
+launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/4001 --key out/p1/peer.key --out out/p1\n  \
+launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstrap /ip4/127.0.0.1/tcp/4001 --key out/p2/peer.key --out out/p2\n  \
+(and a third like the second). Every peer must use the same config and overrides: the run is identified by the config's hash.")]
+    Run(RunArgs),
     /// Train one worker alone (no DiLoCo): the single-machine baseline.
     Train(TrainArgs),
     /// Print the validation loss of saved weights.
     Eval(EvalArgs),
     /// Sample text from saved weights.
     Generate(GenerateArgs),
+    /// Draw the validation-loss curves of several runs in one picture (SVG).
+    Plot(PlotArgs),
     /// Measure the kernels against a memcpy baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -82,12 +91,10 @@ pub struct OutArgs {
     pub seed: Option<u64>,
 }
 
-/// `launch sim`.
+/// Overrides of the config's `[outer]` section shared by `sim` and `run`.
 #[derive(Debug, Args)]
-pub struct SimArgs {
-    /// Run configuration (TOML), e.g. configs/tiny.toml.
-    pub config: PathBuf,
-    /// Number of workers (overrides `outer.workers`).
+pub struct OuterOverrides {
+    /// Number of workers (overrides `outer.workers`; for `run`, the peers to wait for).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Local steps per round, H (overrides `outer.inner_steps`).
@@ -111,6 +118,49 @@ pub struct SimArgs {
     /// Data-parallel warm-start steps before DiLoCo (overrides `outer.warmup_ddp_steps`).
     #[arg(long, value_name = "N")]
     pub warmup_ddp_steps: Option<usize>,
+}
+
+/// `launch sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Run configuration (TOML), e.g. configs/tiny.toml.
+    pub config: PathBuf,
+    /// Config overrides.
+    #[command(flatten)]
+    pub outer: OuterOverrides,
+    /// Output options.
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+/// `launch run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run configuration (TOML), the same file (and overrides) on every peer.
+    pub config: PathBuf,
+    /// Address to listen on, e.g. /ip4/0.0.0.0/tcp/4001 (port 0: any free port). Repeatable.
+    #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/0")]
+    pub listen: Vec<String>,
+    /// A peer of the run to join through, e.g. /ip4/127.0.0.1/tcp/4001 (with or without
+    /// /p2p/PEER_ID). Repeatable; without it this peer starts a new group.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// This peer's key file (ed25519), created on first start: the same file is the same
+    /// peer id across restarts.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Stop after this many outer rounds.
+    #[arg(long, value_name = "N")]
+    pub max_rounds: Option<usize>,
+    /// Seconds to wait for `outer.workers` peers before starting with fewer.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub start_wait: u64,
+    /// Longest wait for other peers at any point of a round, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub round_ceiling: u64,
+    /// Config overrides.
+    #[command(flatten)]
+    pub outer: OuterOverrides,
     /// Output options.
     #[command(flatten)]
     pub out: OutArgs,
@@ -124,6 +174,21 @@ pub struct TrainArgs {
     /// Output options.
     #[command(flatten)]
     pub out: OutArgs,
+}
+
+/// `launch plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Output directories of `sim`, `train` or `run` (each holds metrics.jsonl); the
+    /// directory name labels the curve.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The picture to write.
+    #[arg(long, value_name = "FILE", default_value = "loss.svg")]
+    pub out: PathBuf,
+    /// Title of the picture.
+    #[arg(long, default_value = "validation loss")]
+    pub title: String,
 }
 
 /// `launch eval`.

@@ -1,9 +1,10 @@
 //! `launch`: the sinter command line. Parses arguments, loads the config and wires the
 //! trainer's pieces together; everything testable lives in the library crates.
 
-mod backend;
+pub(crate) mod backend;
 mod bench;
 mod cli;
+mod peer;
 mod progress;
 mod report;
 
@@ -21,7 +22,7 @@ use sinter_trainer::simulate::{Observer, simulate};
 use sinter_trainer::{RunConfig, TrainerError, weights};
 
 use backend::{BackendJob, dispatch};
-use cli::{BenchCommand, Cli, Command, ModeArg, OutArgs, QuantArg, SimArgs};
+use cli::{BenchCommand, Cli, Command, ModeArg, OutArgs, OuterOverrides, QuantArg};
 use progress::Progress;
 
 fn main() -> ExitCode {
@@ -44,6 +45,10 @@ fn main() -> ExitCode {
                 ) || c
                     .downcast_ref::<sinter_trainer::config::ConfigError>()
                     .is_some()
+                    || matches!(
+                        c.downcast_ref::<sinter_comms::group::GroupError>(),
+                        Some(sinter_comms::group::GroupError::ConfigMismatch { .. })
+                    )
             });
             ExitCode::from(if config_error { 2 } else { 1 })
         }
@@ -53,8 +58,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sim(args) => {
-            let config = sim_config(&args)?;
+            let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
             train_and_report(config, &args.out, "sim")
+        }
+        Command::Run(args) => {
+            let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
+            peer::run(config, args)
         }
         Command::Train(args) => {
             let mut config = load_config(&args.config, &args.out)?;
@@ -76,6 +85,22 @@ fn run(cli: Cli) -> Result<()> {
             let config = weights_config(&args.weights)?;
             dispatch(config.run.backend, GenerateJob { args })
         }
+        Command::Plot(args) => {
+            let series = args
+                .runs
+                .iter()
+                .map(|dir| {
+                    let label = dir.file_name().unwrap_or(dir.as_os_str());
+                    Ok((
+                        label.to_string_lossy().into_owned(),
+                        report::read_metrics(dir)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            report::plot_curves(&args.out, &args.title, &series)?;
+            println!("wrote {}", args.out.display());
+            Ok(())
+        }
         Command::Bench(BenchCommand::Kernels { len, iters }) => {
             bench::kernels(len, iters.max(1));
             Ok(())
@@ -95,8 +120,9 @@ fn load_config(path: &Path, out: &OutArgs) -> Result<RunConfig> {
     Ok(config)
 }
 
-fn sim_config(args: &SimArgs) -> Result<RunConfig> {
-    let mut config = load_config(&args.config, &args.out)?;
+/// Loads a config and applies the `[outer]` overrides of `sim` and `run`.
+fn config_with_overrides(path: &Path, args: &OuterOverrides, out: &OutArgs) -> Result<RunConfig> {
+    let mut config = load_config(path, out)?;
     let outer = &mut config.outer;
     if let Some(n) = args.workers {
         outer.workers = n;
@@ -131,7 +157,7 @@ fn sim_config(args: &SimArgs) -> Result<RunConfig> {
     config
         .validate()
         .map_err(|message| sinter_trainer::config::ConfigError {
-            path: args.config.clone(),
+            path: path.to_path_buf(),
             message,
         })
         .context("after applying command-line overrides")?;

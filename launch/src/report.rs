@@ -5,10 +5,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
-use sinter_trainer::simulate::{EvalPoint, Summary};
+use sinter_trainer::simulate::EvalPoint;
 
 /// Writes metrics (one JSON object per evaluation), the summary and the loss curve.
-pub fn write_run(dir: &Path, evals: &[EvalPoint], summary: &Summary, title: &str) -> Result<()> {
+pub fn write_run<S: serde::Serialize>(
+    dir: &Path,
+    evals: &[EvalPoint],
+    summary: &S,
+    title: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut metrics = Vec::new();
     for point in evals {
@@ -25,6 +30,20 @@ pub fn write_run(dir: &Path, evals: &[EvalPoint], summary: &Summary, title: &str
         title,
         &[(title.to_owned(), evals.to_vec())],
     )
+}
+
+/// Reads the evaluations a run wrote to `dir/metrics.jsonl`.
+pub fn read_metrics(dir: &Path) -> Result<Vec<EvalPoint>> {
+    let path = dir.join("metrics.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a metrics record", path.display(), i + 1))
+        })
+        .collect()
 }
 
 /// Writes a file and fsyncs it.

@@ -1,5 +1,7 @@
 //! The `launch` binary as a user runs it: arguments, files written, exit codes.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -18,35 +20,9 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A small model so that a whole run takes seconds.
-const SMALL: &str = r#"
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-n_kv_heads = 1
-ffn_hidden = 64
-context = 32
-
-[data]
-validation_batches = 2
-validation_batch_size = 4
-
-[inner]
-steps = 8
-batch_size = 4
-
-[outer]
-workers = 2
-inner_steps = 4
-
-[eval]
-every_steps = 4
-"#;
-
 fn small_config(dir: &Path) -> String {
     let path = dir.join("small.toml");
-    std::fs::write(&path, SMALL).unwrap();
+    std::fs::write(&path, common::small_config(8, 2, 4)).unwrap();
     path.to_str().unwrap().to_owned()
 }
 
@@ -128,6 +104,29 @@ fn sim_writes_metrics_summary_curve_and_weights_that_eval_and_generate_use() {
     assert!(
         svg.starts_with("<svg") && svg.contains("<polyline"),
         "loss.svg is not a line chart"
+    );
+
+    let picture = out_dir.join("both.svg");
+    let plot = launch(&[
+        "plot",
+        out_dir.to_str().unwrap(),
+        out_dir.to_str().unwrap(),
+        "--out",
+        picture.to_str().unwrap(),
+    ]);
+    assert!(plot.status.success(), "{}", text(&plot));
+    let both = std::fs::read_to_string(&picture).unwrap();
+    assert_eq!(
+        both.matches("<polyline").count(),
+        svg.matches("<polyline").count() + 2,
+        "one more curve and legend mark than the run's own picture"
+    );
+    let missing = launch(&["plot", dir.path().join("nothing").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing).contains("metrics.jsonl"),
+        "{}",
+        text(&missing)
     );
 
     let weights = out_dir.join("model.safetensors");

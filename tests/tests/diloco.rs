@@ -128,7 +128,7 @@ fn a_lying_or_corrupt_pseudo_gradient_is_rejected_before_it_touches_the_mean() {
     let frame = sinter_comms::encode(&set, 3).unwrap();
     let decoded = sinter_comms::decode(&frame, &Default::default()).unwrap();
     let mut mean = vec![0.0f32; global.len()];
-    pseudo_gradient::accumulate(&RayonKernels, &layout, &decoded, &mut mean, 1.0).unwrap();
+    pseudo_gradient::accumulate(&RayonKernels, &layout.slots, &decoded, &mut mean, 1.0).unwrap();
     assert!(
         (mean[10] + 0.5).abs() < 0.5 / 127.0,
         "global − local at 10 is −0.5, got {}",
@@ -140,7 +140,8 @@ fn a_lying_or_corrupt_pseudo_gradient_is_rejected_before_it_touches_the_mean() {
     lying.tensors[1].name = "layers.9.attention.wq.weight".into();
     let mut untouched = vec![0.0f32; global.len()];
     assert!(
-        pseudo_gradient::accumulate(&RayonKernels, &layout, &lying, &mut untouched, 1.0).is_err()
+        pseudo_gradient::accumulate(&RayonKernels, &layout.slots, &lying, &mut untouched, 1.0)
+            .is_err()
     );
     assert!(untouched.iter().all(|&v| v == 0.0));
 

@@ -13,6 +13,7 @@
 //! | [`inner`] | one worker's AdamW step with global-norm clipping |
 //! | [`pseudo_gradient`] | pseudo-gradient → wire frame → accumulated mean (shared with the network layer) |
 //! | [`simulate`] | N workers in one process: DiLoCo or data-parallel |
+//! | [`peer`] | one real peer of a run: the same rounds over the network |
 //! | [`eval`], [`generate`], [`weights`] | validation loss, sampling, saved weights |
 //!
 //! The default backend is burn's `flex` CPU backend; `wgpu` and `cuda` are features.
@@ -25,6 +26,7 @@ pub mod generate;
 pub mod inner;
 pub mod model;
 pub mod params;
+pub mod peer;
 pub mod pseudo_gradient;
 pub mod schedule;
 pub mod simulate;
@@ -77,6 +79,9 @@ pub enum TrainerError {
     /// Training diverged or every worker failed in a round.
     #[error("training failed: {0}")]
     Diverged(String),
+    /// The group could not be formed or the all-reduce failed.
+    #[error("network: {0}")]
+    Network(String),
     /// The config asks for a backend this build lacks.
     #[error("backend `{0}` is not compiled in: rebuild with `--features {0}`")]
     BackendUnavailable(&'static str),

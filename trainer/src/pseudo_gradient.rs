@@ -1,14 +1,17 @@
 //! A worker's pseudo-gradient on its way to the group's mean: built per parameter tensor from
-//! `θ_global − θ_local` (int8 or f32), framed by the wire codec, and — on the receiving side —
-//! checked against the model's layout and accumulated into the fp32 mean. The simulation and
-//! the network layer both go through these two functions, so a simulated byte is a real one.
+//! `θ_global − θ_local` (int8 or f32), split into the all-reduce's shards, framed by the wire
+//! codec, and — on the receiving side — checked against the model's layout, averaged in fp32
+//! and re-encoded for the all-gather. The simulation and the peers both go through these
+//! functions, so a simulated byte is a real one and both reach the same parameters.
+
+use std::ops::Range;
 
 use sinter_comms::{TensorPayload, TensorSet, WireTensor};
 use sinter_kernels::{Kernels, QuantConfig, ScaleDtype};
 
 use crate::TrainerError;
 use crate::config::{OuterConfig, Quant, ScaleType};
-use crate::params::ParamLayout;
+use crate::params::{ParamLayout, ParamSlot};
 
 /// The quantization an outer config asks for, if any.
 pub fn quant_config(outer: &OuterConfig) -> Option<QuantConfig> {
@@ -63,35 +66,84 @@ pub fn build(
     Ok(TensorSet { tensors })
 }
 
-/// Checks a received set against the layout (same names, shapes and order) and adds
-/// `weight ·` its values into `accumulator`. Nothing is added unless the whole set fits.
-pub fn accumulate(
-    kernels: &dyn Kernels,
-    layout: &ParamLayout,
-    set: &TensorSet,
-    accumulator: &mut [f32],
-    weight: f32,
-) -> Result<(), TrainerError> {
-    if set.tensors.len() != layout.slots.len() {
+/// Splits the layout into `n` shards of consecutive parameter tensors holding about equal
+/// numbers of values: the all-reduce's unit of work (member `k` combines shard `k`).
+/// Returns slot index ranges; with more members than tensors some shards are empty.
+pub fn shard_bounds(layout: &ParamLayout, n: usize) -> Vec<Range<usize>> {
+    let total = layout.len();
+    let mut bounds = Vec::with_capacity(n);
+    let mut start = 0;
+    let mut covered = 0;
+    for k in 0..n {
+        let target = total * (k + 1) / n;
+        let mut end = start;
+        while end < layout.slots.len() && (covered < target || k + 1 == n) {
+            covered += layout.slots[end].len;
+            end += 1;
+        }
+        bounds.push(start..end);
+        start = end;
+    }
+    bounds
+}
+
+/// Splits a whole-model set (in layout order) at `bounds`.
+pub fn split(set: TensorSet, bounds: &[Range<usize>]) -> Vec<TensorSet> {
+    let mut tensors = set.tensors.into_iter();
+    bounds
+        .iter()
+        .map(|b| TensorSet {
+            tensors: tensors.by_ref().take(b.len()).collect(),
+        })
+        .collect()
+}
+
+/// Checks that `set` holds exactly the tensors of `slots` (names, shapes, order) with
+/// consistent int8 payloads: what a peer's frame must satisfy before anything is added.
+pub fn check(slots: &[ParamSlot], set: &TensorSet) -> Result<(), TrainerError> {
+    if set.tensors.len() != slots.len() {
         return Err(TrainerError::Layout(format!(
-            "{} tensors, the model has {}",
+            "{} tensors where {} were expected",
             set.tensors.len(),
-            layout.slots.len()
+            slots.len()
         )));
     }
-    for (t, slot) in set.tensors.iter().zip(&layout.slots) {
+    for (t, slot) in set.tensors.iter().zip(slots) {
         if t.name != slot.name || t.shape != slot.shape {
             return Err(TrainerError::Layout(format!(
                 "got {} {:?} where the model has {} {:?}",
                 t.name, t.shape, slot.name, slot.shape
             )));
         }
-        if let TensorPayload::Int8(q) = &t.payload {
-            q.validate()?;
+        match &t.payload {
+            TensorPayload::Int8(q) => q.validate()?,
+            TensorPayload::F32(values) => {
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(TrainerError::Layout(format!(
+                        "{}: non-finite value at element {i}",
+                        slot.name
+                    )));
+                }
+            }
         }
     }
-    for (t, slot) in set.tensors.iter().zip(&layout.slots) {
-        let acc = &mut accumulator[slot.offset..slot.offset + slot.len];
+    Ok(())
+}
+
+/// Checks `set` against `slots` and adds `weight ·` its values into `accumulator`, where
+/// slot values live at `slot.offset - base`. Nothing is added unless the whole set fits.
+fn accumulate_at(
+    kernels: &dyn Kernels,
+    slots: &[ParamSlot],
+    set: &TensorSet,
+    accumulator: &mut [f32],
+    base: usize,
+    weight: f32,
+) -> Result<(), TrainerError> {
+    check(slots, set)?;
+    for (t, slot) in set.tensors.iter().zip(slots) {
+        let start = slot.offset - base;
+        let acc = &mut accumulator[start..start + slot.len];
         match &t.payload {
             TensorPayload::Int8(q) => kernels.dequantize_accumulate(acc, q, weight)?,
             TensorPayload::F32(values) => acc
@@ -101,4 +153,93 @@ pub fn accumulate(
         }
     }
     Ok(())
+}
+
+/// Checks a received set against `slots` (same names, shapes and order) and adds `weight ·`
+/// its values into the whole-model `accumulator`. Nothing is added unless the whole set fits.
+pub fn accumulate(
+    kernels: &dyn Kernels,
+    slots: &[ParamSlot],
+    set: &TensorSet,
+    accumulator: &mut [f32],
+    weight: f32,
+) -> Result<(), TrainerError> {
+    accumulate_at(kernels, slots, set, accumulator, 0, weight)
+}
+
+/// The mean of `sets` (each already [`check`]ed against `slots`, summed in the given order
+/// in fp32) re-encoded as the all-gather sends it: int8 again with `quant`, or f32. Every
+/// peer and the simulation compute it the same way, so they agree bit for bit.
+pub fn mean(
+    kernels: &dyn Kernels,
+    slots: &[ParamSlot],
+    sets: &[TensorSet],
+    quant: Option<QuantConfig>,
+) -> Result<TensorSet, TrainerError> {
+    let (Some(first), Some(last)) = (slots.first(), slots.last()) else {
+        return Ok(TensorSet::default());
+    };
+    let base = first.offset;
+    let mut sum = vec![0.0f32; last.offset + last.len - base];
+    let weight = 1.0 / sets.len().max(1) as f32;
+    for set in sets {
+        accumulate_at(kernels, slots, set, &mut sum, base, weight)?;
+    }
+    let tensors = slots
+        .iter()
+        .map(|slot| {
+            let values = &sum[slot.offset - base..slot.offset - base + slot.len];
+            let payload = match quant {
+                Some(config) => TensorPayload::Int8(kernels.quantize(values, config)?),
+                None => TensorPayload::F32(values.to_vec()),
+            };
+            Ok(WireTensor {
+                name: slot.name.clone(),
+                shape: slot.shape.clone(),
+                payload,
+            })
+        })
+        .collect::<Result<Vec<_>, TrainerError>>()?;
+    Ok(TensorSet { tensors })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(lens: &[usize]) -> ParamLayout {
+        let mut offset = 0;
+        let slots = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let slot = ParamSlot {
+                    name: format!("t{i}"),
+                    shape: vec![len],
+                    offset,
+                    len,
+                };
+                offset += len;
+                slot
+            })
+            .collect();
+        ParamLayout { slots }
+    }
+
+    #[test]
+    fn shards_cover_every_tensor_once_and_balance() {
+        let l = layout(&[10, 10, 40, 10, 10, 20]);
+        for n in 1..=8 {
+            let bounds = shard_bounds(&l, n);
+            assert_eq!(bounds.len(), n);
+            assert_eq!(bounds.first().unwrap().start, 0);
+            assert_eq!(bounds.last().unwrap().end, l.slots.len());
+            assert!(bounds.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        let sizes: Vec<usize> = shard_bounds(&l, 2)
+            .iter()
+            .map(|b| l.slots[b.clone()].iter().map(|s| s.len).sum())
+            .collect();
+        assert_eq!(sizes, vec![60, 40]);
+    }
 }

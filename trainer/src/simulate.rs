@@ -27,7 +27,7 @@ use crate::params::{ParamLayout, flatten, load};
 use crate::{TrainerError, pseudo_gradient};
 
 /// One evaluation, as written to `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct EvalPoint {
     /// Outer rounds completed (data-parallel: steps / H).
     pub round: usize,
@@ -235,7 +235,10 @@ impl<B: AutodiffBackend> Run<'_, B> {
         }
         let mut contributions = Vec::with_capacity(frames.len());
         for (w, frame) in frames {
-            match decode(&frame, &limits) {
+            match decode(&frame, &limits)
+                .map_err(TrainerError::from)
+                .and_then(|set| pseudo_gradient::check(&self.layout.slots, &set).map(|()| set))
+            {
                 Ok(set) => contributions.push(set),
                 Err(e) => {
                     tracing::warn!(worker = w, round, error = %e, "frame rejected");
@@ -246,11 +249,10 @@ impl<B: AutodiffBackend> Run<'_, B> {
         if contributions.is_empty() {
             return Ok(None);
         }
+        let reduced =
+            pseudo_gradient::mean(self.kernels, &self.layout.slots, &contributions, quant)?;
         let mut mean = vec![0.0f32; global.len()];
-        let weight = 1.0 / contributions.len() as f32;
-        for set in &contributions {
-            pseudo_gradient::accumulate(self.kernels, &self.layout, set, &mut mean, weight)?;
-        }
+        pseudo_gradient::accumulate(self.kernels, &self.layout.slots, &reduced, &mut mean, 1.0)?;
         Ok(Some(mean))
     }
 }
@@ -282,6 +284,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
     }
 }
 
+/// The outer learning rate of `round` out of `rounds`.
 fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
     match config.outer.lr_schedule {
         OuterSchedule::Constant => config.outer.lr,
@@ -291,6 +294,27 @@ fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
             min + 0.5 * (config.outer.lr - min) * (1.0 + (std::f32::consts::PI * progress).cos())
         }
     }
+}
+
+/// The outer Nesterov step of `round` (of `rounds`) with the scheduled outer learning rate;
+/// fails if the parameters stop being finite.
+pub(crate) fn outer_step(
+    kernels: &dyn Kernels,
+    config: &RunConfig,
+    global: &mut [f32],
+    momentum: &mut [f32],
+    delta: &[f32],
+    round: usize,
+    rounds: usize,
+) -> Result<(), TrainerError> {
+    let lr = outer_lr(config, round, rounds);
+    kernels.outer_nesterov_step(global, momentum, delta, lr, config.outer.momentum)?;
+    if global.iter().any(|v| !v.is_finite()) {
+        return Err(TrainerError::Diverged(format!(
+            "global parameters became non-finite in round {round}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a simulation produces.
@@ -380,25 +404,19 @@ pub fn simulate<B: AutodiffBackend>(
                 let end = (step + h).min(steps);
                 run.local_steps(&mut workers, step, end);
                 match run.reduce(&global, &mut workers, rounds)? {
-                    Some(delta) => {
-                        let lr = outer_lr(config, rounds, total_rounds);
-                        kernels.outer_nesterov_step(
-                            &mut global,
-                            &mut momentum,
-                            &delta,
-                            lr,
-                            config.outer.momentum,
-                        )?;
-                    }
+                    Some(delta) => outer_step(
+                        kernels,
+                        config,
+                        &mut global,
+                        &mut momentum,
+                        &delta,
+                        rounds,
+                        total_rounds,
+                    )?,
                     None => tracing::error!(
                         round = rounds,
                         "no worker contributed; global parameters unchanged"
                     ),
-                }
-                if global.iter().any(|v| !v.is_finite()) {
-                    return Err(TrainerError::Diverged(format!(
-                        "global parameters became non-finite in round {rounds}"
-                    )));
                 }
                 for worker in &mut workers {
                     worker.model = load(worker.model.clone(), &global, device);

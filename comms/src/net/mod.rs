@@ -1,0 +1,576 @@
+//! The libp2p layer: a [`Client`] that application code holds (cloneable, talks over a bounded
+//! channel with a reply per command) and an [`EventLoop`] that alone owns the swarm, as in
+//! libp2p's file-sharing example. Transport: tcp + noise + yamux (quic with the `quic`
+//! feature). Behaviours: identify, ping, Kademlia (seeded with the bootstrap list),
+//! gossipsub for small control messages on one topic per run, and request-response for
+//! everything that carries tensors, with size limits and timeouts chosen for that.
+
+mod codec;
+pub mod key;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Swarm, identify, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+pub use codec::{FrameCodec, PROTOCOL};
+pub use libp2p::{Multiaddr, PeerId};
+
+/// What can go wrong in the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The peer key file could not be read or written.
+    #[error("peer key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Listening on an address failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Dialling an address failed.
+    #[error("cannot dial {addr}: {reason}")]
+    Dial {
+        /// The address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A request to a peer failed (timeout, closed connection, refused protocol…).
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Building the swarm failed.
+    #[error("network setup: {0}")]
+    Setup(String),
+    /// The event loop has stopped.
+    #[error("the network event loop has stopped")]
+    Stopped,
+}
+
+/// How to start the network.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// This peer's identity.
+    pub key: Keypair,
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start; with or without a `/p2p/<peer id>` suffix.
+    pub bootstrap: Vec<Multiaddr>,
+    /// The gossip topic of the run (one per run).
+    pub topic: String,
+    /// Largest request (a tensor shard) accepted or sent.
+    pub max_request_bytes: usize,
+    /// Largest response accepted or sent.
+    pub max_response_bytes: usize,
+    /// How long a request may take before it fails (tensors over slow links need long).
+    pub request_timeout: Duration,
+    /// How long an unused connection stays open (libp2p's 10 s default would drop group
+    /// members between rounds).
+    pub idle_timeout: Duration,
+}
+
+impl NetConfig {
+    /// A configuration with sinter's defaults: 256 MiB requests, 1 MiB responses, 10 min
+    /// request timeout, 1 h idle timeout.
+    pub fn new(key: Keypair, topic: String) -> Self {
+        Self {
+            key,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            topic,
+            max_request_bytes: 256 << 20,
+            max_response_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Something the network delivers to the application.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A peer sent a request; answer it with [`Client::respond`].
+    Request {
+        /// Who sent it (authenticated by noise).
+        peer: PeerId,
+        /// The bytes.
+        data: Vec<u8>,
+        /// Where the answer goes.
+        reply: Responder,
+    },
+    /// A gossip message on the run's topic (signed by its author).
+    Gossip {
+        /// The author.
+        peer: PeerId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A connection to a peer opened (first one).
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+}
+
+/// The channel an incoming request is answered on.
+#[derive(Debug)]
+pub struct Responder(ResponseChannel<Vec<u8>>);
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    frames: request_response::Behaviour<FrameCodec>,
+}
+
+enum Command {
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    Publish {
+        data: Vec<u8>,
+    },
+    Request {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    Respond {
+        reply: Responder,
+        data: Vec<u8>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    AddAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
+}
+
+/// The application's handle on the network. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+impl Client {
+    /// This peer's id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials `addr` (with or without `/p2p/<peer id>`) and returns the peer found there.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Dial { addr, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Publishes a small control message on the run's gossip topic. Best effort: with no
+    /// subscribed peer yet, the message is dropped (and logged at debug level).
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::Publish { data }).await
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request { peer, data, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an incoming request.
+    pub async fn respond(&self, reply: Responder, data: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::Respond { reply, data }).await
+    }
+
+    /// The concrete addresses this peer listens on (a wildcard listen address expands to
+    /// one per interface), each ending in `/p2p/<peer id>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ListenAddrs { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Tells the swarm where `peer` can be reached, so that a request to it can dial.
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::AddAddress { peer, addr }).await
+    }
+
+    /// Peers with an open connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`] on a task of its own.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    topic: IdentTopic,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, NetError>>>,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+/// Capacity of the command and event channels (bounded: a slow consumer slows the producer).
+const CHANNEL: usize = 256;
+
+/// Builds the swarm and starts listening (waiting until each listen address is bound, so that
+/// port 0 resolves); bootstrap addresses that name their peer seed Kademlia (dial them with
+/// [`Client::dial`]). Returns the client, the stream of events for the application, and the
+/// event loop to spawn.
+pub async fn start(
+    config: NetConfig,
+) -> Result<(Client, mpsc::Receiver<NetEvent>, EventLoop), NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let codec = FrameCodec {
+        max_request: config.max_request_bytes,
+        max_response: config.max_response_bytes,
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(config.key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?;
+    #[cfg(feature = "quic")]
+    let builder = builder.with_quic();
+    let mut swarm = builder
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                // Control messages only: hashes, manifests, heartbeats.
+                .max_transmit_size(64 * 1024)
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/sinter/id/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                kad: kad::Behaviour::new(peer_id, MemoryStore::new(peer_id)),
+                gossipsub: gossipsub::Behaviour::new(
+                    MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?,
+                frames: request_response::Behaviour::with_codec(
+                    codec,
+                    [(PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(config.request_timeout)
+                        .with_max_concurrent_streams(64),
+                ),
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    let topic = IdentTopic::new(config.topic.clone());
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| setup(&e))?;
+    let mut listen_addrs = Vec::new();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    listen_addrs.push(address);
+                    break;
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(NetError::Listen {
+                        addr: addr.clone(),
+                        reason: error.to_string(),
+                    });
+                }
+                SwarmEvent::ListenerClosed { reason, .. } => {
+                    return Err(NetError::Listen {
+                        addr: addr.clone(),
+                        reason: format!("{reason:?}"),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    let (commands_tx, commands) = mpsc::channel(CHANNEL);
+    let (events, events_rx) = mpsc::channel(CHANNEL);
+    let mut event_loop = EventLoop {
+        swarm,
+        commands,
+        events,
+        topic,
+        pending_requests: HashMap::new(),
+        pending_dials: HashMap::new(),
+        listen_addrs,
+    };
+    for addr in &config.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            event_loop
+                .swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+    }
+    let client = Client {
+        commands: commands_tx,
+        peer_id: config.key.public().to_peer_id(),
+    };
+    Ok((client, events_rx, event_loop))
+}
+
+impl EventLoop {
+    /// Runs until every [`Client`] is dropped.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn deliver(&mut self, event: NetEvent) {
+        if self.events.send(event).await.is_err() {
+            tracing::debug!("application stopped listening to network events");
+        }
+    }
+
+    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .add_explicit_peer(&peer_id);
+                if num_established.get() == 1 {
+                    self.deliver(NetEvent::Connected(peer_id)).await;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.deliver(NetEvent::Disconnected(peer_id)).await,
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr: String::new(),
+                        reason: error.to_string(),
+                    }));
+                } else {
+                    tracing::debug!(%error, "outgoing connection failed");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                if let Some(peer) = message.source {
+                    self.deliver(NetEvent::Gossip {
+                        peer,
+                        data: message.data,
+                    })
+                    .await;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Frames(event)) => self.on_frames(event).await,
+            _ => {}
+        }
+    }
+
+    async fn on_frames(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.deliver(NetEvent::Request {
+                    peer,
+                    data: request,
+                    reply: Responder(channel),
+                })
+                .await;
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "incoming request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { addr, reply } => {
+                let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+                    .address(addr.clone())
+                    .build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::Publish { data } => {
+                let topic = self.topic.clone();
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                    tracing::debug!(error = %e, "gossip message not sent");
+                }
+            }
+            Command::Request { peer, data, reply } => {
+                let id = self.swarm.behaviour_mut().frames.send_request(&peer, data);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { reply, data } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .frames
+                    .send_response(reply.0, data)
+                    .is_err()
+                {
+                    tracing::debug!("response not sent: the requester has gone");
+                }
+            }
+            Command::ListenAddrs { reply } => {
+                let me = *self.swarm.local_peer_id();
+                let addrs = self
+                    .listen_addrs
+                    .iter()
+                    .map(|a| a.clone().with(Protocol::P2p(me)))
+                    .collect();
+                let _ = reply.send(addrs);
+            }
+            Command::AddAddress { peer, addr } => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+                self.swarm.add_peer_address(peer, addr);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+}

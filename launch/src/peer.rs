@@ -1,0 +1,181 @@
+//! `launch run`: one real peer. Starts the libp2p network and the group protocol on a tokio
+//! runtime, introduces itself to the bootstrap peers (a different config is refused with the
+//! differing fields), then trains on this thread until the run ends, `--max-rounds` is
+//! reached, or Ctrl-C / SIGTERM asks it to leave after the current round (a second Ctrl-C
+//! exits at once).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use sinter_comms::group::{Group, GroupSettings};
+use sinter_comms::net::{self, Multiaddr, NetConfig};
+use sinter_kernels::Kernels;
+use sinter_trainer::RunConfig;
+use sinter_trainer::peer::{PeerOptions, run_peer};
+use sinter_trainer::simulate::Observer;
+
+use crate::backend::{BackendJob, dispatch};
+use crate::cli::RunArgs;
+use crate::progress::Progress;
+use crate::report;
+
+/// Parses a multiaddr argument, saying which flag it came from.
+fn multiaddr(text: &str, flag: &str) -> Result<Multiaddr> {
+    text.parse().with_context(|| {
+        format!("{flag} {text:?} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/4001)")
+    })
+}
+
+/// Runs `launch run`.
+pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
+    let listen = args
+        .listen
+        .iter()
+        .map(|a| multiaddr(a, "--listen"))
+        .collect::<Result<Vec<_>>>()?;
+    let bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|a| multiaddr(a, "--bootstrap"))
+        .collect::<Result<Vec<_>>>()?;
+    let key_path = args.key.clone().unwrap_or_else(|| {
+        sinter_trainer::data::cache_dir()
+            .join("keys")
+            .join("peer.key")
+    });
+    let key = net::key::load_or_create(&key_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let run_id = config.hash();
+    let settings = GroupSettings {
+        run: run_id.clone(),
+        config: serde_json::to_value(&config)?,
+        heartbeat: Duration::from_millis(500),
+        peer_timeout: Duration::from_secs(5),
+        round_ceiling: Duration::from_secs(args.round_ceiling),
+    };
+    let mut net_config = NetConfig::new(key, format!("sinter/run/{}", &run_id[..16]));
+    net_config.listen = listen;
+    net_config.bootstrap = bootstrap.clone();
+    let group = runtime.block_on(async {
+        let (client, events, event_loop) = net::start(net_config).await?;
+        tokio::spawn(event_loop.run());
+        let group = Group::start(client.clone(), events, settings);
+        println!("peer id {}", client.peer_id());
+        for addr in client.listen_addrs().await? {
+            println!("listening on {addr}");
+        }
+        for addr in &bootstrap {
+            let peer = client
+                .dial(addr.clone())
+                .await
+                .with_context(|| format!("joining through {addr}"))?;
+            group
+                .hello(peer)
+                .await
+                .with_context(|| format!("joining through {addr}"))?;
+            tracing::info!(%peer, %addr, "joined through bootstrap peer");
+        }
+        anyhow::Ok(group)
+    })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        runtime.spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::warn!("leaving after the current round (Ctrl-C again to quit now)");
+            stop.store(true, Ordering::Relaxed);
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(130);
+        });
+    }
+    let job = PeerJob {
+        options: PeerOptions {
+            max_rounds: args.max_rounds,
+            min_peers: config.outer.workers,
+            start_wait: Duration::from_secs(args.start_wait),
+        },
+        config,
+        group,
+        runtime: runtime.handle().clone(),
+        stop,
+        out: args.out.out,
+    };
+    let kind = job.config.run.backend;
+    dispatch(kind, job)?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+struct PeerJob {
+    config: RunConfig,
+    group: Group,
+    runtime: tokio::runtime::Handle,
+    options: PeerOptions,
+    stop: Arc<AtomicBool>,
+    out: Option<std::path::PathBuf>,
+}
+
+impl BackendJob for PeerJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<()> {
+        let (_, dataset) = self.config.load_data()?;
+        let mut progress = Progress::new(self.config.inner.steps as u64);
+        let result = run_peer::<B>(
+            &self.config,
+            &dataset,
+            kernels,
+            &device,
+            &self.group,
+            &self.runtime,
+            &self.options,
+            &self.stop,
+            &mut progress as &mut dyn Observer,
+        );
+        progress.finish();
+        let outcome = result?;
+        let s = &outcome.summary;
+        if s.summary.rounds == 0 {
+            bail!("left before completing a round");
+        }
+        println!(
+            "peer {}: {} rounds with {} peers, validation loss {:.4} -> {:.4} in {:.0} s; {} kB sent; params {}",
+            &s.peer_id,
+            s.summary.rounds,
+            s.peers_seen.len(),
+            s.summary.initial_val_loss,
+            s.summary.final_val_loss,
+            s.summary.wall_secs,
+            s.summary.bytes_sent_per_worker / 1000,
+            &s.params_sha256[..16],
+        );
+        if let Some(dir) = &self.out {
+            let title = format!("peer {}", &s.peer_id[s.peer_id.len() - 8..]);
+            report::write_run(dir, &outcome.evals, s, &title)?;
+            sinter_trainer::weights::save(
+                &outcome.model,
+                &self.config,
+                &dir.join("model.safetensors"),
+            )?;
+            println!(
+                "wrote {0}/metrics.jsonl, {0}/summary.json, {0}/loss.svg, {0}/model.safetensors",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+}

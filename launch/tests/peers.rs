@@ -1,0 +1,206 @@
+//! Real peers: `launch run` processes on loopback training one model together.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Peer {
+    child: Child,
+    out: PathBuf,
+    /// Lines of stdout, as they come.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Peer {
+    /// Starts `launch run CONFIG ARGS…` with its own key and output directory under `dir`.
+    fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Peer {
+        Self::start_with(dir, name, config, args, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Peer {
+        let out = dir.join(name);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
+            .envs(env.iter().copied())
+            .arg("run")
+            .arg(config)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--start-wait", "60"])
+            .arg("--key")
+            .arg(out.join("peer.key"))
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join(format!("{name}.log"))).unwrap(),
+            ))
+            .spawn()
+            .expect("launch runs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Peer { child, out, lines }
+    }
+
+    /// The first address the peer prints.
+    fn address(&self) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .expect("peer prints its address");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                return addr.to_owned();
+            }
+        }
+    }
+
+    fn wait(mut self, dir: &Path, name: &str) -> (std::process::ExitStatus, serde_json::Value) {
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let summary = std::fs::read_to_string(self.out.join("summary.json"))
+            .map(|s| serde_json::from_str(&s).unwrap())
+            .unwrap_or_else(|_| serde_json::json!({"log": log}));
+        (status, summary)
+    }
+}
+
+fn val_losses(dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["val_loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn three_peers_end_bit_identical_and_match_the_simulation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
+    let first = Peer::start(dir.path(), "p1", &config, &[]);
+    let addr = first.address();
+    // One joiner names the peer id, the other gives only the plain address.
+    let plain = addr.split("/p2p/").next().unwrap().to_owned();
+    let second = Peer::start(dir.path(), "p2", &config, &["--bootstrap", &addr]);
+    let third = Peer::start(dir.path(), "p3", &config, &["--bootstrap", &plain]);
+    let mut hashes = Vec::new();
+    let mut outs = Vec::new();
+    for (peer, name) in [(first, "p1"), (second, "p2"), (third, "p3")] {
+        let out = peer.out.clone();
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["rounds"], 3, "{name}: {summary}");
+        assert_eq!(summary["workers"], 3, "{name}: {summary}");
+        assert_eq!(summary["peers_seen"].as_array().unwrap().len(), 3);
+        assert!(summary["bytes_sent_per_worker"].as_u64().unwrap() > 0);
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+        outs.push(out);
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+    // The simulation of the same three workers reaches the same losses.
+    let sim = dir.path().join("sim");
+    let status = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .arg("sim")
+        .arg(&config)
+        .arg("--out")
+        .arg(&sim)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected = val_losses(&sim);
+    for out in &outs {
+        let got = val_losses(out);
+        assert_eq!(got.len(), expected.len());
+        for ((s1, a), (s2, b)) in got.iter().zip(&expected) {
+            assert_eq!(s1, s2);
+            assert!((a - b).abs() <= 1e-6, "step {s1}: peer {a}, sim {b}");
+        }
+    }
+}
+
+#[test]
+fn a_peer_with_another_config_is_refused_with_the_differing_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
+    let mut first = Peer::start(dir.path(), "p1", &config, &["--workers", "2"]);
+    let addr = first.address();
+    let out = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .arg("run")
+        .arg(&config)
+        .args([
+            "--workers",
+            "2",
+            "--outer-lr",
+            "0.5",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .args(["--bootstrap", &addr, "--key"])
+        .arg(dir.path().join("other.key"))
+        .output()
+        .unwrap();
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("outer.lr: yours 0.5, the run's 0.7"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
+    let first = Peer::start(dir.path(), "p1", &config, &["--round-ceiling", "60"]);
+    let addr = first.address();
+    let args = ["--bootstrap", addr.as_str(), "--round-ceiling", "60"];
+    let second = Peer::start(dir.path(), "p2", &config, &args);
+    // The third peer aborts in round 1, after sending its contributions but before the
+    // shard it owns reaches anyone.
+    let doomed = Peer::start_with(
+        dir.path(),
+        "p3",
+        &config,
+        &args,
+        &[("SINTER_FAULT_ABORT_IN_ROUND", "1")],
+    );
+    let (status, _) = doomed.wait(dir.path(), "p3");
+    assert!(!status.success());
+    let mut hashes = Vec::new();
+    for (peer, name) in [(first, "p1"), (second, "p2")] {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["rounds"], 3, "{name}: {summary}");
+        assert_eq!(summary["workers"], 2, "{name}: {summary}");
+        assert!(summary["final_val_loss"].as_f64().unwrap().is_finite());
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}
