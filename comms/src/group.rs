@@ -48,7 +48,9 @@ pub enum GroupError {
         reason: String,
     },
     /// This peer was left out of the round's group (it was not ready in time).
-    #[error("left out of round {round}'s group")]
+    #[error(
+        "left out of round {round}'s group: the group formed before this peer was ready (joining a run already under way needs the state transfer, not built yet)"
+    )]
     NotInGroup {
         /// The round.
         round: u64,

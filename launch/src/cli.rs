@@ -189,6 +189,18 @@ pub struct PlotArgs {
     /// Title of the picture.
     #[arg(long, default_value = "validation loss")]
     pub title: String,
+    /// Horizontal axis: training tokens of all workers, or inner steps per worker.
+    #[arg(long, value_enum, default_value = "tokens")]
+    pub x: XAxis,
+}
+
+/// `launch plot --x` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XAxis {
+    /// Training tokens consumed by all workers together.
+    Tokens,
+    /// Inner steps per worker (compares runs with different numbers of workers).
+    Steps,
 }
 
 /// `launch eval`.

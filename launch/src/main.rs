@@ -97,7 +97,7 @@ fn run(cli: Cli) -> Result<()> {
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            report::plot_curves(&args.out, &args.title, &series)?;
+            report::plot_curves(&args.out, &args.title, &series, args.x)?;
             println!("wrote {}", args.out.display());
             Ok(())
         }

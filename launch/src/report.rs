@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 use sinter_trainer::simulate::EvalPoint;
 
+use crate::cli::XAxis;
+
 /// Writes metrics (one JSON object per evaluation), the summary and the loss curve.
 pub fn write_run<S: serde::Serialize>(
     dir: &Path,
@@ -29,6 +31,7 @@ pub fn write_run<S: serde::Serialize>(
         &dir.join("loss.svg"),
         title,
         &[(title.to_owned(), evals.to_vec())],
+        XAxis::Tokens,
     )
 }
 
@@ -55,10 +58,23 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Validation loss against training tokens, one line per labelled series.
-pub fn plot_curves(path: &Path, title: &str, series: &[(String, Vec<EvalPoint>)]) -> Result<()> {
+/// Validation loss against training tokens (millions) or steps per worker, one line per
+/// labelled series.
+pub fn plot_curves(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<EvalPoint>)],
+    x: XAxis,
+) -> Result<()> {
+    let (x_of, x_desc): (fn(&EvalPoint) -> f64, &str) = match x {
+        XAxis::Tokens => (
+            |p| p.tokens as f64 / 1e6,
+            "training tokens (millions, all workers)",
+        ),
+        XAxis::Steps => (|p| p.step as f64, "inner steps per worker"),
+    };
     let points = series.iter().flat_map(|(_, s)| s.iter());
-    let max_tokens = points.clone().map(|p| p.tokens).max().unwrap_or(1).max(1) as f64;
+    let max_x = points.clone().map(x_of).fold(0.0, f64::max).max(1e-9);
     let (lo, hi) = points.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| {
         (lo.min(p.val_loss), hi.max(p.val_loss))
     });
@@ -74,19 +90,17 @@ pub fn plot_curves(path: &Path, title: &str, series: &[(String, Vec<EvalPoint>)]
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_tokens / 1e6, lo..hi)?;
+        .build_cartesian_2d(0.0..max_x, lo..hi)?;
     chart
         .configure_mesh()
-        .x_desc("training tokens (millions, all workers)")
+        .x_desc(x_desc)
         .y_desc("validation loss (nats/token)")
         .draw()?;
     for (i, (label, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(
-                points
-                    .iter()
-                    .map(|p| (p.tokens as f64 / 1e6, p.val_loss as f64)),
+                points.iter().map(|p| (x_of(p), p.val_loss as f64)),
                 color.stroke_width(2),
             ))?
             .label(label.as_str())
