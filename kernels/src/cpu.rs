@@ -13,27 +13,73 @@ pub struct RayonKernels;
 /// Elements per rayon task in elementwise loops: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
 
+/// Where the values to quantize come from.
+enum Source<'a> {
+    /// The values themselves: blocks are read in place.
+    Values(&'a [f32]),
+    /// `global − local (+ carried)`, computed block by block into a task buffer.
+    Difference {
+        global: &'a [f32],
+        local: &'a [f32],
+        carried: Option<&'a [f32]>,
+    },
+}
+
+impl Source<'_> {
+    /// The values of `range`, computed into `buffer` when they do not exist as such.
+    fn block<'b>(&'b self, range: std::ops::Range<usize>, buffer: &'b mut [f32]) -> &'b [f32] {
+        let out = &mut buffer[..range.len()];
+        match self {
+            Source::Values(values) => return &values[range],
+            Source::Difference {
+                global,
+                local,
+                carried: None,
+            } => {
+                for ((o, g), l) in out
+                    .iter_mut()
+                    .zip(&global[range.clone()])
+                    .zip(&local[range])
+                {
+                    *o = g - l;
+                }
+            }
+            Source::Difference {
+                global,
+                local,
+                carried: Some(carried),
+            } => {
+                let sources = global[range.clone()]
+                    .iter()
+                    .zip(&local[range.clone()])
+                    .zip(&carried[range]);
+                for (o, ((g, l), r)) in out.iter_mut().zip(sources) {
+                    *o = (g - l) + r;
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Blocks quantized by one rayon task: enough work (16 Ki values at block 256) that task
 /// scheduling, not memory, stays negligible.
 const BLOCKS_PER_TASK: usize = 64;
 
 impl RayonKernels {
-    /// Quantizes the values that `fill(range, out)` writes for each block, in one pass over
+    /// Quantizes the values `source` yields for each block, in one pass over
     /// memory: a task takes [`BLOCKS_PER_TASK`] consecutive blocks and, for each, copies it
     /// into a task-local buffer, finds its absmax and encodes it while it is hot in cache.
     /// With `residual`, a second pass stores what quantization lost (only once every block
     /// has succeeded, so a failure leaves the residual untouched). On failure the error names
     /// the first bad block, whatever the thread timing.
-    fn quantize_with<F>(
+    fn quantize_with(
         &self,
         len: usize,
-        fill: F,
+        source: &Source<'_>,
         residual: Option<&mut [f32]>,
         config: QuantConfig,
-    ) -> Result<QuantizedTensor, KernelError>
-    where
-        F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
-    {
+    ) -> Result<QuantizedTensor, KernelError> {
         config.validate()?;
         let mut codes = vec![0i8; len];
         let mut scales = vec![0.0f32; config.blocks(len)];
@@ -47,8 +93,7 @@ impl RayonKernels {
                 let blocks = codes.chunks_mut(config.block).zip(scales.iter_mut());
                 for (i, (codes, scale)) in blocks.enumerate() {
                     let b = task * BLOCKS_PER_TASK + i;
-                    let values = &mut buffer[..codes.len()];
-                    fill(config.block_range(b, len), values);
+                    let values = source.block(config.block_range(b, len), &mut buffer);
                     *scale = quantize_block(values, codes, b, config)?;
                 }
                 Ok(())
@@ -64,8 +109,7 @@ impl RayonKernels {
                 .for_each_init(
                     || vec![0.0f32; config.block],
                     |buffer, (b, out)| {
-                        let values = &mut buffer[..out.len()];
-                        fill(config.block_range(b, len), values);
+                        let values = source.block(config.block_range(b, len), buffer);
                         let step = value_step(scales[b]);
                         let codes = &codes[b * config.block..];
                         for ((r, &v), &c) in out.iter_mut().zip(values.iter()).zip(codes) {
@@ -145,12 +189,7 @@ impl Kernels for RayonKernels {
         values: &[f32],
         config: QuantConfig,
     ) -> Result<QuantizedTensor, KernelError> {
-        self.quantize_with(
-            values.len(),
-            |range, out| out.copy_from_slice(&values[range]),
-            None,
-            config,
-        )
+        self.quantize_with(values.len(), &Source::Values(values), None, config)
     }
 
     fn pseudo_gradient_quantize(
@@ -162,31 +201,25 @@ impl Kernels for RayonKernels {
     ) -> Result<QuantizedTensor, KernelError> {
         check_lengths("local parameters", global.len(), local.len())?;
         match residual {
-            None => {
-                let fill = |range: std::ops::Range<usize>, out: &mut [f32]| {
-                    for ((o, g), l) in out
-                        .iter_mut()
-                        .zip(&global[range.clone()])
-                        .zip(&local[range])
-                    {
-                        *o = g - l;
-                    }
-                };
-                self.quantize_with(global.len(), fill, None, config)
-            }
+            None => self.quantize_with(
+                global.len(),
+                &Source::Difference {
+                    global,
+                    local,
+                    carried: None,
+                },
+                None,
+                config,
+            ),
             Some(residual) => {
                 check_lengths("residual", global.len(), residual.len())?;
                 let previous = residual.to_vec();
-                let fill = |range: std::ops::Range<usize>, out: &mut [f32]| {
-                    let sources = global[range.clone()]
-                        .iter()
-                        .zip(&local[range.clone()])
-                        .zip(&previous[range]);
-                    for (o, ((g, l), r)) in out.iter_mut().zip(sources) {
-                        *o = (g - l) + r;
-                    }
+                let source = Source::Difference {
+                    global,
+                    local,
+                    carried: Some(&previous),
                 };
-                self.quantize_with(global.len(), fill, Some(residual), config)
+                self.quantize_with(global.len(), &source, Some(residual), config)
             }
         }
     }
