@@ -107,8 +107,9 @@ fn reduce_shard(
     let frame = pseudo_gradient::mean(kernels, slots, &sets, quant)
         .and_then(|set| Ok(encode(&set, 3)?))
         .unwrap_or_else(|e| {
-            // Only an all-zero set can reach here with checked inputs; send an empty shard.
-            tracing::error!(error = %e, "reduction failed");
+            // E.g. a mean too large for f16 scales. Every member then skips this shard's
+            // parameters for the round (an empty frame), so all stay identical.
+            tracing::error!(error = %e, "reduction failed; the shard is skipped this round");
             Vec::new()
         });
     Reduction {
