@@ -483,11 +483,14 @@ impl Group {
                             };
                             // Gossip reached us through another peer: connect directly, since
                             // the all-reduce talks to every member.
-                            for addr in beat.addrs.iter().filter_map(|a| a.parse().ok()) {
-                                let _ = responder.add_address(peer, addr).await;
-                            }
                             if dial {
-                                for addr in beat.addrs.iter().filter_map(|a| a.parse().ok()) {
+                                for addr in beat
+                                    .addrs
+                                    .iter()
+                                    .filter_map(|a| a.parse::<libp2p::Multiaddr>().ok())
+                                {
+                                    // Known to the swarm, a request to the peer can dial too.
+                                    let _ = responder.add_address(peer, addr.clone()).await;
                                     let client = responder.clone();
                                     tokio::spawn(async move {
                                         if let Err(e) = client.dial(addr).await {

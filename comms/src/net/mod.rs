@@ -164,9 +164,6 @@ enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
-    ConnectedPeers {
-        reply: oneshot::Sender<Vec<PeerId>>,
-    },
     AddAddress {
         peer: PeerId,
         addr: Multiaddr,
@@ -230,13 +227,6 @@ impl Client {
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::AddAddress { peer, addr }).await
     }
-
-    /// Peers with an open connection.
-    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::ConnectedPeers { reply }).await?;
-        rx.await.map_err(|_| NetError::Stopped)
-    }
 }
 
 /// Owns the swarm; run it with [`EventLoop::run`] on a task of its own.
@@ -246,9 +236,12 @@ pub struct EventLoop {
     events: mpsc::Sender<NetEvent>,
     topic: IdentTopic,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
-    pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, NetError>>>,
+    pending_dials: HashMap<libp2p::swarm::ConnectionId, PendingDial>,
     listen_addrs: Vec<Multiaddr>,
 }
+
+/// A dial waiting for its connection: the address (for the error message) and the reply.
+type PendingDial = (Multiaddr, oneshot::Sender<Result<PeerId, NetError>>);
 
 /// Capacity of the command and event channels (bounded: a slow consumer slows the producer).
 const CHANNEL: usize = 256;
@@ -406,7 +399,7 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
                 self.swarm
@@ -427,9 +420,9 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::Dial {
-                        addr: String::new(),
+                        addr: addr.to_string(),
                         reason: error.to_string(),
                     }));
                 } else {
@@ -521,7 +514,7 @@ impl EventLoop {
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {
-                        self.pending_dials.insert(id, reply);
+                        self.pending_dials.insert(id, (addr, reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetError::Dial {
@@ -567,9 +560,6 @@ impl EventLoop {
                     .kad
                     .add_address(&peer, addr.clone());
                 self.swarm.add_peer_address(peer, addr);
-            }
-            Command::ConnectedPeers { reply } => {
-                let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
         }
     }
