@@ -1,11 +1,15 @@
 //! A run's group of peers and its all-reduce.
 //!
-//! **Membership.** Every peer gossips a heartbeat on the run's topic; a peer heard from within
-//! `peer_timeout` is live. **Group.** At the end of each round every peer sends `Ready` to the
-//! leader (the lowest live peer id); the leader waits until every live peer is ready (or the
-//! round's deadline passes) and announces the members, sorted, to each of them. The member
-//! list fixes, for that round, who owns which shard and which data shard each member trains
-//! on next. **All-reduce.** Reduce-scatter, then all-gather: member *i* sends shard *k* of its
+//! **Membership.** Every peer gossips a heartbeat (with its progress, for `launch status`) on
+//! the run's topic; a peer heard from within `peer_timeout` is live, one that says `Leave` is
+//! gone at once. **Group.** At the start of each round every peer sends `Ready` with the hash
+//! of its state; the leader (the lowest live peer id among the last round's members) waits
+//! until each of them is ready (or the round's deadline passes) and announces the members,
+//! sorted, with their state hashes. The member list fixes, for that round, who owns which
+//! shard and which data shard each member trains on. **Joining.** A newcomer sends `Ready`
+//! without a state for the next round, is announced as a member, and fetches the state the
+//! majority holds ([`crate::transfer`]: chunks from several members at once, each verified);
+//! a member whose hash differs from the majority's fetches it the same way. **All-reduce.** Reduce-scatter, then all-gather: member *i* sends shard *k* of its
 //! payload to member *k*, which combines what arrived (the trainer's `reduce`) and sends the
 //! combined shard to every member. Each member sends about 2(N−1)/N of one payload. If an
 //! owner dies, its shard passes to the next live member in the ring, to whom every member
@@ -24,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 
 use crate::net::{Client, NetError, NetEvent};
+use crate::transfer::{self, Manifest, chunk_size_for};
 
 /// Errors of the group protocol.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +52,16 @@ pub enum GroupError {
         /// Its reason.
         reason: String,
     },
-    /// This peer was left out of the round's group (it was not ready in time).
-    #[error(
-        "left out of round {round}'s group: the group formed before this peer was ready (joining a run already under way needs the state transfer, not built yet)"
-    )]
+    /// This peer was left out of the round's group (its `Ready` came after the group formed);
+    /// it can join the next round.
+    #[error("left out of round {round}'s group: it formed before this peer was ready")]
     NotInGroup {
         /// The round.
         round: u64,
     },
+    /// Fetching a state from other peers failed.
+    #[error("state transfer: {0}")]
+    Transfer(#[from] crate::transfer::TransferError),
     /// Nothing arrived in time.
     #[error("round {round}: {what} did not arrive within {secs} s")]
     Deadline {
@@ -97,14 +104,34 @@ enum Header {
         run: String,
         config: serde_json::Value,
     },
+    /// Ready for `round`, holding the state whose hash is `state` (none: joining, will fetch).
     Ready {
         run: String,
         round: u64,
+        state: Option<String>,
+        addrs: Vec<String>,
     },
+    /// A round's members with their state hashes and addresses, from its leader.
     Group {
         run: String,
         round: u64,
         members: Vec<String>,
+        states: Vec<Option<String>>,
+        addrs: Vec<Vec<String>>,
+    },
+    Leave {
+        run: String,
+    },
+    /// Asks for the group's status; answered to anyone (it is what `launch status` shows).
+    Status,
+    StateManifest {
+        run: String,
+        round: u64,
+    },
+    StateChunk {
+        run: String,
+        round: u64,
+        index: u32,
     },
     Shard {
         run: String,
@@ -115,10 +142,91 @@ enum Header {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq)]
 enum Reply {
     Ok,
     Refused(String),
+    Data(Vec<u8>),
+}
+
+impl Reply {
+    /// One tag byte, then the reason (UTF-8) or the data.
+    fn encode(self) -> Vec<u8> {
+        let (tag, body) = match self {
+            Reply::Ok => (0, Vec::new()),
+            Reply::Refused(reason) => (1, reason.into_bytes()),
+            Reply::Data(data) => (2, data),
+        };
+        let mut out = Vec::with_capacity(1 + body.len());
+        out.push(tag);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn decode(mut bytes: Vec<u8>) -> Result<Self, String> {
+        match bytes.first() {
+            Some(0) => Ok(Reply::Ok),
+            Some(1) => Ok(Reply::Refused(String::from_utf8_lossy(&bytes[1..]).into())),
+            Some(2) => {
+                bytes.remove(0);
+                Ok(Reply::Data(bytes))
+            }
+            _ => Err("unreadable reply".into()),
+        }
+    }
+
+    fn json(value: &impl Serialize) -> Self {
+        Reply::Data(serde_json::to_vec(value).expect("replies serialise"))
+    }
+}
+
+/// A peer's progress, gossiped with its heartbeats and shown by `launch status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerStats {
+    /// The outer round it is in.
+    pub round: u64,
+    /// Inner steps done, per worker.
+    pub step: u64,
+    /// The last validation loss it measured.
+    pub val_loss: Option<f64>,
+    /// Bytes it sent in all-reduces.
+    pub bytes_sent: u64,
+    /// Bytes it received.
+    pub bytes_received: u64,
+    /// Seconds its last round took (inner steps and all-reduce).
+    pub last_round_secs: f64,
+}
+
+/// What a peer answers to `launch status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The run's id.
+    pub run: String,
+    /// The answering peer.
+    pub peer: String,
+    /// The members of the newest group it knows.
+    pub members: Vec<String>,
+    /// Each live peer's last reported progress, the answering one included.
+    pub peers: BTreeMap<String, PeerStats>,
+    /// Requests refused, per peer.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// What a peer says about the run when a newcomer introduces itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunProgress {
+    /// The round it is in.
+    pub round: u64,
+    /// Whether a group has formed already (a newcomer must then join, fetching the state).
+    pub under_way: bool,
+}
+
+/// The answer to a `Hello`: where the run is, and who is in it where.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Welcome {
+    progress: RunProgress,
+    /// Live peers (the answering one included) and their addresses.
+    peers: BTreeMap<String, Vec<String>>,
 }
 
 /// What every peer gossips periodically: enough for others to see it is alive and, if they
@@ -126,14 +234,59 @@ enum Reply {
 #[derive(Debug, Serialize, Deserialize)]
 struct Heartbeat {
     run: String,
-    round: u64,
     addrs: Vec<String>,
+    stats: PeerStats,
+    under_way: bool,
+}
+
+/// A round's group as announced by its leader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Formed {
+    /// The round.
+    pub round: u64,
+    /// The members, sorted by peer id.
+    pub members: Vec<PeerId>,
+    /// Each member's state hash at the start of the round (none: joining).
+    pub states: Vec<Option<String>>,
+}
+
+impl Formed {
+    /// The state hash most members hold (ties broken by the hash, so everyone agrees) and the
+    /// members holding it.
+    pub fn agreed_state(&self) -> Option<(String, Vec<PeerId>)> {
+        let mut holders: BTreeMap<&String, Vec<PeerId>> = BTreeMap::new();
+        for (m, s) in self.members.iter().zip(&self.states) {
+            if let Some(s) = s {
+                holders.entry(s).or_default().push(*m);
+            }
+        }
+        holders
+            .into_iter()
+            .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
+            .map(|(s, peers)| (s.clone(), peers))
+    }
+}
+
+/// The state this peer offers to joiners: the run's state at the start of `round`.
+struct Offer {
+    round: u64,
+    blob: Arc<Vec<u8>>,
+    manifest: std::sync::OnceLock<Manifest>,
+}
+
+impl Offer {
+    fn manifest(&self) -> &Manifest {
+        self.manifest
+            .get_or_init(|| Manifest::of(&self.blob, chunk_size_for(self.blob.len())))
+    }
 }
 
 /// Pause before retrying a request to a peer that is live but not reachable yet.
 const RETRY: Duration = Duration::from_millis(300);
-/// How often a member waiting for its group repeats its `Ready`.
+/// How often a member waiting for its group repeats its `Ready` (a joiner: every second).
 const READY_REPEAT: Duration = Duration::from_secs(5);
+/// How long a leaving peer tries to say so.
+const LEAVE_NOTICE: Duration = Duration::from_secs(2);
 
 /// Largest JSON header of a request.
 const MAX_HEADER: usize = 64 * 1024;
@@ -203,8 +356,17 @@ struct State {
     connected: BTreeSet<PeerId>,
     dialled: HashMap<PeerId, Instant>,
     gone: BTreeSet<PeerId>,
-    ready: BTreeMap<u64, BTreeSet<PeerId>>,
-    groups: BTreeMap<u64, Vec<PeerId>>,
+    /// Per round, who said it is ready, with its state hash.
+    ready: BTreeMap<u64, BTreeMap<PeerId, Option<String>>>,
+    /// Newcomers waiting to join, with the first round they asked for.
+    joiners: BTreeMap<PeerId, u64>,
+    /// Where each peer said it listens (heartbeats, `Ready`, announcements).
+    addrs: BTreeMap<PeerId, Vec<String>>,
+    /// This peer's own addresses.
+    my_addrs: Vec<String>,
+    /// Peers to connect to directly, learned from a request.
+    introduce: Vec<PeerId>,
+    groups: BTreeMap<u64, Formed>,
     /// Rounds whose group this peer announced, as leader.
     led: BTreeSet<u64>,
     /// Group announcements to (re)send: to a peer whose `Ready` came after the group formed.
@@ -213,6 +375,15 @@ struct State {
     round: u64,
     rejected: BTreeMap<PeerId, u64>,
     bytes_received: u64,
+    /// Peers that said they leave (heartbeats still in flight do not bring them back).
+    left: BTreeSet<PeerId>,
+    /// Whether this peer has been in a formed group, or heard of one.
+    under_way: bool,
+    /// The newest round any peer reported.
+    newest_round: u64,
+    offer: Option<Arc<Offer>>,
+    stats: PeerStats,
+    peer_stats: BTreeMap<PeerId, PeerStats>,
 }
 
 struct Shared {
@@ -230,6 +401,7 @@ impl Shared {
     fn is_live(&self, state: &State, peer: &PeerId) -> bool {
         *peer == self.me
             || (!state.gone.contains(peer)
+                && !state.left.contains(peer)
                 && state
                     .last_seen
                     .get(peer)
@@ -262,13 +434,20 @@ impl Shared {
             Err(reason) => return self.reject(&mut state, peer, &reason),
         };
         let run = match &header {
+            Header::Status => None,
             Header::Hello { run, .. }
             | Header::Ready { run, .. }
             | Header::Group { run, .. }
-            | Header::Shard { run, .. } => run,
+            | Header::Leave { run }
+            | Header::StateManifest { run, .. }
+            | Header::StateChunk { run, .. }
+            | Header::Shard { run, .. } => Some(run.clone()),
         };
         // A Hello from another run is answered with the differing fields, below.
-        if *run != self.settings.run && !matches!(header, Header::Hello { .. }) {
+        if let Some(run) = &run
+            && *run != self.settings.run
+            && !matches!(header, Header::Hello { .. })
+        {
             return self.reject(&mut state, peer, &format!("run {run} is not this run"));
         }
         let reply = match header {
@@ -278,33 +457,135 @@ impl Shared {
                     differences.push(format!("run id {run}, the run's {}", self.settings.run));
                 }
                 if differences.is_empty() {
-                    Reply::Ok
+                    state.left.remove(&peer);
+                    let mut peers: BTreeMap<String, Vec<String>> = self
+                        .live(&state)
+                        .iter()
+                        .filter(|p| **p != peer)
+                        .map(|p| {
+                            (
+                                p.to_string(),
+                                state.addrs.get(p).cloned().unwrap_or_default(),
+                            )
+                        })
+                        .collect();
+                    peers.insert(self.me.to_string(), state.my_addrs.clone());
+                    Reply::json(&Welcome {
+                        progress: RunProgress {
+                            round: state.round,
+                            under_way: state.under_way,
+                        },
+                        peers,
+                    })
                 } else {
                     self.reject(&mut state, peer, &differences.join("; "))
                 }
             }
-            Header::Ready { round, .. } => {
-                if round + 1 < state.round {
-                    self.reject(&mut state, peer, &format!("round {round} is over"))
-                } else {
-                    state.ready.entry(round).or_default().insert(peer);
-                    if state.led.contains(&round) {
-                        state.announce.push((peer, round));
-                    }
-                    Reply::Ok
-                }
+            Header::Ready { round, .. } if round + 1 < state.round => {
+                self.reject(&mut state, peer, &format!("round {round} is over"))
             }
-            Header::Group { round, members, .. } => {
+            Header::Ready {
+                round,
+                state: None,
+                addrs,
+                ..
+            } => {
+                // A newcomer: the leader of this round or any later one takes it in.
+                state.joiners.entry(peer).or_insert(round);
+                state.addrs.insert(peer, addrs);
+                Reply::Ok
+            }
+            Header::Ready {
+                round,
+                state: held,
+                addrs,
+                ..
+            } => {
+                state.addrs.insert(peer, addrs);
+                state.ready.entry(round).or_default().insert(peer, held);
+                if state.led.contains(&round) {
+                    state.announce.push((peer, round));
+                }
+                Reply::Ok
+            }
+            Header::Group {
+                round,
+                members,
+                states,
+                addrs,
+                ..
+            } => {
                 match members
                     .iter()
                     .map(|m| m.parse())
                     .collect::<Result<Vec<PeerId>, _>>()
                 {
                     Err(_) => self.reject(&mut state, peer, "unparsable member id"),
+                    Ok(members) if members.len() != states.len() => {
+                        self.reject(&mut state, peer, "one state per member expected")
+                    }
+                    Ok(members) if !members.contains(&peer) => self.reject(
+                        &mut state,
+                        peer,
+                        "a group is announced by its leader, a member of it",
+                    ),
                     Ok(members) => {
-                        state.groups.entry(round).or_insert(members);
+                        state.under_way = true;
+                        // Every member is live as of the announcement (its heartbeats may not
+                        // have reached this peer yet) and reachable at the given addresses.
+                        for (m, a) in members.iter().zip(addrs) {
+                            state.joiners.remove(m);
+                            if *m != self.me {
+                                state.last_seen.entry(*m).or_insert_with(Instant::now);
+                                if !a.is_empty() {
+                                    state.addrs.insert(*m, a);
+                                }
+                                state.introduce.push(*m);
+                            }
+                        }
+                        state.groups.entry(round).or_insert(Formed {
+                            round,
+                            members,
+                            states,
+                        });
                         Reply::Ok
                     }
+                }
+            }
+            Header::Leave { .. } => {
+                tracing::info!(%peer, "peer left the run");
+                state.left.insert(peer);
+                drop(state);
+                self.changed.notify_waiters();
+                return Reply::Ok;
+            }
+            Header::Status => Reply::json(&self.status(&state)),
+            Header::StateManifest { round, .. } => match &state.offer {
+                Some(offer) if offer.round == round => Reply::json(offer.manifest()),
+                other => Reply::Refused(format!(
+                    "no state for round {round} here (offering {})",
+                    other
+                        .as_ref()
+                        .map_or("none".into(), |o| format!("round {}", o.round))
+                )),
+            },
+            Header::StateChunk { round, index, .. } => {
+                // With `SINTER_FAULT_ABORT_SERVING_STATE=1`, a donor dies in the middle of a transfer.
+                fault_point(
+                    "SINTER_FAULT_ABORT_SERVING_STATE",
+                    "1",
+                    "serving a state chunk",
+                );
+                match &state.offer {
+                    Some(offer) if offer.round == round => {
+                        let manifest = offer.manifest();
+                        if (index as usize) < manifest.chunks.len() {
+                            Reply::Data(offer.blob[manifest.range(index as usize)].to_vec())
+                        } else {
+                            self.reject(&mut state, peer, &format!("no chunk {index}"))
+                        }
+                    }
+                    _ => Reply::Refused(format!("no state for round {round} here any more")),
                 }
             }
             Header::Shard {
@@ -315,13 +596,40 @@ impl Shared {
                 ..
             } => self.on_shard(&mut state, peer, round, shard, stage, contributors, frame),
         };
-        if matches!(reply, Reply::Ok) {
+        if !matches!(reply, Reply::Refused(_)) && run.is_some() {
             state.last_seen.insert(peer, Instant::now());
             state.gone.remove(&peer);
         }
         drop(state);
         self.changed.notify_waiters();
         reply
+    }
+
+    fn status(&self, state: &State) -> GroupStatus {
+        let live = self.live(state);
+        let mut peers: BTreeMap<String, PeerStats> = state
+            .peer_stats
+            .iter()
+            .filter(|(p, _)| live.contains(p))
+            .map(|(p, s)| (p.to_string(), s.clone()))
+            .collect();
+        peers.insert(self.me.to_string(), state.stats.clone());
+        GroupStatus {
+            run: self.settings.run.clone(),
+            peer: self.me.to_string(),
+            members: state
+                .groups
+                .values()
+                .next_back()
+                .map(|g| g.members.iter().map(|m| m.to_string()).collect())
+                .unwrap_or_default(),
+            peers,
+            rejected: state
+                .rejected
+                .iter()
+                .map(|(p, c)| (p.to_string(), *c))
+                .collect(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -338,8 +646,8 @@ impl Shared {
         if round + 1 < state.round {
             return self.reject(state, peer, &format!("round {round} is over (replay?)"));
         }
-        if let Some(members) = state.groups.get(&round)
-            && !members.contains(&peer)
+        if let Some(group) = state.groups.get(&round)
+            && !group.members.contains(&peer)
         {
             return self.reject(state, peer, &format!("not a member of round {round}"));
         }
@@ -379,16 +687,37 @@ fn show(v: &serde_json::Value) -> String {
     }
 }
 
-/// Fault injection for the crash tests: with `SINTER_FAULT_ABORT_IN_ROUND=R`, the process
-/// aborts (as `kill -9` would stop it) in round R right after sending its contributions,
-/// in the middle of the all-reduce, before it has sent the shard it owns.
-fn crash_point(round: u64) {
-    if std::env::var("SINTER_FAULT_ABORT_IN_ROUND").is_ok_and(|r| r == round.to_string()) {
-        tracing::error!(
-            round,
-            "SINTER_FAULT_ABORT_IN_ROUND: aborting in the all-reduce"
-        );
+/// Fault injection for the crash tests: when the environment variable `var` equals `value`,
+/// the process aborts here, as `kill -9` would stop it.
+fn fault_point(var: &str, value: &str, what: &str) {
+    if std::env::var(var).is_ok_and(|v| v == value) {
+        tracing::error!("{var}={value}: aborting while {what}");
         std::process::abort();
+    }
+}
+
+/// With `SINTER_FAULT_ABORT_IN_ROUND=R`, the process aborts in round R right after sending
+/// its contributions, in the middle of the all-reduce, before it has sent the shard it owns.
+fn crash_point(round: u64) {
+    fault_point(
+        "SINTER_FAULT_ABORT_IN_ROUND",
+        &round.to_string(),
+        "in the all-reduce",
+    );
+}
+
+/// Asks `peer` for its view of the run's group (what `launch status` shows); any peer may ask.
+pub async fn query_status(client: &Client, peer: PeerId) -> Result<GroupStatus, GroupError> {
+    let answer = client
+        .request(peer, encode_request(&Header::Status, &[]))
+        .await?;
+    let refused = |reason: String| GroupError::Refused { peer, reason };
+    match Reply::decode(answer).map_err(refused)? {
+        Reply::Data(data) => {
+            serde_json::from_slice(&data).map_err(|e| refused(format!("unreadable status: {e}")))
+        }
+        Reply::Refused(reason) => Err(refused(reason)),
+        Reply::Ok => Err(refused("an empty answer to a status request".into())),
     }
 }
 
@@ -445,60 +774,52 @@ impl Group {
         });
         let inbox = shared.clone();
         let responder = client.clone();
+        let group = {
+            let (shared, client) = (shared.clone(), client.clone());
+            move || Group {
+                shared: shared.clone(),
+                client: client.clone(),
+            }
+        };
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
                     NetEvent::Request { peer, data, reply } => {
                         let answer = inbox.on_request(peer, &data);
-                        let bytes = serde_json::to_vec(&answer).expect("replies serialise");
-                        if responder.respond(reply, bytes).await.is_err() {
+                        if responder.respond(reply, answer.encode()).await.is_err() {
                             return;
                         }
-                        let announce = std::mem::take(&mut inbox.lock().announce);
+                        let (announce, introduce) = {
+                            let mut state = inbox.lock();
+                            (
+                                std::mem::take(&mut state.announce),
+                                std::mem::take(&mut state.introduce),
+                            )
+                        };
                         for (to, round) in announce {
-                            let group = Group {
-                                shared: inbox.clone(),
-                                client: responder.clone(),
-                            };
+                            let group = group();
                             tokio::spawn(async move { group.announce(to, round).await });
+                        }
+                        for peer in introduce {
+                            group().connect(peer).await;
                         }
                     }
                     NetEvent::Gossip { peer, data } => {
                         if let Ok(beat) = serde_json::from_slice::<Heartbeat>(&data)
                             && beat.run == inbox.settings.run
                         {
-                            let dial = {
+                            {
                                 let mut state = inbox.lock();
                                 state.last_seen.insert(peer, Instant::now());
                                 state.gone.remove(&peer);
-                                let due = state
-                                    .dialled
-                                    .get(&peer)
-                                    .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
-                                let dial = !state.connected.contains(&peer) && due;
-                                if dial {
-                                    state.dialled.insert(peer, Instant::now());
-                                }
-                                dial
-                            };
-                            // Gossip reached us through another peer: connect directly, since
-                            // the all-reduce talks to every member.
-                            if dial {
-                                for addr in beat
-                                    .addrs
-                                    .iter()
-                                    .filter_map(|a| a.parse::<libp2p::Multiaddr>().ok())
-                                {
-                                    // Known to the swarm, a request to the peer can dial too.
-                                    let _ = responder.add_address(peer, addr.clone()).await;
-                                    let client = responder.clone();
-                                    tokio::spawn(async move {
-                                        if let Err(e) = client.dial(addr).await {
-                                            tracing::debug!(%peer, error = %e, "dial failed");
-                                        }
-                                    });
-                                }
+                                state.under_way |= beat.under_way;
+                                state.newest_round = state.newest_round.max(beat.stats.round);
+                                state.peer_stats.insert(peer, beat.stats);
+                                state.addrs.insert(peer, beat.addrs);
                             }
+                            // Gossip may reach us through another peer: connect directly,
+                            // since the all-reduce talks to every member.
+                            group().connect(peer).await;
                         }
                         inbox.changed.notify_waiters();
                     }
@@ -524,10 +845,16 @@ impl Group {
                 let Ok(addrs) = publisher.listen_addrs().await else {
                     return;
                 };
-                let beat = Heartbeat {
-                    run: beats.settings.run.clone(),
-                    round: beats.lock().round,
-                    addrs: addrs.iter().map(|a| a.to_string()).collect(),
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                beats.lock().my_addrs = addrs.clone();
+                let beat = {
+                    let state = beats.lock();
+                    Heartbeat {
+                        run: beats.settings.run.clone(),
+                        addrs,
+                        stats: state.stats.clone(),
+                        under_way: state.under_way,
+                    }
                 };
                 let data = serde_json::to_vec(&beat).expect("heartbeats serialise");
                 if publisher.publish(data).await.is_err() {
@@ -556,30 +883,64 @@ impl Group {
         self.shared.lock().rejected.clone()
     }
 
-    async fn ask(&self, peer: PeerId, header: &Header, frame: &[u8]) -> Result<u64, GroupError> {
+    /// Sends a request; returns the bytes sent and the data answered (empty for a plain Ok).
+    async fn ask(
+        &self,
+        peer: PeerId,
+        header: &Header,
+        frame: &[u8],
+    ) -> Result<(u64, Vec<u8>), GroupError> {
         let request = encode_request(header, frame);
         let bytes = request.len() as u64;
         let answer = self.client.request(peer, request).await?;
-        match serde_json::from_slice::<Reply>(&answer) {
-            Ok(Reply::Ok) => Ok(bytes),
+        self.shared.lock().bytes_received += answer.len() as u64;
+        match Reply::decode(answer) {
+            Ok(Reply::Ok) => Ok((bytes, Vec::new())),
+            Ok(Reply::Data(data)) => Ok((bytes, data)),
             Ok(Reply::Refused(reason)) => Err(GroupError::Refused { peer, reason }),
-            Err(e) => Err(GroupError::Refused {
-                peer,
-                reason: format!("unreadable reply: {e}"),
-            }),
+            Err(reason) => Err(GroupError::Refused { peer, reason }),
         }
     }
 
     /// Introduces this peer to `peer`: fails with the differing fields if its config differs.
-    pub async fn hello(&self, peer: PeerId) -> Result<(), GroupError> {
+    /// Returns where the run is, as `peer` sees it.
+    pub async fn hello(&self, peer: PeerId) -> Result<RunProgress, GroupError> {
         let header = Header::Hello {
             run: self.shared.settings.run.clone(),
             config: self.shared.settings.config.clone(),
         };
         match self.ask(peer, &header, &[]).await {
-            Ok(_) => {
-                self.shared.lock().last_seen.insert(peer, Instant::now());
-                Ok(())
+            Ok((_, data)) => {
+                let welcome: Welcome =
+                    serde_json::from_slice(&data).map_err(|e| GroupError::Refused {
+                        peer,
+                        reason: format!("unreadable answer to hello: {e}"),
+                    })?;
+                let others: Vec<PeerId> = {
+                    let mut state = self.shared.lock();
+                    state.last_seen.insert(peer, Instant::now());
+                    state.under_way |= welcome.progress.under_way;
+                    state.newest_round = state.newest_round.max(welcome.progress.round);
+                    let mut others = Vec::new();
+                    for (p, addrs) in welcome.peers {
+                        if let Ok(p) = p.parse::<PeerId>()
+                            && p != self.me()
+                        {
+                            // Live as the bootstrap peer sees them: connect to them all now,
+                            // before any heartbeat of theirs arrives.
+                            state.last_seen.entry(p).or_insert_with(Instant::now);
+                            if !addrs.is_empty() {
+                                state.addrs.insert(p, addrs);
+                            }
+                            others.push(p);
+                        }
+                    }
+                    others
+                };
+                for p in others {
+                    self.connect(p).await;
+                }
+                Ok(welcome.progress)
             }
             Err(GroupError::Refused { peer, reason }) => Err(GroupError::ConfigMismatch {
                 peer,
@@ -621,86 +982,265 @@ impl Group {
         .unwrap_or_else(|| self.live_peers().len())
     }
 
-    /// Agrees with the other live peers on the members of `round`, sorted by peer id.
-    pub async fn form(&self, round: u64) -> Result<Vec<PeerId>, GroupError> {
+    /// The leader of `round`: the lowest live peer id among the last round's members (at the
+    /// first round, or when none of them is left, among all live peers).
+    fn leader(&self, state: &State, round: u64) -> PeerId {
+        let live = self.shared.live(state);
+        round
+            .checked_sub(1)
+            .and_then(|r| state.groups.get(&r))
+            .and_then(|g| g.members.iter().filter(|m| live.contains(m)).min())
+            .copied()
+            .unwrap_or_else(|| *live.first().expect("this peer is always live"))
+    }
+
+    /// Agrees with the other peers on the members of `round`. `state` is the hash of this
+    /// peer's state at the start of the round; `None` for a peer joining, which never leads,
+    /// is taken into the first group formed from `round` on (whose round the result says),
+    /// and fetches the agreed state then ([`Group::fetch_state`]).
+    pub async fn form(&self, round: u64, state: Option<String>) -> Result<Formed, GroupError> {
         let me = self.me();
         let ceiling = self.shared.settings.round_ceiling;
-        self.shared.lock().round = round;
-        let waited = Instant::now();
+        let joining = state.is_none();
+        {
+            let mut s = self.shared.lock();
+            s.round = round;
+            s.stats.round = round;
+            s.ready.entry(round).or_default().insert(me, state.clone());
+        }
+        let ready = Header::Ready {
+            run: self.shared.settings.run.clone(),
+            round,
+            state,
+            addrs: self.shared.lock().my_addrs.clone(),
+        };
+        let started = Instant::now();
+        let mut next_ready = Instant::now();
         loop {
-            let leader = *self
-                .shared
-                .live(&self.shared.lock())
-                .first()
-                .expect("this peer is always live");
-            if leader == me {
-                self.shared
-                    .lock()
-                    .ready
-                    .entry(round)
-                    .or_default()
-                    .insert(me);
-                // Wait for every live peer; one that dies meanwhile stops counting.
-                self.wait_for(ceiling, |shared, state| {
-                    let ready = state.ready.get(&round).cloned().unwrap_or_default();
-                    shared.live(state).is_subset(&ready).then_some(())
-                })
-                .await;
-                let members = {
-                    let mut state = self.shared.lock();
-                    let ready = state.ready.get(&round).cloned().unwrap_or_default();
-                    let members: Vec<PeerId> = ready
-                        .into_iter()
-                        .filter(|p| self.shared.is_live(&state, p))
-                        .collect();
-                    state.led.insert(round);
-                    state.groups.entry(round).or_insert(members).clone()
-                };
-                let sends = members
-                    .iter()
-                    .filter(|m| **m != me)
-                    .map(|m| self.announce(*m, round));
-                futures::future::join_all(sends).await;
-                return Ok(members);
-            }
-            let header = Header::Ready {
-                run: self.shared.settings.run.clone(),
-                round,
+            let (leader, live) = {
+                let s = self.shared.lock();
+                (self.leader(&s, round), self.shared.live(&s))
             };
-            if let Err(e) = self.ask(leader, &header, &[]).await {
-                // Perhaps not connected yet; the leader is replaced only once its
-                // heartbeats stop, so that every peer agrees on who leads.
-                tracing::debug!(%leader, error = %e, round, "leader not reachable; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
+            if !joining && leader == me {
+                return self.lead(round).await;
             }
-            // Ask again now and then: a lost announcement is resent on a repeated Ready.
+            // Every live peer hears the Ready, so that whoever leads (also after a failover)
+            // has it; it is repeated now and then, since a lost announcement is resent on a
+            // repeated Ready.
+            if Instant::now() >= next_ready {
+                let sends = live
+                    .iter()
+                    .filter(|p| **p != me)
+                    .map(|p| async { (*p, self.ask(*p, &ready, &[]).await) });
+                let mut leader_heard = joining;
+                for (peer, result) in futures::future::join_all(sends).await {
+                    match result {
+                        Ok(_) => leader_heard |= peer == leader,
+                        Err(e) => tracing::debug!(%peer, error = %e, round, "ready not delivered"),
+                    }
+                }
+                next_ready = Instant::now()
+                    + match (leader_heard, joining) {
+                        (false, _) => RETRY,
+                        (true, true) => Duration::from_secs(1),
+                        (true, false) => READY_REPEAT,
+                    };
+            }
+            let wait = next_ready.saturating_duration_since(Instant::now());
             let group = self
-                .wait_for(ceiling.min(READY_REPEAT), |shared, state| {
-                    if let Some(members) = state.groups.get(&round) {
-                        return Some(Some(members.clone()));
+                .wait_for(wait, |shared, state| {
+                    if joining {
+                        return state
+                            .groups
+                            .range(round..)
+                            .find(|(_, g)| g.members.contains(&me))
+                            .map(|(_, g)| Some(g.clone()));
+                    }
+                    if let Some(group) = state.groups.get(&round) {
+                        return Some(Some(group.clone()));
                     }
                     // A leader that stops answering heartbeats is replaced.
-                    (!shared.is_live(state, &leader)).then_some(None)
+                    (!joining && !shared.is_live(state, &leader)).then_some(None)
                 })
                 .await;
             match group {
-                Some(Some(members)) if members.contains(&me) => return Ok(members),
+                Some(Some(group)) if group.members.contains(&me) => return Ok(group),
                 Some(Some(_)) => return Err(GroupError::NotInGroup { round }),
                 Some(None) => {
                     tracing::warn!(%leader, round, "leader went silent; electing the next");
                     self.shared.lock().gone.insert(leader);
                 }
-                None if waited.elapsed() < ceiling => {}
+                None if started.elapsed() < ceiling => {}
                 None => {
                     return Err(GroupError::Deadline {
                         round,
-                        what: format!("the group announcement from {leader}"),
+                        what: "the group announcement".into(),
                         secs: ceiling.as_secs(),
                     });
                 }
             }
         }
+    }
+
+    /// As leader: waits until the last round's live members are ready (at the first round,
+    /// every live peer), then announces everyone ready and live, newcomers included.
+    async fn lead(&self, round: u64) -> Result<Formed, GroupError> {
+        let me = self.me();
+        self.wait_for(self.shared.settings.round_ceiling, |shared, state| {
+            let live = shared.live(state);
+            let expected: BTreeSet<PeerId> =
+                match round.checked_sub(1).and_then(|r| state.groups.get(&r)) {
+                    Some(previous) => previous
+                        .members
+                        .iter()
+                        .filter(|m| live.contains(m))
+                        .copied()
+                        .collect(),
+                    None => live,
+                };
+            let ready = state.ready.get(&round);
+            expected
+                .iter()
+                .all(|p| ready.is_some_and(|r| r.contains_key(p)))
+                .then_some(())
+        })
+        .await;
+        let formed = {
+            let mut state = self.shared.lock();
+            let mut ready: BTreeMap<PeerId, Option<String>> =
+                state.ready.get(&round).cloned().unwrap_or_default();
+            for (joiner, from) in &state.joiners {
+                if *from <= round {
+                    ready.entry(*joiner).or_insert(None);
+                }
+            }
+            let (members, states): (Vec<PeerId>, Vec<Option<String>>) = ready
+                .into_iter()
+                .filter(|(p, _)| self.shared.is_live(&state, p))
+                .unzip();
+            for m in &members {
+                state.joiners.remove(m);
+            }
+            state.led.insert(round);
+            state.under_way = true;
+            state
+                .groups
+                .entry(round)
+                .or_insert(Formed {
+                    round,
+                    members,
+                    states,
+                })
+                .clone()
+        };
+        let sends = formed
+            .members
+            .iter()
+            .filter(|m| **m != me)
+            .map(|m| self.announce(*m, round));
+        futures::future::join_all(sends).await;
+        Ok(formed)
+    }
+
+    /// Offers the run's state at the start of `round` to peers that fetch it (replacing the
+    /// previous offer).
+    pub fn offer_state(&self, round: u64, blob: Vec<u8>) {
+        self.shared.lock().offer = Some(Arc::new(Offer {
+            round,
+            blob: Arc::new(blob),
+            manifest: std::sync::OnceLock::new(),
+        }));
+    }
+
+    /// Fetches the state of `round` from `donors`: each is asked for its manifest, the one most
+    /// agree on is fetched in chunks from all of them at once, each chunk verified. Returns
+    /// the blob and how many chunks each donor delivered.
+    pub async fn fetch_state(
+        &self,
+        round: u64,
+        donors: &[PeerId],
+    ) -> Result<(Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+        let run = &self.shared.settings.run;
+        let asks = donors.iter().map(|d| async move {
+            let header = Header::StateManifest {
+                run: run.clone(),
+                round,
+            };
+            let manifest = self.ask(*d, &header, &[]).await.and_then(|(_, data)| {
+                serde_json::from_slice::<Manifest>(&data).map_err(|e| GroupError::Refused {
+                    peer: *d,
+                    reason: format!("unreadable manifest: {e}"),
+                })
+            });
+            (*d, manifest)
+        });
+        let mut offers = Vec::new();
+        let mut last = String::from("no donors");
+        for (donor, manifest) in futures::future::join_all(asks).await {
+            match manifest {
+                Ok(m) => offers.push((donor, m)),
+                Err(e) => {
+                    tracing::warn!(%donor, error = %e, round, "no manifest from donor");
+                    last = e.to_string();
+                }
+            }
+        }
+        let (manifest, holders) = transfer::agreed_manifest(&offers)
+            .ok_or(transfer::TransferError::NoOffer { round, last })?;
+        tracing::info!(
+            round,
+            bytes = manifest.total_len,
+            chunks = manifest.chunks.len(),
+            donors = holders.len(),
+            root = %&manifest.root[..16],
+            "fetching the run's state"
+        );
+        let get = |peer: PeerId, index: usize| async move {
+            let header = Header::StateChunk {
+                run: run.clone(),
+                round,
+                index: index as u32,
+            };
+            self.ask(peer, &header, &[]).await.map(|(_, data)| data)
+        };
+        let fetched = transfer::fetch(&manifest, &holders, get).await?;
+        self.shared.lock().bytes_received += manifest.total_len;
+        Ok(fetched)
+    }
+
+    /// Records this peer's progress, gossiped with its heartbeats.
+    pub fn report(&self, stats: PeerStats) {
+        self.shared.lock().stats = stats;
+    }
+
+    /// Where the run is, as far as this peer has heard: the newest round and whether a group
+    /// has formed.
+    pub fn run_progress(&self) -> RunProgress {
+        let state = self.shared.lock();
+        RunProgress {
+            round: state.newest_round.max(state.round),
+            under_way: state.under_way,
+        }
+    }
+
+    /// This peer's view of the group, as `launch status` shows it.
+    pub fn status(&self) -> GroupStatus {
+        self.shared.status(&self.shared.lock())
+    }
+
+    /// Tells every live peer that this one leaves (for at most a couple of seconds), so that
+    /// the next round forms without waiting for it.
+    pub async fn leave(&self) {
+        let me = self.me();
+        let header = Header::Leave {
+            run: self.shared.settings.run.clone(),
+        };
+        let live = self.live_peers();
+        let sends = live
+            .iter()
+            .filter(|p| **p != me)
+            .map(|p| self.ask(*p, &header, &[]));
+        let _ = tokio::time::timeout(LEAVE_NOTICE, futures::future::join_all(sends)).await;
     }
 
     /// The all-reduce of one round among `members` (as [`Group::form`] returned them).
@@ -891,7 +1431,7 @@ impl Group {
         loop {
             attempt += 1;
             match self.ask(to, header, frame).await {
-                Ok(bytes) => return Ok(bytes),
+                Ok((bytes, _)) => return Ok(bytes),
                 Err(GroupError::Net(e)) if attempt < 20 => {
                     let live = {
                         let state = self.shared.lock();
@@ -911,13 +1451,27 @@ impl Group {
     /// Sends round `round`'s group to `to`, retrying a few times (a member that never hears
     /// it asks again with a repeated `Ready`).
     async fn announce(&self, to: PeerId, round: u64) {
-        let Some(members) = self.shared.lock().groups.get(&round).cloned() else {
-            return;
+        let (group, addrs) = {
+            let state = self.shared.lock();
+            let Some(group) = state.groups.get(&round).cloned() else {
+                return;
+            };
+            let addrs = group
+                .members
+                .iter()
+                .map(|m| match *m == self.me() {
+                    true => state.my_addrs.clone(),
+                    false => state.addrs.get(m).cloned().unwrap_or_default(),
+                })
+                .collect();
+            (group, addrs)
         };
         let header = Header::Group {
             run: self.shared.settings.run.clone(),
             round,
-            members: members.iter().map(|m| m.to_string()).collect(),
+            members: group.members.iter().map(|m| m.to_string()).collect(),
+            states: group.states,
+            addrs,
         };
         for attempt in 1..=3 {
             match self.ask(to, &header, &[]).await {
@@ -927,6 +1481,35 @@ impl Group {
                     tokio::time::sleep(RETRY).await;
                 }
             }
+        }
+    }
+
+    /// Dials `peer` at the addresses it gave, unless connected or dialled in the last
+    /// seconds; once the swarm knows them, requests to the peer can dial too.
+    async fn connect(&self, peer: PeerId) {
+        let addrs = {
+            let mut state = self.shared.lock();
+            let due = state
+                .dialled
+                .get(&peer)
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+            if peer == self.me() || state.connected.contains(&peer) || !due {
+                return;
+            }
+            state.dialled.insert(peer, Instant::now());
+            state.addrs.get(&peer).cloned().unwrap_or_default()
+        };
+        for addr in addrs
+            .iter()
+            .filter_map(|a| a.parse::<libp2p::Multiaddr>().ok())
+        {
+            let _ = self.client.add_address(peer, addr.clone()).await;
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.dial(addr).await {
+                    tracing::debug!(%peer, error = %e, "dial failed");
+                }
+            });
         }
     }
 
@@ -958,6 +1541,8 @@ mod tests {
         let header = Header::Ready {
             run: "abc".into(),
             round: 3,
+            state: None,
+            addrs: Vec::new(),
         };
         let bytes = encode_request(&header, b"frame");
         let (back, frame) = decode_request(&bytes).unwrap();
@@ -1011,7 +1596,7 @@ mod tests {
     fn refused(reply: Reply) -> String {
         match reply {
             Reply::Refused(reason) => reason,
-            Reply::Ok => panic!("accepted"),
+            other => panic!("accepted: {other:?}"),
         }
     }
 
@@ -1019,7 +1604,14 @@ mod tests {
     fn untrusted_requests_are_refused_with_a_reason_and_counted() {
         let group = shared();
         let (member, outsider) = (peer(), peer());
-        group.lock().groups.insert(3, vec![group.me, member]);
+        group.lock().groups.insert(
+            3,
+            Formed {
+                round: 3,
+                members: vec![group.me, member],
+                states: vec![None, None],
+            },
+        );
         group.lock().round = 3;
         assert!(matches!(
             group.on_request(member, &shard("run-a", 3)),

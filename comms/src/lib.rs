@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`wire`] | versioned, zstd-compressed, checksummed frames of int8 or f32 tensors |
 //! | [`net`] | libp2p swarm: `Client` + `EventLoop`, peer keys, size-limited request-response |
-//! | [`group`] | membership by heartbeat, a leader per round, reduce-scatter + all-gather |
+//! | [`group`] | membership by heartbeat, a leader per round, reduce-scatter + all-gather, state transfer to joiners |
+//! | [`transfer`] | chunked blobs with a Merkle manifest, fetched from several peers at once |
 //!
 //! | feature | what |
 //! |---|---|
@@ -18,6 +19,7 @@
 
 pub mod group;
 pub mod net;
+pub mod transfer;
 pub mod wire;
 
 pub use wire::{CodecLimits, TensorPayload, TensorSet, WireError, WireTensor, decode, encode};

@@ -32,6 +32,12 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/4001 --key 
 launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstrap /ip4/127.0.0.1/tcp/4001 --key out/p2/peer.key --out out/p2\n  \
 (and a third like the second). Every peer must use the same config and overrides: the run is identified by the config's hash.")]
     Run(RunArgs),
+    /// Ask the peer running on this machine with a key file to leave its run: it finishes
+    /// the current round, tells the group and exits 0.
+    Leave(LeaveArgs),
+    /// Show a run's group as one of its peers sees it: members, rounds, losses, bytes, round
+    /// times.
+    Status(StatusArgs),
     /// Train one worker alone (no DiLoCo): the single-machine baseline.
     Train(TrainArgs),
     /// Print the validation loss of saved weights.
@@ -164,6 +170,26 @@ pub struct RunArgs {
     /// Output options.
     #[command(flatten)]
     pub out: OutArgs,
+}
+
+/// `launch leave`.
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// The key file of the peer to stop (as given to `launch run --key`; default: the
+    /// default key).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+/// `launch status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Any peer of the run, e.g. /ip4/127.0.0.1/tcp/4001 (with or without /p2p/PEER_ID).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub peer: String,
+    /// Print the status as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `launch train`.

@@ -4,6 +4,7 @@
 pub(crate) mod backend;
 mod bench;
 mod cli;
+mod control;
 mod peer;
 mod progress;
 mod report;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,wgpu=warn,cubecl=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -65,6 +67,8 @@ fn run(cli: Cli) -> Result<()> {
             let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
             peer::run(config, args)
         }
+        Command::Leave(args) => peer::leave(args),
+        Command::Status(args) => peer::status(args),
         Command::Train(args) => {
             let mut config = load_config(&args.config, &args.out)?;
             config.outer.workers = 1;

@@ -1,8 +1,8 @@
 //! `launch run`: one real peer. Starts the libp2p network and the group protocol on a tokio
 //! runtime, introduces itself to the bootstrap peers (a different config is refused with the
 //! differing fields), then trains on this thread until the run ends, `--max-rounds` is
-//! reached, or Ctrl-C / SIGTERM asks it to leave after the current round (a second Ctrl-C
-//! exits at once).
+//! reached, or Ctrl-C / SIGTERM / `launch leave` asks it to leave after the current round (a
+//! second Ctrl-C exits at once). `launch status` asks any peer for its view of the group.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,8 @@ use sinter_trainer::peer::{PeerOptions, run_peer};
 use sinter_trainer::simulate::Observer;
 
 use crate::backend::{BackendJob, dispatch};
-use crate::cli::RunArgs;
+use crate::cli::{LeaveArgs, RunArgs, StatusArgs};
+use crate::control;
 use crate::progress::Progress;
 use crate::report;
 
@@ -41,11 +42,7 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
         .iter()
         .map(|a| multiaddr(a, "--bootstrap"))
         .collect::<Result<Vec<_>>>()?;
-    let key_path = args.key.clone().unwrap_or_else(|| {
-        sinter_trainer::data::cache_dir()
-            .join("keys")
-            .join("peer.key")
-    });
+    let key_path = args.key.clone().unwrap_or_else(default_key);
     let key = net::key::load_or_create(&key_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -86,6 +83,7 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     })?;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let _control = runtime.block_on(async { control::listen(&key_path, stop.clone()) })?;
     {
         let stop = stop.clone();
         runtime.spawn(async move {
@@ -117,6 +115,81 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     let kind = job.config.run.backend;
     dispatch(kind, job)?;
     runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Where a peer's key lives unless `--key` says otherwise.
+fn default_key() -> std::path::PathBuf {
+    sinter_trainer::data::cache_dir()
+        .join("keys")
+        .join("peer.key")
+}
+
+/// Runs `launch leave`.
+pub fn leave(args: LeaveArgs) -> Result<()> {
+    let key = args.key.unwrap_or_else(default_key);
+    println!("{}", control::request_leave(&key)?);
+    Ok(())
+}
+
+/// Runs `launch status`: dials the peer with a throwaway identity and prints its answer.
+pub fn status(args: StatusArgs) -> Result<()> {
+    let addr = multiaddr(&args.peer, "--peer")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let status = runtime.block_on(async {
+        let key = net::Keypair::generate_ed25519();
+        let (client, mut events, event_loop) =
+            net::start(NetConfig::new(key, "sinter/status".into())).await?;
+        tokio::spawn(event_loop.run());
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let peer = client
+            .dial(addr.clone())
+            .await
+            .with_context(|| format!("reaching {addr}"))?;
+        let status = tokio::time::timeout(
+            Duration::from_secs(30),
+            sinter_comms::group::query_status(&client, peer),
+        )
+        .await
+        .with_context(|| format!("{addr} did not answer within 30 s"))??;
+        anyhow::Ok(status)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let round = status.peers.values().map(|p| p.round).max().unwrap_or(0);
+    println!(
+        "run {} as seen by {}: {} members, round {round}",
+        &status.run[..16.min(status.run.len())],
+        status.peer,
+        status.members.len()
+    );
+    println!(
+        "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8} {:>7}",
+        "peer (* member)", "round", "step", "val loss", "sent kB", "recv kB", "round s", "refused"
+    );
+    for (peer, p) in &status.peers {
+        let member = if status.members.contains(peer) {
+            "*"
+        } else {
+            " "
+        };
+        println!(
+            "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8.2} {:>7}",
+            format!("{peer} {member}"),
+            p.round,
+            p.step,
+            p.val_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            p.bytes_sent / 1000,
+            p.bytes_received / 1000,
+            p.last_round_secs,
+            status.rejected.get(peer).copied().unwrap_or(0),
+        );
+    }
     Ok(())
 }
 

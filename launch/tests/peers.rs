@@ -204,3 +204,219 @@ fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
     }
     assert_eq!(hashes[0], hashes[1]);
 }
+
+/// Waits until the peer's log says it finished round `round` (or later).
+fn wait_for_round(dir: &Path, name: &str, round: u64) {
+    let log = dir.join(format!("{name}.log"));
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let reached = text
+            .lines()
+            .filter(|l| l.contains("round done"))
+            .filter_map(|l| l.split("round=").nth(1))
+            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .any(|r| r >= round);
+        if reached {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{name} did not reach round {round}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// A config of `rounds` rounds of 4 steps among three workers, evaluated only at the end.
+fn long_config(dir: &Path, rounds: usize) -> PathBuf {
+    let config = dir.join("small.toml");
+    let text = common::small_config(4 * rounds, 3, 4)
+        .replace("every_steps = 4", &format!("every_steps = {}", 4 * rounds));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn a_peer_joins_mid_run_while_its_donor_dies_and_contributes_from_the_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = long_config(dir.path(), 80);
+    // p1 dies as soon as someone fetches a chunk of its state from it.
+    let first = Peer::start_with(
+        dir.path(),
+        "p1",
+        &config,
+        &["--round-ceiling", "60"],
+        &[("SINTER_FAULT_ABORT_SERVING_STATE", "1")],
+    );
+    let addr = first.address();
+    let args = ["--bootstrap", addr.as_str(), "--round-ceiling", "60"];
+    let second = Peer::start(dir.path(), "p2", &config, &args);
+    let second_addr = second.address();
+    let third = Peer::start(dir.path(), "p3", &config, &args);
+    wait_for_round(dir.path(), "p2", 2);
+    let joiner = Peer::start(
+        dir.path(),
+        "p4",
+        &config,
+        &["--bootstrap", &second_addr, "--round-ceiling", "60"],
+    );
+    let (status, _) = first.wait(dir.path(), "p1");
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+    assert!(
+        !status.success(),
+        "the donor was meant to die:\n{}",
+        log("p4")
+    );
+    let mut hashes = Vec::new();
+    for (peer, name) in [(second, "p2"), (third, "p3"), (joiner, "p4")] {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["last_round"], 80, "{name}: {summary}");
+        assert_eq!(
+            summary["peers_seen"].as_array().unwrap().len(),
+            4,
+            "{name}: {summary}"
+        );
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+        if name == "p4" {
+            let joined_at = summary["joined_at_round"]
+                .as_u64()
+                .expect("p4 joined mid-run");
+            assert!(joined_at >= 3, "{summary}");
+            // It trained every round from the one it joined.
+            assert_eq!(
+                summary["rounds"].as_u64().unwrap(),
+                80 - joined_at,
+                "{summary}"
+            );
+            assert_eq!(summary["state_fetches"], serde_json::json!([joined_at]));
+        } else {
+            assert_eq!(summary["joined_at_round"], serde_json::Value::Null);
+        }
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    let log = std::fs::read_to_string(dir.path().join("p4.log")).unwrap();
+    assert!(log.contains("dropping the donor"), "{log}");
+}
+
+#[test]
+fn a_member_whose_state_drifts_refetches_the_majority_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, common::small_config(16, 3, 4)).unwrap();
+    let first = Peer::start(dir.path(), "p1", &config, &[]);
+    let addr = first.address();
+    let second = Peer::start(dir.path(), "p2", &config, &["--bootstrap", &addr]);
+    let third = Peer::start_with(
+        dir.path(),
+        "p3",
+        &config,
+        &["--bootstrap", &addr],
+        &[("SINTER_FAULT_PERTURB_AFTER_ROUND", "1")],
+    );
+    let mut hashes = Vec::new();
+    for (peer, name) in [(first, "p1"), (second, "p2"), (third, "p3")] {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        let fetched = if name == "p3" { vec![2] } else { vec![] };
+        assert_eq!(
+            summary["state_fetches"],
+            serde_json::json!(fetched),
+            "{name}"
+        );
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}
+
+#[test]
+fn status_shows_the_group_and_leave_or_ctrl_c_exit_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = long_config(dir.path(), 200);
+    let first = Peer::start(dir.path(), "p1", &config, &[]);
+    let addr = first.address();
+    let second = Peer::start(dir.path(), "p2", &config, &["--bootstrap", &addr]);
+    let third = Peer::start(dir.path(), "p3", &config, &["--bootstrap", &addr]);
+    wait_for_round(dir.path(), "p1", 2);
+
+    // Others' progress arrives with their heartbeats (every half second): ask until it has.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..20 {
+        let out = Command::new(env!("CARGO_BIN_EXE_launch"))
+            .args(["status", "--json", "--peer", &addr])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        status = serde_json::from_slice(&out.stdout).unwrap();
+        let peers = status["peers"].as_object().unwrap();
+        if peers.len() == 3 && peers.values().all(|p| p["round"].as_u64() >= Some(1)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
+    let peers = status["peers"].as_object().unwrap();
+    assert_eq!(peers.len(), 3, "{status}");
+    assert!(
+        peers
+            .values()
+            .all(|p| p["round"].as_u64() >= Some(1) && p["bytes_sent"].as_u64() > Some(0)),
+        "{status}"
+    );
+    let table = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .args(["status", "--peer", &addr])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("3 members"));
+
+    // `launch leave` with p3's key: it finishes its round, tells the others, exits 0.
+    let out = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .arg("leave")
+        .arg("--key")
+        .arg(third.out.join("peer.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leaving after the current round"));
+    let (status, summary) = third.wait(dir.path(), "p3");
+    assert!(status.success(), "{summary}");
+    assert!(summary["last_round"].as_u64().unwrap() < 200, "{summary}");
+
+    // Ctrl-C (SIGINT) on p2: the same.
+    let pid = second.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (status, summary) = second.wait(dir.path(), "p2");
+    assert!(status.success(), "{summary}");
+    assert!(summary["last_round"].as_u64().unwrap() < 200, "{summary}");
+
+    // p1 trains on alone to the end.
+    let (status, summary) = first.wait(dir.path(), "p1");
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["last_round"], 200, "{summary}");
+    assert_eq!(summary["workers"], 1, "{summary}");
+    let log = std::fs::read_to_string(dir.path().join("p1.log")).unwrap();
+    assert_eq!(log.matches("peer left the run").count(), 2, "{log}");
+    // A leave with no peer behind the key says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .arg("leave")
+        .arg("--key")
+        .arg(dir.path().join("nobody.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no peer is running with key"));
+}

@@ -14,6 +14,7 @@
 //! | [`pseudo_gradient`] | pseudo-gradient → wire frame → accumulated mean (shared with the network layer) |
 //! | [`simulate`] | N workers in one process: DiLoCo or data-parallel |
 //! | [`peer`] | one real peer of a run: the same rounds over the network |
+//! | [`round_state`] | the state a joiner fetches: round, global parameters, outer momentum |
 //! | [`eval`], [`generate`], [`weights`] | validation loss, sampling, saved weights |
 //!
 //! The default backend is burn's `flex` CPU backend; `wgpu` and `cuda` are features.
@@ -28,6 +29,7 @@ pub mod model;
 pub mod params;
 pub mod peer;
 pub mod pseudo_gradient;
+pub mod round_state;
 pub mod schedule;
 pub mod simulate;
 pub mod tokenizer;

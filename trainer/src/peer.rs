@@ -4,6 +4,8 @@
 //! into one shard per member, all-reduced through [`sinter_comms::group`], and the outer
 //! Nesterov step applied. Every member computes the same mean in the same order, so all end
 //! the round with bit-identical parameters — equal to the simulation's at the same settings.
+//! Each round starts with the members comparing the hash of their [`RoundState`]: a joiner,
+//! or a member whose hash is not the majority's, fetches the majority's state from them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use sha2::Digest;
-use sinter_comms::group::{Arrival, Group, GroupError, Reduction};
+use sinter_comms::group::{Arrival, Group, GroupError, PeerStats, Reduction};
 use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
 
@@ -21,6 +23,7 @@ use crate::eval::validation_loss;
 use crate::inner::{eval_model, inner_optimizer, train_step};
 use crate::model::Llama;
 use crate::params::{ParamLayout, ParamSlot, flatten, load};
+use crate::round_state::{RoundState, sha256_hex};
 use crate::simulate::{EvalPoint, Observer, Summary, allreduce_factor, outer_step};
 use crate::{TrainerError, pseudo_gradient};
 
@@ -51,6 +54,13 @@ pub struct PeerSummary {
     pub bytes_received: u64,
     /// Requests and contributions refused, per peer.
     pub rejected_by_peer: std::collections::BTreeMap<String, u64>,
+    /// The round this peer joined a run already under way (none: it was there from the start).
+    pub joined_at_round: Option<usize>,
+    /// Rounds at whose start this peer fetched the group's state (joining, or resyncing after
+    /// its own state differed from the majority's).
+    pub state_fetches: Vec<usize>,
+    /// The run's round count when this peer stopped.
+    pub last_round: usize,
 }
 
 /// A peer's outcome.
@@ -119,8 +129,25 @@ fn reduce_shard(
     }
 }
 
+/// Fault injection for the resync test: with `SINTER_FAULT_PERTURB_AFTER_ROUND=R`, this peer
+/// adds 1 to its first global parameter after round R, so that its state no longer matches
+/// the group's and it must fetch the majority's.
+fn perturb_for_test(round: usize, global: &mut [f32]) {
+    if std::env::var("SINTER_FAULT_PERTURB_AFTER_ROUND").is_ok_and(|r| r == round.to_string()) {
+        tracing::error!(
+            round,
+            "SINTER_FAULT_PERTURB_AFTER_ROUND: corrupting this peer's state"
+        );
+        global[0] += 1.0;
+    }
+}
+
 /// Runs this peer until the config's steps (or `max_rounds`) are done, or `stop` is set (then
 /// after the current round). `runtime` drives the network while training runs on this thread.
+///
+/// A peer that finds the run under way (or is left out of a round) joins the next round
+/// without a state and fetches the one most members hold; a member whose state differs from
+/// the majority's does the same.
 #[allow(clippy::too_many_arguments)]
 pub fn run_peer<B: AutodiffBackend>(
     config: &RunConfig,
@@ -141,7 +168,7 @@ pub fn run_peer<B: AutodiffBackend>(
     let started = Instant::now();
     B::seed(device, config.run.seed);
     let mut model: Llama<B> = config.model.init(device);
-    let (layout, mut global): (ParamLayout, Vec<f32>) = flatten(&model);
+    let (layout, global): (ParamLayout, Vec<f32>) = flatten(&model);
     let validation =
         dataset.validation_windows(&config.data, config.model.context, config.run.seed);
     let evaluate = |model: &Llama<B>| {
@@ -152,46 +179,138 @@ pub fn run_peer<B: AutodiffBackend>(
             device,
         )
     };
-    let mut evals = Vec::new();
-    let mut tokens = 0u64;
-    let mut bytes_sent = 0u64;
-    let mut bytes_received = 0u64;
-    let mut payload_bytes = 0.0f64;
-    let mut peers_seen = std::collections::BTreeSet::new();
-    let initial_val_loss = evaluate(&model);
-    let point = EvalPoint {
-        round: 0,
-        step: 0,
-        tokens: 0,
-        val_loss: initial_val_loss,
-        bytes_sent: 0,
-    };
-    observer.on_eval(&point);
-    evals.push(point);
-
-    let live = runtime.block_on(group.wait_for_peers(options.min_peers, options.start_wait));
-    tracing::info!(peers = live, "starting");
     let steps = config.inner.steps;
     let h = config.outer.inner_steps;
     let total_rounds = steps.div_ceil(h);
     let batch = config.inner.batch_size;
+
+    let mut joining = group.run_progress().under_way;
+    if !joining {
+        let live = runtime.block_on(group.wait_for_peers(options.min_peers, options.start_wait));
+        tracing::info!(peers = live, "starting");
+        joining = group.run_progress().under_way;
+    }
+    let mut state = RoundState {
+        round: 0,
+        step: 0,
+        tokens: 0,
+        momentum: vec![0.0f32; global.len()],
+        global,
+    };
+    let mut evals = Vec::new();
+    if !joining {
+        let point = EvalPoint {
+            round: 0,
+            step: 0,
+            tokens: 0,
+            val_loss: evaluate(&model),
+            bytes_sent: 0,
+        };
+        observer.on_eval(&point);
+        evals.push(point);
+    }
+    let mut round = if joining {
+        group.run_progress().round as usize + 1
+    } else {
+        0
+    };
+    let mut bytes_sent = 0u64;
+    let mut bytes_received = 0u64;
+    let mut payload_bytes = 0.0f64;
+    let mut peers_seen = std::collections::BTreeSet::new();
+    let mut joined_at_round = None;
+    let mut state_fetches = Vec::new();
     let mut optimizer = inner_optimizer::<B>(&config.inner);
-    let mut momentum = vec![0.0f32; global.len()];
     let mut sampler: Option<(usize, usize, ShardSampler)> = None;
     let mut residual = (config.outer.error_feedback
         && config.outer.quant == crate::config::Quant::Int8)
-        .then(|| vec![0.0f32; global.len()]);
-    let mut round = 0usize;
-    let mut step = 0usize;
+        .then(|| vec![0.0f32; state.global.len()]);
     let mut workers = 1;
-    while step < steps && options.max_rounds.is_none_or(|m| round < m) {
+    let mut rounds_done = 0usize;
+    let mut steps_done = 0usize;
+    while round < total_rounds && options.max_rounds.is_none_or(|m| round < m) {
         if stop.load(Ordering::Relaxed) {
             tracing::info!(round, "leaving the run");
             break;
         }
-        let members = runtime
-            .block_on(group.form(round as u64))
-            .map_err(group_error)?;
+        let round_started = Instant::now();
+        let held = (!joining).then(|| {
+            let blob = state.to_bytes();
+            let hash = sha256_hex(&blob);
+            group.offer_state(round as u64, blob);
+            hash
+        });
+        let formed = match runtime.block_on(group.form(round as u64, held.clone())) {
+            Ok(formed) => {
+                // A joiner is taken into the first group that forms after it asked.
+                round = formed.round as usize;
+                formed
+            }
+            Err(GroupError::NotInGroup { .. }) => {
+                // Too late for this round: join the next one, fetching its state.
+                round = round.max(group.run_progress().round as usize) + 1;
+                tracing::info!(round, "left out of a round; joining the next");
+                joining = true;
+                continue;
+            }
+            Err(e) => return Err(group_error(e)),
+        };
+        let (agreed, holders) = formed.agreed_state().ok_or_else(|| {
+            TrainerError::Network(format!("no member of round {round} holds a state"))
+        })?;
+        if held.as_ref() != Some(&agreed) {
+            let (blob, donors) = runtime
+                .block_on(group.fetch_state(round as u64, &holders))
+                .map_err(group_error)?;
+            let got = sha256_hex(&blob);
+            if got != agreed {
+                return Err(TrainerError::Network(format!(
+                    "fetched state of round {round} hashes to {got}, the group's is {agreed}"
+                )));
+            }
+            let fetched = RoundState::from_bytes(&blob, layout.len())?;
+            if fetched.round != round as u64 {
+                return Err(TrainerError::Network(format!(
+                    "fetched state is of round {}, not {round}",
+                    fetched.round
+                )));
+            }
+            tracing::info!(
+                round,
+                bytes = blob.len(),
+                donors = ?donors.iter().map(|(d, n)| (d.to_string(), *n)).collect::<Vec<_>>(),
+                "fetched the group's state"
+            );
+            if joining {
+                joined_at_round = Some(round);
+            } else {
+                tracing::warn!(
+                    round,
+                    "this peer's state differed from the majority's; resynced"
+                );
+            }
+            state = fetched;
+            model = load(model, &state.global, device);
+            optimizer = inner_optimizer::<B>(&config.inner);
+            if let Some(r) = residual.as_mut() {
+                r.fill(0.0);
+            }
+            state_fetches.push(round);
+            group.offer_state(round as u64, blob);
+            joining = false;
+            if evals.is_empty() {
+                let point = EvalPoint {
+                    round,
+                    step: state.step as usize,
+                    tokens: state.tokens,
+                    val_loss: evaluate(&model),
+                    bytes_sent,
+                };
+                observer.on_eval(&point);
+                evals.push(point);
+            }
+        }
+        let members = formed.members;
         let index = members
             .iter()
             .position(|m| *m == group.me())
@@ -213,6 +332,7 @@ pub fn run_peer<B: AutodiffBackend>(
             sampler = Some((index, n, s));
         }
         let (_, _, shard_sampler) = sampler.as_mut().expect("set above");
+        let step = state.step as usize;
         let end = (step + h).min(steps);
         let local_started = Instant::now();
         for s in step..end {
@@ -220,8 +340,8 @@ pub fn run_peer<B: AutodiffBackend>(
             let (next, loss) =
                 train_step(model, &mut optimizer, &windows, batch, s, config, device);
             model = next;
-            tokens += (batch * config.model.context * n) as u64;
-            observer.on_step(index, s + 1, loss, tokens);
+            state.tokens += (batch * config.model.context * n) as u64;
+            observer.on_step(index, s + 1, loss, state.tokens);
         }
         let compute_secs = local_started.elapsed().as_secs_f64();
         let (_, local) = flatten(&model);
@@ -230,7 +350,7 @@ pub fn run_peer<B: AutodiffBackend>(
         let parts = match pseudo_gradient::build(
             kernels,
             &layout,
-            &global,
+            &state.global,
             &local,
             residual.as_deref_mut(),
             quant,
@@ -266,7 +386,7 @@ pub fn run_peer<B: AutodiffBackend>(
             .map_err(group_error)?;
         bytes_sent += result.bytes_sent;
         bytes_received += result.bytes_received;
-        let mut delta = vec![0.0f32; global.len()];
+        let mut delta = vec![0.0f32; state.global.len()];
         for (k, shard) in result.shards.iter().enumerate() {
             if shard.frame.is_empty() {
                 continue;
@@ -283,21 +403,26 @@ pub fn run_peer<B: AutodiffBackend>(
         outer_step(
             kernels,
             config,
-            &mut global,
-            &mut momentum,
+            &mut state.global,
+            &mut state.momentum,
             &delta,
             round,
             total_rounds,
         )?;
-        model = load(model, &global, device);
+        perturb_for_test(round, &mut state.global);
+        model = load(model, &state.global, device);
         round += 1;
+        rounds_done += 1;
+        steps_done += end - step;
+        state.round = round as u64;
+        state.step = end as u64;
         tracing::info!(
             round,
             members = n,
             compute_secs,
             comm_secs = comm_started.elapsed().as_secs_f64(),
             bytes_sent = result.bytes_sent,
-            params = %&params_sha256(&global)[..16],
+            params = %&params_sha256(&state.global)[..16],
             "round done"
         );
         let every = config.eval.every_steps;
@@ -305,25 +430,35 @@ pub fn run_peer<B: AutodiffBackend>(
             let point = EvalPoint {
                 round,
                 step: end,
-                tokens,
+                tokens: state.tokens,
                 val_loss: evaluate(&model),
                 bytes_sent,
             };
             observer.on_eval(&point);
             evals.push(point);
         }
-        step = end;
+        group.report(PeerStats {
+            round: round as u64,
+            step: end as u64,
+            val_loss: evals.last().map(|p| f64::from(p.val_loss)),
+            bytes_sent,
+            bytes_received,
+            last_round_secs: round_started.elapsed().as_secs_f64(),
+        });
     }
+    runtime.block_on(group.leave());
     let wall_secs = started.elapsed().as_secs_f64();
     let params = layout.len();
+    let step = state.step as usize;
+    let initial_val_loss = evals.first().map_or(f32::NAN, |p| p.val_loss);
     let summary = Summary {
         initial_val_loss,
         final_val_loss: evals.last().map_or(initial_val_loss, |p| p.val_loss),
-        tokens,
+        tokens: state.tokens,
         workers,
         inner_steps: h,
         steps: step,
-        rounds: round,
+        rounds: rounds_done,
         mode: config.outer.mode,
         quant: config.outer.quant,
         params,
@@ -332,11 +467,11 @@ pub fn run_peer<B: AutodiffBackend>(
         ddp_equivalent_bytes_per_worker: (allreduce_factor(workers)
             * params as f64
             * 4.0
-            * step as f64)
+            * steps_done as f64)
             .round() as u64,
         rejected_contributions: group.rejected_counts().values().sum::<u64>() as usize,
         wall_secs,
-        tokens_per_sec: tokens as f64 / wall_secs,
+        tokens_per_sec: state.tokens as f64 / wall_secs,
         config_hash: config.hash(),
     };
     Ok(PeerOutcome {
@@ -344,13 +479,16 @@ pub fn run_peer<B: AutodiffBackend>(
             summary,
             peer_id: group.me().to_string(),
             peers_seen: peers_seen.into_iter().collect(),
-            params_sha256: params_sha256(&global),
+            params_sha256: params_sha256(&state.global),
             bytes_received,
             rejected_by_peer: group
                 .rejected_counts()
                 .into_iter()
                 .map(|(p, c)| (p.to_string(), c))
                 .collect(),
+            joined_at_round,
+            state_fetches,
+            last_round: round,
         },
         evals,
         model: eval_model(&model),

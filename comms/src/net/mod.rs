@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
-use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
@@ -22,6 +21,7 @@ use libp2p::{Swarm, identify, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{FrameCodec, PROTOCOL};
+pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 
 /// What can go wrong in the network layer.
@@ -90,7 +90,7 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// A configuration with sinter's defaults: 256 MiB requests, 1 MiB responses, 10 min
+    /// A configuration with sinter's defaults: 256 MiB requests, 32 MiB responses (state chunks), 10 min
     /// request timeout, 1 h idle timeout.
     pub fn new(key: Keypair, topic: String) -> Self {
         Self {
@@ -99,7 +99,7 @@ impl NetConfig {
             bootstrap: Vec::new(),
             topic,
             max_request_bytes: 256 << 20,
-            max_response_bytes: 1 << 20,
+            max_response_bytes: 32 << 20,
             request_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(3600),
         }
