@@ -358,6 +358,8 @@ struct State {
     gone: BTreeSet<PeerId>,
     /// Per round, who said it is ready, with its state hash.
     ready: BTreeMap<u64, BTreeMap<PeerId, Option<String>>>,
+    /// The newest round whose all-reduce finished here.
+    completed: Option<u64>,
     /// Newcomers waiting to join, with the first round they asked for.
     joiners: BTreeMap<PeerId, u64>,
     /// Where each peer said it listens (heartbeats, `Ready`, announcements).
@@ -643,7 +645,7 @@ impl Shared {
         contributors: Vec<String>,
         frame: &[u8],
     ) -> Reply {
-        if round + 1 < state.round {
+        if round + 1 < state.round || state.completed.is_some_and(|c| round <= c) {
             return self.reject(state, peer, &format!("round {round} is over (replay?)"));
         }
         if let Some(group) = state.groups.get(&round)
@@ -825,6 +827,10 @@ impl Group {
                     }
                     NetEvent::Connected(peer) => {
                         inbox.lock().connected.insert(peer);
+                    }
+                    NetEvent::Refused { peer, reason } => {
+                        let mut state = inbox.lock();
+                        inbox.reject(&mut state, peer, &reason);
                     }
                     NetEvent::Disconnected(peer) => {
                         let mut state = inbox.lock();
@@ -1413,6 +1419,7 @@ impl Group {
                 got.values().next().expect("checked above").clone()
             })
             .collect();
+        state.completed = Some(round);
         state.shards.retain(|(r, _, _), _| *r > round);
         state.ready.retain(|r, _| *r > round);
         state.groups.retain(|r, _| *r + 1 >= round);

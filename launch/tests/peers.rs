@@ -420,3 +420,151 @@ fn status_shows_the_group_and_leave_or_ctrl_c_exit_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no peer is running with key"));
 }
+
+/// The wire form of a group request, written by hand as a rogue would.
+fn raw_shard(run: &str, round: u64, shard: u32, frame: &[u8]) -> Vec<u8> {
+    let header = serde_json::json!({"Shard": {
+        "run": run, "round": round, "shard": shard,
+        "stage": "Contribution", "contributors": []
+    }});
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut out = (json.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(frame);
+    out
+}
+
+/// A frame with the layout of `slots` and every value `value`.
+fn filled_frame(slots: &[sinter_trainer::params::ParamSlot], value: f32) -> Vec<u8> {
+    use sinter_comms::{TensorPayload, TensorSet, WireTensor};
+    let set = TensorSet {
+        tensors: slots
+            .iter()
+            .map(|s| WireTensor {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                payload: TensorPayload::F32(vec![value; s.len]),
+            })
+            .collect(),
+    };
+    sinter_comms::encode(&set, 1).unwrap()
+}
+
+#[test]
+fn a_rogue_member_is_refused_with_reasons_and_the_run_goes_on() {
+    use sinter_comms::group::{Arrival, Group, GroupSettings, Reduction};
+    use sinter_comms::net::{self, Keypair, NetConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("small.toml");
+    std::fs::write(&config_path, common::small_config(16, 3, 4)).unwrap();
+    let config = sinter_trainer::RunConfig::load(&config_path).unwrap();
+    let run = config.hash();
+    let first = Peer::start(dir.path(), "p1", &config_path, &["--round-ceiling", "60"]);
+    let addr = first.address();
+    let second = Peer::start(
+        dir.path(),
+        "p2",
+        &config_path,
+        &["--bootstrap", &addr, "--round-ceiling", "60"],
+    );
+
+    // The rogue: a real libp2p peer speaking the group protocol, whose payloads are poison.
+    let model = config
+        .model
+        .init::<sinter_trainer::CpuBackend>(&Default::default());
+    let (layout, _) = sinter_trainer::params::flatten(&model);
+    let bounds = sinter_trainer::pseudo_gradient::shard_bounds(&layout, 3);
+    let slots = |k: usize| &layout.slots[bounds[k].clone()];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rogue_id = runtime.block_on(async {
+        let mut net_config = NetConfig::new(
+            Keypair::generate_ed25519(),
+            format!("sinter/run/{}", &run[..16]),
+        );
+        net_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        net_config.max_request_bytes = 300 << 20; // so that it can send an oversized frame
+        let (client, events, event_loop) = net::start(net_config).await.unwrap();
+        tokio::spawn(event_loop.run());
+        let group = Group::start(
+            client.clone(),
+            events,
+            GroupSettings {
+                run: run.clone(),
+                config: serde_json::to_value(&config).unwrap(),
+                heartbeat: Duration::from_millis(500),
+                peer_timeout: Duration::from_secs(5),
+                round_ceiling: Duration::from_secs(60),
+            },
+        );
+        let p1 = client.dial(addr.parse().unwrap()).await.unwrap();
+        group.hello(p1).await.unwrap();
+        assert_eq!(group.wait_for_peers(3, Duration::from_secs(60)).await, 3);
+        // As an owner, it announces a NaN shard as the reduction of its own shard.
+        let poison_reduce = |k: usize, arrivals: &[Arrival]| Reduction {
+            frame: filled_frame(slots(k), f32::NAN),
+            contributors: arrivals.iter().map(|a| a.from).collect(),
+            rejected: Vec::new(),
+        };
+        let mut sent_round0 = Vec::new();
+        for round in 0..2u64 {
+            let formed = group.form(round, Some("rogue".into())).await.unwrap();
+            assert_eq!(formed.members.len(), 3);
+            let parts: Vec<Vec<u8>> = (0..3)
+                .map(|k| match (round, k) {
+                    (0, 0) | (1, 1) => filled_frame(slots(k), f32::NAN),
+                    (0, 1) | (1, 2) => b"not a frame at all".to_vec(),
+                    _ => filled_frame(slots(k), 1e3), // an absurd norm
+                })
+                .collect();
+            if round == 0 {
+                sent_round0 = parts.clone();
+            }
+            group
+                .all_reduce(round, &formed.members, parts, &poison_reduce)
+                .await
+                .unwrap();
+        }
+        // Replays of round 0 and an oversized frame, straight to p1.
+        for (k, part) in sent_round0.iter().enumerate() {
+            let answer = client
+                .request(p1, raw_shard(&run, 0, k as u32, part))
+                .await
+                .unwrap();
+            assert_eq!(answer[0], 1, "refused");
+            assert!(String::from_utf8_lossy(&answer[1..]).contains("is over"));
+        }
+        // Over p1's 256 MiB limit: refused (libp2p reports it as a closed connection).
+        assert!(client.request(p1, vec![0u8; 257 << 20]).await.is_err());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let id = group.me();
+        group.leave().await;
+        id
+    });
+    let mut hashes = Vec::new();
+    let mut logs = String::new();
+    for (peer, name) in [(first, "p1"), (second, "p2")] {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["last_round"], 4, "{name}: {summary}");
+        assert!(summary["final_val_loss"].as_f64().unwrap().is_finite());
+        assert!(summary["final_val_loss"].as_f64() < summary["initial_val_loss"].as_f64());
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+        let refused = summary["rejected_by_peer"][rogue_id.to_string()].as_u64();
+        assert!(
+            refused >= Some(if name == "p1" { 5 } else { 1 }),
+            "{name}: {summary}"
+        );
+        logs += &std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+    }
+    assert_eq!(hashes[0], hashes[1]);
+    for reason in [
+        "non-finite value",
+        "times the median",
+        "reduced shard unusable",
+        "is over (replay?)",
+        "not a sinter tensor frame",
+    ] {
+        assert!(logs.contains(reason), "no {reason:?} in the logs:\n{logs}");
+    }
+}

@@ -91,7 +91,8 @@ fn group_error(e: GroupError) -> TrainerError {
 }
 
 /// Combines the contributions to one shard: each is decoded and checked against the shard's
-/// slots (a bad one is rejected with its reason and left out); the rest are averaged.
+/// slots (names, shapes, finite values), and one whose norm is far above the others' is
+/// refused too; each refusal is returned with its reason. The rest are averaged.
 fn reduce_shard(
     kernels: &dyn Kernels,
     slots: &[ParamSlot],
@@ -99,19 +100,33 @@ fn reduce_shard(
     config: &RunConfig,
 ) -> Reduction {
     let quant = pseudo_gradient::quant_config(&config.outer);
-    let mut sets = Vec::new();
-    let mut contributors = Vec::new();
+    let mut decoded = Vec::new();
     let mut rejected = Vec::new();
     for a in arrivals {
         match decode(&a.frame, &CodecLimits::default())
             .map_err(TrainerError::from)
-            .and_then(|set| pseudo_gradient::check(slots, &set).map(|()| set))
+            .and_then(|set| pseudo_gradient::norm(kernels, slots, &set).map(|n| (set, n)))
         {
-            Ok(set) => {
-                sets.push(set);
-                contributors.push(a.from);
-            }
+            Ok((set, norm)) => decoded.push((a.from, set, norm)),
             Err(e) => rejected.push((a.from, e.to_string())),
+        }
+    }
+    let norms: Vec<f64> = decoded.iter().map(|(_, _, n)| *n).collect();
+    let absurd = pseudo_gradient::absurd_norms(&norms);
+    let mut sets = Vec::new();
+    let mut contributors = Vec::new();
+    for ((from, set, norm), absurd) in decoded.into_iter().zip(absurd) {
+        if absurd {
+            rejected.push((
+                from,
+                format!(
+                    "norm {norm:.3e} is over {} times the median of this shard's contributions",
+                    pseudo_gradient::MAX_NORM_RATIO
+                ),
+            ));
+        } else {
+            sets.push(set);
+            contributors.push(from);
         }
     }
     let frame = pseudo_gradient::mean(kernels, slots, &sets, quant)

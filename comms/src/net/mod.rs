@@ -125,6 +125,14 @@ pub enum NetEvent {
         /// The bytes.
         data: Vec<u8>,
     },
+    /// A peer's request was refused before reaching the application (oversized or
+    /// truncated frame).
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
     /// A connection to a peer opened (first one).
     Connected(PeerId),
     /// The last connection to a peer closed.
@@ -412,9 +420,17 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
+                cause,
                 ..
-            } => self.deliver(NetEvent::Disconnected(peer_id)).await,
+            } => {
+                if let Some(cause) = cause {
+                    tracing::warn!(peer = %peer_id, %cause, "connection closed by an error");
+                }
+                if num_established == 0 {
+                    self.deliver(NetEvent::Disconnected(peer_id)).await;
+                }
+            }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 error,
@@ -497,6 +513,19 @@ impl EventLoop {
                         reason: error.to_string(),
                     }));
                 }
+            }
+            Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(error),
+                ..
+            } => {
+                // Our codec's refusal of an oversized or truncated frame.
+                tracing::warn!(%peer, %error, "incoming request refused");
+                self.deliver(NetEvent::Refused {
+                    peer,
+                    reason: error.to_string(),
+                })
+                .await;
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::warn!(%peer, %error, "incoming request failed");
