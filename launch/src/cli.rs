@@ -155,7 +155,11 @@ pub struct RunArgs {
     /// peer id across restarts.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Stop after this many outer rounds.
+    /// Address to tell other peers instead of the listen address (behind port forwarding,
+    /// a NAT or a proxy). Repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external: Vec<String>,
+    /// Stop after the run's round N (counted from the run's start).
     #[arg(long, value_name = "N")]
     pub max_rounds: Option<usize>,
     /// Seconds to wait for `outer.workers` peers before starting with fewer.

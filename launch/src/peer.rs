@@ -37,6 +37,11 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
         .iter()
         .map(|a| multiaddr(a, "--listen"))
         .collect::<Result<Vec<_>>>()?;
+    let external = args
+        .external
+        .iter()
+        .map(|a| multiaddr(a, "--external"))
+        .collect::<Result<Vec<_>>>()?;
     let bootstrap = args
         .bootstrap
         .iter()
@@ -60,6 +65,7 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     let mut net_config = NetConfig::new(key, format!("sinter/run/{}", &run_id[..16]));
     net_config.listen = listen;
     net_config.bootstrap = bootstrap.clone();
+    net_config.external = external;
     let group = runtime.block_on(async {
         let (client, events, event_loop) = net::start(net_config).await?;
         tokio::spawn(event_loop.run());

@@ -2,84 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Peer {
-    child: Child,
-    out: PathBuf,
-    /// Lines of stdout, as they come.
-    lines: mpsc::Receiver<String>,
-}
-
-impl Peer {
-    /// Starts `launch run CONFIG ARGS…` with its own key and output directory under `dir`.
-    fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Peer {
-        Self::start_with(dir, name, config, args, &[])
-    }
-
-    fn start_with(
-        dir: &Path,
-        name: &str,
-        config: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Peer {
-        let out = dir.join(name);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
-            .envs(env.iter().copied())
-            .arg("run")
-            .arg(config)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--start-wait", "60"])
-            .arg("--key")
-            .arg(out.join("peer.key"))
-            .arg("--out")
-            .arg(&out)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join(format!("{name}.log"))).unwrap(),
-            ))
-            .spawn()
-            .expect("launch runs");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Peer { child, out, lines }
-    }
-
-    /// The first address the peer prints.
-    fn address(&self) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .expect("peer prints its address");
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                return addr.to_owned();
-            }
-        }
-    }
-
-    fn wait(mut self, dir: &Path, name: &str) -> (std::process::ExitStatus, serde_json::Value) {
-        let status = self.child.wait().unwrap();
-        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-        let summary = std::fs::read_to_string(self.out.join("summary.json"))
-            .map(|s| serde_json::from_str(&s).unwrap())
-            .unwrap_or_else(|_| serde_json::json!({"log": log}));
-        (status, summary)
-    }
-}
+use common::peers::{Peer, wait_for_round};
 
 fn val_losses(dir: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -203,28 +130,6 @@ fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
         hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
     }
     assert_eq!(hashes[0], hashes[1]);
-}
-
-/// Waits until the peer's log says it finished round `round` (or later).
-fn wait_for_round(dir: &Path, name: &str, round: u64) {
-    let log = dir.join(format!("{name}.log"));
-    for _ in 0..600 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let reached = text
-            .lines()
-            .filter(|l| l.contains("round done"))
-            .filter_map(|l| l.split("round=").nth(1))
-            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-            .any(|r| r >= round);
-        if reached {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{name} did not reach round {round}:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
 }
 
 /// A config of `rounds` rounds of 4 steps among three workers, evaluated only at the end.

@@ -76,6 +76,9 @@ pub struct NetConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to dial at start; with or without a `/p2p/<peer id>` suffix.
     pub bootstrap: Vec<Multiaddr>,
+    /// Addresses to tell others instead of the listen addresses (behind port forwarding, a
+    /// NAT or a proxy). Empty: the listen addresses.
+    pub external: Vec<Multiaddr>,
     /// The gossip topic of the run (one per run).
     pub topic: String,
     /// Largest request (a tensor shard) accepted or sent.
@@ -97,6 +100,7 @@ impl NetConfig {
             key,
             listen: Vec::new(),
             bootstrap: Vec::new(),
+            external: Vec::new(),
             topic,
             max_request_bytes: 256 << 20,
             max_response_bytes: 32 << 20,
@@ -223,8 +227,9 @@ impl Client {
         self.send(Command::Respond { reply, data }).await
     }
 
-    /// The concrete addresses this peer listens on (a wildcard listen address expands to
-    /// one per interface), each ending in `/p2p/<peer id>`.
+    /// The addresses others should dial: the external ones if configured, else the concrete
+    /// listen addresses (a wildcard expands to one per interface); each ends in
+    /// `/p2p/<peer id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::ListenAddrs { reply }).await?;
@@ -246,6 +251,7 @@ pub struct EventLoop {
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     pending_dials: HashMap<libp2p::swarm::ConnectionId, PendingDial>,
     listen_addrs: Vec<Multiaddr>,
+    external: Vec<Multiaddr>,
 }
 
 /// A dial waiting for its connection: the address (for the error message) and the reply.
@@ -287,10 +293,10 @@ pub async fn start(
                 .build()
                 .map_err(|e| e.to_string())?;
             Ok(Behaviour {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/sinter/id/1".into(),
-                    key.public(),
-                )),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/sinter/id/1".into(), key.public())
+                        .with_hide_listen_addrs(!config.external.is_empty()),
+                ),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad: kad::Behaviour::new(peer_id, MemoryStore::new(peer_id)),
                 gossipsub: gossipsub::Behaviour::new(
@@ -356,7 +362,11 @@ pub async fn start(
         pending_requests: HashMap::new(),
         pending_dials: HashMap::new(),
         listen_addrs,
+        external: config.external.clone(),
     };
+    for addr in &config.external {
+        event_loop.swarm.add_external_address(addr.clone());
+    }
     for addr in &config.bootstrap {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
             event_loop
@@ -576,8 +586,11 @@ impl EventLoop {
             }
             Command::ListenAddrs { reply } => {
                 let me = *self.swarm.local_peer_id();
-                let addrs = self
-                    .listen_addrs
+                let told = match self.external.is_empty() {
+                    true => &self.listen_addrs,
+                    false => &self.external,
+                };
+                let addrs = told
                     .iter()
                     .map(|a| a.clone().with(Protocol::P2p(me)))
                     .collect();

@@ -1,5 +1,7 @@
 //! Helpers shared by the `launch` integration tests.
 
+pub mod peers;
+
 /// A model small enough that a whole run takes a second: `steps` inner steps per worker,
 /// `workers` workers, `h` local steps per round, an evaluation every `h` steps.
 pub fn small_config(steps: usize, workers: usize, h: usize) -> String {
