@@ -25,7 +25,7 @@ down() {
 }
 
 shape() { # namespace-args device: tbf at MBIT, bursts of 64 kB, 100 ms of queue
-    tc "$@" root tbf rate "${mbit}mbit" burst 64kb latency 100ms
+    tc "$@" root tbf rate "${mbit}mbit" burst "${TBF_BURST:-64kb}" latency "${TBF_LATENCY:-100ms}"
 }
 
 case "$action" in

@@ -91,3 +91,111 @@ pub fn kernels(len: usize, iters: usize) {
         );
     }
 }
+
+/// Shards per member: the all-reduce pipelines shard by shard.
+const SHARDS_PER_MEMBER: usize = 8;
+
+/// What `launch bench allreduce` measures on one peer.
+#[derive(Debug, serde::Serialize)]
+pub struct AllReduceReport {
+    /// Peers in the group.
+    pub peers: usize,
+    /// Bytes of each peer's payload.
+    pub payload_bytes: usize,
+    /// The link rate the ratios are computed against, Mbit/s.
+    pub link_mbit: f64,
+    /// Median seconds of the reduce-scatter + all-gather.
+    pub allreduce_secs: f64,
+    /// The optimum 2(N−1)/N · S / B, seconds.
+    pub optimum_secs: f64,
+    /// optimum / measured: 1 is a perfect use of the link.
+    pub goodput_ratio: f64,
+    /// Median seconds of the naive exchange of full payloads.
+    pub naive_secs: f64,
+    /// naive / all-reduce time.
+    pub naive_over_allreduce: f64,
+    /// Bytes this peer sent per all-reduce and per naive exchange.
+    pub sent_allreduce: u64,
+    /// Bytes this peer sent per naive exchange.
+    pub sent_naive: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times `rounds` all-reduces and as many naive exchanges of `payload_bytes` of incompressible
+/// bytes per peer among the group's members (the group must be formed by every peer calling
+/// this with the same arguments).
+pub async fn allreduce(
+    group: &sinter_comms::group::Group,
+    payload_bytes: usize,
+    rounds: usize,
+    link_mbit: f64,
+) -> Result<AllReduceReport, sinter_comms::group::GroupError> {
+    use sinter_comms::group::{Arrival, Reduction};
+    let me = group.me().to_bytes();
+    let payload: Vec<u8> = (0..payload_bytes)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2] ^ me[i % me.len()])
+        .collect();
+    // Byte-wise wrapping sum: as cheap as possible, so that the link is what is measured.
+    let reduce = |_: usize, arrivals: &[Arrival]| {
+        let mut sum = arrivals
+            .first()
+            .map(|a| a.frame.clone())
+            .unwrap_or_default();
+        for a in arrivals.iter().skip(1) {
+            for (s, b) in sum.iter_mut().zip(&a.frame) {
+                *s = s.wrapping_add(*b);
+            }
+        }
+        Reduction {
+            frame: sum,
+            contributors: arrivals.iter().map(|a| a.from).collect(),
+            rejected: Vec::new(),
+        }
+    };
+    let (mut collective, mut naive) = (Vec::new(), Vec::new());
+    let (mut sent_allreduce, mut sent_naive) = (0, 0);
+    let mut n = 1;
+    for r in 0..rounds as u64 {
+        let formed = group.form(2 * r, Some("bench".into())).await?;
+        n = formed.members.len();
+        let shards = n * SHARDS_PER_MEMBER;
+        let piece = payload_bytes.div_ceil(shards);
+        let parts = (0..shards)
+            .map(|k| {
+                payload[(k * piece).min(payload_bytes)..((k + 1) * piece).min(payload_bytes)]
+                    .to_vec()
+            })
+            .collect();
+        let started = Instant::now();
+        let result = group
+            .all_reduce(2 * r, &formed.members, parts, &reduce)
+            .await?;
+        collective.push(started.elapsed().as_secs_f64());
+        sent_allreduce = result.bytes_sent;
+        let formed = group.form(2 * r + 1, Some("bench".into())).await?;
+        let started = Instant::now();
+        let (_, sent) = group.exchange(2 * r + 1, &formed.members, &payload).await?;
+        naive.push(started.elapsed().as_secs_f64());
+        sent_naive = sent;
+    }
+    let allreduce_secs = median(collective);
+    let naive_secs = median(naive);
+    let optimum_secs =
+        2.0 * (n as f64 - 1.0) / n as f64 * payload_bytes as f64 * 8.0 / (link_mbit * 1e6);
+    Ok(AllReduceReport {
+        peers: n,
+        payload_bytes,
+        link_mbit,
+        allreduce_secs,
+        optimum_secs,
+        goodput_ratio: optimum_secs / allreduce_secs,
+        naive_secs,
+        naive_over_allreduce: naive_secs / allreduce_secs,
+        sent_allreduce,
+        sent_naive,
+    })
+}

@@ -63,6 +63,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         iters: usize,
     },
+    /// One peer of an all-reduce benchmark group (start one per host, e.g. with
+    /// scripts/bench-allreduce.sh): the reduce-scatter + all-gather's time against the optimum
+    /// 2(N−1)/N · S / B and against a naive exchange of full payloads. Prints JSON.
+    Allreduce {
+        /// Peers in the group (waits up to 120 s for them).
+        #[arg(long, default_value_t = 4)]
+        peers: usize,
+        /// Payload per peer, in MB.
+        #[arg(long, default_value_t = 16.0)]
+        mb: f64,
+        /// Timed rounds of each exchange (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Each peer's link rate in Mbit/s, for the ratio to the optimum.
+        #[arg(long, default_value_t = 50.0)]
+        link_mbit: f64,
+        /// Address to listen on.
+        #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/0")]
+        listen: Vec<String>,
+        /// Address to tell other peers instead of the listen address.
+        #[arg(long, value_name = "MULTIADDR")]
+        external: Vec<String>,
+        /// A peer of the benchmark group to join through.
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: Vec<String>,
+    },
 }
 
 /// `--mode` values.

@@ -109,6 +109,21 @@ fn run(cli: Cli) -> Result<()> {
             bench::kernels(len, iters.max(1));
             Ok(())
         }
+        Command::Bench(BenchCommand::Allreduce {
+            peers,
+            mb,
+            rounds,
+            link_mbit,
+            listen,
+            external,
+            bootstrap,
+        }) => peer::bench_allreduce(
+            peer::Addresses::parse(&listen, &external, &bootstrap)?,
+            peers,
+            mb,
+            rounds.max(1),
+            link_mbit,
+        ),
     }
 }
 

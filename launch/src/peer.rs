@@ -30,43 +30,43 @@ fn multiaddr(text: &str, flag: &str) -> Result<Multiaddr> {
     })
 }
 
-/// Runs `launch run`.
-pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
-    let listen = args
-        .listen
-        .iter()
-        .map(|a| multiaddr(a, "--listen"))
-        .collect::<Result<Vec<_>>>()?;
-    let external = args
-        .external
-        .iter()
-        .map(|a| multiaddr(a, "--external"))
-        .collect::<Result<Vec<_>>>()?;
-    let bootstrap = args
-        .bootstrap
-        .iter()
-        .map(|a| multiaddr(a, "--bootstrap"))
-        .collect::<Result<Vec<_>>>()?;
-    let key_path = args.key.clone().unwrap_or_else(default_key);
-    let key = net::key::load_or_create(&key_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let run_id = config.hash();
-    let settings = GroupSettings {
-        run: run_id.clone(),
-        config: serde_json::to_value(&config)?,
-        heartbeat: Duration::from_millis(500),
-        peer_timeout: Duration::from_secs(5),
-        round_ceiling: Duration::from_secs(args.round_ceiling),
-    };
-    let mut net_config = NetConfig::new(key, format!("sinter/run/{}", &run_id[..16]));
-    net_config.listen = listen;
-    net_config.bootstrap = bootstrap.clone();
-    net_config.external = external;
-    let group = runtime.block_on(async {
+/// Where a peer listens and whom it joins through: the flags `run` and `bench allreduce`
+/// share.
+pub struct Addresses {
+    listen: Vec<Multiaddr>,
+    external: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+}
+
+impl Addresses {
+    /// Parses the flags, naming the one that is not a multiaddr.
+    pub fn parse(listen: &[String], external: &[String], bootstrap: &[String]) -> Result<Self> {
+        let parse = |list: &[String], flag: &str| {
+            list.iter()
+                .map(|a| multiaddr(a, flag))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            listen: parse(listen, "--listen")?,
+            external: parse(external, "--external")?,
+            bootstrap: parse(bootstrap, "--bootstrap")?,
+        })
+    }
+}
+
+/// Starts the network and the group protocol on `runtime`, prints this peer's id and
+/// addresses, and introduces it to the bootstrap peers.
+fn join_network(
+    runtime: &tokio::runtime::Runtime,
+    key: net::Keypair,
+    settings: GroupSettings,
+    addresses: Addresses,
+) -> Result<Group> {
+    let mut net_config = NetConfig::new(key, format!("sinter/run/{}", &settings.run[..16]));
+    net_config.listen = addresses.listen;
+    net_config.bootstrap = addresses.bootstrap.clone();
+    net_config.external = addresses.external;
+    runtime.block_on(async {
         let (client, events, event_loop) = net::start(net_config).await?;
         tokio::spawn(event_loop.run());
         let group = Group::start(client.clone(), events, settings);
@@ -74,7 +74,7 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
         for addr in client.listen_addrs().await? {
             println!("listening on {addr}");
         }
-        for addr in &bootstrap {
+        for addr in &addresses.bootstrap {
             let peer = client
                 .dial(addr.clone())
                 .await
@@ -86,7 +86,31 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
             tracing::info!(%peer, %addr, "joined through bootstrap peer");
         }
         anyhow::Ok(group)
-    })?;
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs `launch run`.
+pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
+    let addresses = Addresses::parse(&args.listen, &args.external, &args.bootstrap)?;
+    let key_path = args.key.clone().unwrap_or_else(default_key);
+    let key = net::key::load_or_create(&key_path)?;
+    let runtime = runtime()?;
+    let settings = GroupSettings {
+        run: config.hash(),
+        config: serde_json::to_value(&config)?,
+        heartbeat: Duration::from_millis(500),
+        peer_timeout: Duration::from_secs(5),
+        round_ceiling: Duration::from_secs(args.round_ceiling),
+    };
+    let group = join_network(&runtime, key, settings, addresses)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let _control = runtime.block_on(async { control::listen(&key_path, stop.clone()) })?;
@@ -129,6 +153,45 @@ fn default_key() -> std::path::PathBuf {
     sinter_trainer::data::cache_dir()
         .join("keys")
         .join("peer.key")
+}
+
+/// Runs `launch bench allreduce`: one peer of a benchmark group; prints its report as JSON.
+pub fn bench_allreduce(
+    addresses: Addresses,
+    peers: usize,
+    megabytes: f64,
+    rounds: usize,
+    link_mbit: f64,
+) -> Result<()> {
+    let runtime = runtime()?;
+    let payload_bytes = (megabytes * 1e6) as usize;
+    let settings = GroupSettings {
+        run: format!("{:0>16}", format!("bench{payload_bytes}x{peers}")),
+        config: serde_json::json!({"bench": "allreduce", "bytes": payload_bytes}),
+        heartbeat: Duration::from_millis(500),
+        peer_timeout: Duration::from_secs(5),
+        round_ceiling: Duration::from_secs(600),
+    };
+    let group = join_network(
+        &runtime,
+        net::Keypair::generate_ed25519(),
+        settings,
+        addresses,
+    )?;
+    let report = runtime.block_on(async {
+        let live = group.wait_for_peers(peers, Duration::from_secs(120)).await;
+        anyhow::ensure!(
+            live >= peers,
+            "only {live} of {peers} peers showed up within 120 s"
+        );
+        let report = crate::bench::allreduce(&group, payload_bytes, rounds, link_mbit).await?;
+        // Stay until the others are done with this peer's shards.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        group.leave().await;
+        anyhow::Ok(report)
+    })?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 /// Runs `launch leave`.

@@ -109,7 +109,13 @@ fn proxy(listen: &str, target: String, delay: Duration, loss: f64) {
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let seed = i as u64 * 2 + 1;
-            pump(client.try_clone().unwrap(), server.try_clone().unwrap(), delay, loss, seed);
+            pump(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                delay,
+                loss,
+                seed,
+            );
             pump(server, client, delay, loss, seed + 1);
         }
     });
@@ -173,5 +179,8 @@ fn four_peers_in_namespaces_over_shaped_delayed_lossy_links_end_bit_identical() 
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     // The tensors took the delayed, lossy path (the peers told each other only the proxies).
     let forwarded = FORWARDED.load(Ordering::Relaxed);
-    assert!(forwarded >= sent, "proxies forwarded {forwarded} bytes of {sent} sent");
+    assert!(
+        forwarded >= sent,
+        "proxies forwarded {forwarded} bytes of {sent} sent"
+    );
 }

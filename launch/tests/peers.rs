@@ -379,7 +379,8 @@ fn a_rogue_member_is_refused_with_reasons_and_the_run_goes_on() {
         .model
         .init::<sinter_trainer::CpuBackend>(&Default::default());
     let (layout, _) = sinter_trainer::params::flatten(&model);
-    let bounds = sinter_trainer::pseudo_gradient::shard_bounds(&layout, 3);
+    let shards = 3 * sinter_trainer::peer::SHARDS_PER_MEMBER;
+    let bounds = sinter_trainer::pseudo_gradient::shard_bounds(&layout, shards);
     let slots = |k: usize| &layout.slots[bounds[k].clone()];
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let rogue_id = runtime.block_on(async {
@@ -415,10 +416,11 @@ fn a_rogue_member_is_refused_with_reasons_and_the_run_goes_on() {
         for round in 0..2u64 {
             let formed = group.form(round, Some("rogue".into())).await.unwrap();
             assert_eq!(formed.members.len(), 3);
-            let parts: Vec<Vec<u8>> = (0..3)
-                .map(|k| match (round, k) {
-                    (0, 0) | (1, 1) => filled_frame(slots(k), f32::NAN),
-                    (0, 1) | (1, 2) => b"not a frame at all".to_vec(),
+            // Every owner gets every kind of poison.
+            let parts: Vec<Vec<u8>> = (0..shards)
+                .map(|k| match (round as usize + k / 3) % 3 {
+                    0 => filled_frame(slots(k), f32::NAN),
+                    1 => b"not a frame at all".to_vec(),
                     _ => filled_frame(slots(k), 1e3), // an absurd norm
                 })
                 .collect();

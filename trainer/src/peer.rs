@@ -144,6 +144,10 @@ fn reduce_shard(
     }
 }
 
+/// Shards of the pseudo-gradient per member: the all-reduce pipelines shard by shard, so
+/// that the all-gather of early shards overlaps the reduce-scatter of later ones.
+pub const SHARDS_PER_MEMBER: usize = 4;
+
 /// Fault injection for the resync test: with `SINTER_FAULT_PERTURB_AFTER_ROUND=R`, this peer
 /// adds 1 to its first global parameter after round R, so that its state no longer matches
 /// the group's and it must fetch the majority's.
@@ -361,7 +365,7 @@ pub fn run_peer<B: AutodiffBackend>(
         let compute_secs = local_started.elapsed().as_secs_f64();
         let (_, local) = flatten(&model);
         let quant = pseudo_gradient::quant_config(&config.outer);
-        let bounds = pseudo_gradient::shard_bounds(&layout, n);
+        let bounds = pseudo_gradient::shard_bounds(&layout, n * SHARDS_PER_MEMBER);
         let parts = match pseudo_gradient::build(
             kernels,
             &layout,
@@ -383,7 +387,7 @@ pub fn run_peer<B: AutodiffBackend>(
                 if let Some(r) = residual.as_mut() {
                     r.fill(0.0);
                 }
-                vec![Vec::new(); n]
+                vec![Vec::new(); bounds.len()]
             }
         };
         let comm_started = Instant::now();
