@@ -358,6 +358,8 @@ struct State {
     gone: BTreeSet<PeerId>,
     /// Per round, who said it is ready, with its state hash.
     ready: BTreeMap<u64, BTreeMap<PeerId, Option<String>>>,
+    /// How long the last few all-reduces took here.
+    all_reduce_times: std::collections::VecDeque<Duration>,
     /// The newest round whose all-reduce finished here.
     completed: Option<u64>,
     /// Newcomers waiting to join, with the first round they asked for.
@@ -1272,6 +1274,8 @@ impl Group {
         let shards = parts.len();
         let me = self.me();
         let ceiling = self.shared.settings.round_ceiling;
+        let deadline = self.deadline();
+        let started = Instant::now();
         let received_before = self.shared.lock().bytes_received;
         let bytes_sent = std::sync::atomic::AtomicU64::new(0);
         let count = |result: Result<u64, GroupError>, what: &str, k: usize| match result {
@@ -1341,16 +1345,33 @@ impl Group {
                 .collect();
             let reduce_mine = async {
                 for &k in &mine {
-                    let arrivals = self
-                        .wait_for(ceiling, |shared, state| {
+                    // A contributor that stalls past the deadline is left out.
+                    let complete = self
+                        .wait_for(deadline, |shared, state| {
                             let got = state.shards.get(&(round, Stage::Contribution, k as u32));
-                            let complete = members.iter().all(|m| {
-                                got.is_some_and(|g| g.contains_key(m)) || !shared.is_live(state, m)
-                            });
-                            complete.then(|| got.map(|g| g.values().cloned().collect::<Vec<_>>()))
+                            members
+                                .iter()
+                                .all(|m| {
+                                    got.is_some_and(|g| g.contains_key(m))
+                                        || !shared.is_live(state, m)
+                                })
+                                .then_some(())
                         })
-                        .await
-                        .flatten()
+                        .await;
+                    if complete.is_none() {
+                        tracing::warn!(
+                            round,
+                            shard = k,
+                            secs = deadline.as_secs(),
+                            "deadline passed; reducing the contributions that arrived"
+                        );
+                    }
+                    let arrivals: Vec<Arrival> = self
+                        .shared
+                        .lock()
+                        .shards
+                        .get(&(round, Stage::Contribution, k as u32))
+                        .map(|g| g.values().cloned().collect())
                         .unwrap_or_default();
                     let ordered: Vec<Arrival> = members
                         .iter()
@@ -1436,6 +1457,10 @@ impl Group {
             })
             .collect();
         state.completed = Some(round);
+        state.all_reduce_times.push_back(started.elapsed());
+        if state.all_reduce_times.len() > 5 {
+            state.all_reduce_times.pop_front();
+        }
         state.shards.retain(|(r, _, _), _| *r > round);
         state.ready.retain(|r, _| *r > round);
         state.groups.retain(|r, _| *r + 1 >= round);
@@ -1558,6 +1583,18 @@ impl Group {
                     tokio::time::sleep(RETRY).await;
                 }
             }
+        }
+    }
+
+    /// How long an owner waits for a shard's contributions before reducing what arrived:
+    /// four times the longest of the last five all-reduces, at least 30 s, at most the
+    /// configured ceiling (which alone applies until a round has been timed).
+    fn deadline(&self) -> Duration {
+        let ceiling = self.shared.settings.round_ceiling;
+        let state = self.shared.lock();
+        match state.all_reduce_times.iter().max() {
+            Some(longest) => ceiling.min((*longest * 4).max(Duration::from_secs(30))),
+            None => ceiling,
         }
     }
 

@@ -441,6 +441,7 @@ pub fn run_peer<B: AutodiffBackend>(
             compute_secs,
             comm_secs = comm_started.elapsed().as_secs_f64(),
             bytes_sent = result.bytes_sent,
+            bytes_received = result.bytes_received,
             params = %&params_sha256(&state.global)[..16],
             "round done"
         );
