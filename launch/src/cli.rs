@@ -170,11 +170,14 @@ pub struct SimArgs {
 pub struct RunArgs {
     /// Run configuration (TOML), the same file (and overrides) on every peer.
     pub config: PathBuf,
-    /// Address to listen on, e.g. /ip4/0.0.0.0/tcp/4001 (port 0: any free port). Repeatable.
+    /// Address to listen on, e.g. /ip4/0.0.0.0/tcp/4001 (port 0: any free port), or
+    /// /ip4/0.0.0.0/udp/4001/quic-v1 for QUIC (faster on shared links: see BENCHMARKS.md).
+    /// Repeatable.
     #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/0")]
     pub listen: Vec<String>,
-    /// A peer of the run to join through, e.g. /ip4/127.0.0.1/tcp/4001 (with or without
-    /// /p2p/PEER_ID). Repeatable; without it this peer starts a new group.
+    /// A peer of the run to join through, e.g. /ip4/127.0.0.1/tcp/4001 or
+    /// /ip4/127.0.0.1/udp/4001/quic-v1 (with or without /p2p/PEER_ID). Repeatable; without it
+    /// this peer starts a new group.
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
     /// This peer's key file (ed25519), created on first start: the same file is the same

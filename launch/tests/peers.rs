@@ -24,11 +24,14 @@ fn three_peers_end_bit_identical_and_match_the_simulation() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
-    let first = Peer::start(dir.path(), "p1", &config, &[]);
-    let addr = first.address();
-    // One joiner names the peer id, the other gives only the plain address.
-    let plain = addr.split("/p2p/").next().unwrap().to_owned();
-    let second = Peer::start(dir.path(), "p2", &config, &["--bootstrap", &addr]);
+    // The first peer listens on TCP and QUIC; one joiner comes over QUIC naming the peer id,
+    // the other over TCP with only the plain address.
+    let quic = ["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"];
+    let first = Peer::start(dir.path(), "p1", &config, &quic);
+    let addrs = first.addresses(2);
+    let find = |transport: &str| addrs.iter().find(|a| a.contains(transport)).unwrap();
+    let plain = find("/tcp/").split("/p2p/").next().unwrap().to_owned();
+    let second = Peer::start(dir.path(), "p2", &config, &["--bootstrap", find("/quic-v1")]);
     let third = Peer::start(dir.path(), "p3", &config, &["--bootstrap", &plain]);
     let mut hashes = Vec::new();
     let mut outs = Vec::new();

@@ -80,15 +80,22 @@ impl Peer {
 
     /// The first address the peer prints.
     pub fn address(&self) -> String {
-        loop {
+        self.addresses(1).remove(0)
+    }
+
+    /// The first `count` addresses the peer prints (one per `--listen`).
+    pub fn addresses(&self, count: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        while found.len() < count {
             let line = self
                 .lines
                 .recv_timeout(Duration::from_secs(60))
-                .expect("peer prints its address");
+                .expect("peer prints its addresses");
             if let Some(addr) = line.strip_prefix("listening on ") {
-                return addr.to_owned();
+                found.push(addr.to_owned());
             }
         }
+        found
     }
 
     pub fn wait(mut self, dir: &Path, name: &str) -> (std::process::ExitStatus, serde_json::Value) {
