@@ -49,6 +49,63 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     /// Measure the kernels against a memcpy baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Work with checkpoint directories (OUT/checkpoints/round-NNNNNN).
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+    /// Export a checkpoint for the world outside sinter: Hugging Face LLaMA (loads with
+    /// transformers' `LlamaForCausalLM.from_pretrained(OUT)`) or sinter's own safetensors.
+    #[command(
+        after_help = "Example:\n  launch export out/tiny/checkpoints --format hf --out out/tiny-hf"
+    )]
+    Export(ExportArgs),
+}
+
+/// `launch checkpoint …`.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Recompute every chunk hash and the Merkle root of a checkpoint and name any bad chunk
+    /// and the files it covers. Exit code 1 if anything is wrong.
+    Verify {
+        /// A checkpoint directory, or a checkpoints directory (its `latest` is checked).
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--format` of `launch export`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// Hugging Face LLaMA: model.safetensors (HF names), config.json,
+    /// generation_config.json, tokenizer.json, tokenizer_config.json.
+    Hf,
+    /// sinter's own layout: model.safetensors with the run config in its metadata.
+    Safetensors,
+}
+
+/// `launch export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint directory, or a checkpoints directory (its `latest` is exported).
+    pub dir: PathBuf,
+    /// What to write.
+    #[arg(long, value_enum, default_value = "hf")]
+    pub format: ExportFormat,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Where a command takes a model from: saved weights or a (verified) checkpoint.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct WeightsArgs {
+    /// Weights written by `sim` or `train` (OUT/model.safetensors).
+    pub weights: Option<PathBuf>,
+    /// A checkpoint directory, or a checkpoints directory (its `latest`); verified first.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// `launch bench` targets.
@@ -112,7 +169,8 @@ pub enum QuantArg {
 /// Where a run writes its results.
 #[derive(Debug, Args)]
 pub struct OutArgs {
-    /// Directory for metrics.jsonl, summary.json, loss.svg and model.safetensors.
+    /// Directory for metrics.jsonl, summary.json, loss.svg, model.safetensors and
+    /// checkpoints/ (every `checkpoint.every_rounds` rounds).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Cap on inner steps per worker (overrides `inner.steps`, keeping the schedule's shape).
@@ -157,6 +215,11 @@ pub struct OuterOverrides {
 pub struct SimArgs {
     /// Run configuration (TOML), e.g. configs/tiny.toml.
     pub config: PathBuf,
+    /// Continue from a checkpoint written by a run of this config (a checkpoint directory,
+    /// or a checkpoints directory: its `latest`). Deterministic on CPU: the losses and
+    /// parameters equal the uninterrupted run's.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
     /// Config overrides.
     #[command(flatten)]
     pub outer: OuterOverrides,
@@ -265,15 +328,17 @@ pub enum XAxis {
 /// `launch eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Weights written by `sim` or `train` (OUT/model.safetensors).
-    pub weights: PathBuf,
+    /// The model.
+    #[command(flatten)]
+    pub source: WeightsArgs,
 }
 
 /// `launch generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Weights written by `sim` or `train` (OUT/model.safetensors).
-    pub weights: PathBuf,
+    /// The model.
+    #[command(flatten)]
+    pub source: WeightsArgs,
     /// Text to continue.
     #[arg(long, default_value = "")]
     pub prompt: String,

@@ -3,6 +3,7 @@
 
 pub(crate) mod backend;
 mod bench;
+mod checkpoints;
 mod cli;
 mod control;
 mod peer;
@@ -19,7 +20,7 @@ use clap::Parser;
 use sinter_kernels::Kernels;
 use sinter_trainer::config::{Mode, Quant};
 use sinter_trainer::generate::{Sampling, generate};
-use sinter_trainer::simulate::{Observer, simulate};
+use sinter_trainer::simulate::{Observer, SimOptions, simulate};
 use sinter_trainer::{RunConfig, TrainerError, weights};
 
 use backend::{BackendJob, dispatch};
@@ -61,7 +62,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sim(args) => {
             let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
-            train_and_report(config, &args.out, "sim")
+            let resume = args
+                .resume
+                .as_deref()
+                .map(|dir| checkpoints::snapshot(dir, &config))
+                .transpose()?;
+            train_and_report(config, &args.out, "sim", resume)
         }
         Command::Run(args) => {
             let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
@@ -74,21 +80,25 @@ fn run(cli: Cli) -> Result<()> {
             config.outer.workers = 1;
             config.outer.mode = Mode::Ddp;
             config.outer.warmup_ddp_steps = 0;
-            train_and_report(config, &args.out, "train")
+            train_and_report(config, &args.out, "train", None)
         }
         Command::Eval(args) => {
-            let config = weights_config(&args.weights)?;
+            let config = weights_config(&args.source)?;
             dispatch(
                 config.run.backend,
                 EvalJob {
-                    weights: args.weights,
+                    source: args.source,
                 },
             )
         }
         Command::Generate(args) => {
-            let config = weights_config(&args.weights)?;
+            let config = weights_config(&args.source)?;
             dispatch(config.run.backend, GenerateJob { args })
         }
+        Command::Checkpoint(cli::CheckpointCommand::Verify { dir, json }) => {
+            checkpoints::verify(&dir, json)
+        }
+        Command::Export(args) => checkpoints::export(&args),
         Command::Plot(args) => {
             let series = args
                 .runs
@@ -183,13 +193,18 @@ fn config_with_overrides(path: &Path, args: &OuterOverrides, out: &OutArgs) -> R
     Ok(config)
 }
 
-fn weights_config(path: &Path) -> Result<RunConfig> {
-    let (config, _) = weights::load_model::<sinter_trainer::CpuBackend>(path, &Default::default())
-        .with_context(|| format!("reading {}", path.display()))?;
+fn weights_config(source: &cli::WeightsArgs) -> Result<RunConfig> {
+    let (config, _) =
+        checkpoints::load_model::<sinter_trainer::CpuBackend>(source, &Default::default())?;
     Ok(config)
 }
 
-fn train_and_report(config: RunConfig, out: &OutArgs, what: &str) -> Result<()> {
+fn train_and_report(
+    config: RunConfig,
+    out: &OutArgs,
+    what: &str,
+    resume: Option<sinter_trainer::checkpoint::Snapshot>,
+) -> Result<()> {
     let title = match config.outer.mode {
         Mode::Ddp if config.outer.workers == 1 => "one worker".to_owned(),
         Mode::Ddp => format!("data-parallel, {} workers", config.outer.workers),
@@ -211,6 +226,7 @@ fn train_and_report(config: RunConfig, out: &OutArgs, what: &str) -> Result<()> 
             config,
             out: out.out.clone(),
             title,
+            resume,
         },
     )
 }
@@ -219,6 +235,7 @@ struct TrainJob {
     config: RunConfig,
     out: Option<PathBuf>,
     title: String,
+    resume: Option<sinter_trainer::checkpoint::Snapshot>,
 }
 
 impl BackendJob for TrainJob {
@@ -240,6 +257,10 @@ impl BackendJob for TrainJob {
             kernels,
             &device,
             &mut progress as &mut dyn Observer,
+            SimOptions {
+                checkpoint_dir: self.out.as_ref().map(|d| d.join("checkpoints")),
+                resume: self.resume,
+            },
         );
         progress.finish();
         let sinter_trainer::simulate::SimOutcome {
@@ -270,14 +291,14 @@ impl BackendJob for TrainJob {
 }
 
 struct EvalJob {
-    weights: PathBuf,
+    source: cli::WeightsArgs,
 }
 
 impl BackendJob for EvalJob {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
-        let (config, model) = weights::load_model::<B::InnerBackend>(&self.weights, &device)?;
+        let (config, model) = checkpoints::load_model::<B::InnerBackend>(&self.source, &device)?;
         let (_, dataset) = config.load_data()?;
         let windows =
             dataset.validation_windows(&config.data, config.model.context, config.run.seed);
@@ -305,7 +326,7 @@ impl BackendJob for GenerateJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
         let args = self.args;
-        let (config, model) = weights::load_model::<B::InnerBackend>(&args.weights, &device)?;
+        let (config, model) = checkpoints::load_model::<B::InnerBackend>(&args.source, &device)?;
         let tokenizer = sinter_trainer::tokenizer::Tokenizer::load(&config.data.tokenizer)?;
         // With no prompt, start from a newline, as a text file would.
         let start = if args.prompt.is_empty() {

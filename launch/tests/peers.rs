@@ -31,7 +31,12 @@ fn three_peers_end_bit_identical_and_match_the_simulation() {
     let addrs = first.addresses(2);
     let find = |transport: &str| addrs.iter().find(|a| a.contains(transport)).unwrap();
     let plain = find("/tcp/").split("/p2p/").next().unwrap().to_owned();
-    let second = Peer::start(dir.path(), "p2", &config, &["--bootstrap", find("/quic-v1")]);
+    let second = Peer::start(
+        dir.path(),
+        "p2",
+        &config,
+        &["--bootstrap", find("/quic-v1")],
+    );
     let third = Peer::start(dir.path(), "p3", &config, &["--bootstrap", &plain]);
     let mut hashes = Vec::new();
     let mut outs = Vec::new();

@@ -30,9 +30,15 @@ fn run(
     kernels: &dyn Kernels,
 ) -> (Summary, Vec<sinter_trainer::simulate::EvalPoint>) {
     let (_, dataset) = config.load_data().unwrap();
-    let outcome =
-        simulate::<CpuTrainBackend>(config, &dataset, kernels, &Default::default(), &mut Quiet)
-            .unwrap();
+    let outcome = simulate::<CpuTrainBackend>(
+        config,
+        &dataset,
+        kernels,
+        &Default::default(),
+        &mut Quiet,
+        Default::default(),
+    )
+    .unwrap();
     (outcome.summary, outcome.evals)
 }
 

@@ -24,6 +24,27 @@ pub struct RunConfig {
     pub eval: EvalConfig,
     /// Seed and compute backend.
     pub run: RunSection,
+    /// Checkpoint cadence; not part of the run's identity (peers may checkpoint differently).
+    pub checkpoint: CheckpointConfig,
+}
+
+/// How often checkpoints are written under `OUT/checkpoints/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Write one every this many outer rounds (0: never).
+    pub every_rounds: usize,
+    /// Keep the newest this many.
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            every_rounds: 10,
+            keep: 3,
+        }
+    }
 }
 
 /// A LLaMA-style decoder (Hugging Face `LlamaConfig` conventions).
@@ -333,6 +354,7 @@ impl RunConfig {
             ("outer.workers", self.outer.workers),
             ("outer.inner_steps", self.outer.inner_steps),
             ("eval.every_steps", self.eval.every_steps),
+            ("checkpoint.keep", self.checkpoint.keep),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -400,10 +422,15 @@ impl RunConfig {
         Ok(())
     }
 
-    /// SHA-256 of the canonical (re-serialised) config: the run's identity.
+    /// SHA-256 of the canonical (re-serialised) config without `[checkpoint]`: the run's
+    /// identity.
     pub fn hash(&self) -> String {
         use sha2::Digest;
-        let canonical = toml::to_string(self).expect("a RunConfig always serialises");
+        let identity = RunConfig {
+            checkpoint: CheckpointConfig::default(),
+            ..self.clone()
+        };
+        let canonical = toml::to_string(&identity).expect("a RunConfig always serialises");
         let digest = sha2::Sha256::digest(canonical.as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }

@@ -241,6 +241,7 @@ pub struct ShardSampler {
     range: Range<usize>,
     rng: StdRng,
     context: usize,
+    drawn: u64,
 }
 
 impl ShardSampler {
@@ -266,11 +267,26 @@ impl ShardSampler {
             range,
             rng,
             context,
+            drawn: 0,
         })
+    }
+
+    /// Batches drawn so far: the sampler's position, as a checkpoint records it.
+    pub fn cursor(&self) -> u64 {
+        self.drawn
+    }
+
+    /// Moves to `cursor` by drawing (and dropping) the batches before it, so that the next
+    /// batch is the one an uninterrupted run would draw.
+    pub fn seek(&mut self, dataset: &Dataset, batch: usize, cursor: u64) {
+        while self.drawn < cursor {
+            self.next_batch(dataset, batch);
+        }
     }
 
     /// The next batch of `batch` windows.
     pub fn next_batch(&mut self, dataset: &Dataset, batch: usize) -> Vec<u32> {
+        self.drawn += 1;
         sample_windows(
             &dataset.train()[self.range.clone()],
             batch,

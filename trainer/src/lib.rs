@@ -14,15 +14,19 @@
 //! | [`pseudo_gradient`] | pseudo-gradient → wire frame → accumulated mean (shared with the network layer) |
 //! | [`simulate`] | N workers in one process: DiLoCo or data-parallel |
 //! | [`peer`] | one real peer of a run: the same rounds over the network |
+//! | [`checkpoint`] | a run's state at a round boundary as a checkpoint directory, and back |
 //! | [`round_state`] | the state a joiner fetches: round, global parameters, outer momentum |
 //! | [`eval`], [`generate`], [`weights`] | validation loss, sampling, saved weights |
+//! | [`export`] | saved weights as a Hugging Face LLaMA checkpoint |
 //!
 //! The default backend is burn's `flex` CPU backend; `wgpu` and `cuda` are features.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod inner;
 pub mod model;
@@ -84,6 +88,12 @@ pub enum TrainerError {
     /// The group could not be formed or the all-reduce failed.
     #[error("network: {0}")]
     Network(String),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] sinter_checkpoints::CheckpointError),
+    /// A checkpoint cannot continue this run.
+    #[error("cannot resume: {0}")]
+    Resume(String),
     /// The config asks for a backend this build lacks.
     #[error("backend `{0}` is not compiled in: rebuild with `--features {0}`")]
     BackendUnavailable(&'static str),

@@ -493,6 +493,8 @@ pub fn run_peer<B: AutodiffBackend>(
         wall_secs,
         tokens_per_sec: state.tokens as f64 / wall_secs,
         config_hash: config.hash(),
+        checkpoints: Default::default(),
+        resumed_from_round: None,
     };
     Ok(PeerOutcome {
         summary: PeerSummary {

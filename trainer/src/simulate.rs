@@ -10,7 +10,11 @@
 //! Data-parallel mode trains one model on the concatenation of all workers' batches: with
 //! equal batches, the gradient of the mean loss equals the mean of the workers' gradients,
 //! so this is exactly "gradients averaged every step" without N copies of the model.
+//!
+//! DiLoCo runs write checkpoints at round boundaries in the background and resume from
+//! them bit-exactly (same losses, same parameters as the uninterrupted run).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -18,6 +22,7 @@ use serde::Serialize;
 use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
 
+use crate::checkpoint::{self, Meta, Snapshot, restore_optimizer, worker_state};
 use crate::config::{Mode, OuterSchedule, Quant, RunConfig};
 use crate::data::{Dataset, ShardSampler};
 use crate::eval::validation_loss;
@@ -78,6 +83,57 @@ pub struct Summary {
     pub tokens_per_sec: f64,
     /// SHA-256 of the run config.
     pub config_hash: String,
+    /// Checkpoints written and what they cost.
+    #[serde(flatten)]
+    pub checkpoints: CheckpointStats,
+    /// The round this run resumed at, if it did.
+    pub resumed_from_round: Option<u64>,
+}
+
+/// Checkpoints a run wrote and what they cost it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointStats {
+    /// Checkpoints written.
+    pub checkpoints_written: usize,
+    /// Seconds the training loop spent on checkpoints (snapshots, waiting for a write).
+    pub checkpoint_stall_secs: f64,
+    /// Seconds the background writer spent serialising, hashing and writing.
+    pub checkpoint_write_secs: f64,
+    /// Merkle root of the newest checkpoint written.
+    pub last_checkpoint_root: Option<String>,
+}
+
+/// Checkpointing and resumption of a simulation.
+#[derive(Default)]
+pub struct SimOptions {
+    /// Write checkpoints here every `checkpoint.every_rounds` rounds and after the last.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from this snapshot, taken by a run of the same config.
+    pub resume: Option<Snapshot>,
+}
+
+/// The background writer and what it has cost.
+struct Checkpointing {
+    writer: sinter_checkpoints::writer::BackgroundWriter,
+    stats: CheckpointStats,
+}
+
+impl Checkpointing {
+    fn record(
+        &mut self,
+        done: Option<
+            Result<sinter_checkpoints::writer::Written, sinter_checkpoints::CheckpointError>,
+        >,
+    ) -> Result<(), TrainerError> {
+        if let Some(done) = done {
+            let written = done?;
+            tracing::info!(path = %written.path.display(), root = %written.manifest.root(), secs = written.secs, "checkpoint written");
+            self.stats.checkpoints_written += 1;
+            self.stats.checkpoint_write_secs += written.secs;
+            self.stats.last_checkpoint_root = Some(written.manifest.root().to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// What a simulation reports while it runs.
@@ -117,6 +173,7 @@ struct Run<'a, B: AutodiffBackend> {
     payload_bytes: f64,
     rejected: usize,
     evals: Vec<EvalPoint>,
+    checkpointing: Option<Checkpointing>,
 }
 
 impl<B: AutodiffBackend> Run<'_, B> {
@@ -258,6 +315,74 @@ impl<B: AutodiffBackend> Run<'_, B> {
 }
 
 impl<B: AutodiffBackend> Run<'_, B> {
+    /// Snapshots the run before `round` (at inner step `step`) and hands it to the
+    /// background writer; the loop only pays for copying the state out.
+    fn checkpoint(
+        &mut self,
+        workers: &[Worker<B>],
+        global: &[f32],
+        momentum: &[f32],
+        round: usize,
+        step: usize,
+    ) -> Result<(), TrainerError> {
+        let Some(mut checkpointing) = self.checkpointing.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let snapshot = Snapshot {
+            meta: Meta {
+                run_id: self.config.hash(),
+                config: toml::to_string(self.config).expect("a RunConfig always serialises"),
+                round: round as u64,
+                step: step as u64,
+                tokens: self.tokens,
+                data_cursors: workers.iter().map(|w| w.sampler.cursor()).collect(),
+                members: (0..workers.len()).map(|w| format!("worker-{w}")).collect(),
+                bytes_sent: self.bytes_sent,
+                payload_bytes: self.payload_bytes,
+                rejected: self.rejected,
+                evals: self.evals.clone(),
+                sinter_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+            global: global.to_vec(),
+            momentum: momentum.to_vec(),
+            workers: workers
+                .iter()
+                .map(|w| {
+                    worker_state(
+                        &w.model,
+                        &w.optimizer,
+                        w.residual.as_deref(),
+                        w.sampler.cursor(),
+                    )
+                })
+                .collect(),
+        };
+        let (layout, config) = (self.layout.clone(), self.config.clone());
+        let done = checkpointing
+            .writer
+            .submit(checkpoint::name(round as u64), move || {
+                snapshot.to_checkpoint(&layout, &config)
+            });
+        checkpointing.stats.checkpoint_stall_secs += started.elapsed().as_secs_f64();
+        let recorded = checkpointing.record(done);
+        self.checkpointing = Some(checkpointing);
+        recorded
+    }
+
+    /// Waits for the last checkpoint write.
+    fn finish_checkpoints(&mut self) -> Result<(), TrainerError> {
+        match self.checkpointing.as_mut() {
+            Some(c) => {
+                let started = Instant::now();
+                let done = c.writer.wait();
+                c.stats.checkpoint_stall_secs += started.elapsed().as_secs_f64();
+                c.record(done)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Every worker's inner steps `from..to`, one worker after another. (burn 0.21's autodiff
     /// graph registry can deadlock when independent graphs run backward passes on several
     /// threads at once, so workers do not train concurrently.)
@@ -317,6 +442,29 @@ pub(crate) fn outer_step(
     Ok(())
 }
 
+/// A snapshot can continue this run: same run id, a DiLoCo run, one state per worker.
+fn check_resumable(config: &RunConfig, snapshot: &Snapshot) -> Result<(), TrainerError> {
+    let refuse = |why: String| Err(TrainerError::Resume(why));
+    if snapshot.meta.run_id != config.hash() {
+        return refuse(format!(
+            "the checkpoint belongs to run {}, this config is run {}: resume with the config it was written with (its meta.json holds it)",
+            &snapshot.meta.run_id[..16.min(snapshot.meta.run_id.len())],
+            &config.hash()[..16]
+        ));
+    }
+    if config.outer.mode != Mode::Diloco {
+        return refuse("only DiLoCo runs resume from checkpoints".into());
+    }
+    if snapshot.workers.len() != config.outer.workers {
+        return refuse(format!(
+            "the checkpoint holds {} workers, the config {}",
+            snapshot.workers.len(),
+            config.outer.workers
+        ));
+    }
+    Ok(())
+}
+
 /// What a simulation produces.
 pub struct SimOutcome<B: burn::tensor::backend::Backend> {
     /// The summary.
@@ -334,8 +482,13 @@ pub fn simulate<B: AutodiffBackend>(
     kernels: &dyn Kernels,
     device: &B::Device,
     observer: &mut dyn Observer,
+    options: SimOptions,
 ) -> Result<SimOutcome<B::InnerBackend>, TrainerError> {
     let started = Instant::now();
+    let resume = options.resume;
+    if let Some(snapshot) = &resume {
+        check_resumable(config, snapshot)?;
+    }
     let n = config.outer.workers;
     B::seed(device, config.run.seed);
     let initial: Llama<B> = config.model.init(device);
@@ -365,8 +518,32 @@ pub fn simulate<B: AutodiffBackend>(
         payload_bytes: 0.0,
         rejected: 0,
         evals: Vec::new(),
+        checkpointing: options
+            .checkpoint_dir
+            .filter(|_| config.checkpoint.every_rounds > 0 && config.outer.mode == Mode::Diloco)
+            .map(|dir| Checkpointing {
+                writer: sinter_checkpoints::writer::BackgroundWriter::new(
+                    &dir,
+                    checkpoint::PREFIX,
+                    config.checkpoint.keep,
+                ),
+                stats: CheckpointStats::default(),
+            }),
     };
-    let initial_val_loss = run.evaluate(&eval_model(&initial), 0, 0);
+    let resumed_from_round = resume.as_ref().map(|s| s.meta.round);
+    let initial_val_loss = match &resume {
+        Some(snapshot) => {
+            let meta = &snapshot.meta;
+            run.tokens = meta.tokens;
+            run.bytes_sent = meta.bytes_sent;
+            run.payload_bytes = meta.payload_bytes;
+            run.rejected = meta.rejected;
+            run.evals = meta.evals.clone();
+            tracing::info!(round = meta.round, step = meta.step, "resuming");
+            meta.evals.first().map_or(f32::NAN, |p| p.val_loss)
+        }
+        None => run.evaluate(&eval_model(&initial), 0, 0),
+    };
     let steps = config.inner.steps;
     let h = config.outer.inner_steps;
     let mut rounds = 0;
@@ -381,25 +558,52 @@ pub fn simulate<B: AutodiffBackend>(
         Mode::Diloco => {
             let warmup = config.outer.warmup_ddp_steps;
             let mut optimizer = inner_optimizer::<B>(&config.inner);
-            let start = if warmup > 0 {
-                run.data_parallel(initial, &mut optimizer, &mut samplers, 0, warmup)?
-            } else {
-                initial
-            };
-            let mut global = flatten(&start).1;
             let error_feedback = config.outer.error_feedback && config.outer.quant == Quant::Int8;
-            let mut workers: Vec<Worker<B>> = samplers
-                .into_iter()
-                .map(|sampler| Worker {
-                    model: start.clone(),
-                    optimizer: optimizer.clone(),
-                    sampler,
-                    residual: error_feedback.then(|| vec![0.0; global.len()]),
-                })
-                .collect();
-            let mut momentum = vec![0.0f32; global.len()];
             let total_rounds = (steps - warmup).div_ceil(h);
-            let mut step = warmup;
+            let (mut global, mut momentum, mut workers, mut step);
+            match resume {
+                Some(snapshot) => {
+                    let start = load(initial, &snapshot.global, device);
+                    workers = samplers
+                        .into_iter()
+                        .zip(&snapshot.workers)
+                        .map(|(mut sampler, state)| {
+                            sampler.seek(dataset, config.inner.batch_size, state.cursor);
+                            Worker {
+                                optimizer: restore_optimizer(&start, config, state, device),
+                                model: start.clone(),
+                                sampler,
+                                residual: state.residual.clone().or_else(|| {
+                                    error_feedback.then(|| vec![0.0; snapshot.global.len()])
+                                }),
+                            }
+                        })
+                        .collect::<Vec<_>>();
+                    rounds = snapshot.meta.round as usize;
+                    step = snapshot.meta.step as usize;
+                    global = snapshot.global;
+                    momentum = snapshot.momentum;
+                }
+                None => {
+                    let start = if warmup > 0 {
+                        run.data_parallel(initial, &mut optimizer, &mut samplers, 0, warmup)?
+                    } else {
+                        initial
+                    };
+                    global = flatten(&start).1;
+                    workers = samplers
+                        .into_iter()
+                        .map(|sampler| Worker {
+                            model: start.clone(),
+                            optimizer: optimizer.clone(),
+                            sampler,
+                            residual: error_feedback.then(|| vec![0.0; global.len()]),
+                        })
+                        .collect();
+                    momentum = vec![0.0f32; global.len()];
+                    step = warmup;
+                }
+            }
             while step < steps {
                 let end = (step + h).min(steps);
                 run.local_steps(&mut workers, step, end);
@@ -425,8 +629,12 @@ pub fn simulate<B: AutodiffBackend>(
                 if run.should_eval(step, end) {
                     run.evaluate(&eval_model(&workers[0].model), rounds, end);
                 }
+                if rounds.is_multiple_of(config.checkpoint.every_rounds.max(1)) || end == steps {
+                    run.checkpoint(&workers, &global, &momentum, rounds, end)?;
+                }
                 step = end;
             }
+            run.finish_checkpoints()?;
             eval_model(&workers[0].model)
         }
     };
@@ -453,6 +661,12 @@ pub fn simulate<B: AutodiffBackend>(
         wall_secs,
         tokens_per_sec: run.tokens as f64 / wall_secs,
         config_hash: config.hash(),
+        checkpoints: run
+            .checkpointing
+            .as_ref()
+            .map(|c| c.stats.clone())
+            .unwrap_or_default(),
+        resumed_from_round,
     };
     Ok(SimOutcome {
         summary,

@@ -51,6 +51,41 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer as a Hugging Face `tokenizer.json`. Bytes become a byte-level BPE with
+    /// no merges whose ids are the byte values, so that Hugging Face encodes text exactly as
+    /// sinter does.
+    pub fn hf_json(&self) -> Result<String, TrainerError> {
+        match self {
+            Self::HuggingFace { inner, .. } => inner
+                .to_string(false)
+                .map_err(|e| TrainerError::Data(format!("tokenizer: {e}"))),
+            Self::Bytes => {
+                let vocab: serde_json::Map<String, serde_json::Value> = byte_level_chars()
+                    .iter()
+                    .enumerate()
+                    .map(|(byte, c)| (c.to_string(), byte.into()))
+                    .collect();
+                let json = serde_json::json!({
+                    "version": "1.0",
+                    "truncation": null,
+                    "padding": null,
+                    "added_tokens": [],
+                    "normalizer": null,
+                    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+                    "post_processor": null,
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+                    "model": {
+                        "type": "BPE", "dropout": null, "unk_token": null,
+                        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                        "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                        "vocab": vocab, "merges": []
+                    }
+                });
+                Ok(serde_json::to_string_pretty(&json).expect("json"))
+            }
+        }
+    }
+
     /// A stable identity for caches.
     pub fn id(&self) -> String {
         match self {
@@ -136,5 +171,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a Hugging Face tokenizer.json"), "{err}");
+    }
+}
+
+/// GPT-2's byte-level alphabet: the printable character standing for each byte.
+fn byte_level_chars() -> [char; 256] {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut chars = ['\0'; 256];
+    let mut next = 256;
+    for b in 0..256u32 {
+        let code = if printable(b) {
+            b
+        } else {
+            next += 1;
+            next - 1
+        };
+        chars[b as usize] = char::from_u32(code).expect("a valid scalar");
+    }
+    chars
+}
+
+#[cfg(test)]
+mod hf_tests {
+    use super::*;
+
+    #[test]
+    fn the_exported_byte_tokenizer_encodes_as_sinter_does() {
+        let json = Tokenizer::Bytes.hf_json().unwrap();
+        let hf: tokenizers::Tokenizer = json.parse().unwrap();
+        let text = "To be, or not to be: that is the question.\n  Ünïcödé ✓";
+        let ids = hf.encode(text, false).unwrap().get_ids().to_vec();
+        let ours = Tokenizer::Bytes.encode(text.as_bytes()).unwrap();
+        assert_eq!(ids, ours);
+        assert_eq!(hf.decode(&ids, false).unwrap(), text);
     }
 }

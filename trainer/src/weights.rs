@@ -1,20 +1,48 @@
 //! Saved weights: a `safetensors` file with sinter's parameter names and the run config in
 //! its metadata, so a file alone is enough to rebuild the model. Written to a temporary file,
 //! fsync'd and renamed, so a crash never leaves a half-written file under the final name.
-//! (Full checkpoints — optimizer state, resumption, export — build on this.)
+//! A checkpoint's `model.safetensors` is the same format.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use safetensors::tensor::{Dtype, TensorView};
+use sinter_checkpoints::CheckpointError;
+use sinter_checkpoints::tensors::{self, NamedTensor};
 
 use crate::TrainerError;
 use crate::config::RunConfig;
 use crate::model::Llama;
-use crate::params::{flatten, load};
+use crate::params::{ParamLayout, flatten, load};
 
 const CONFIG_KEY: &str = "sinter.config";
+
+fn weights_error(path: &Path, reason: impl ToString) -> TrainerError {
+    TrainerError::Weights {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// safetensors bytes of flat parameters `values` (laid out as `layout`) and `config`.
+pub fn to_bytes(
+    layout: &ParamLayout,
+    values: &[f32],
+    config: &RunConfig,
+) -> Result<Vec<u8>, CheckpointError> {
+    let named: Vec<NamedTensor> = layout
+        .slots
+        .iter()
+        .map(|slot| NamedTensor {
+            name: slot.name.clone(),
+            shape: slot.shape.clone(),
+            values: values[slot.offset..slot.offset + slot.len].to_vec(),
+        })
+        .collect();
+    let config_text = toml::to_string(config).expect("a RunConfig always serialises");
+    let metadata = HashMap::from([(CONFIG_KEY.to_owned(), config_text)]);
+    tensors::to_bytes(&named, metadata)
+}
 
 /// Writes `model`'s parameters and `config` to `path`.
 pub fn save<B: Backend>(
@@ -23,25 +51,7 @@ pub fn save<B: Backend>(
     path: &Path,
 ) -> Result<(), TrainerError> {
     let (layout, values) = flatten(model);
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let views: Vec<(String, TensorView<'_>)> = layout
-        .slots
-        .iter()
-        .map(|slot| {
-            let data = &bytes[slot.offset * 4..(slot.offset + slot.len) * 4];
-            (
-                slot.name.clone(),
-                TensorView::new(Dtype::F32, slot.shape.clone(), data).expect("shape matches data"),
-            )
-        })
-        .collect();
-    let config_text = toml::to_string(config).expect("a RunConfig always serialises");
-    let metadata = HashMap::from([(CONFIG_KEY.to_owned(), config_text)]);
-    let serialized =
-        safetensors::serialize(views, Some(metadata)).map_err(|e| TrainerError::Weights {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let serialized = to_bytes(&layout, &values, config)?;
     let io = |source| TrainerError::Io {
         path: path.to_owned(),
         source,
@@ -64,49 +74,47 @@ pub fn save<B: Backend>(
     write().map_err(io)
 }
 
+/// The config and model of weights `bytes` (`path` names them in errors).
+pub fn from_bytes<B: Backend>(
+    bytes: &[u8],
+    path: &Path,
+    device: &B::Device,
+) -> Result<(RunConfig, Llama<B>), TrainerError> {
+    let (found, metadata) = tensors::from_bytes(bytes).map_err(|e| weights_error(path, e))?;
+    let config_text = metadata.get(CONFIG_KEY).ok_or_else(|| {
+        weights_error(
+            path,
+            format!("no `{CONFIG_KEY}` metadata: not written by sinter"),
+        )
+    })?;
+    let config = RunConfig::parse(config_text, path)?;
+    let model: Llama<B> = config.model.init(device);
+    let (layout, _) = flatten(&model);
+    let mut values = Vec::with_capacity(layout.len());
+    for slot in &layout.slots {
+        let t = tensors::find(&found, &slot.name).map_err(|e| weights_error(path, e))?;
+        if t.shape != slot.shape {
+            return Err(weights_error(
+                path,
+                format!(
+                    "tensor {} has shape {:?}, expected {:?}",
+                    slot.name, t.shape, slot.shape
+                ),
+            ));
+        }
+        values.extend_from_slice(&t.values);
+    }
+    Ok((config, load(model, &values, device)))
+}
+
 /// Reads a weights file: its config and the model it describes.
 pub fn load_model<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(RunConfig, Llama<B>), TrainerError> {
-    let bad = |reason: String| TrainerError::Weights {
-        path: path.to_owned(),
-        reason,
-    };
     let bytes = std::fs::read(path).map_err(|source| TrainerError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let (_, metadata) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let config_text = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CONFIG_KEY))
-        .ok_or_else(|| bad(format!("no `{CONFIG_KEY}` metadata: not written by sinter")))?;
-    let config = RunConfig::parse(config_text, path)?;
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let model: Llama<B> = config.model.init(device);
-    let (layout, _) = flatten(&model);
-    let mut values = Vec::with_capacity(layout.len());
-    for slot in &layout.slots {
-        let view = tensors
-            .tensor(&slot.name)
-            .map_err(|_| bad(format!("tensor {} is missing", slot.name)))?;
-        if view.dtype() != Dtype::F32 || view.shape() != slot.shape.as_slice() {
-            return Err(bad(format!(
-                "tensor {} is {:?} {:?}, expected F32 {:?}",
-                slot.name,
-                view.dtype(),
-                view.shape(),
-                slot.shape
-            )));
-        }
-        values.extend(
-            view.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
-        );
-    }
-    Ok((config, load(model, &values, device)))
+    from_bytes(&bytes, path, device)
 }

@@ -1,0 +1,117 @@
+//! `launch checkpoint verify`, `launch export`, and models read from checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sinter_checkpoints::store::{self, Checkpoint};
+use sinter_trainer::checkpoint::Snapshot;
+use sinter_trainer::model::Llama;
+use sinter_trainer::params::flatten;
+use sinter_trainer::{CpuBackend, RunConfig, weights};
+
+use crate::cli::{ExportArgs, ExportFormat, WeightsArgs};
+
+const MODEL: &str = "model.safetensors";
+
+/// A checkpoint read and verified, with the directory it came from.
+fn read(path: &Path) -> Result<(Checkpoint, PathBuf)> {
+    let dir = store::resolve(path)?;
+    let (checkpoint, _) = Checkpoint::read(&dir).with_context(|| {
+        format!(
+            "run `launch checkpoint verify {}` for details",
+            dir.display()
+        )
+    })?;
+    Ok((checkpoint, dir))
+}
+
+/// The bytes of the weights `source` names, and the path to name in errors.
+pub fn weights_bytes(source: &WeightsArgs) -> Result<(Vec<u8>, PathBuf)> {
+    match (&source.weights, &source.checkpoint) {
+        (Some(path), _) => Ok((
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            path.clone(),
+        )),
+        (None, Some(dir)) => {
+            let (checkpoint, dir) = read(dir)?;
+            let bytes = checkpoint.require(MODEL, &dir)?.to_vec();
+            Ok((bytes, dir.join(MODEL)))
+        }
+        (None, None) => bail!("give a weights file or --checkpoint DIR"),
+    }
+}
+
+/// The config and model `source` names.
+pub fn load_model<B: burn::tensor::backend::Backend>(
+    source: &WeightsArgs,
+    device: &B::Device,
+) -> Result<(RunConfig, Llama<B>)> {
+    let (bytes, path) = weights_bytes(source)?;
+    Ok(weights::from_bytes(&bytes, &path, device)?)
+}
+
+/// The snapshot in a checkpoint, for `--resume`.
+pub fn snapshot(path: &Path, config: &RunConfig) -> Result<Snapshot> {
+    let (checkpoint, dir) = read(path)?;
+    let model: Llama<CpuBackend> = config.model.init(&Default::default());
+    let (layout, _) = flatten(&model);
+    tracing::info!(checkpoint = %dir.display(), "resuming from");
+    Ok(Snapshot::from_checkpoint(&checkpoint, &dir, &layout)?)
+}
+
+/// `launch checkpoint verify`: exit code 1 (an error) if anything is wrong.
+pub fn verify(path: &Path, json: bool) -> Result<()> {
+    let dir = store::resolve(path)?;
+    let (manifest, report) = store::verify(&dir)?;
+    let problems = report.problems();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: root {}, {} files, {} chunks of {} bytes",
+            dir.display(),
+            report.root,
+            manifest.files.len(),
+            manifest.chunks.chunks.len(),
+            manifest.chunks.chunk_size
+        );
+        for problem in &problems {
+            println!("  BAD: {problem}");
+        }
+    }
+    if problems.is_empty() {
+        if !json {
+            println!("  ok: every chunk matches the manifest and the root");
+        }
+        Ok(())
+    } else {
+        bail!(
+            "{} is damaged ({} problems): fetch it again from a peer or use an older checkpoint",
+            dir.display(),
+            problems.len()
+        )
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `launch export`.
+pub fn export(args: &ExportArgs) -> Result<()> {
+    let (checkpoint, dir) = read(&args.dir)?;
+    let bytes = checkpoint.require(MODEL, &dir)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    match args.format {
+        ExportFormat::Safetensors => write(&args.out.join(MODEL), bytes)?,
+        ExportFormat::Hf => sinter_trainer::export::hf(bytes, &dir.join(MODEL), &args.out)?,
+    }
+    println!(
+        "exported {} ({:?}) to {}",
+        dir.display(),
+        args.format,
+        args.out.display()
+    );
+    Ok(())
+}

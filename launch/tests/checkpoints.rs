@@ -1,0 +1,266 @@
+//! Checkpoints as a user meets them: written by `sim`, resumed bit-exactly, surviving a
+//! writer killed with `kill -9` at any point, verified chunk by chunk, exported and sampled.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn launch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_launch"))
+        .args(args)
+        .output()
+        .expect("launch runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Six rounds of three workers, a checkpoint every two rounds.
+fn config(dir: &Path) -> String {
+    let path = dir.join("small.toml");
+    let text = common::small_config(24, 3, 4) + "\n[checkpoint]\nevery_rounds = 2\nkeep = 10\n";
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn sim(config: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["sim", config, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    launch(&args)
+}
+
+fn same_run(a: &Path, b: &Path) {
+    let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics(a), metrics(b), "loss curves differ");
+    let model = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(model(a) == model(b), "final parameters differ");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let full = dir.path().join("full");
+    let out = sim(&config, &full, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let checkpoints = full.join("checkpoints");
+    assert_eq!(
+        std::fs::read_to_string(checkpoints.join("latest")).unwrap(),
+        "round-000006"
+    );
+    for round in ["round-000002", "round-000004"] {
+        let resumed = dir.path().join(format!("from-{round}"));
+        let out = sim(
+            &config,
+            &resumed,
+            &["--resume", s(&checkpoints.join(round))],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        same_run(&full, &resumed);
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(resumed.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(
+            summary["resumed_from_round"],
+            round[6..].parse::<u64>().unwrap()
+        );
+    }
+
+    // Another config is another run: refused, saying why.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("steps = 24", "steps = 28"),
+    )
+    .unwrap();
+    let out = sim(
+        s(&other),
+        &dir.path().join("x"),
+        &["--resume", s(&checkpoints)],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("belongs to run"), "{}", text(&out));
+}
+
+/// Starts `sim` with the writer of `round-000004` paused at `point`, waits for it to get
+/// there, and kills it with SIGKILL.
+fn kill_writer_at(config: &str, out: &Path, point: &str) {
+    let log = out.with_extension("log");
+    std::fs::create_dir_all(out).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .args(["sim", config, "--out", s(out)])
+        .env("SINTER_FAULT_CHECKPOINT", format!("{point}@round-000004"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let mut seen = String::new();
+        std::fs::File::open(&log)
+            .unwrap()
+            .read_to_string(&mut seen)
+            .unwrap();
+        if seen.contains("writer paused at") {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sim ended before the fault: {seen}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{seen}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_writer_killed_at_any_point_leaves_the_previous_checkpoint_loadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let full = dir.path().join("full");
+    assert!(sim(&config, &full, &[]).status.success());
+    for point in [
+        "before_tensors",
+        "mid_tensors",
+        "before_rename",
+        "before_latest",
+    ] {
+        let out = dir.path().join(point);
+        kill_writer_at(&config, &out, point);
+        let checkpoints = out.join("checkpoints");
+        assert_eq!(
+            std::fs::read_to_string(checkpoints.join("latest")).unwrap(),
+            "round-000002",
+            "{point}"
+        );
+        let verified = launch(&["checkpoint", "verify", s(&checkpoints)]);
+        assert!(verified.status.success(), "{point}: {}", text(&verified));
+        let resumed = dir.path().join(format!("{point}-resumed"));
+        let out = sim(&config, &resumed, &["--resume", s(&checkpoints)]);
+        assert!(out.status.success(), "{point}: {}", text(&out));
+        same_run(&full, &resumed);
+    }
+}
+
+#[test]
+fn a_flipped_byte_is_found_and_named_and_the_checkpoint_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let run = dir.path().join("run");
+    assert!(sim(&config, &run, &[]).status.success());
+    let checkpoint = run.join("checkpoints/round-000004");
+    let file = checkpoint.join("outer.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+
+    let out = launch(&["checkpoint", "verify", s(&checkpoint)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("BAD: chunk") && text(&out).contains("outer.safetensors"),
+        "{}",
+        text(&out)
+    );
+    let json = launch(&["checkpoint", "verify", s(&checkpoint), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        report["bad_chunks"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+
+    let out = sim(
+        &config,
+        &dir.path().join("r"),
+        &["--resume", s(&checkpoint)],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("outer.safetensors"), "{}", text(&out));
+    // The other checkpoints are intact.
+    assert!(
+        launch(&["checkpoint", "verify", s(&run.join("checkpoints"))])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn checkpoints_export_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let run = dir.path().join("run");
+    assert!(sim(&config, &run, &[]).status.success());
+    let checkpoints = run.join("checkpoints");
+
+    let hf = dir.path().join("hf");
+    let out = launch(&["export", s(&checkpoints), "--format", "hf", "--out", s(&hf)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let config_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config_json["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(config_json["num_key_value_heads"], 1);
+    for f in [
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(hf.join(f).exists(), "{f}");
+    }
+
+    let own = dir.path().join("own");
+    let out = launch(&[
+        "export",
+        s(&checkpoints),
+        "--format",
+        "safetensors",
+        "--out",
+        s(&own),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The last checkpoint holds the final parameters.
+    assert!(
+        std::fs::read(own.join("model.safetensors")).unwrap()
+            == std::fs::read(run.join("model.safetensors")).unwrap()
+    );
+
+    let generate = |source: &[&str]| {
+        let mut args = vec!["generate"];
+        args.extend_from_slice(source);
+        args.extend_from_slice(&[
+            "--prompt",
+            "ROMEO:",
+            "--max-tokens",
+            "20",
+            "--temperature",
+            "0",
+        ]);
+        let out = launch(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_checkpoint = generate(&["--checkpoint", s(&checkpoints)]);
+    assert!(from_checkpoint.starts_with("ROMEO:"), "{from_checkpoint}");
+    assert_eq!(
+        from_checkpoint,
+        generate(&[s(&run.join("model.safetensors"))])
+    );
+    let out = launch(&["generate", "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

@@ -1,0 +1,322 @@
+//! What a run needs to continue exactly where it stopped, as a checkpoint directory
+//! (`sinter_checkpoints`): `model.safetensors` (the global parameters, loadable on its own
+//! like any saved weights), `outer.safetensors` (the outer momentum), `inner-W.safetensors`
+//! per worker (AdamW's moments and step counts, error-feedback residuals) and `meta.json`
+//! (round, step, tokens, data cursors, counters and the evaluations so far).
+//!
+//! Taken at a round boundary, where every worker's parameters equal the global ones, so
+//! workers' models are not stored.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::record::AdaptorRecord;
+use burn::optim::{AdamWState, AdaptiveMomentumState, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use sinter_checkpoints::tensors::{self, NamedTensor};
+use sinter_checkpoints::{Checkpoint, CheckpointError};
+
+use crate::config::RunConfig;
+use crate::inner::{InnerOptimizer, inner_optimizer};
+use crate::model::Llama;
+use crate::params::ParamLayout;
+use crate::simulate::EvalPoint;
+use crate::{TrainerError, weights};
+
+/// Checkpoint directories are `round-NNNNNN`, the round about to start.
+pub const PREFIX: &str = "round-";
+
+/// The directory name of a checkpoint taken before `round`.
+pub fn name(round: u64) -> String {
+    format!("{PREFIX}{round:06}")
+}
+
+/// One worker's state besides the (global) parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerState {
+    /// AdamW's first moments, flat in layout order (zeros where `times` is 0).
+    pub moment_1: Vec<f32>,
+    /// AdamW's second moments.
+    pub moment_2: Vec<f32>,
+    /// AdamW's step count per parameter tensor (0: no state yet).
+    pub times: Vec<u64>,
+    /// Error-feedback residual, if the run uses it.
+    pub residual: Option<Vec<f32>>,
+    /// Batches the worker's sampler has drawn.
+    pub cursor: u64,
+}
+
+/// `meta.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The run's identity: the config hash.
+    pub run_id: String,
+    /// The run's config, TOML.
+    pub config: String,
+    /// The round about to start.
+    pub round: u64,
+    /// Inner steps done per worker.
+    pub step: u64,
+    /// Tokens trained on, all workers together.
+    pub tokens: u64,
+    /// Batches drawn per worker's shard.
+    pub data_cursors: Vec<u64>,
+    /// The group's members (peer ids; worker indices in a simulation).
+    pub members: Vec<String>,
+    /// Bytes sent per worker so far (wire and payload).
+    pub bytes_sent: f64,
+    /// Payload bytes per worker so far.
+    pub payload_bytes: f64,
+    /// Contributions refused so far.
+    pub rejected: usize,
+    /// Evaluations so far (the first is the initial loss).
+    pub evals: Vec<EvalPoint>,
+    /// The sinter version that wrote it.
+    pub sinter_version: String,
+}
+
+/// A run's state at a round boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Everything but tensors.
+    pub meta: Meta,
+    /// The global parameters.
+    pub global: Vec<f32>,
+    /// The outer momentum.
+    pub momentum: Vec<f32>,
+    /// Per worker.
+    pub workers: Vec<WorkerState>,
+}
+
+fn slices<'a>(
+    layout: &'a ParamLayout,
+    values: &'a [f32],
+    suffix: &'a str,
+) -> impl Iterator<Item = NamedTensor> + 'a {
+    layout.slots.iter().map(move |s| NamedTensor {
+        name: format!("{}{suffix}", s.name),
+        shape: s.shape.clone(),
+        values: values[s.offset..s.offset + s.len].to_vec(),
+    })
+}
+
+fn gather(
+    layout: &ParamLayout,
+    found: &[NamedTensor],
+    suffix: &str,
+) -> Result<Vec<f32>, CheckpointError> {
+    let mut out = Vec::with_capacity(layout.len());
+    for s in &layout.slots {
+        let t = tensors::find(found, &format!("{}{suffix}", s.name))?;
+        if t.shape != s.shape {
+            return Err(CheckpointError::Tensors(format!(
+                "{} has shape {:?}, the model {:?}",
+                t.name, t.shape, s.shape
+            )));
+        }
+        out.extend_from_slice(&t.values);
+    }
+    Ok(out)
+}
+
+fn inner_file(worker: usize) -> String {
+    format!("inner-{worker}.safetensors")
+}
+
+impl Snapshot {
+    /// The checkpoint's files.
+    pub fn to_checkpoint(
+        &self,
+        layout: &ParamLayout,
+        config: &RunConfig,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let mut c = Checkpoint::default();
+        c.add(
+            "model.safetensors",
+            weights::to_bytes(layout, &self.global, config)?,
+        );
+        let outer: Vec<_> = slices(layout, &self.momentum, "").collect();
+        c.add(
+            "outer.safetensors",
+            tensors::to_bytes(&outer, HashMap::new())?,
+        );
+        for (w, state) in self.workers.iter().enumerate() {
+            let mut ts: Vec<_> = slices(layout, &state.moment_1, ".moment_1")
+                .chain(slices(layout, &state.moment_2, ".moment_2"))
+                .collect();
+            if let Some(r) = &state.residual {
+                ts.extend(slices(layout, r, ".residual"));
+            }
+            let meta = HashMap::from([(
+                "times".to_owned(),
+                serde_json::to_string(&state.times).expect("numbers serialise"),
+            )]);
+            c.add(inner_file(w), tensors::to_bytes(&ts, meta)?);
+        }
+        c.add(
+            "meta.json",
+            serde_json::to_vec_pretty(&self.meta).expect("meta serialises"),
+        );
+        Ok(c)
+    }
+
+    /// Reads a snapshot back from a checkpoint (`dir` names it in errors).
+    pub fn from_checkpoint(
+        c: &Checkpoint,
+        dir: &Path,
+        layout: &ParamLayout,
+    ) -> Result<Self, TrainerError> {
+        let bad = |e: CheckpointError| TrainerError::Weights {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        };
+        let meta: Meta = serde_json::from_slice(c.require("meta.json", dir).map_err(bad)?)
+            .map_err(|e| bad(CheckpointError::Tensors(format!("meta.json: {e}"))))?;
+        let (model, _) =
+            tensors::from_bytes(c.require("model.safetensors", dir).map_err(bad)?).map_err(bad)?;
+        let (outer, _) =
+            tensors::from_bytes(c.require("outer.safetensors", dir).map_err(bad)?).map_err(bad)?;
+        let mut workers = Vec::new();
+        for (w, &cursor) in meta.data_cursors.iter().enumerate() {
+            let (ts, m) =
+                tensors::from_bytes(c.require(&inner_file(w), dir).map_err(bad)?).map_err(bad)?;
+            let times: Vec<u64> = m
+                .get("times")
+                .and_then(|t| serde_json::from_str(t).ok())
+                .filter(|t: &Vec<u64>| t.len() == layout.slots.len())
+                .ok_or_else(|| {
+                    bad(CheckpointError::Tensors(format!(
+                        "{}: no step counts for its {} tensors",
+                        inner_file(w),
+                        layout.slots.len()
+                    )))
+                })?;
+            let has_residual = ts.iter().any(|t| t.name.ends_with(".residual"));
+            workers.push(WorkerState {
+                moment_1: gather(layout, &ts, ".moment_1").map_err(bad)?,
+                moment_2: gather(layout, &ts, ".moment_2").map_err(bad)?,
+                times,
+                residual: has_residual
+                    .then(|| gather(layout, &ts, ".residual"))
+                    .transpose()
+                    .map_err(bad)?,
+                cursor,
+            });
+        }
+        Ok(Self {
+            global: gather(layout, &model, "").map_err(bad)?,
+            momentum: gather(layout, &outer, "").map_err(bad)?,
+            meta,
+            workers,
+        })
+    }
+}
+
+/// burn's optimizer record (a `hashbrown` map from parameter id to state).
+type Records<B> = <InnerOptimizer<B> as Optimizer<Llama<B>, B>>::Record;
+
+struct CollectAdam<'a, B: AutodiffBackend> {
+    records: &'a Records<B>,
+    state: WorkerState,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for CollectAdam<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.val().shape().num_elements();
+        let flat = |t: Tensor<B::InnerBackend, D>| t.into_data().convert::<f32>().to_vec::<f32>();
+        match self.records.get(&param.id) {
+            Some(record) => {
+                let state: AdamWState<B::InnerBackend, D> = record.clone().into_state();
+                let m = state.momentum;
+                self.state.times.push(m.time as u64);
+                self.state
+                    .moment_1
+                    .extend(flat(m.moment_1).expect("f32 data"));
+                self.state
+                    .moment_2
+                    .extend(flat(m.moment_2).expect("f32 data"));
+            }
+            None => {
+                self.state.times.push(0);
+                self.state.moment_1.extend(std::iter::repeat_n(0.0, n));
+                self.state.moment_2.extend(std::iter::repeat_n(0.0, n));
+            }
+        }
+    }
+}
+
+/// A worker's AdamW state (for `model`'s parameters) and its cursor and residual.
+pub fn worker_state<B: AutodiffBackend>(
+    model: &Llama<B>,
+    optimizer: &InnerOptimizer<B>,
+    residual: Option<&[f32]>,
+    cursor: u64,
+) -> WorkerState {
+    let records = optimizer.to_record();
+    let mut collect = CollectAdam::<B> {
+        records: &records,
+        state: WorkerState {
+            moment_1: Vec::new(),
+            moment_2: Vec::new(),
+            times: Vec::new(),
+            residual: residual.map(<[f32]>::to_vec),
+            cursor,
+        },
+    };
+    model.visit(&mut collect);
+    collect.state
+}
+
+struct RestoreAdam<'a, B: AutodiffBackend> {
+    state: &'a WorkerState,
+    slot: usize,
+    offset: usize,
+    records: Records<B>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for RestoreAdam<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let shape = param.val().shape();
+        let n = shape.num_elements();
+        let time = self.state.times[self.slot];
+        if time > 0 {
+            let tensor = |v: &[f32]| {
+                Tensor::<B::InnerBackend, D>::from_data(
+                    TensorData::new(v[self.offset..self.offset + n].to_vec(), shape.clone()),
+                    &self.device,
+                )
+            };
+            let momentum = AdaptiveMomentumState::new(
+                time as usize,
+                tensor(&self.state.moment_1),
+                tensor(&self.state.moment_2),
+            );
+            self.records
+                .insert(param.id, AdaptorRecord::from_state(AdamWState { momentum }));
+        }
+        self.slot += 1;
+        self.offset += n;
+    }
+}
+
+/// A fresh inner optimizer holding `state`'s AdamW moments for `model`'s parameters.
+pub fn restore_optimizer<B: AutodiffBackend>(
+    model: &Llama<B>,
+    config: &RunConfig,
+    state: &WorkerState,
+    device: &B::Device,
+) -> InnerOptimizer<B> {
+    let mut restore = RestoreAdam::<B> {
+        state,
+        slot: 0,
+        offset: 0,
+        records: Records::<B>::default(),
+        device: device.clone(),
+    };
+    model.visit(&mut restore);
+    inner_optimizer::<B>(&config.inner).load_record(restore.records)
+}
