@@ -60,7 +60,7 @@ pub enum GroupError {
         round: u64,
     },
     /// Fetching a state from other peers failed.
-    #[error("state transfer: {0}")]
+    #[error(transparent)]
     Transfer(#[from] crate::transfer::TransferError),
     /// Nothing arrived in time.
     #[error("round {round}: {what} did not arrive within {secs} s")]
@@ -131,6 +131,17 @@ enum Header {
     StateChunk {
         run: String,
         round: u64,
+        index: u32,
+    },
+    /// Asks for the manifest of a served blob (a checkpoint): the one with `root`, or the
+    /// newest.
+    BlobManifest {
+        run: String,
+        root: Option<String>,
+    },
+    BlobChunk {
+        run: String,
+        root: String,
         index: u32,
     },
     Shard {
@@ -386,6 +397,7 @@ struct State {
     /// The newest round any peer reported.
     newest_round: u64,
     offer: Option<Arc<Offer>>,
+    blobs: Option<Arc<dyn BlobSource>>,
     stats: PeerStats,
     peer_stats: BTreeMap<PeerId, PeerStats>,
 }
@@ -445,6 +457,8 @@ impl Shared {
             | Header::Leave { run }
             | Header::StateManifest { run, .. }
             | Header::StateChunk { run, .. }
+            | Header::BlobManifest { run, .. }
+            | Header::BlobChunk { run, .. }
             | Header::Shard { run, .. } => Some(run.clone()),
         };
         // A Hello from another run is answered with the differing fields, below.
@@ -454,7 +468,19 @@ impl Shared {
         {
             return self.reject(&mut state, peer, &format!("run {run} is not this run"));
         }
+        if matches!(
+            header,
+            Header::BlobManifest { .. } | Header::BlobChunk { .. }
+        ) {
+            // Served from disk: off the group's lock.
+            let source = state.blobs.clone();
+            drop(state);
+            return serve_blob(source.as_deref(), header);
+        }
         let reply = match header {
+            Header::BlobManifest { .. } | Header::BlobChunk { .. } => {
+                unreachable!("served above")
+            }
             Header::Hello { run, config } => {
                 let mut differences = config_differences(&config, &self.settings.config);
                 if differences.is_empty() && run != self.settings.run {
@@ -693,6 +719,42 @@ fn show(v: &serde_json::Value) -> String {
 
 /// Fault injection for the crash tests: when the environment variable `var` equals `value`,
 /// the process aborts here, as `kill -9` would stop it.
+/// Blobs (checkpoints) a peer serves by Merkle root, from disk.
+pub trait BlobSource: Send + Sync {
+    /// The manifest of the blob with `root`, or of the newest one when `root` is `None`.
+    fn manifest(&self, root: Option<&str>) -> Option<Manifest>;
+    /// Chunk `index` of the blob with `root`.
+    fn chunk(&self, root: &str, index: usize) -> Option<Vec<u8>>;
+}
+
+fn serve_blob(source: Option<&dyn BlobSource>, header: Header) -> Reply {
+    let Some(source) = source else {
+        return Reply::Refused("this peer serves no checkpoints".into());
+    };
+    match header {
+        Header::BlobManifest { root, .. } => match source.manifest(root.as_deref()) {
+            Some(manifest) => Reply::json(&manifest),
+            None => Reply::Refused(match root {
+                Some(root) => format!("no checkpoint with root {root} here"),
+                None => "no checkpoint here yet".into(),
+            }),
+        },
+        Header::BlobChunk { root, index, .. } => {
+            // With `SINTER_FAULT_ABORT_SERVING_BLOB=1`, a donor dies in the middle of a transfer.
+            fault_point(
+                "SINTER_FAULT_ABORT_SERVING_BLOB",
+                "1",
+                "serving a checkpoint chunk",
+            );
+            match source.chunk(&root, index as usize) {
+                Some(data) => Reply::Data(data),
+                None => Reply::Refused(format!("no chunk {index} of {root} here")),
+            }
+        }
+        _ => unreachable!("only blob requests come here"),
+    }
+}
+
 fn fault_point(var: &str, value: &str, what: &str) {
     if std::env::var(var).is_ok_and(|v| v == value) {
         tracing::error!("{var}={value}: aborting while {what}");
@@ -1160,6 +1222,11 @@ impl Group {
         }));
     }
 
+    /// Serves blobs (checkpoints) from `source` to peers that ask.
+    pub fn serve_blobs(&self, source: Arc<dyn BlobSource>) {
+        self.shared.lock().blobs = Some(source);
+    }
+
     /// Fetches the state of `round` from `donors`: each is asked for its manifest, the one most
     /// agree on is fetched in chunks from all of them at once, each chunk verified. Returns
     /// the blob and how many chunks each donor delivered.
@@ -1169,18 +1236,71 @@ impl Group {
         donors: &[PeerId],
     ) -> Result<(Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
         let run = &self.shared.settings.run;
-        let asks = donors.iter().map(|d| async move {
-            let header = Header::StateManifest {
+        let (_, blob, delivered) = self
+            .fetch(
+                donors,
+                &format!("the state of round {round}"),
+                Header::StateManifest {
+                    run: run.clone(),
+                    round,
+                },
+                |_, index| Header::StateChunk {
+                    run: run.clone(),
+                    round,
+                    index,
+                },
+            )
+            .await?;
+        Ok((blob, delivered))
+    }
+
+    /// Fetches a served blob (a checkpoint) from `donors` the same way: the one with `root`,
+    /// or the newest most donors agree on. Returns its manifest, bytes and who delivered what.
+    pub async fn fetch_blob(
+        &self,
+        donors: &[PeerId],
+        root: Option<String>,
+    ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+        let run = &self.shared.settings.run;
+        let what = root
+            .as_ref()
+            .map_or("a checkpoint".to_owned(), |r| format!("checkpoint {r}"));
+        self.fetch(
+            donors,
+            &what,
+            Header::BlobManifest {
                 run: run.clone(),
-                round,
-            };
-            let manifest = self.ask(*d, &header, &[]).await.and_then(|(_, data)| {
-                serde_json::from_slice::<Manifest>(&data).map_err(|e| GroupError::Refused {
-                    peer: *d,
-                    reason: format!("unreadable manifest: {e}"),
-                })
-            });
-            (*d, manifest)
+                root,
+            },
+            |root, index| Header::BlobChunk {
+                run: run.clone(),
+                root: root.to_owned(),
+                index,
+            },
+        )
+        .await
+    }
+
+    /// Asks every donor for a manifest, takes the one most agree on and fetches its chunks
+    /// from all of its holders at once, each verified (`transfer::fetch`).
+    async fn fetch(
+        &self,
+        donors: &[PeerId],
+        what: &str,
+        ask_manifest: Header,
+        ask_chunk: impl Fn(&str, u32) -> Header,
+    ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+        let asks = donors.iter().map(|d| {
+            let header = &ask_manifest;
+            async move {
+                let manifest = self.ask(*d, header, &[]).await.and_then(|(_, data)| {
+                    serde_json::from_slice::<Manifest>(&data).map_err(|e| GroupError::Refused {
+                        peer: *d,
+                        reason: format!("unreadable manifest: {e}"),
+                    })
+                });
+                (*d, manifest)
+            }
         });
         let mut offers = Vec::new();
         let mut last = String::from("no donors");
@@ -1188,32 +1308,32 @@ impl Group {
             match manifest {
                 Ok(m) => offers.push((donor, m)),
                 Err(e) => {
-                    tracing::warn!(%donor, error = %e, round, "no manifest from donor");
+                    tracing::warn!(%donor, error = %e, what, "no manifest from donor");
                     last = e.to_string();
                 }
             }
         }
-        let (manifest, holders) = transfer::agreed_manifest(&offers)
-            .ok_or(transfer::TransferError::NoOffer { round, last })?;
+        let (manifest, holders) =
+            transfer::agreed_manifest(&offers).ok_or(transfer::TransferError::NoOffer {
+                what: what.to_owned(),
+                last,
+            })?;
         tracing::info!(
-            round,
+            what,
             bytes = manifest.total_len,
             chunks = manifest.chunks.len(),
             donors = holders.len(),
             root = %&manifest.root[..16],
-            "fetching the run's state"
+            "fetching"
         );
-        let get = |peer: PeerId, index: usize| async move {
-            let header = Header::StateChunk {
-                run: run.clone(),
-                round,
-                index: index as u32,
-            };
-            self.ask(peer, &header, &[]).await.map(|(_, data)| data)
+        let root = manifest.root.clone();
+        let get = |peer: PeerId, index: usize| {
+            let header = ask_chunk(&root, index as u32);
+            async move { self.ask(peer, &header, &[]).await.map(|(_, data)| data) }
         };
-        let fetched = transfer::fetch(&manifest, &holders, get).await?;
+        let (blob, delivered) = transfer::fetch(&manifest, &holders, get).await?;
         self.shared.lock().bytes_received += manifest.total_len;
-        Ok(fetched)
+        Ok((manifest, blob, delivered))
     }
 
     /// Records this peer's progress, gossiped with its heartbeats.

@@ -32,10 +32,10 @@ pub enum TransferError {
         reason: String,
     },
     /// No donor offered the blob.
-    #[error("no peer offers the state of round {round} (last answer: {last})")]
+    #[error("no peer offers {what} (last answer: {last})")]
     NoOffer {
-        /// The round whose state was asked for.
-        round: u64,
+        /// What was asked for: a round's state, a checkpoint.
+        what: String,
         /// The last donor's answer.
         last: String,
     },

@@ -199,3 +199,78 @@ pub async fn allreduce(
         sent_naive,
     })
 }
+
+/// Runs `launch bench yuma`: the median time of one epoch of `uids` uids whose top
+/// `validators` (by stake) weight every uid, with last epoch's bonds, against one sparse
+/// matrix-vector product over the same weights; target under 1 s for 4,096 × 128.
+pub fn yuma(uids: usize, validators: usize, iters: usize) -> anyhow::Result<()> {
+    use sinter_mechanism::fixed::{I32F32, matmul};
+    use sinter_mechanism::yuma::EpochInput;
+    anyhow::ensure!(
+        validators <= uids && uids <= u16::MAX as usize,
+        "need validators ≤ uids ≤ 65535"
+    );
+    let hash = |i: usize, j: usize| {
+        (i as u32).wrapping_mul(2_654_435_761) ^ (j as u32).wrapping_mul(40_503)
+    };
+    let stake: Vec<f64> = (0..uids).map(|i| 1.0 + (uids - i) as f64).collect();
+    let permit: Vec<bool> = (0..uids).map(|i| i < validators).collect();
+    let weights: Vec<Vec<u16>> = (0..uids)
+        .map(|i| {
+            (0..uids)
+                .map(|j| {
+                    if i < validators {
+                        (hash(i, j) % 65535) as u16
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut input = EpochInput {
+        stake,
+        weights,
+        bonds: None,
+        validator_permit: permit,
+        active: None,
+        kappa: 32767,
+        bonds_moving_average: 900_000,
+        emission: 1e9,
+    };
+    input.bonds = Some(input.run()?.bonds);
+    let epoch = median_time(iters, || drop(std::hint::black_box(input.run())));
+    let sparse: Vec<Vec<(u16, I32F32)>> = input.weights[..validators]
+        .iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .map(|(j, w)| (j as u16, I32F32::from_num(*w)))
+                .collect()
+        })
+        .collect();
+    let x = vec![I32F32::from_num(1) / I32F32::from_num(validators as u32); validators];
+    let matvec = median_time(iters, || {
+        drop(std::hint::black_box(matmul(&sparse, &x, uids)))
+    });
+    println!(
+        "{uids} uids × {validators} validators ({} weights), median of {iters}, {} rayon threads",
+        uids * validators,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<34} {:>10} {:>16}",
+        "operation", "time", "ratio to matvec"
+    );
+    for (name, t) in [
+        ("sparse matvec (baseline)", matvec),
+        ("Yuma epoch (with bonds)", epoch),
+    ] {
+        println!(
+            "{name:<34} {:>8.3}ms {:>16.1}",
+            t.as_secs_f64() * 1e3,
+            t.as_secs_f64() / matvec.as_secs_f64()
+        );
+    }
+    Ok(())
+}

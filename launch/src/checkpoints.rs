@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use sinter_checkpoints::store::{self, Checkpoint};
-use sinter_trainer::checkpoint::Snapshot;
+use sinter_comms::transfer::Manifest;
+use sinter_trainer::checkpoint::{Meta, Snapshot};
 use sinter_trainer::model::Llama;
 use sinter_trainer::params::flatten;
 use sinter_trainer::{CpuBackend, RunConfig, weights};
@@ -57,6 +58,29 @@ pub fn snapshot(path: &Path, config: &RunConfig) -> Result<Snapshot> {
     let (layout, _) = flatten(&model);
     tracing::info!(checkpoint = %dir.display(), "resuming from");
     Ok(Snapshot::from_checkpoint(&checkpoint, &dir, &layout)?)
+}
+
+/// The config of the run whose checkpoints `dir` holds, from the newest one's meta.json
+/// (read, not verified: a server serves what it has and fetchers verify every chunk).
+pub fn run_config(dir: &Path) -> Result<RunConfig> {
+    let path = store::resolve(dir)?.join("meta.json");
+    let meta: Meta = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a checkpoint's meta.json", path.display()))?;
+    Ok(RunConfig::parse(&meta.config, &path)?)
+}
+
+/// Writes a fetched checkpoint (checked against its manifest) as
+/// `out/checkpoints/round-NNNNNN`, named `latest` there; returns its directory.
+pub fn write_fetched(chunks: &Manifest, blob: &[u8], out: &Path) -> Result<PathBuf> {
+    let (checkpoint, _) = Checkpoint::from_fetched(chunks, blob)?;
+    let meta: Meta = serde_json::from_slice(checkpoint.require("meta.json", out)?)
+        .context("the fetched checkpoint's meta.json")?;
+    let parent = out.join("checkpoints");
+    let name = sinter_trainer::checkpoint::name(meta.round);
+    checkpoint.write(&parent, &name)?;
+    Ok(parent.join(name))
 }
 
 /// `launch checkpoint verify`: exit code 1 (an error) if anything is wrong.

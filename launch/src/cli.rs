@@ -49,6 +49,9 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     /// Measure the kernels against a memcpy baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The chain's side: Yuma consensus epochs.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Work with checkpoint directories (OUT/checkpoints/round-NNNNNN).
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -71,6 +74,31 @@ pub enum CheckpointCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve a checkpoints directory to peers of its run (newest, and any kept one by
+    /// root) until Ctrl-C. Running peers serve their own OUT/checkpoints already.
+    Serve {
+        /// A checkpoints directory (holding `latest`).
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/0")]
+        listen: Vec<String>,
+    },
+    /// Fetch a checkpoint of a run from several peers at once, each chunk verified against
+    /// the manifest most of them agree on (a bad chunk or a vanished peer: asked elsewhere),
+    /// and write it as OUT/checkpoints/round-NNNNNN (then: launch run CONFIG --resume OUT/checkpoints).
+    Fetch {
+        /// The run's configuration (TOML): identifies the run.
+        config: PathBuf,
+        /// A peer serving the run's checkpoints. Repeatable: chunks come from all at once.
+        #[arg(long = "from", value_name = "MULTIADDR", required = true)]
+        from: Vec<String>,
+        /// The checkpoint's Merkle root (default: the newest most peers agree on).
+        #[arg(long)]
+        root: Option<String>,
+        /// Where to write it.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -146,6 +174,33 @@ pub enum BenchCommand {
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
     },
+    /// One Yuma consensus epoch at network scale (uids × validators, every validator
+    /// weighting every uid), against one sparse matrix-vector product over the same weights.
+    Yuma {
+        /// Uids.
+        #[arg(long, default_value_t = 4096)]
+        uids: usize,
+        /// Validators (the top uids by stake hold permits).
+        #[arg(long, default_value_t = 128)]
+        validators: usize,
+        /// Timed epochs (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
+}
+
+/// `launch ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// One Yuma consensus epoch from given stakes, weights, bonds and permits, printed as
+    /// JSON with the values the chain would store: "what would the chain pay if…".
+    #[command(
+        after_help = "FILE keys: stake (numbers), weights (n×n u16, rows as the chain stores them), validator_permit (bools); optional bonds (n×n u16), active (bools), kappa (u16, default 32767), bonds_moving_average (millionths, default 900000), emission (default 1e9).\nOutput keys: consensus, incentive, dividends, validator_trust (u16 lists), bonds (n×n u16), emission (per uid)."
+    )]
+    Epoch {
+        /// The epoch's inputs as JSON.
+        file: PathBuf,
+    },
 }
 
 /// `--mode` values.
@@ -179,6 +234,10 @@ pub struct OutArgs {
     /// Seed (overrides `run.seed`).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Write a checkpoint every N outer rounds, 0 for none (overrides
+    /// `checkpoint.every_rounds`; not part of the run's identity).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
 }
 
 /// Overrides of the config's `[outer]` section shared by `sim` and `run`.
@@ -260,6 +319,11 @@ pub struct RunArgs {
     /// Longest wait for other peers at any point of a round, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub round_ceiling: u64,
+    /// Start from a checkpoint of this run (a checkpoint directory, or a checkpoints
+    /// directory: its `latest`), e.g. one fetched with `launch checkpoint fetch`. If the
+    /// group has moved on, the peer takes the group's state as a joiner would.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
     /// Config overrides.
     #[command(flatten)]
     pub outer: OuterOverrides,

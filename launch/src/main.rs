@@ -42,12 +42,13 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             let config_error = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<TrainerError>(),
-                    Some(TrainerError::Config(_))
-                ) || c
-                    .downcast_ref::<sinter_trainer::config::ConfigError>()
-                    .is_some()
+                c.downcast_ref::<ConfigFileError>().is_some()
+                    || matches!(
+                        c.downcast_ref::<TrainerError>(),
+                        Some(TrainerError::Config(_))
+                    )
+                    || c.downcast_ref::<sinter_trainer::config::ConfigError>()
+                        .is_some()
                     || matches!(
                         c.downcast_ref::<sinter_comms::group::GroupError>(),
                         Some(sinter_comms::group::GroupError::ConfigMismatch { .. })
@@ -57,6 +58,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// An input file that is malformed or does not fit together: exit code 2.
+#[derive(Debug)]
+struct ConfigFileError(String);
+
+impl std::fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -98,7 +111,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Checkpoint(cli::CheckpointCommand::Verify { dir, json }) => {
             checkpoints::verify(&dir, json)
         }
+        Command::Checkpoint(cli::CheckpointCommand::Serve { dir, listen }) => {
+            peer::serve_checkpoints(&dir, &listen)
+        }
+        Command::Checkpoint(cli::CheckpointCommand::Fetch {
+            config,
+            from,
+            root,
+            out,
+        }) => peer::fetch_checkpoint(&RunConfig::load(&config)?, &from, root, &out),
         Command::Export(args) => checkpoints::export(&args),
+        Command::Ledger(cli::LedgerCommand::Epoch { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let input: sinter_mechanism::yuma::EpochInput = serde_json::from_str(&text)
+                .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
+            let output = input
+                .run()
+                .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
+            println!("{}", serde_json::to_string_pretty(&output)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Yuma {
+            uids,
+            validators,
+            iters,
+        }) => bench::yuma(uids, validators, iters.max(1)),
         Command::Plot(args) => {
             let series = args
                 .runs
@@ -145,6 +183,9 @@ fn load_config(path: &Path, out: &OutArgs) -> Result<RunConfig> {
     }
     if let Some(seed) = out.seed {
         config.run.seed = seed;
+    }
+    if let Some(every) = out.checkpoint_every {
+        config.checkpoint.every_rounds = every;
     }
     Ok(config)
 }
@@ -278,6 +319,16 @@ impl BackendJob for TrainJob {
             summary.bytes_sent_per_worker / 1_000_000,
             summary.ddp_equivalent_bytes_per_worker / 1_000_000
         );
+        let c = &summary.checkpoints;
+        if c.checkpoints_written > 0 {
+            println!(
+                "{} checkpoints: the training loop lost {:.3} s to them ({:.2} % of the run; writing took {:.2} s in the background)",
+                c.checkpoints_written,
+                c.checkpoint_stall_secs,
+                100.0 * c.checkpoint_stall_secs / summary.wall_secs,
+                c.checkpoint_write_secs
+            );
+        }
         if let Some(dir) = &self.out {
             report::write_run(dir, &evals, &summary, &self.title)?;
             weights::save(&model, &self.config, &dir.join("model.safetensors"))?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
+use sinter_checkpoints::serve::Served;
 use sinter_comms::group::{Group, GroupSettings};
 use sinter_comms::net::{self, Multiaddr, NetConfig};
 use sinter_kernels::Kernels;
@@ -54,6 +55,23 @@ impl Addresses {
     }
 }
 
+/// The gossip topic of a run's members. Checkpoint servers and fetchers use another, so
+/// that their heartbeats never make them look like members.
+fn run_topic(settings: &GroupSettings) -> String {
+    format!("sinter/run/{}", &settings.run[..16])
+}
+
+/// A run's group settings.
+fn group_settings(config: &RunConfig, round_ceiling: Duration) -> Result<GroupSettings> {
+    Ok(GroupSettings {
+        run: config.hash(),
+        config: serde_json::to_value(config)?,
+        heartbeat: Duration::from_millis(500),
+        peer_timeout: Duration::from_secs(5),
+        round_ceiling,
+    })
+}
+
 /// Starts the network and the group protocol on `runtime`, prints this peer's id and
 /// addresses, and introduces it to the bootstrap peers.
 fn join_network(
@@ -61,8 +79,9 @@ fn join_network(
     key: net::Keypair,
     settings: GroupSettings,
     addresses: Addresses,
+    topic: String,
 ) -> Result<Group> {
-    let mut net_config = NetConfig::new(key, format!("sinter/run/{}", &settings.run[..16]));
+    let mut net_config = NetConfig::new(key, topic);
     net_config.listen = addresses.listen;
     net_config.bootstrap = addresses.bootstrap.clone();
     net_config.external = addresses.external;
@@ -103,14 +122,18 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     let key_path = args.key.clone().unwrap_or_else(default_key);
     let key = net::key::load_or_create(&key_path)?;
     let runtime = runtime()?;
-    let settings = GroupSettings {
-        run: config.hash(),
-        config: serde_json::to_value(&config)?,
-        heartbeat: Duration::from_millis(500),
-        peer_timeout: Duration::from_secs(5),
-        round_ceiling: Duration::from_secs(args.round_ceiling),
-    };
-    let group = join_network(&runtime, key, settings, addresses)?;
+    let resume = args
+        .resume
+        .as_deref()
+        .map(|dir| crate::checkpoints::snapshot(dir, &config))
+        .transpose()?;
+    let settings = group_settings(&config, Duration::from_secs(args.round_ceiling))?;
+    let topic = run_topic(&settings);
+    let group = join_network(&runtime, key, settings, addresses, topic)?;
+    let checkpoint_dir = args.out.out.as_ref().map(|d| d.join("checkpoints"));
+    if let Some(dir) = &checkpoint_dir {
+        group.serve_blobs(Arc::new(Served::new(dir)));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let _control = runtime.block_on(async { control::listen(&key_path, stop.clone()) })?;
@@ -135,6 +158,8 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
             max_rounds: args.max_rounds,
             min_peers: config.outer.workers,
             start_wait: Duration::from_secs(args.start_wait),
+            checkpoint_dir,
+            resume,
         },
         config,
         group,
@@ -172,11 +197,13 @@ pub fn bench_allreduce(
         peer_timeout: Duration::from_secs(5),
         round_ceiling: Duration::from_secs(600),
     };
+    let topic = run_topic(&settings);
     let group = join_network(
         &runtime,
         net::Keypair::generate_ed25519(),
         settings,
         addresses,
+        topic,
     )?;
     let report = runtime.block_on(async {
         let live = group.wait_for_peers(peers, Duration::from_secs(120)).await;
@@ -191,6 +218,77 @@ pub fn bench_allreduce(
         anyhow::Ok(report)
     })?;
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// The topic checkpoint servers and fetchers gossip on (none of a run's members listen).
+const CHECKPOINT_TOPIC: &str = "sinter/checkpoints";
+
+/// Runs `launch checkpoint serve`: serves a checkpoints directory until Ctrl-C.
+pub fn serve_checkpoints(dir: &std::path::Path, listen: &[String]) -> Result<()> {
+    let config = crate::checkpoints::run_config(dir)?;
+    let runtime = runtime()?;
+    let settings = group_settings(&config, Duration::from_secs(600))?;
+    let group = join_network(
+        &runtime,
+        net::Keypair::generate_ed25519(),
+        settings,
+        Addresses::parse(listen, &[], &[])?,
+        CHECKPOINT_TOPIC.into(),
+    )?;
+    group.serve_blobs(Arc::new(Served::new(dir)));
+    tracing::info!(dir = %dir.display(), "serving checkpoints; Ctrl-C to stop");
+    runtime.block_on(tokio::signal::ctrl_c())?;
+    Ok(())
+}
+
+/// Runs `launch checkpoint fetch`.
+pub fn fetch_checkpoint(
+    config: &RunConfig,
+    from: &[String],
+    root: Option<String>,
+    out: &std::path::Path,
+) -> Result<()> {
+    let runtime = runtime()?;
+    let settings = group_settings(config, Duration::from_secs(600))?;
+    let addrs = Addresses::parse(&[], &[], from)?;
+    let (manifest, blob, delivered, secs) = runtime.block_on(async {
+        let (client, events, event_loop) = net::start(NetConfig::new(
+            net::Keypair::generate_ed25519(),
+            CHECKPOINT_TOPIC.into(),
+        ))
+        .await?;
+        tokio::spawn(event_loop.run());
+        let group = Group::start(client.clone(), events, settings);
+        let mut donors = Vec::new();
+        for addr in &addrs.bootstrap {
+            match client.dial(addr.clone()).await {
+                Ok(peer) => donors.push(peer),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot reach; fetching from the others")
+                }
+            }
+        }
+        anyhow::ensure!(
+            !donors.is_empty(),
+            "none of the --from peers could be reached"
+        );
+        let started = std::time::Instant::now();
+        let (manifest, blob, delivered) = group.fetch_blob(&donors, root).await?;
+        anyhow::Ok((manifest, blob, delivered, started.elapsed().as_secs_f64()))
+    })?;
+    let written = crate::checkpoints::write_fetched(&manifest, &blob, out)?;
+    println!(
+        "fetched checkpoint {} ({} bytes in {secs:.3} s, {:.1} Mbit/s) into {}",
+        manifest.root,
+        blob.len(),
+        blob.len() as f64 * 8.0 / secs / 1e6,
+        written.display()
+    );
+    for (peer, chunks) in delivered {
+        println!("  {chunks:>4} chunks from {peer}");
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
 

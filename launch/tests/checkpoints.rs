@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::peers::Peer;
+
 fn launch(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_launch"))
         .args(args)
@@ -263,4 +265,156 @@ fn checkpoints_export_and_generate() {
     );
     let out = launch(&["generate", "--prompt", "x"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// Three real peers training six rounds, a checkpoint every two; returns their directories.
+fn three_peers(dir: &Path, config: &Path) -> Vec<std::path::PathBuf> {
+    let first = Peer::start(dir, "p1", config, &[]);
+    let addr = first.address();
+    let others: Vec<Peer> = ["p2", "p3"]
+        .iter()
+        .map(|name| Peer::start(dir, name, config, &["--bootstrap", &addr]))
+        .collect();
+    let mut outs = Vec::new();
+    for (peer, name) in std::iter::once(first).chain(others).zip(["p1", "p2", "p3"]) {
+        let out = peer.out.clone();
+        let (status, summary) = peer.wait(dir, name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["checkpoints_written"], 3, "{name}: {summary}");
+        outs.push(out);
+    }
+    outs
+}
+
+fn root_of(checkpoint: &Path) -> String {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint.join("manifest.json")).unwrap()).unwrap();
+    manifest["chunks"]["root"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_checkpoint_is_fetched_from_three_peers_while_one_dies_and_one_serves_garbage() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let outs = three_peers(dir.path(), Path::new(&config));
+    // Members write the same checkpoint of a round: the root is the run's, not the peer's.
+    let roots: Vec<String> = outs
+        .iter()
+        .map(|o| root_of(&o.join("checkpoints/round-000006")))
+        .collect();
+    assert!(roots.windows(2).all(|w| w[0] == w[1]), "{roots:?}");
+
+    // The second donor's files are damaged throughout: every chunk it serves is wrong.
+    let damaged = outs[1].join("checkpoints/round-000006");
+    for file in ["model.safetensors", "outer.safetensors"] {
+        let path = damaged.join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        for b in bytes.iter_mut().step_by(997) {
+            *b ^= 0x55;
+        }
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let serve = |name: &str, out: &Path, env: &[(&str, &str)]| {
+        let dir_arg = out.join("checkpoints");
+        Peer::spawn(
+            &[],
+            dir.path(),
+            name,
+            &[
+                "checkpoint",
+                "serve",
+                s(&dir_arg),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ],
+            env,
+        )
+    };
+    let mut dying = serve("s1", &outs[0], &[("SINTER_FAULT_ABORT_SERVING_BLOB", "1")]);
+    let mut lying = serve("s2", &outs[1], &[]);
+    let mut honest = serve("s3", &outs[2], &[]);
+    let addrs = [dying.address(), lying.address(), honest.address()];
+    let fetched = dir.path().join("fetched");
+    let out = launch(&[
+        "checkpoint",
+        "fetch",
+        &config,
+        "--from",
+        &addrs[0],
+        "--from",
+        &addrs[1],
+        "--from",
+        &addrs[2],
+        "--out",
+        s(&fetched),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let liar = addrs[1].split("/p2p/").nth(1).unwrap();
+    assert!(
+        log.contains(&format!("from {liar}: SHA-256")),
+        "the bad chunk is named with its sender: {log}"
+    );
+    assert!(
+        dying.child.try_wait().unwrap().is_some(),
+        "the first donor died serving"
+    );
+    let checkpoint = fetched.join("checkpoints/round-000006");
+    assert_eq!(root_of(&checkpoint), roots[0]);
+    assert!(
+        launch(&["checkpoint", "verify", s(&checkpoint)])
+            .status
+            .success()
+    );
+    for server in [&mut dying, &mut lying, &mut honest] {
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+    }
+}
+
+#[test]
+fn peers_resume_a_run_from_their_checkpoints() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let outs = three_peers(dir.path(), Path::new(&config));
+    let resumed_dir = dir.path().join("again");
+    std::fs::create_dir(&resumed_dir).unwrap();
+    let checkpoint = |i: usize| outs[i].join("checkpoints/round-000004");
+    let c0 = checkpoint(0);
+    let first = Peer::start(
+        &resumed_dir,
+        "p1",
+        Path::new(&config),
+        &["--resume", s(&c0)],
+    );
+    let addr = first.address();
+    let mut peers = vec![first];
+    for (i, name) in [(1, "p2"), (2, "p3")] {
+        let c = checkpoint(i);
+        peers.push(Peer::start(
+            &resumed_dir,
+            name,
+            Path::new(&config),
+            &["--bootstrap", &addr, "--resume", s(&c)],
+        ));
+    }
+    let mut hashes = Vec::new();
+    for (peer, name) in peers.into_iter().zip(["p1", "p2", "p3"]) {
+        let (status, summary) = peer.wait(&resumed_dir, name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["resumed_from_round"], 4, "{summary}");
+        assert_eq!(summary["rounds"], 2, "rounds 4 and 5 only: {summary}");
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    // The resumed peers' checkpoint of the last round is the run's: same state as before
+    // would need the inner optimizers too (each peer's own, not checkpointed), so only
+    // agreement among the resumed peers is asserted.
+    let last = root_of(&resumed_dir.join("p1/checkpoints/round-000006"));
+    assert_eq!(
+        last,
+        root_of(&resumed_dir.join("p3/checkpoints/round-000006"))
+    );
 }

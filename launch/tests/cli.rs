@@ -196,3 +196,47 @@ fn a_damaged_weights_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("model.safetensors"), "{}", text(&out));
 }
+
+#[test]
+fn ledger_epoch_prints_what_the_chain_would_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("epoch.json");
+    // The chain README's worked example, at the stake ratio the runtime held (see
+    // mechanism/src/yuma.rs for why 1000 : 500 lands one unit off in two vectors).
+    std::fs::write(
+        &file,
+        r#"{"stake": [1000, 499.98, 0],
+            "weights": [[0, 65535, 32767], [65535, 0, 65535], [0, 0, 0]],
+            "validator_permit": [true, true, true]}"#,
+    )
+    .unwrap();
+    let out = launch(&["ledger", "epoch", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["consensus"], serde_json::json!([0, 43690, 21844]));
+    assert_eq!(v["incentive"], serde_json::json!([0, 37449, 28085]));
+    assert_eq!(v["dividends"], serde_json::json!([56173, 9361, 0]));
+    assert_eq!(v["validator_trust"], serde_json::json!([65534, 21844, 0]));
+    assert_eq!(
+        v["bonds"],
+        serde_json::json!([[0, 65535, 43690], [0, 0, 21844], [0, 0, 0]])
+    );
+    assert_eq!(v["emission"].as_array().unwrap().len(), 3);
+
+    std::fs::write(
+        &file,
+        r#"{"stake": [1], "weights": [[1, 2]], "validator_permit": [true]}"#,
+    )
+    .unwrap();
+    let out = launch(&["ledger", "epoch", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("`weights` row 0"), "{}", text(&out));
+    std::fs::write(
+        &file,
+        r#"{"stake": [1], "weigths": [[0]], "validator_permit": [true]}"#,
+    )
+    .unwrap();
+    let out = launch(&["ledger", "epoch", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("weigths"), "{}", text(&out));
+}

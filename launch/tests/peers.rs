@@ -21,6 +21,7 @@ fn val_losses(dir: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn three_peers_end_bit_identical_and_match_the_simulation() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
@@ -78,6 +79,7 @@ fn three_peers_end_bit_identical_and_match_the_simulation() {
 
 #[test]
 fn a_peer_with_another_config_is_refused_with_the_differing_field() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
@@ -110,6 +112,7 @@ fn a_peer_with_another_config_is_refused_with_the_differing_field() {
 
 #[test]
 fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
@@ -151,6 +154,7 @@ fn long_config(dir: &Path, rounds: usize) -> PathBuf {
 
 #[test]
 fn a_peer_joins_mid_run_while_its_donor_dies_and_contributes_from_the_next_round() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = long_config(dir.path(), 80);
     // p1 dies as soon as someone fetches a chunk of its state from it.
@@ -214,6 +218,7 @@ fn a_peer_joins_mid_run_while_its_donor_dies_and_contributes_from_the_next_round
 
 #[test]
 fn a_member_whose_state_drifts_refetches_the_majority_state() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(16, 3, 4)).unwrap();
@@ -244,6 +249,7 @@ fn a_member_whose_state_drifts_refetches_the_majority_state() {
 
 #[test]
 fn status_shows_the_group_and_leave_or_ctrl_c_exit_cleanly() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = long_config(dir.path(), 200);
     let first = Peer::start(dir.path(), "p1", &config, &[]);
@@ -365,6 +371,7 @@ fn filled_frame(slots: &[sinter_trainer::params::ParamSlot], value: f32) -> Vec<
 
 #[test]
 fn a_rogue_member_is_refused_with_reasons_and_the_run_goes_on() {
+    let _serial = common::peers::serial();
     use sinter_comms::group::{Arrival, Group, GroupSettings, Reduction};
     use sinter_comms::net::{self, Keypair, NetConfig};
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::record::AdaptorRecord;
@@ -17,12 +18,14 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use sinter_checkpoints::tensors::{self, NamedTensor};
+use sinter_checkpoints::writer::{BackgroundWriter, Written};
 use sinter_checkpoints::{Checkpoint, CheckpointError};
 
 use crate::config::RunConfig;
 use crate::inner::{InnerOptimizer, inner_optimizer};
 use crate::model::Llama;
 use crate::params::ParamLayout;
+use crate::round_state::RoundState;
 use crate::simulate::EvalPoint;
 use crate::{TrainerError, weights};
 
@@ -32,6 +35,81 @@ pub const PREFIX: &str = "round-";
 /// The directory name of a checkpoint taken before `round`.
 pub fn name(round: u64) -> String {
     format!("{PREFIX}{round:06}")
+}
+
+/// Checkpoints a run wrote and what they cost it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointStats {
+    /// Checkpoints written.
+    pub checkpoints_written: usize,
+    /// Seconds the training loop spent on checkpoints (snapshots, waiting for a write).
+    pub checkpoint_stall_secs: f64,
+    /// Seconds the background writer spent serialising, hashing and writing.
+    pub checkpoint_write_secs: f64,
+    /// Merkle root of the newest checkpoint written.
+    pub last_checkpoint_root: Option<String>,
+}
+
+/// Whether a checkpoint is due after `rounds` rounds ending at inner step `end`: every
+/// `checkpoint.every_rounds` rounds and after the last.
+pub fn due(config: &RunConfig, rounds: usize, end: usize) -> bool {
+    let every = config.checkpoint.every_rounds;
+    every > 0 && (rounds.is_multiple_of(every) || end == config.inner.steps)
+}
+
+/// A run's background checkpoint writer and what it has cost.
+pub(crate) struct Checkpointing {
+    writer: BackgroundWriter,
+    pub(crate) stats: CheckpointStats,
+}
+
+impl Checkpointing {
+    /// A writer under `dir`, unless the config turns checkpoints off.
+    pub(crate) fn new(dir: &Path, config: &RunConfig) -> Option<Self> {
+        (config.checkpoint.every_rounds > 0).then(|| Self {
+            writer: BackgroundWriter::new(dir, PREFIX, config.checkpoint.keep),
+            stats: CheckpointStats::default(),
+        })
+    }
+
+    fn record(
+        &mut self,
+        done: Option<Result<Written, CheckpointError>>,
+    ) -> Result<(), TrainerError> {
+        if let Some(done) = done {
+            let written = done?;
+            tracing::info!(path = %written.path.display(), root = %written.manifest.root(), secs = written.secs, "checkpoint written");
+            self.stats.checkpoints_written += 1;
+            self.stats.checkpoint_write_secs += written.secs;
+            self.stats.last_checkpoint_root = Some(written.manifest.root().to_owned());
+        }
+        Ok(())
+    }
+
+    /// Hands `snapshot` to the background writer; the loop's cost since `started` (building
+    /// the snapshot, waiting for the previous write) is counted as stall.
+    pub(crate) fn submit(
+        &mut self,
+        snapshot: Snapshot,
+        layout: &ParamLayout,
+        config: &RunConfig,
+        started: Instant,
+    ) -> Result<(), TrainerError> {
+        let (layout, config) = (layout.clone(), config.clone());
+        let done = self.writer.submit(name(snapshot.meta.round), move || {
+            snapshot.to_checkpoint(&layout, &config)
+        });
+        self.stats.checkpoint_stall_secs += started.elapsed().as_secs_f64();
+        self.record(done)
+    }
+
+    /// Waits for the last write.
+    pub(crate) fn finish(&mut self) -> Result<(), TrainerError> {
+        let started = Instant::now();
+        let done = self.writer.wait();
+        self.stats.checkpoint_stall_secs += started.elapsed().as_secs_f64();
+        self.record(done)
+    }
 }
 
 /// One worker's state besides the (global) parameters.
@@ -127,6 +205,43 @@ fn inner_file(worker: usize) -> String {
 }
 
 impl Snapshot {
+    /// What every member of a real run holds identically after a round — so that their
+    /// checkpoints of the same round have the same root: the state, the members, the config.
+    /// Inner optimizer state is each peer's own and not included.
+    pub fn shared(config: &RunConfig, state: &RoundState, mut members: Vec<String>) -> Self {
+        members.sort();
+        Self {
+            meta: Meta {
+                run_id: config.hash(),
+                config: toml::to_string(config).expect("a RunConfig always serialises"),
+                round: state.round,
+                step: state.step,
+                tokens: state.tokens,
+                data_cursors: Vec::new(),
+                members,
+                bytes_sent: 0.0,
+                payload_bytes: 0.0,
+                rejected: 0,
+                evals: Vec::new(),
+                sinter_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+            global: state.global.clone(),
+            momentum: state.momentum.clone(),
+            workers: Vec::new(),
+        }
+    }
+
+    /// The run's state at the start of the checkpoint's round.
+    pub fn round_state(&self) -> RoundState {
+        RoundState {
+            round: self.meta.round,
+            step: self.meta.step,
+            tokens: self.meta.tokens,
+            global: self.global.clone(),
+            momentum: self.momentum.clone(),
+        }
+    }
+
     /// The checkpoint's files.
     pub fn to_checkpoint(
         &self,

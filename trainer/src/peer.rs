@@ -17,6 +17,7 @@ use sinter_comms::group::{Arrival, Group, GroupError, PeerStats, Reduction};
 use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
 
+use crate::checkpoint::{Checkpointing, Snapshot};
 use crate::config::{Mode, RunConfig};
 use crate::data::{Dataset, ShardSampler};
 use crate::eval::validation_loss;
@@ -36,6 +37,10 @@ pub struct PeerOptions {
     pub min_peers: usize,
     /// …but start with whoever is there after this long.
     pub start_wait: Duration,
+    /// Write checkpoints of the shared state here every `checkpoint.every_rounds` rounds.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Start from this checkpoint's state (the group's majority still wins if it differs).
+    pub resume: Option<crate::checkpoint::Snapshot>,
 }
 
 /// What a peer's run produced: the simulation's summary plus what only a real run knows.
@@ -216,6 +221,23 @@ pub fn run_peer<B: AutodiffBackend>(
         momentum: vec![0.0f32; global.len()],
         global,
     };
+    if let Some(snapshot) = &options.resume {
+        if snapshot.meta.run_id != config.hash() || snapshot.global.len() != layout.len() {
+            return Err(TrainerError::Resume(format!(
+                "the checkpoint belongs to run {}, this config is run {}",
+                snapshot.meta.run_id,
+                config.hash()
+            )));
+        }
+        state = snapshot.round_state();
+        model = load(model, &state.global, device);
+        joining = false;
+        tracing::info!(round = state.round, "resuming from a checkpoint");
+    }
+    let mut checkpointing = options
+        .checkpoint_dir
+        .as_deref()
+        .and_then(|dir| Checkpointing::new(dir, config));
     let mut evals = Vec::new();
     if !joining {
         let point = EvalPoint {
@@ -231,7 +253,7 @@ pub fn run_peer<B: AutodiffBackend>(
     let mut round = if joining {
         group.run_progress().round as usize + 1
     } else {
-        0
+        state.round as usize
     };
     let mut bytes_sent = 0u64;
     let mut bytes_received = 0u64;
@@ -457,6 +479,18 @@ pub fn run_peer<B: AutodiffBackend>(
             observer.on_eval(&point);
             evals.push(point);
         }
+        if let Some(c) = checkpointing.as_mut()
+            && crate::checkpoint::due(config, round, end)
+        {
+            let started = Instant::now();
+            let members = members.iter().map(|m| m.to_string()).collect();
+            c.submit(
+                Snapshot::shared(config, &state, members),
+                &layout,
+                config,
+                started,
+            )?;
+        }
         group.report(PeerStats {
             round: round as u64,
             step: end as u64,
@@ -467,6 +501,9 @@ pub fn run_peer<B: AutodiffBackend>(
         });
     }
     runtime.block_on(group.leave());
+    if let Some(c) = checkpointing.as_mut() {
+        c.finish()?;
+    }
     let wall_secs = started.elapsed().as_secs_f64();
     let params = layout.len();
     let step = state.step as usize;
@@ -493,8 +530,8 @@ pub fn run_peer<B: AutodiffBackend>(
         wall_secs,
         tokens_per_sec: state.tokens as f64 / wall_secs,
         config_hash: config.hash(),
-        checkpoints: Default::default(),
-        resumed_from_round: None,
+        checkpoints: checkpointing.map(|c| c.stats).unwrap_or_default(),
+        resumed_from_round: options.resume.as_ref().map(|s| s.meta.round),
     };
     Ok(PeerOutcome {
         summary: PeerSummary {

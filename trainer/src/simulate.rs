@@ -22,7 +22,8 @@ use serde::Serialize;
 use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
 
-use crate::checkpoint::{self, Meta, Snapshot, restore_optimizer, worker_state};
+pub use crate::checkpoint::CheckpointStats;
+use crate::checkpoint::{self, Checkpointing, Meta, Snapshot, restore_optimizer, worker_state};
 use crate::config::{Mode, OuterSchedule, Quant, RunConfig};
 use crate::data::{Dataset, ShardSampler};
 use crate::eval::validation_loss;
@@ -90,19 +91,6 @@ pub struct Summary {
     pub resumed_from_round: Option<u64>,
 }
 
-/// Checkpoints a run wrote and what they cost it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CheckpointStats {
-    /// Checkpoints written.
-    pub checkpoints_written: usize,
-    /// Seconds the training loop spent on checkpoints (snapshots, waiting for a write).
-    pub checkpoint_stall_secs: f64,
-    /// Seconds the background writer spent serialising, hashing and writing.
-    pub checkpoint_write_secs: f64,
-    /// Merkle root of the newest checkpoint written.
-    pub last_checkpoint_root: Option<String>,
-}
-
 /// Checkpointing and resumption of a simulation.
 #[derive(Default)]
 pub struct SimOptions {
@@ -110,30 +98,6 @@ pub struct SimOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// Continue from this snapshot, taken by a run of the same config.
     pub resume: Option<Snapshot>,
-}
-
-/// The background writer and what it has cost.
-struct Checkpointing {
-    writer: sinter_checkpoints::writer::BackgroundWriter,
-    stats: CheckpointStats,
-}
-
-impl Checkpointing {
-    fn record(
-        &mut self,
-        done: Option<
-            Result<sinter_checkpoints::writer::Written, sinter_checkpoints::CheckpointError>,
-        >,
-    ) -> Result<(), TrainerError> {
-        if let Some(done) = done {
-            let written = done?;
-            tracing::info!(path = %written.path.display(), root = %written.manifest.root(), secs = written.secs, "checkpoint written");
-            self.stats.checkpoints_written += 1;
-            self.stats.checkpoint_write_secs += written.secs;
-            self.stats.last_checkpoint_root = Some(written.manifest.root().to_owned());
-        }
-        Ok(())
-    }
 }
 
 /// What a simulation reports while it runs.
@@ -325,7 +289,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
         round: usize,
         step: usize,
     ) -> Result<(), TrainerError> {
-        let Some(mut checkpointing) = self.checkpointing.take() else {
+        let Some(checkpointing) = self.checkpointing.as_mut() else {
             return Ok(());
         };
         let started = Instant::now();
@@ -358,29 +322,14 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 })
                 .collect(),
         };
-        let (layout, config) = (self.layout.clone(), self.config.clone());
-        let done = checkpointing
-            .writer
-            .submit(checkpoint::name(round as u64), move || {
-                snapshot.to_checkpoint(&layout, &config)
-            });
-        checkpointing.stats.checkpoint_stall_secs += started.elapsed().as_secs_f64();
-        let recorded = checkpointing.record(done);
-        self.checkpointing = Some(checkpointing);
-        recorded
+        checkpointing.submit(snapshot, &self.layout, self.config, started)
     }
 
     /// Waits for the last checkpoint write.
     fn finish_checkpoints(&mut self) -> Result<(), TrainerError> {
-        match self.checkpointing.as_mut() {
-            Some(c) => {
-                let started = Instant::now();
-                let done = c.writer.wait();
-                c.stats.checkpoint_stall_secs += started.elapsed().as_secs_f64();
-                c.record(done)
-            }
-            None => Ok(()),
-        }
+        self.checkpointing
+            .as_mut()
+            .map_or(Ok(()), Checkpointing::finish)
     }
 
     /// Every worker's inner steps `from..to`, one worker after another. (burn 0.21's autodiff
@@ -520,15 +469,8 @@ pub fn simulate<B: AutodiffBackend>(
         evals: Vec::new(),
         checkpointing: options
             .checkpoint_dir
-            .filter(|_| config.checkpoint.every_rounds > 0 && config.outer.mode == Mode::Diloco)
-            .map(|dir| Checkpointing {
-                writer: sinter_checkpoints::writer::BackgroundWriter::new(
-                    &dir,
-                    checkpoint::PREFIX,
-                    config.checkpoint.keep,
-                ),
-                stats: CheckpointStats::default(),
-            }),
+            .filter(|_| config.outer.mode == Mode::Diloco)
+            .and_then(|dir| Checkpointing::new(&dir, config)),
     };
     let resumed_from_round = resume.as_ref().map(|s| s.meta.round);
     let initial_val_loss = match &resume {
@@ -629,7 +571,7 @@ pub fn simulate<B: AutodiffBackend>(
                 if run.should_eval(step, end) {
                     run.evaluate(&eval_model(&workers[0].model), rounds, end);
                 }
-                if rounds.is_multiple_of(config.checkpoint.every_rounds.max(1)) || end == steps {
+                if checkpoint::due(config, rounds, end) {
                     run.checkpoint(&workers, &global, &momentum, rounds, end)?;
                 }
                 step = end;

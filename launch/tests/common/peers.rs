@@ -8,6 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Holds the lock that lets one multi-process test of a test binary run at a time: peers
+/// are timed by heartbeats, and a dozen processes sharing two cores at once would make the
+/// tests measure the machine's load rather than the code.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub struct Peer {
     pub child: Child,
     pub out: PathBuf,
@@ -43,6 +51,31 @@ impl Peer {
         env: &[(&str, &str)],
     ) -> Peer {
         let out = dir.join(name);
+        let (key, out_arg) = (out.join("peer.key"), out.to_str().unwrap().to_owned());
+        let mut all = vec![
+            "run",
+            config.to_str().unwrap(),
+            "--start-wait",
+            "60",
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            &out_arg,
+        ];
+        all.extend_from_slice(args);
+        Self::spawn(prefix, dir, name, &all, env)
+    }
+
+    /// Starts `PREFIX… launch ARGS…` with its log in `dir/NAME.log` and its output
+    /// directory `dir/NAME`.
+    pub fn spawn(
+        prefix: &[&str],
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Peer {
+        let out = dir.join(name);
         let launch = env!("CARGO_BIN_EXE_launch");
         let (program, before) = match prefix.split_first() {
             Some((first, rest)) => (*first, [rest, &[launch]].concat()),
@@ -51,13 +84,6 @@ impl Peer {
         let mut child = Command::new(program)
             .args(before)
             .envs(env.iter().copied())
-            .arg("run")
-            .arg(config)
-            .args(["--start-wait", "60"])
-            .arg("--key")
-            .arg(out.join("peer.key"))
-            .arg("--out")
-            .arg(&out)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
