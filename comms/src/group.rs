@@ -876,8 +876,12 @@ impl Group {
                         {
                             {
                                 let mut state = inbox.lock();
-                                state.last_seen.insert(peer, Instant::now());
-                                state.gone.remove(&peer);
+                                // Gossip relays old heartbeats: one from a peer whose last
+                                // connection closed proves nothing until it is reconnected.
+                                if !state.gone.contains(&peer) || state.connected.contains(&peer) {
+                                    state.last_seen.insert(peer, Instant::now());
+                                    state.gone.remove(&peer);
+                                }
                                 state.under_way |= beat.under_way;
                                 state.newest_round = state.newest_round.max(beat.stats.round);
                                 state.peer_stats.insert(peer, beat.stats);
