@@ -717,8 +717,6 @@ fn show(v: &serde_json::Value) -> String {
     }
 }
 
-/// Fault injection for the crash tests: when the environment variable `var` equals `value`,
-/// the process aborts here, as `kill -9` would stop it.
 /// Blobs (checkpoints) a peer serves by Merkle root, from disk.
 pub trait BlobSource: Send + Sync {
     /// The manifest of the blob with `root`, or of the newest one when `root` is `None`.
@@ -755,6 +753,8 @@ fn serve_blob(source: Option<&dyn BlobSource>, header: Header) -> Reply {
     }
 }
 
+/// Fault injection for the crash tests: when the environment variable `var` equals `value`,
+/// the process aborts here, as `kill -9` would stop it.
 fn fault_point(var: &str, value: &str, what: &str) {
     if std::env::var(var).is_ok_and(|v| v == value) {
         tracing::error!("{var}={value}: aborting while {what}");
@@ -1425,11 +1425,22 @@ impl Group {
             // Send (or resend, after an owner died) each part to its shard's current owner:
             // to each owner in shard order, to all owners at once.
             let mut queues: BTreeMap<PeerId, Vec<usize>> = BTreeMap::new();
+            let mut forwards = Vec::new();
             for k in 0..shards {
-                if sent_to[k] == Some(owners[k]) || self.has_reduced(round, k) {
+                if sent_to[k] == Some(owners[k]) {
                     continue;
                 }
+                let resend = sent_to[k].is_some();
                 sent_to[k] = Some(owners[k]);
+                if let Some(held) = self.reduction(round, k) {
+                    // The owner died after reducing and reached only some members: pass its
+                    // reduction on, so that the new owner does not wait for contributions
+                    // this peer will never resend, and every member applies the same one.
+                    if resend {
+                        forwards.push((k, held));
+                    }
+                    continue;
+                }
                 if owners[k] == me {
                     let arrival = Arrival {
                         from: me,
@@ -1442,6 +1453,24 @@ impl Group {
                 }
             }
             let (parts, count) = (&parts, &count);
+            let forward = async {
+                for (k, held) in &forwards {
+                    let header = Header::Shard {
+                        run: self.shared.settings.run.clone(),
+                        round,
+                        shard: *k as u32,
+                        stage: Stage::Reduced,
+                        contributors: held.contributors.iter().map(|c| c.to_string()).collect(),
+                    };
+                    let sends = members
+                        .iter()
+                        .filter(|m| **m != me && **m != held.from)
+                        .map(|m| self.deliver(*m, &header, &held.frame));
+                    for result in futures::future::join_all(sends).await {
+                        count(result, "forwarded reduced shard", *k);
+                    }
+                }
+            };
             let send = async {
                 let per_owner = queues.iter().map(|(target, ks)| async move {
                     for &k in ks {
@@ -1472,16 +1501,22 @@ impl Group {
                     // A contributor that stalls past the deadline is left out.
                     let complete = self
                         .wait_for(deadline, |shared, state| {
+                            let reduced = state
+                                .shards
+                                .get(&(round, Stage::Reduced, k as u32))
+                                .is_some_and(|g| !g.is_empty());
                             let got = state.shards.get(&(round, Stage::Contribution, k as u32));
-                            members
-                                .iter()
-                                .all(|m| {
+                            (reduced
+                                || members.iter().all(|m| {
                                     got.is_some_and(|g| g.contains_key(m))
                                         || !shared.is_live(state, m)
-                                })
-                                .then_some(())
+                                }))
+                            .then_some(())
                         })
                         .await;
+                    if self.has_reduced(round, k) {
+                        continue; // a dead owner's reduction reached us: it stands
+                    }
                     if complete.is_none() {
                         tracing::warn!(
                             round,
@@ -1539,7 +1574,7 @@ impl Group {
                     }
                 }
             };
-            futures::join!(send, reduce_mine);
+            futures::join!(forward, send, reduce_mine);
             reduced_by_me.extend(mine);
             // Wait for every shard; stop waiting for one whose owner has died.
             let progress = self
@@ -1575,10 +1610,7 @@ impl Group {
         }
         let mut state = self.shared.lock();
         let reduced = (0..shards)
-            .map(|k| {
-                let got = &state.shards[&(round, Stage::Reduced, k as u32)];
-                got.values().next().expect("checked above").clone()
-            })
+            .map(|k| Self::chosen(&state, round, k).expect("checked above"))
             .collect();
         state.completed = Some(round);
         state.all_reduce_times.push_back(started.elapsed());
@@ -1749,6 +1781,23 @@ impl Group {
                 }
             });
         }
+    }
+
+    /// The reduction of shard `k` every member settles on when it holds more than one (a
+    /// dead owner's, forwarded, and a new owner's): the one with the most contributors, ties
+    /// broken by sender.
+    fn chosen(state: &State, round: u64, k: usize) -> Option<Arrival> {
+        state
+            .shards
+            .get(&(round, Stage::Reduced, k as u32))?
+            .values()
+            .max_by_key(|a| (a.contributors.len(), std::cmp::Reverse(a.from)))
+            .cloned()
+    }
+
+    /// The reduction of shard `k` this peer holds, if any.
+    fn reduction(&self, round: u64, k: usize) -> Option<Arrival> {
+        Self::chosen(&self.shared.lock(), round, k)
     }
 
     fn has_reduced(&self, round: u64, k: usize) -> bool {
