@@ -21,6 +21,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// The file naming the newest complete checkpoint in a checkpoints directory.
 pub const LATEST: &str = "latest";
 const PARTIAL: &str = ".partial";
+const REPLACED: &str = ".replaced";
 
 /// One file of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,11 +209,20 @@ impl Checkpoint {
         write_synced(&partial.join(MANIFEST), &text, name)?;
         sync_dir(&partial)?;
         fault_at("before_rename", name);
+        // Rewriting a name (a resumed run in the same directory) keeps the old copy until the
+        // new one is in place; `latest` falls back to it if a crash comes in between.
+        let replaced = parent.join(format!("{name}{REPLACED}"));
         if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(CheckpointError::io(&target))?;
+            if replaced.exists() {
+                std::fs::remove_dir_all(&replaced).map_err(CheckpointError::io(&replaced))?;
+            }
+            std::fs::rename(&target, &replaced).map_err(CheckpointError::io(&target))?;
         }
         std::fs::rename(&partial, &target).map_err(CheckpointError::io(&target))?;
         sync_dir(parent)?;
+        if replaced.exists() {
+            std::fs::remove_dir_all(&replaced).map_err(CheckpointError::io(&replaced))?;
+        }
         fault_at("before_latest", name);
         let tmp = parent.join(format!("{LATEST}{PARTIAL}"));
         write_synced(&tmp, name.as_bytes(), name)?;
@@ -351,7 +361,15 @@ pub fn verify(dir: &Path) -> Result<(DirManifest, Verification), CheckpointError
 /// The newest complete checkpoint under `parent`, as `latest` names it.
 pub fn latest(parent: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     match std::fs::read_to_string(parent.join(LATEST)) {
-        Ok(name) => Ok(Some(parent.join(name.trim()))),
+        Ok(name) => {
+            let dir = parent.join(name.trim());
+            let replaced = parent.join(format!("{}{REPLACED}", name.trim()));
+            Ok(Some(if !dir.exists() && replaced.exists() {
+                replaced
+            } else {
+                dir
+            }))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CheckpointError::io(parent.join(LATEST))(e)),
     }
@@ -437,6 +455,20 @@ mod tests {
         std::fs::remove_file(path.join("meta.json")).unwrap();
         let (_, report) = verify(&path).unwrap();
         assert!(report.bad_files[0].starts_with("meta.json"), "{report:?}");
+    }
+
+    #[test]
+    fn rewriting_a_name_replaces_it_and_a_crash_in_between_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(1).write(dir.path(), "round-000001").unwrap();
+        sample(2).write(dir.path(), "round-000001").unwrap();
+        let path = resolve(dir.path()).unwrap();
+        assert_eq!(Checkpoint::read(&path).unwrap().0, sample(2));
+        assert!(!dir.path().join("round-000001.replaced").exists());
+        // As a crash between the two renames leaves it:
+        std::fs::rename(&path, dir.path().join("round-000001.replaced")).unwrap();
+        let fallback = resolve(dir.path()).unwrap();
+        assert_eq!(Checkpoint::read(&fallback).unwrap().0, sample(2));
     }
 
     #[test]

@@ -3,27 +3,14 @@
 
 mod common;
 
+use common::{launch, text};
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::peers::Peer;
-
-fn launch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_launch"))
-        .args(args)
-        .output()
-        .expect("launch runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Six rounds of three workers, a checkpoint every two rounds.
 fn config(dir: &Path) -> String {

@@ -2,23 +2,9 @@
 
 mod common;
 
+use common::{launch, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn launch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_launch"))
-        .args(args)
-        .output()
-        .expect("launch runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn small_config(dir: &Path) -> String {
     let path = dir.join("small.toml");

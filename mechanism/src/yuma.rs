@@ -101,6 +101,10 @@ impl EpochInput {
         if let Some(s) = self.stake.iter().find(|s| !s.is_finite() || **s < 0.0) {
             return bad(format!("stake {s} is not a non-negative number"));
         }
+        // The chain's stake is I64F64 (integers below 2^63): the total must fit.
+        if self.stake.iter().sum::<f64>() >= 2f64.powi(62) {
+            return bad("total stake must be below 2^62 (the chain's I64F64)".into());
+        }
         let mut matrices = vec![("weights", &self.weights)];
         matrices.extend(self.bonds.as_ref().map(|b| ("bonds", b)));
         for (what, m) in matrices {
@@ -126,7 +130,7 @@ impl EpochInput {
         if self.bonds_moving_average > 1_000_000 {
             return bad("`bonds_moving_average` is in millionths: at most 1000000".into());
         }
-        if !self.emission.is_finite() || self.emission < 0.0 {
+        if !self.emission.is_finite() || !(0.0..1e19).contains(&self.emission) {
             return bad(format!(
                 "`emission` {} is not a non-negative number",
                 self.emission
@@ -299,6 +303,12 @@ mod tests {
         );
         let mut input = worked_example(vec![1.0, f64::NAN, 1.0]);
         assert!(input.run().is_err());
+        input.stake = vec![1e30; 3];
+        assert!(input.run().unwrap_err().to_string().contains("2^62"));
+        input.stake = vec![1.0; 3];
+        input.emission = 1e30;
+        assert!(input.run().unwrap_err().to_string().contains("emission"));
+        input.emission = 1e9;
         input.stake = vec![1.0; 3];
         input.validator_permit.pop();
         assert!(

@@ -17,7 +17,7 @@ use burn::optim::{AdamWState, AdaptiveMomentumState, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use sinter_checkpoints::tensors::{self, NamedTensor};
+use sinter_checkpoints::tensors;
 use sinter_checkpoints::writer::{BackgroundWriter, Written};
 use sinter_checkpoints::{Checkpoint, CheckpointError};
 
@@ -169,37 +169,6 @@ pub struct Snapshot {
     pub workers: Vec<WorkerState>,
 }
 
-fn slices<'a>(
-    layout: &'a ParamLayout,
-    values: &'a [f32],
-    suffix: &'a str,
-) -> impl Iterator<Item = NamedTensor> + 'a {
-    layout.slots.iter().map(move |s| NamedTensor {
-        name: format!("{}{suffix}", s.name),
-        shape: s.shape.clone(),
-        values: values[s.offset..s.offset + s.len].to_vec(),
-    })
-}
-
-fn gather(
-    layout: &ParamLayout,
-    found: &[NamedTensor],
-    suffix: &str,
-) -> Result<Vec<f32>, CheckpointError> {
-    let mut out = Vec::with_capacity(layout.len());
-    for s in &layout.slots {
-        let t = tensors::find(found, &format!("{}{suffix}", s.name))?;
-        if t.shape != s.shape {
-            return Err(CheckpointError::Tensors(format!(
-                "{} has shape {:?}, the model {:?}",
-                t.name, t.shape, s.shape
-            )));
-        }
-        out.extend_from_slice(&t.values);
-    }
-    Ok(out)
-}
-
 fn inner_file(worker: usize) -> String {
     format!("inner-{worker}.safetensors")
 }
@@ -253,17 +222,18 @@ impl Snapshot {
             "model.safetensors",
             weights::to_bytes(layout, &self.global, config)?,
         );
-        let outer: Vec<_> = slices(layout, &self.momentum, "").collect();
+        let outer: Vec<_> = layout.tensors(&self.momentum, "").collect();
         c.add(
             "outer.safetensors",
             tensors::to_bytes(&outer, HashMap::new())?,
         );
         for (w, state) in self.workers.iter().enumerate() {
-            let mut ts: Vec<_> = slices(layout, &state.moment_1, ".moment_1")
-                .chain(slices(layout, &state.moment_2, ".moment_2"))
+            let mut ts: Vec<_> = layout
+                .tensors(&state.moment_1, ".moment_1")
+                .chain(layout.tensors(&state.moment_2, ".moment_2"))
                 .collect();
             if let Some(r) = &state.residual {
-                ts.extend(slices(layout, r, ".residual"));
+                ts.extend(layout.tensors(r, ".residual"));
             }
             let meta = HashMap::from([(
                 "times".to_owned(),
@@ -311,19 +281,19 @@ impl Snapshot {
                 })?;
             let has_residual = ts.iter().any(|t| t.name.ends_with(".residual"));
             workers.push(WorkerState {
-                moment_1: gather(layout, &ts, ".moment_1").map_err(bad)?,
-                moment_2: gather(layout, &ts, ".moment_2").map_err(bad)?,
+                moment_1: layout.gather(&ts, ".moment_1").map_err(bad)?,
+                moment_2: layout.gather(&ts, ".moment_2").map_err(bad)?,
                 times,
                 residual: has_residual
-                    .then(|| gather(layout, &ts, ".residual"))
+                    .then(|| layout.gather(&ts, ".residual"))
                     .transpose()
                     .map_err(bad)?,
                 cursor,
             });
         }
         Ok(Self {
-            global: gather(layout, &model, "").map_err(bad)?,
-            momentum: gather(layout, &outer, "").map_err(bad)?,
+            global: layout.gather(&model, "").map_err(bad)?,
+            momentum: layout.gather(&outer, "").map_err(bad)?,
             meta,
             workers,
         })

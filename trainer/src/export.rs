@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use sinter_checkpoints::hf::{self, LlamaShape};
-use sinter_checkpoints::tensors::NamedTensor;
 
 use crate::config::ModelConfig;
 use crate::params::flatten;
@@ -36,15 +35,7 @@ impl ModelConfig {
 pub fn hf(bytes: &[u8], path: &Path, out: &Path) -> Result<(), TrainerError> {
     let (config, model) = weights::from_bytes::<CpuBackend>(bytes, path, &Default::default())?;
     let (layout, values) = flatten(&model);
-    let tensors: Vec<NamedTensor> = layout
-        .slots
-        .iter()
-        .map(|s| NamedTensor {
-            name: s.name.clone(),
-            shape: s.shape.clone(),
-            values: values[s.offset..s.offset + s.len].to_vec(),
-        })
-        .collect();
+    let tensors: Vec<_> = layout.tensors(&values, "").collect();
     hf::export(&tensors, &config.model.hf_shape(), out)?;
     let tokenizer = Tokenizer::load(&config.data.tokenizer)?;
     let tokenizer_config = serde_json::json!({

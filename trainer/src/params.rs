@@ -4,6 +4,8 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use sinter_checkpoints::CheckpointError;
+use sinter_checkpoints::tensors::{self, NamedTensor};
 
 /// Where one parameter tensor lives in the flat vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,37 @@ impl ParamLayout {
     /// Whether the model has no parameters.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Flat `values` laid out as this layout, one named tensor per slot (its name followed
+    /// by `suffix`): the form checkpoints and exports store.
+    pub fn tensors<'a>(
+        &'a self,
+        values: &'a [f32],
+        suffix: &'a str,
+    ) -> impl Iterator<Item = NamedTensor> + 'a {
+        self.slots.iter().map(move |s| NamedTensor {
+            name: format!("{}{suffix}", s.name),
+            shape: s.shape.clone(),
+            values: values[s.offset..s.offset + s.len].to_vec(),
+        })
+    }
+
+    /// The flat vector of the tensors named like this layout's slots (plus `suffix`), each
+    /// checked against its slot's shape: the inverse of [`Self::tensors`].
+    pub fn gather(&self, found: &[NamedTensor], suffix: &str) -> Result<Vec<f32>, CheckpointError> {
+        let mut out = Vec::with_capacity(self.len());
+        for s in &self.slots {
+            let t = tensors::find(found, &format!("{}{suffix}", s.name))?;
+            if t.shape != s.shape {
+                return Err(CheckpointError::Tensors(format!(
+                    "{} has shape {:?}, the model {:?}",
+                    t.name, t.shape, s.shape
+                )));
+            }
+            out.extend_from_slice(&t.values);
+        }
+        Ok(out)
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use sinter_checkpoints::CheckpointError;
-use sinter_checkpoints::tensors::{self, NamedTensor};
+use sinter_checkpoints::tensors;
 
 use crate::TrainerError;
 use crate::config::RunConfig;
@@ -30,15 +30,7 @@ pub fn to_bytes(
     values: &[f32],
     config: &RunConfig,
 ) -> Result<Vec<u8>, CheckpointError> {
-    let named: Vec<NamedTensor> = layout
-        .slots
-        .iter()
-        .map(|slot| NamedTensor {
-            name: slot.name.clone(),
-            shape: slot.shape.clone(),
-            values: values[slot.offset..slot.offset + slot.len].to_vec(),
-        })
-        .collect();
+    let named: Vec<_> = layout.tensors(values, "").collect();
     let config_text = toml::to_string(config).expect("a RunConfig always serialises");
     let metadata = HashMap::from([(CONFIG_KEY.to_owned(), config_text)]);
     tensors::to_bytes(&named, metadata)
@@ -90,20 +82,9 @@ pub fn from_bytes<B: Backend>(
     let config = RunConfig::parse(config_text, path)?;
     let model: Llama<B> = config.model.init(device);
     let (layout, _) = flatten(&model);
-    let mut values = Vec::with_capacity(layout.len());
-    for slot in &layout.slots {
-        let t = tensors::find(&found, &slot.name).map_err(|e| weights_error(path, e))?;
-        if t.shape != slot.shape {
-            return Err(weights_error(
-                path,
-                format!(
-                    "tensor {} has shape {:?}, expected {:?}",
-                    slot.name, t.shape, slot.shape
-                ),
-            ));
-        }
-        values.extend_from_slice(&t.values);
-    }
+    let values = layout
+        .gather(&found, "")
+        .map_err(|e| weights_error(path, e))?;
     Ok((config, load(model, &values, device)))
 }
 
