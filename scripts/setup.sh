@@ -5,7 +5,8 @@
 set -euo pipefail
 
 have_lavapipe() {
-    ldconfig -p | grep -q 'libvulkan\.so\.1' && ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1
+    # Not `grep -q`: it exits at the first match, and under pipefail ldconfig's SIGPIPE fails the test.
+    ldconfig -p | grep 'libvulkan\.so\.1' >/dev/null && ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1
 }
 
 if ! have_lavapipe; then
