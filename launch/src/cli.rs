@@ -49,9 +49,21 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     /// Measure the kernels against a memcpy baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// The chain's side: Yuma consensus epochs.
+    /// The chain's side: the embedded ledger (metagraph, verification) and Yuma epochs.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// sr25519 keys for the ledger: a coldkey (owns stake, receives emission) and a hotkey
+    /// (signs a peer's extrinsics), each in a file readable only by you.
+    #[command(subcommand)]
+    Wallet(WalletCommand),
+    /// Contributions become emission: peers with roles (honest on Shakespeare or Milton, lazy,
+    /// copycat) train a DiLoCo run, a validator scores every round (Byzantine filter,
+    /// Shapley, Fisher) and commits weights to the embedded ledger, whose Yuma epochs pay
+    /// emission. Writes OUT/ledger and OUT/incentives.json.
+    #[command(
+        after_help = "Example (experiment 1):\n  launch incentives configs/tiny.toml --rounds 3 --out out/incentives\n  launch ledger show out/incentives/ledger\n  launch ledger verify out/incentives/ledger"
+    )]
+    Incentives(IncentivesArgs),
     /// Work with checkpoint directories (OUT/checkpoints/round-NNNNNN).
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -174,6 +186,17 @@ pub enum BenchCommand {
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
     },
+    /// Experiment 2 (the seed paper's Figure 4): a cabal with 40 % of the stake weighting
+    /// only itself against an honest 60 %, emission added to stake each epoch, under both
+    /// consensus variants.
+    Cabal {
+        /// Epochs.
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Emission per epoch, as a percentage of the initial total stake.
+        #[arg(long, default_value_t = 10.0)]
+        emission_percent: f64,
+    },
     /// One Yuma consensus epoch at network scale (uids × validators, every validator
     /// weighting every uid), against one sparse matrix-vector product over the same weights.
     Yuma {
@@ -189,9 +212,117 @@ pub enum BenchCommand {
     },
 }
 
+/// `launch incentives` arguments.
+#[derive(Debug, Args)]
+pub struct IncentivesArgs {
+    /// The run config (model, inner and outer settings; `inner.steps` is ignored).
+    pub config: PathBuf,
+    /// Output directory (must not hold a ledger already).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Scored rounds of H local steps.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Rounds the honest peers train alone first (unscored, no ledger).
+    #[arg(long, default_value_t = 2)]
+    pub warmup_rounds: usize,
+    /// The peers' roles, comma-separated: shakespeare, milton, lazy, copycat.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "shakespeare,shakespeare,shakespeare,milton,lazy,copycat"
+    )]
+    pub roles: Vec<String>,
+    /// Consensus: the chain's Yuma (subtensor) or the papers' (sigmoid, accumulating bonds).
+    #[arg(long, value_enum, default_value = "subtensor")]
+    pub consensus: ConsensusArg,
+    /// The score the validator's weights come from.
+    #[arg(long, value_enum, default_value = "shapley")]
+    pub weights_from: ScoreArg,
+    /// Validation batches per corpus the validator evaluates on.
+    #[arg(long, default_value_t = 2)]
+    pub validator_batches: usize,
+    /// Monte-Carlo permutations (above eight peers; and the comparison against exact values).
+    #[arg(long, default_value_t = 256)]
+    pub permutations: usize,
+}
+
+/// `--consensus` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ConsensusArg {
+    /// Subtensor's Yuma, bit for bit.
+    Subtensor,
+    /// The papers' Yuma.
+    Papers,
+}
+
+/// `--weights-from` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScoreArg {
+    /// Shapley values.
+    Shapley,
+    /// Fisher importance.
+    Fisher,
+}
+
+/// `launch wallet …`.
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Creates a coldkey and a hotkey and prints their mnemonics once: write them down.
+    New(WalletArgs),
+    /// Restores a wallet's key from its mnemonic (read from stdin).
+    Import {
+        #[command(flatten)]
+        wallet: WalletArgs,
+        /// Which key the mnemonic is.
+        #[arg(long, value_enum, default_value = "coldkey")]
+        key: KeyArg,
+    },
+    /// Prints a wallet's accounts (SS58), never its secrets.
+    Show(WalletArgs),
+}
+
+/// Which wallet key.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyArg {
+    /// Owns stake, receives emission.
+    Coldkey,
+    /// Signs the peer's extrinsics.
+    Hotkey,
+}
+
+/// Where a wallet lives.
+#[derive(Debug, Args)]
+pub struct WalletArgs {
+    /// The wallet's name.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// The wallets directory (default: ~/.sinter/wallets).
+    #[arg(long, value_name = "DIR", env = "SINTER_WALLETS")]
+    pub dir: Option<PathBuf>,
+}
+
 /// `launch ledger …`.
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
+    /// The metagraph after the last good block: uid, hotkey, stake, consensus, incentive,
+    /// dividends, emission, validator trust.
+    Show {
+        /// The ledger file.
+        file: PathBuf,
+        /// Print JSON (the whole state) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-checks every block's hash, signature and extrinsics and recomputes every epoch from
+    /// the recorded weights. Exit code 1 names the first bad block (or an unfinished write).
+    Verify {
+        /// The ledger file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// One Yuma consensus epoch from given stakes, weights, bonds and permits, printed as
     /// JSON with the values the chain would store: "what would the chain pay if…".
     #[command(

@@ -6,6 +6,7 @@ mod bench;
 mod checkpoints;
 mod cli;
 mod control;
+mod incentives;
 mod peer;
 mod progress;
 mod report;
@@ -132,6 +133,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&output)?);
             Ok(())
         }
+        Command::Ledger(cli::LedgerCommand::Show { file, json }) => incentives::show(&file, json),
+        Command::Ledger(cli::LedgerCommand::Verify { file, json }) => {
+            incentives::verify(&file, json)
+        }
+        Command::Wallet(command) => incentives::wallet(command),
+        Command::Incentives(args) => incentives::run(args),
+        Command::Bench(BenchCommand::Cabal {
+            epochs,
+            emission_percent,
+        }) => incentives::bench_cabal(epochs, emission_percent),
         Command::Bench(BenchCommand::Yuma {
             uids,
             validators,

@@ -3,12 +3,10 @@
 
 mod common;
 
-use common::{launch, text};
+use common::{kill_at_fault, launch, text};
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use common::peers::Peer;
 
@@ -89,32 +87,13 @@ fn a_resumed_run_equals_the_uninterrupted_one() {
 fn kill_writer_at(config: &str, out: &Path, point: &str) {
     let log = out.with_extension("log");
     std::fs::create_dir_all(out).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
-        .args(["sim", config, "--out", s(out)])
-        .env("SINTER_FAULT_CHECKPOINT", format!("{point}@round-000004"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        let mut seen = String::new();
-        std::fs::File::open(&log)
-            .unwrap()
-            .read_to_string(&mut seen)
-            .unwrap();
-        if seen.contains("writer paused at") {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "sim ended before the fault: {seen}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(60), "{seen}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let fault = format!("{point}@round-000004");
+    kill_at_fault(
+        &["sim", config, "--out", s(out)],
+        ("SINTER_FAULT_CHECKPOINT", &fault),
+        &log,
+        "writer paused at",
+    );
 }
 
 #[test]

@@ -18,12 +18,15 @@
 //! | [`round_state`] | the state a joiner fetches: round, global parameters, outer momentum |
 //! | [`eval`], [`generate`], [`weights`] | validation loss, sampling, saved weights |
 //! | [`export`] | saved weights as a Hugging Face LLaMA checkpoint |
+//! | [`validator`] | a validator's loss, coalition values and curvature for a round |
+//! | [`contribution`] | peers with roles, a validator and the ledger: contributions become emission |
 //!
 //! The default backend is burn's `flex` CPU backend; `wgpu` and `cuda` are features.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;
+pub mod contribution;
 pub mod data;
 pub mod eval;
 pub mod export;
@@ -37,6 +40,7 @@ pub mod round_state;
 pub mod schedule;
 pub mod simulate;
 pub mod tokenizer;
+pub mod validator;
 pub mod weights;
 
 use std::path::PathBuf;
@@ -94,6 +98,9 @@ pub enum TrainerError {
     /// A checkpoint cannot continue this run.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// Scoring or the ledger failed.
+    #[error("incentives: {0}")]
+    Incentive(String),
     /// The config asks for a backend this build lacks.
     #[error("backend `{0}` is not compiled in: rebuild with `--features {0}`")]
     BackendUnavailable(&'static str),

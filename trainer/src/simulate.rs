@@ -359,7 +359,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
 }
 
 /// The outer learning rate of `round` out of `rounds`.
-fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
+pub(crate) fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
     match config.outer.lr_schedule {
         OuterSchedule::Constant => config.outer.lr,
         OuterSchedule::Cosine => {

@@ -2,7 +2,10 @@
 
 pub mod peers;
 
-use std::process::{Command, Output};
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `launch ARGS…` to completion.
 #[allow(dead_code)] // each test binary uses some of these
@@ -11,6 +14,38 @@ pub fn launch(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("launch runs")
+}
+
+/// Runs `launch ARGS…` with `fault` (an environment variable and its value) set, waits until
+/// its stderr (kept in `log`) says `marker`, and kills it with SIGKILL there.
+#[allow(dead_code)]
+pub fn kill_at_fault(args: &[&str], fault: (&str, &str), log: &Path, marker: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .args(args)
+        .env(fault.0, fault.1)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let mut seen = String::new();
+        std::fs::File::open(log)
+            .unwrap()
+            .read_to_string(&mut seen)
+            .unwrap();
+        if seen.contains(marker) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "launch ended before the fault: {seen}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120), "{seen}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
 }
 
 /// stdout and stderr together, for assertions and failure messages.
@@ -25,6 +60,7 @@ pub fn text(out: &Output) -> String {
 
 /// A model small enough that a whole run takes a second: `steps` inner steps per worker,
 /// `workers` workers, `h` local steps per round, an evaluation every `h` steps.
+#[allow(dead_code)]
 pub fn small_config(steps: usize, workers: usize, h: usize) -> String {
     format!(
         r#"

@@ -1,0 +1,226 @@
+//! The incentive mechanism end to end: `launch incentives` (experiments 1 and 3 at small
+//! size), the ledger's verification and crash safety (experiment 4), `launch wallet`, and
+//! `launch bench cabal` (experiment 2's printout; its assertions are mechanism unit tests).
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{kill_at_fault, launch, text};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A model small enough for a round in about a second.
+fn config(dir: &Path) -> PathBuf {
+    let path = dir.join("incentives.toml");
+    std::fs::write(
+        &path,
+        r#"
+[model]
+d_model = 64
+n_layers = 2
+n_heads = 4
+n_kv_heads = 4
+ffn_hidden = 172
+context = 64
+
+[data]
+validation_batch_size = 8
+
+[inner]
+steps = 64
+batch_size = 8
+lr = 3e-3
+
+# Plain averaging (the tuned config's outer step): with Nesterov momentum early in training
+# every extra peer mostly shrinks the step, and leave-one-out stops measuring content.
+[outer]
+workers = 4
+inner_steps = 8
+lr = 1.0
+momentum = 0.0
+"#,
+    )
+    .unwrap();
+    path
+}
+
+fn incentives(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
+    let config = config(dir);
+    let out = dir.join(out);
+    let mut args = vec!["incentives", s(&config), "--out", s(&out)];
+    args.extend(extra);
+    let run = launch(&args);
+    assert!(run.status.success(), "{}", text(&run));
+    serde_json::from_slice(&std::fs::read(out.join("incentives.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn honest_peers_earn_the_emission_and_lazy_and_copycat_peers_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = incentives(
+        dir.path(),
+        "run",
+        &["--rounds", "3", "--warmup-rounds", "2"],
+    );
+    let peers = report["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 6);
+    let share = report["lazy_and_copycat_share"].as_f64().unwrap();
+    assert!(share <= 0.02, "lazy + copycat earned {share}");
+    // The copycat is caught by the ledger's commitment order every round.
+    let copycat = &peers[5];
+    assert_eq!(copycat["role"], "copycat");
+    let rejected = copycat["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 3);
+    assert!(rejected[0][1].as_str().unwrap().contains("copies peer 0"));
+    // Honest peers share what the validator does not keep.
+    for p in &peers[..4] {
+        assert!(p["emission_share"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    let spearman = report["spearman_shapley"].as_f64().unwrap();
+    assert!(
+        spearman >= 0.8,
+        "Shapley vs leave-one-out: {spearman}\n{report:#}"
+    );
+    assert!(report["spearman_fisher"].as_f64().is_some());
+    assert!(report["scoring_secs"].as_f64().unwrap() > 0.0);
+
+    // The ledger it wrote checks out, and shows every uid.
+    let ledger = dir.path().join("run/ledger");
+    let verify = launch(&["ledger", "verify", s(&ledger)]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    let show = launch(&["ledger", "show", s(&ledger)]);
+    assert!(show.status.success(), "{}", text(&show));
+    assert_eq!(text(&show).matches("\n").count(), 9, "{}", text(&show));
+
+    // One flipped byte anywhere after the genesis is named by its block.
+    let mut bytes = std::fs::read(&ledger).unwrap();
+    let at = bytes.len() * 2 / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&ledger, &bytes).unwrap();
+    let verify = launch(&["ledger", "verify", s(&ledger)]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    assert!(text(&verify).contains("is bad:"), "{}", text(&verify));
+}
+
+#[test]
+fn monte_carlo_shapley_is_within_five_percent_of_exact_for_eight_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = incentives(
+        dir.path(),
+        "eight",
+        &[
+            "--rounds",
+            "1",
+            "--warmup-rounds",
+            "0",
+            "--permutations",
+            "256",
+            "--roles",
+            "shakespeare,shakespeare,shakespeare,shakespeare,shakespeare,shakespeare,milton,milton",
+        ],
+    );
+    let errors = report["monte_carlo_relative_error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{report:#}");
+    let error = errors[0].as_f64().unwrap();
+    assert!(error < 0.05, "relative error {error}");
+}
+
+/// Experiment 4: SIGKILL while a block is half written loses no committed block.
+#[test]
+fn a_crash_in_the_middle_of_a_block_write_loses_no_committed_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let out = dir.path().join("killed");
+    let log = dir.path().join("killed.log");
+    kill_at_fault(
+        &[
+            "incentives",
+            s(&config),
+            "--out",
+            s(&out),
+            "--rounds",
+            "2",
+            "--warmup-rounds",
+            "0",
+        ],
+        ("SINTER_FAULT_LEDGER", "torn@5"),
+        &log,
+        "paused in the middle of block 5",
+    );
+
+    let ledger = out.join("ledger");
+    let verify = launch(&["ledger", "verify", "--json", s(&ledger)]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    let v: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(v["blocks"], 4, "blocks 1–4 were committed: {v}");
+    assert_eq!(v["torn_block"], 5);
+    assert!(v["first_bad"].is_null());
+    assert!(text(&verify).contains("block 5 was cut short"));
+    let show = launch(&["ledger", "show", s(&ledger)]);
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(text(&show).contains("block 4, 1 epochs"), "{}", text(&show));
+}
+
+#[cfg(unix)]
+#[test]
+fn wallets_keep_keys_private_and_restore_from_their_mnemonic() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wallets = s(dir.path());
+    let new = launch(&["wallet", "new", "--name", "alice", "--dir", wallets]);
+    assert!(new.status.success(), "{}", text(&new));
+    let printed = String::from_utf8_lossy(&new.stdout).into_owned();
+    let coldkey = dir.path().join("alice/coldkey");
+    let mode = std::fs::metadata(&coldkey).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let phrase = printed
+        .lines()
+        .find(|l| l.contains("mnemonic"))
+        .and_then(|l| l.split(": ").nth(1))
+        .unwrap()
+        .to_owned();
+    let show = launch(&["wallet", "show", "--name", "alice", "--dir", wallets]);
+    let shown = String::from_utf8_lossy(&show.stdout).into_owned();
+    let account = shown.lines().next().unwrap().to_owned();
+    assert!(printed.contains(&account), "{printed}\n{shown}");
+    assert!(!shown.contains(&phrase), "show never prints secrets");
+
+    // Importing the coldkey's mnemonic elsewhere gives the same account.
+    let import = |phrase: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
+            .args(["wallet", "import", "--name", "restored", "--dir", wallets])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(phrase.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let bad = import("not a real mnemonic at all");
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    let good = import(&phrase);
+    assert!(good.status.success(), "{}", text(&good));
+    assert_eq!(String::from_utf8_lossy(&good.stdout).trim(), account);
+    // Keys are never overwritten.
+    let again = import(&phrase);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+}
+
+#[test]
+fn the_cabal_benchmark_prints_both_consensus_variants() {
+    let out = launch(&["bench", "cabal", "--epochs", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert!(printed.contains("subtensor:") && printed.contains("papers:"));
+}

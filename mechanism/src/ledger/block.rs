@@ -1,0 +1,65 @@
+//! Blocks: a header (number, parent hash, extrinsics root, state root, author, time) signed by
+//! the author, and the extrinsics it included. Hashes are BlakeTwo256 of SCALE, as on the
+//! chain.
+
+use parity_scale_codec::{Decode, Encode};
+
+use super::extrinsic::{Extrinsic, Hash, blake2_256};
+use super::keys::{AccountId, Keypair, verify};
+
+/// What the author signs.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Header {
+    /// Height: 1 for the first block after genesis.
+    pub number: u64,
+    /// Hash of the previous header (the genesis hash for block 1).
+    pub parent: Hash,
+    /// BlakeTwo256 of the SCALE-encoded extrinsics.
+    pub extrinsics_root: Hash,
+    /// Root of the state after this block.
+    pub state_root: Hash,
+    /// Who authored it.
+    pub author: AccountId,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+impl Header {
+    /// The block hash.
+    pub fn hash(&self) -> Hash {
+        blake2_256(&self.encode())
+    }
+}
+
+/// A signed block.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Block {
+    /// The header.
+    pub header: Header,
+    /// The included extrinsics, in order.
+    pub extrinsics: Vec<Extrinsic>,
+    /// The author's signature over the header hash.
+    pub signature: [u8; 64],
+}
+
+/// The extrinsics root of a list of extrinsics.
+pub fn extrinsics_root(extrinsics: &[Extrinsic]) -> Hash {
+    blake2_256(&extrinsics.encode())
+}
+
+impl Block {
+    /// Seals a header and its extrinsics with the author's key.
+    pub fn seal(header: Header, extrinsics: Vec<Extrinsic>, author: &Keypair) -> Self {
+        let signature = author.sign(&header.hash());
+        Self {
+            header,
+            extrinsics,
+            signature,
+        }
+    }
+
+    /// Whether the signature is the header's author's.
+    pub fn signature_is_valid(&self) -> bool {
+        verify(&self.signature, &self.header.hash(), &self.header.author)
+    }
+}

@@ -1,0 +1,142 @@
+//! sr25519 keys as the chain uses them (`sp-core`): an account is a 32-byte public key, shown
+//! in SS58 (Bittensor's prefix 42); signatures are 64 bytes.
+
+use parity_scale_codec::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+use sp_core::crypto::{Ss58Codec, Zeroize};
+use sp_core::{Pair as _, sr25519};
+
+use super::LedgerError;
+
+/// An account: an sr25519 public key (serialized as its SS58 address).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct AccountId(pub [u8; 32]);
+
+impl Serialize for AccountId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.ss58())
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl AccountId {
+    /// Parses an SS58 address or `0x`-prefixed hex.
+    pub fn parse(text: &str) -> Result<Self, LedgerError> {
+        let bad = |why: String| LedgerError::Key(format!("account {text:?}: {why}"));
+        if let Some(hex) = text.strip_prefix("0x") {
+            let bytes = decode_hex(hex).ok_or_else(|| bad("not hex".into()))?;
+            let raw: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| bad("must be 32 bytes".into()))?;
+            return Ok(Self(raw));
+        }
+        sr25519::Public::from_ss58check(text)
+            .map(|p| Self(p.0))
+            .map_err(|e| bad(format!("not an SS58 address ({e:?})")))
+    }
+
+    /// The SS58 address (prefix 42).
+    pub fn ss58(&self) -> String {
+        sr25519::Public::from_raw(self.0).to_ss58check()
+    }
+}
+
+impl std::fmt::Display for AccountId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.ss58())
+    }
+}
+
+impl std::fmt::Debug for AccountId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.ss58())
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex (no prefix), `None` if malformed.
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A signing key.
+#[derive(Clone)]
+pub struct Keypair(sr25519::Pair);
+
+impl Keypair {
+    /// A fresh key and its 12-word mnemonic (the only way to restore it).
+    pub fn generate() -> (Self, String) {
+        let (pair, phrase, mut seed) = sr25519::Pair::generate_with_phrase(None);
+        seed.zeroize();
+        (Self(pair), phrase)
+    }
+
+    /// The key a mnemonic (BIP-39) or a secret URI (`//Alice`, `0x…` seed) names.
+    pub fn from_secret(secret: &str) -> Result<Self, LedgerError> {
+        sr25519::Pair::from_string(secret.trim(), None)
+            .map(Self)
+            .map_err(|e| LedgerError::Key(format!("not a mnemonic or secret URI: {e:?}")))
+    }
+
+    /// The account.
+    pub fn account(&self) -> AccountId {
+        AccountId(self.0.public().0)
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).0
+    }
+}
+
+/// Whether `signature` is `who`'s over `message`.
+pub fn verify(signature: &[u8; 64], message: &[u8], who: &AccountId) -> bool {
+    sr25519::Pair::verify(
+        &sr25519::Signature::from_raw(*signature),
+        message,
+        &sr25519::Public::from_raw(who.0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bob_is_the_chains_bob_and_signatures_verify() {
+        let bob = Keypair::from_secret("//Bob").unwrap();
+        assert_eq!(
+            hex(&bob.account().0),
+            "8eaf04151687736326c9fea17e25fc5287613693c912909cb226aa4794f26a48",
+            "vectors.json's bob_account_hex"
+        );
+        let parsed = AccountId::parse(&bob.account().ss58()).unwrap();
+        assert_eq!(parsed, bob.account());
+        let signature = bob.sign(b"hello");
+        assert!(verify(&signature, b"hello", &bob.account()));
+        assert!(!verify(&signature, b"hellp", &bob.account()));
+        let (fresh, phrase) = Keypair::generate();
+        assert_eq!(phrase.split_whitespace().count(), 12);
+        assert_eq!(
+            Keypair::from_secret(&phrase).unwrap().account(),
+            fresh.account()
+        );
+        assert!(Keypair::from_secret("not a mnemonic").is_err());
+    }
+}
