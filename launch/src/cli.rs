@@ -233,18 +233,22 @@ pub struct IncentivesArgs {
         default_value = "shakespeare,shakespeare,shakespeare,milton,lazy,copycat"
     )]
     pub roles: Vec<String>,
-    /// Consensus: the chain's Yuma (subtensor) or the papers' (sigmoid, accumulating bonds).
-    #[arg(long, value_enum, default_value = "subtensor")]
-    pub consensus: ConsensusArg,
-    /// The score the validator's weights come from.
-    #[arg(long, value_enum, default_value = "shapley")]
-    pub weights_from: ScoreArg,
-    /// Validation batches per corpus the validator evaluates on.
-    #[arg(long, default_value_t = 2)]
-    pub validator_batches: usize,
-    /// Monte-Carlo permutations (above eight peers; and the comparison against exact values).
-    #[arg(long, default_value_t = 256)]
-    pub permutations: usize,
+    /// Consensus (overrides `incentives.consensus.consensus`): the chain's Yuma (subtensor) or
+    /// the papers' (sigmoid, accumulating bonds).
+    #[arg(long, value_enum)]
+    pub consensus: Option<ConsensusArg>,
+    /// The score the validator's weights come from (overrides
+    /// `incentives.scoring.weights_from`).
+    #[arg(long, value_enum)]
+    pub weights_from: Option<ScoreArg>,
+    /// Validation batches per corpus the validator evaluates on (overrides
+    /// `incentives.validator_batches`).
+    #[arg(long)]
+    pub validator_batches: Option<usize>,
+    /// Monte-Carlo permutations, above eight peers and in the comparison against exact values
+    /// (overrides `incentives.scoring.permutations`).
+    #[arg(long)]
+    pub permutations: Option<usize>,
 }
 
 /// `--consensus` values.

@@ -11,7 +11,7 @@ use sinter_mechanism::cabal;
 use sinter_mechanism::consensus::{Consensus, Hyperparams};
 use sinter_mechanism::ledger::keys::Keypair;
 use sinter_mechanism::ledger::{self, state::State};
-use sinter_mechanism::score::{ScoreKind, ScoringConfig};
+use sinter_mechanism::score::ScoreKind;
 use sinter_trainer::RunConfig;
 use sinter_trainer::contribution::{self, ContributionOptions, ContributionReport, Role};
 
@@ -19,19 +19,39 @@ use crate::ConfigFileError;
 use crate::backend::{BackendJob, dispatch};
 use crate::cli::{ConsensusArg, IncentivesArgs, KeyArg, ScoreArg, WalletArgs, WalletCommand};
 
-fn consensus(arg: ConsensusArg) -> Hyperparams {
-    Hyperparams {
-        consensus: match arg {
-            ConsensusArg::Subtensor => Consensus::Subtensor,
-            ConsensusArg::Papers => Consensus::Papers,
-        },
-        ..Hyperparams::default()
+fn consensus(arg: ConsensusArg) -> Consensus {
+    match arg {
+        ConsensusArg::Subtensor => Consensus::Subtensor,
+        ConsensusArg::Papers => Consensus::Papers,
     }
 }
 
 /// `launch incentives`.
 pub fn run(args: IncentivesArgs) -> Result<()> {
-    let config = RunConfig::load(&args.config)?;
+    let mut config = RunConfig::load(&args.config)?;
+    let incentives = &mut config.incentives;
+    if let Some(c) = args.consensus {
+        incentives.consensus.consensus = consensus(c);
+    }
+    if let Some(w) = args.weights_from {
+        incentives.scoring.weights_from = match w {
+            ScoreArg::Shapley => ScoreKind::Shapley,
+            ScoreArg::Fisher => ScoreKind::Fisher,
+        };
+    }
+    if let Some(b) = args.validator_batches {
+        incentives.validator_batches = b;
+    }
+    if let Some(p) = args.permutations {
+        incentives.scoring.permutations = p;
+    }
+    config
+        .validate()
+        .map_err(|message| sinter_trainer::config::ConfigError {
+            path: args.config.clone(),
+            message,
+        })
+        .context("after applying command-line overrides")?;
     let roles = args
         .roles
         .iter()
@@ -55,16 +75,6 @@ pub fn run(args: IncentivesArgs) -> Result<()> {
         roles,
         warmup_rounds: args.warmup_rounds,
         rounds: args.rounds.max(1),
-        validator_batches: args.validator_batches.max(1),
-        scoring: ScoringConfig {
-            weights_from: match args.weights_from {
-                ScoreArg::Shapley => ScoreKind::Shapley,
-                ScoreArg::Fisher => ScoreKind::Fisher,
-            },
-            permutations: args.permutations.max(2),
-            ..ScoringConfig::default()
-        },
-        consensus: consensus(args.consensus),
         ledger: args.out.join("ledger"),
     };
     let report = dispatch(config.run.backend, Job { config, options })?;
@@ -338,7 +348,11 @@ pub fn bench_cabal(epochs: usize, emission_percent: f64) -> Result<()> {
         ("subtensor", ConsensusArg::Subtensor),
         ("papers", ConsensusArg::Papers),
     ] {
-        let run = cabal::simulate(&consensus(arg), epochs.max(1), emission_percent)?;
+        let params = Hyperparams {
+            consensus: consensus(arg),
+            ..Hyperparams::default()
+        };
+        let run = cabal::simulate(&params, epochs.max(1), emission_percent)?;
         println!("{name}: epoch, cabal stake share, cabal emission share, ratio");
         for e in &run {
             println!(

@@ -26,6 +26,95 @@ pub struct RunConfig {
     pub run: RunSection,
     /// Checkpoint cadence; not part of the run's identity (peers may checkpoint differently).
     pub checkpoint: CheckpointConfig,
+    /// The incentive mechanism (`launch incentives`); not part of the run's identity.
+    #[serde(skip_serializing_if = "IncentiveConfig::is_default")]
+    pub incentives: IncentiveConfig,
+}
+
+/// The incentive mechanism: the ledger's genesis parameters, consensus and the validator's
+/// scoring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncentiveConfig {
+    /// Ledger blocks per epoch (a round writes three).
+    pub tempo: u64,
+    /// Cost of registering a uid, burned.
+    pub burn: u64,
+    /// Emission each epoch splits.
+    pub emission_per_epoch: u64,
+    /// Validation batches per corpus (Shakespeare, Milton) the validator evaluates on.
+    pub validator_batches: usize,
+    /// Consensus: `consensus = "subtensor"` (the chain's Yuma) or `"papers"`, `kappa`,
+    /// `bonds_moving_average`, `rho`.
+    pub consensus: sinter_mechanism::consensus::Hyperparams,
+    /// Scoring: `weights_from = "shapley"` or `"fisher"`, `permutations`, `truncation`, and
+    /// `[incentives.scoring.filter]` thresholds.
+    pub scoring: sinter_mechanism::score::ScoringConfig,
+}
+
+impl Default for IncentiveConfig {
+    fn default() -> Self {
+        Self {
+            tempo: 3,
+            burn: 1_000_000_000,
+            emission_per_epoch: 1_000_000_000,
+            validator_batches: 2,
+            consensus: Default::default(),
+            scoring: Default::default(),
+        }
+    }
+}
+
+impl IncentiveConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let f = &self.scoring.filter;
+        let checks = [
+            (
+                self.tempo >= 1,
+                "`incentives.tempo` must be at least 1 block",
+            ),
+            (
+                self.validator_batches >= 1,
+                "`incentives.validator_batches` must be at least 1",
+            ),
+            (
+                self.scoring.permutations >= 2,
+                "`incentives.scoring.permutations` must be at least 2",
+            ),
+            (
+                (0.0..1.0).contains(&self.scoring.truncation),
+                "`incentives.scoring.truncation` must be in [0, 1)",
+            ),
+            (
+                f.max_z > 0.0 && f.min_spread >= 0.0 && f.loss_tolerance >= 0.0,
+                "`incentives.scoring.filter`: max_z must be positive, min_spread and loss_tolerance non-negative",
+            ),
+            (
+                f.duplicate_cosine > 0.0 && f.duplicate_cosine <= 1.0,
+                "`incentives.scoring.filter.duplicate_cosine` must be in (0, 1]",
+            ),
+            (
+                self.consensus.rho.is_finite() && self.consensus.rho > 0.0,
+                "`incentives.consensus.rho` must be a positive number",
+            ),
+            (
+                self.consensus.bonds_moving_average <= 1_000_000,
+                "`incentives.consensus.bonds_moving_average` is in millionths: at most 1000000",
+            ),
+            (
+                self.emission_per_epoch < 1 << 50,
+                "`incentives.emission_per_epoch` must be below 2^50",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err((*message).to_owned()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How often checkpoints are written under `OUT/checkpoints/`.
@@ -413,6 +502,7 @@ impl RunConfig {
         quant
             .validate()
             .map_err(|e| format!("`outer.block`: {e}"))?;
+        self.incentives.validate()?;
         if self.outer.warmup_ddp_steps >= self.inner.steps {
             return Err(format!(
                 "`outer.warmup_ddp_steps` ({}) must be below `inner.steps` ({})",
@@ -422,12 +512,13 @@ impl RunConfig {
         Ok(())
     }
 
-    /// SHA-256 of the canonical (re-serialised) config without `[checkpoint]`: the run's
-    /// identity.
+    /// SHA-256 of the canonical (re-serialised) config without `[checkpoint]` and
+    /// `[incentives]`: the run's identity.
     pub fn hash(&self) -> String {
         use sha2::Digest;
         let identity = RunConfig {
             checkpoint: CheckpointConfig::default(),
+            incentives: IncentiveConfig::default(),
             ..self.clone()
         };
         let canonical = toml::to_string(&identity).expect("a RunConfig always serialises");
@@ -495,5 +586,23 @@ mod tests {
         b.inner.lr *= 2.0;
         assert_ne!(a.hash(), b.hash());
         assert_eq!(a.hash(), RunConfig::default().hash());
+    }
+
+    #[test]
+    fn the_incentives_section_selects_the_mechanism_without_changing_the_run() {
+        let config = parse(
+            "[incentives]\ntempo = 6\n[incentives.consensus]\nconsensus = \"papers\"\n[incentives.scoring]\nweights_from = \"fisher\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.incentives.tempo, 6);
+        assert_eq!(
+            config.incentives.consensus.consensus,
+            sinter_mechanism::consensus::Consensus::Papers
+        );
+        assert_eq!(config.hash(), RunConfig::default().hash());
+        let typo = parse("[incentives.consensus]\nconsensus = \"yuma2\"\n").unwrap_err();
+        assert!(typo.to_string().contains("yuma2"), "{typo}");
+        let zero = parse("[incentives]\ntempo = 0\n").unwrap_err();
+        assert!(zero.to_string().contains("incentives.tempo"), "{zero}");
     }
 }

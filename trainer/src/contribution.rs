@@ -30,13 +30,12 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
-use sinter_mechanism::consensus::Hyperparams;
 use sinter_mechanism::ledger::extrinsic::{Call, Extrinsic, blake2_256, weights_commitment};
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 use sinter_mechanism::ledger::state::{Genesis, GenesisBalance, GenesisNeuron};
 use sinter_mechanism::ledger::{Ledger, LedgerError};
 use sinter_mechanism::score::{
-    Curvature, RoundScores, ScoringConfig, filter_round, spearman, to_u16_row, value_round,
+    Curvature, RoundScores, filter_round, spearman, to_u16_row, value_round,
 };
 use sinter_mechanism::shapley::{Coalitions, monte_carlo, relative_error};
 
@@ -99,12 +98,6 @@ pub struct ContributionOptions {
     pub warmup_rounds: usize,
     /// Scored rounds.
     pub rounds: usize,
-    /// Validation batches per corpus the validator evaluates on.
-    pub validator_batches: usize,
-    /// Scoring settings.
-    pub scoring: ScoringConfig,
-    /// Consensus settings.
-    pub consensus: Hyperparams,
     /// Where the ledger file goes (created; must not exist).
     pub ledger: PathBuf,
 }
@@ -275,8 +268,9 @@ pub fn run<B: AutodiffBackend>(
     }
 
     // The validator evaluates on both corpora.
+    let incentives = &config.incentives;
     let data = DataConfig {
-        validation_batches: options.validator_batches,
+        validation_batches: incentives.validator_batches,
         ..config.data.clone()
     };
     let mut batches = shakespeare.validation_windows(&data, context, seed);
@@ -289,12 +283,12 @@ pub fn run<B: AutodiffBackend>(
     let genesis = Genesis {
         author: validator.account(),
         netuid: 1,
-        tempo: 3,
-        burn: 1_000_000_000,
-        emission_per_epoch: 1_000_000_000,
+        tempo: incentives.tempo,
+        burn: incentives.burn,
+        emission_per_epoch: incentives.emission_per_epoch,
         max_validators: 128,
         max_uids: 4096,
-        consensus: options.consensus.clone(),
+        consensus: incentives.consensus.clone(),
         balances: vec![GenesisBalance {
             account: owner.account(),
             balance: 0,
@@ -513,7 +507,12 @@ pub fn run<B: AutodiffBackend>(
             };
             let verdict = {
                 let updates: Vec<&[f32]> = inputs.deltas.iter().map(Vec::as_slice).collect();
-                filter_round(&updates, &committed_at, &mut coalitions, &options.scoring)
+                filter_round(
+                    &updates,
+                    &committed_at,
+                    &mut coalitions,
+                    &incentives.scoring,
+                )
             };
             let survivors: Vec<usize> = (0..n).filter(|j| verdict[*j].is_none()).collect();
             if survivors.is_empty() {
@@ -536,7 +535,7 @@ pub fn run<B: AutodiffBackend>(
             stall_secs += main_thread_secs;
 
             // 5. Shapley, Fisher and the ground truth beside the next round's training.
-            let scoring = &options.scoring;
+            let scoring = &incentives.scoring;
             pending = Some(scope.spawn(move || {
                 let started = Instant::now();
                 let updates: Vec<&[f32]> = inputs.deltas.iter().map(Vec::as_slice).collect();

@@ -657,6 +657,39 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_refuses_blocks_with_a_forged_outcome_or_author() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = net();
+        let mut author = Ledger::create(&dir.path().join("author"), genesis(&net)).unwrap();
+        let applied = populate(&mut author, &net);
+        let mut replica = Ledger::create(&dir.path().join("replica"), genesis(&net)).unwrap();
+        replica.import(applied[0].block.clone()).unwrap();
+        replica.import(applied[1].block.clone()).unwrap();
+        // Block 3 ends an epoch; an author claiming another outcome (state root) is caught.
+        let honest = applied[2].block.clone();
+        let mut header = honest.header.clone();
+        header.state_root[0] ^= 1;
+        let lie = Block::seal(header, honest.extrinsics.clone(), &net.author);
+        let err = replica.import(lie).unwrap_err().to_string();
+        assert!(
+            err.contains("block 3: state root differs") && err.contains("epoch"),
+            "{err}"
+        );
+        // The same block sealed by anyone but the genesis author is refused.
+        let stranger = Block::seal(
+            honest.header.clone(),
+            honest.extrinsics.clone(),
+            &net.miners[0],
+        );
+        let err = replica.import(stranger).unwrap_err().to_string();
+        assert!(err.contains("signature"), "{err}");
+        // A block that skips ahead is refused; the honest one is taken.
+        assert!(replica.import(applied[1].block.clone()).is_err());
+        replica.import(honest).unwrap();
+        assert_eq!(replica.state().root(), author.state().root());
+    }
+
+    #[test]
     fn replays_forgeries_strangers_and_oversized_extrinsics_are_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let net = net();
