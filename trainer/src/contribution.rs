@@ -39,7 +39,7 @@ use sinter_mechanism::score::{
 };
 use sinter_mechanism::shapley::{Coalitions, monte_carlo, relative_error};
 
-use crate::config::{DataConfig, RunConfig};
+use crate::config::{DataConfig, IncentiveConfig, RunConfig};
 use crate::data::{Dataset, ShardSampler};
 use crate::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
 use crate::model::Llama;
@@ -215,36 +215,19 @@ fn block(
     Ok(())
 }
 
-/// Runs the experiment.
-pub fn run<B: AutodiffBackend>(
+/// The peers, each with its own data (Shakespeare peers split Shakespeare into shards).
+fn make_peers<B: AutodiffBackend>(
+    roles: &[Role],
+    initial: &Llama<B>,
+    shakespeare: &Dataset,
+    milton: &Dataset,
     config: &RunConfig,
-    kernels: &dyn Kernels,
-    device: &B::Device,
-    options: &ContributionOptions,
-) -> Result<ContributionReport, TrainerError> {
-    let (tokenizer, shakespeare) = config.load_data()?;
-    let milton = milton(config, &tokenizer)?;
-    let n = options.roles.len();
-    let h = config.outer.inner_steps;
-    // The inner schedule spans exactly the rounds run.
-    let mut config = config.clone();
-    config.inner.steps = (options.warmup_rounds + options.rounds) * h;
-    let config = &config;
-    let context = config.model.context;
-    let seed = config.run.seed;
-    B::seed(device, seed);
-    let initial: Llama<B> = config.model.init(device);
-    let (layout, mut global): (ParamLayout, Vec<f32>) = flatten(&initial);
-    let mut momentum = vec![0.0f32; global.len()];
-
-    let shakespeare_peers = options
-        .roles
-        .iter()
-        .filter(|r| **r == Role::Shakespeare)
-        .count();
+) -> Result<Vec<Peer<B>>, TrainerError> {
+    let (context, seed) = (config.model.context, config.run.seed);
+    let shakespeare_peers = roles.iter().filter(|r| **r == Role::Shakespeare).count();
     let mut shard = 0;
-    let mut peers: Vec<Peer<B>> = Vec::with_capacity(n);
-    for (i, role) in options.roles.iter().enumerate() {
+    let mut peers = Vec::with_capacity(roles.len());
+    for (i, role) in roles.iter().enumerate() {
         let sampler = match role {
             Role::Shakespeare => {
                 shard += 1;
@@ -266,21 +249,18 @@ pub fn run<B: AutodiffBackend>(
             sampler,
         });
     }
+    Ok(peers)
+}
 
-    // The validator evaluates on both corpora.
-    let incentives = &config.incentives;
-    let data = DataConfig {
-        validation_batches: incentives.validator_batches,
-        ..config.data.clone()
-    };
-    let mut batches = shakespeare.validation_windows(&data, context, seed);
-    batches.extend(milton.validation_windows(&data, context, seed));
-    let batch_size = data.validation_batch_size;
-    let evaluator = Evaluator::new(eval_model(&initial), batches, batch_size, device.clone());
-
-    let validator = dev_key("validator");
-    let owner = dev_key("owner");
-    let genesis = Genesis {
+/// The ledger's genesis: the validator (uid 0, all the stake, the author) and every peer
+/// registered with no stake.
+fn genesis<B: AutodiffBackend>(
+    validator: &Keypair,
+    owner: &Keypair,
+    peers: &[Peer<B>],
+    incentives: &IncentiveConfig,
+) -> Genesis {
+    Genesis {
         author: validator.account(),
         netuid: 1,
         tempo: incentives.tempo,
@@ -304,7 +284,58 @@ pub fn run<B: AutodiffBackend>(
             stake: 0,
         }))
         .collect(),
+    }
+}
+
+/// A peer's commitment to its frame for `round`.
+fn commit_contribution(ledger: &Ledger, key: &Keypair, round: usize, frame: &[u8]) -> Extrinsic {
+    ledger.sign(
+        key,
+        Call::CommitContribution {
+            round: round as u64,
+            hash: blake2_256(frame),
+        },
+    )
+}
+
+/// Runs the experiment.
+pub fn run<B: AutodiffBackend>(
+    config: &RunConfig,
+    kernels: &dyn Kernels,
+    device: &B::Device,
+    options: &ContributionOptions,
+) -> Result<ContributionReport, TrainerError> {
+    let (tokenizer, shakespeare) = config.load_data()?;
+    let milton = milton(config, &tokenizer)?;
+    let n = options.roles.len();
+    let h = config.outer.inner_steps;
+    // The inner schedule spans exactly the rounds run.
+    let mut config = config.clone();
+    config.inner.steps = (options.warmup_rounds + options.rounds) * h;
+    let config = &config;
+    let context = config.model.context;
+    let seed = config.run.seed;
+    B::seed(device, seed);
+    let initial: Llama<B> = config.model.init(device);
+    let (layout, mut global): (ParamLayout, Vec<f32>) = flatten(&initial);
+    let mut momentum = vec![0.0f32; global.len()];
+
+    let mut peers = make_peers(&options.roles, &initial, &shakespeare, &milton, config)?;
+
+    // The validator evaluates on both corpora.
+    let incentives = &config.incentives;
+    let data = DataConfig {
+        validation_batches: incentives.validator_batches,
+        ..config.data.clone()
     };
+    let mut batches = shakespeare.validation_windows(&data, context, seed);
+    batches.extend(milton.validation_windows(&data, context, seed));
+    let batch_size = data.validation_batch_size;
+    let evaluator = Evaluator::new(eval_model(&initial), batches, batch_size, device.clone());
+
+    let validator = dev_key("validator");
+    let owner = dev_key("owner");
+    let genesis = genesis(&validator, &owner, &peers, incentives);
     let mut ledger = Ledger::create(&options.ledger, genesis).map_err(err)?;
     let uid = |i: usize| (i + 1) as u16;
 
@@ -430,15 +461,9 @@ pub fn run<B: AutodiffBackend>(
             }
             let commits: Vec<Extrinsic> = (0..n)
                 .filter_map(|j| {
-                    frames[j].as_ref().map(|f| {
-                        ledger.sign(
-                            &peers[j].key,
-                            Call::CommitContribution {
-                                round: round as u64,
-                                hash: blake2_256(f),
-                            },
-                        )
-                    })
+                    frames[j]
+                        .as_ref()
+                        .map(|f| commit_contribution(&ledger, &peers[j].key, round, f))
                 })
                 .collect();
             let mut first_block = commits;
@@ -450,13 +475,7 @@ pub fn run<B: AutodiffBackend>(
                 if peers[j].role == Role::Copycat {
                     frames[j] = frames[0].clone();
                     if let Some(f) = &frames[j] {
-                        second_block.push(ledger.sign(
-                            &peers[j].key,
-                            Call::CommitContribution {
-                                round: round as u64,
-                                hash: blake2_256(f),
-                            },
-                        ));
+                        second_block.push(commit_contribution(&ledger, &peers[j].key, round, f));
                     }
                 }
             }
