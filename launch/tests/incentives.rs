@@ -65,7 +65,7 @@ fn honest_peers_earn_the_emission_and_lazy_and_copycat_peers_do_not() {
     let report = incentives(
         dir.path(),
         "run",
-        &["--rounds", "3", "--warmup-rounds", "2"],
+        &["--rounds", "6", "--warmup-rounds", "2"],
     );
     let peers = report["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 6);
@@ -75,7 +75,7 @@ fn honest_peers_earn_the_emission_and_lazy_and_copycat_peers_do_not() {
     let copycat = &peers[5];
     assert_eq!(copycat["role"], "copycat");
     let rejected = copycat["rejected"].as_array().unwrap();
-    assert_eq!(rejected.len(), 3);
+    assert_eq!(rejected.len(), 6);
     assert!(rejected[0][1].as_str().unwrap().contains("copies peer 0"));
     // Honest peers share what the validator does not keep.
     for p in &peers[..4] {
