@@ -251,6 +251,73 @@ pub struct IncentivesArgs {
     pub permutations: Option<usize>,
 }
 
+/// `launch ledger node` arguments.
+#[derive(Debug, Args)]
+pub struct LedgerNodeArgs {
+    /// The genesis (JSON).
+    #[arg(long)]
+    pub genesis: PathBuf,
+    /// This node's ledger file (created from the genesis if missing).
+    #[arg(long)]
+    pub ledger: PathBuf,
+    /// The author's wallet key file: this node authors blocks.
+    #[arg(long, value_name = "FILE")]
+    pub author_key: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/0")]
+    pub listen: Vec<String>,
+    /// A node to connect to (with its /p2p/ id).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Seconds between blocks (author only).
+    #[arg(long, default_value_t = 2.0)]
+    pub block_secs: f64,
+}
+
+/// `launch ledger submit` arguments.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The genesis (JSON): extrinsics are signed for it.
+    #[arg(long)]
+    pub genesis: PathBuf,
+    /// The author node (with its /p2p/ id).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub node: String,
+    /// The signer's wallet key file (a coldkey for register and add-stake, a hotkey for
+    /// serve).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub call: SubmitCall,
+}
+
+/// Calls `launch ledger submit` sends.
+#[derive(Debug, Subcommand)]
+pub enum SubmitCall {
+    /// Registers a hotkey as a new uid, burning the genesis `burn` from the signer.
+    Register {
+        /// The hotkey (SS58).
+        #[arg(long)]
+        hotkey: String,
+    },
+    /// Stakes `amount` from the signer's balance on its hotkey.
+    AddStake {
+        /// The hotkey (SS58).
+        #[arg(long)]
+        hotkey: String,
+        /// Amount.
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Publishes the signer's (a hotkey's) peer address.
+    Serve {
+        /// A multiaddress.
+        #[arg(long)]
+        address: String,
+    },
+}
+
 /// `--consensus` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ConsensusArg {
@@ -318,6 +385,15 @@ pub enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Runs the ledger over libp2p: with `--author-key` (the genesis author's key file) this
+    /// node authors a block every `--block-secs` from the extrinsics submitted to it and
+    /// gossips it; without, it keeps a replica, checking every block it imports.
+    #[command(
+        after_help = "Example:\n  launch ledger node --genesis genesis.json --ledger out/author.ledger --author-key ~/.sinter/wallets/author/hotkey --listen /ip4/127.0.0.1/tcp/4100\n  launch ledger node --genesis genesis.json --ledger out/replica.ledger --bootstrap /ip4/127.0.0.1/tcp/4100/p2p/PEER_ID\nGENESIS keys: author (SS58), tempo, burn, emission_per_epoch, balances [{account, balance}], neurons [{hotkey, coldkey, stake}], consensus {...}."
+    )]
+    Node(LedgerNodeArgs),
+    /// Signs an extrinsic with a wallet key and submits it to the author node.
+    Submit(SubmitArgs),
     /// Re-checks every block's hash, signature and extrinsics and recomputes every epoch from
     /// the recorded weights. Exit code 1 names the first bad block (or an unfinished write).
     Verify {

@@ -281,7 +281,8 @@ fn write_key(path: &Path, phrase: &str, key: &Keypair) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_key(path: &Path) -> Result<Keypair> {
+/// The key in a wallet key file.
+pub(crate) fn read_key(path: &Path) -> Result<Keypair> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)

@@ -7,6 +7,7 @@ mod checkpoints;
 mod cli;
 mod control;
 mod incentives;
+mod ledger_node;
 mod peer;
 mod progress;
 mod report;
@@ -137,6 +138,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ledger(cli::LedgerCommand::Verify { file, json }) => {
             incentives::verify(&file, json)
         }
+        Command::Ledger(cli::LedgerCommand::Node(args)) => ledger_node::node(args),
+        Command::Ledger(cli::LedgerCommand::Submit(args)) => ledger_node::submit(args),
         Command::Wallet(command) => incentives::wallet(command),
         Command::Incentives(args) => incentives::run(args),
         Command::Bench(BenchCommand::Cabal {

@@ -25,7 +25,7 @@ use crate::progress::Progress;
 use crate::report;
 
 /// Parses a multiaddr argument, saying which flag it came from.
-fn multiaddr(text: &str, flag: &str) -> Result<Multiaddr> {
+pub(crate) fn multiaddr(text: &str, flag: &str) -> Result<Multiaddr> {
     text.parse().with_context(|| {
         format!("{flag} {text:?} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/4001)")
     })
@@ -34,9 +34,9 @@ fn multiaddr(text: &str, flag: &str) -> Result<Multiaddr> {
 /// Where a peer listens and whom it joins through: the flags `run` and `bench allreduce`
 /// share.
 pub struct Addresses {
-    listen: Vec<Multiaddr>,
-    external: Vec<Multiaddr>,
-    bootstrap: Vec<Multiaddr>,
+    pub(crate) listen: Vec<Multiaddr>,
+    pub(crate) external: Vec<Multiaddr>,
+    pub(crate) bootstrap: Vec<Multiaddr>,
 }
 
 impl Addresses {
@@ -108,7 +108,8 @@ fn join_network(
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The async runtime the network runs on.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -7,6 +7,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{kill_at_fault, launch, text};
 
@@ -223,4 +224,147 @@ fn the_cabal_benchmark_prints_both_consensus_variants() {
     assert!(out.status.success(), "{}", text(&out));
     let printed = text(&out);
     assert!(printed.contains("subtensor:") && printed.contains("papers:"));
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `launch ledger node ARGS…` and returns it with its first listen address.
+fn ledger_node(args: &[&str]) -> (Node, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .args(["ledger", "node", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let node = Node(child);
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("listening on "))
+        .expect("the node prints its address");
+    (node, line["listening on ".len()..].to_owned())
+}
+
+fn account(wallets: &str, name: &str, key: &str) -> String {
+    let out = launch(&["wallet", "show", "--name", name, "--dir", wallets]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")).map(str::to_owned))
+        .unwrap()
+}
+
+fn verified(ledger: &Path) -> serde_json::Value {
+    let out = launch(&["ledger", "verify", "--json", s(ledger)]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+#[test]
+fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let wallets = s(dir.path());
+    for name in ["author", "owner", "miner"] {
+        assert!(
+            launch(&["wallet", "new", "--name", name, "--dir", wallets])
+                .status
+                .success()
+        );
+    }
+    let author = account(wallets, "author", "hotkey");
+    let owner = account(wallets, "owner", "coldkey");
+    let miner = account(wallets, "miner", "hotkey");
+    let genesis = dir.path().join("genesis.json");
+    std::fs::write(
+        &genesis,
+        serde_json::json!({
+            "author": author, "tempo": 2, "burn": 100, "emission_per_epoch": 1000000,
+            "balances": [{"account": owner, "balance": 10000}],
+            "neurons": [{"hotkey": author, "coldkey": owner, "stake": 1000}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let author_ledger = dir.path().join("author.ledger");
+    let author_key = dir.path().join("author/hotkey");
+    let (_author, address) = ledger_node(&[
+        "--genesis",
+        s(&genesis),
+        "--ledger",
+        s(&author_ledger),
+        "--author-key",
+        s(&author_key),
+        "--block-secs",
+        "0.3",
+    ]);
+    let submit = |key: &str, call: &[&str]| {
+        let key = dir.path().join(key);
+        let mut args = vec![
+            "ledger",
+            "submit",
+            "--genesis",
+            s(&genesis),
+            "--node",
+            &address,
+        ];
+        args.extend(["--key", s(&key)]);
+        args.extend(call);
+        launch(&args)
+    };
+    let out = submit("owner/coldkey", &["register", "--hotkey", &miner]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = submit(
+        "owner/coldkey",
+        &["add-stake", "--hotkey", &miner, "--amount", "50"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Only the hotkey's coldkey may stake on it: refused with the reason, exit 1.
+    let out = submit(
+        "miner/hotkey",
+        &["add-stake", "--hotkey", &miner, "--amount", "5"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not the signer"), "{}", text(&out));
+
+    // A replica joining now catches up on the blocks it missed, then follows the gossip.
+    std::thread::sleep(Duration::from_secs(1));
+    let replica_ledger = dir.path().join("replica.ledger");
+    let (_replica, _) = ledger_node(&[
+        "--genesis",
+        s(&genesis),
+        "--ledger",
+        s(&replica_ledger),
+        "--bootstrap",
+        &address,
+    ]);
+    let started = Instant::now();
+    loop {
+        let replica = verified(&replica_ledger);
+        if replica["blocks"].as_u64().unwrap_or(0) >= 8 {
+            assert!(replica["first_bad"].is_null(), "{replica}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{replica}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let show = launch(&["ledger", "show", "--json", s(&replica_ledger)]);
+    let state: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(state["neurons"][1]["hotkey"], miner);
+    assert_eq!(state["neurons"][1]["stake"], 50);
+    assert_eq!(
+        state["balances"][&owner],
+        10000 - 100 - 50
+            + state["neurons"][0]["total_emission"].as_u64().unwrap()
+            + state["neurons"][1]["total_emission"].as_u64().unwrap()
+    );
+    assert!(verified(&author_ledger)["first_bad"].is_null());
 }

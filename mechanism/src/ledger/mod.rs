@@ -394,6 +394,19 @@ impl Ledger {
         )
     }
 
+    /// Up to `max` committed blocks from number `from` on, read back from the file (for
+    /// replicas catching up).
+    pub fn blocks_from(&self, from: u64, max: usize) -> Result<Vec<Block>, LedgerError> {
+        let records = read_records(&self.path)?;
+        records
+            .blocks
+            .into_iter()
+            .filter(|(number, _)| *number >= from && *number <= self.state.block)
+            .take(max)
+            .map(|(number, block)| block.map_err(|why| LedgerError::BadBlock { number, why }))
+            .collect()
+    }
+
     fn append(&mut self, block: &Block) -> Result<(), LedgerError> {
         let bytes = record(&block.encode());
         if bytes.len() > MAX_BLOCK_BYTES {

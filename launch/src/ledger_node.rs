@@ -1,0 +1,282 @@
+//! `launch ledger node` and `launch ledger submit`: the embedded ledger over libp2p. The node
+//! named by the genesis as author collects signed extrinsics (requests), authors a block every
+//! `--block-secs` and gossips it; every other node keeps a replica, importing (and so checking)
+//! each gossiped block, and asks the sender for the blocks it missed. Messages are SCALE.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use parity_scale_codec::{Decode, Encode};
+use sinter_comms::net::{self, Client, NetConfig, NetEvent, PeerId};
+use sinter_mechanism::ledger::block::Block;
+use sinter_mechanism::ledger::extrinsic::{Call, Extrinsic};
+use sinter_mechanism::ledger::keys::{AccountId, hex};
+use sinter_mechanism::ledger::state::{Genesis, State};
+use sinter_mechanism::ledger::{Ledger, MAX_BLOCK_BYTES};
+
+use crate::ConfigFileError;
+use crate::cli::{LedgerNodeArgs, SubmitArgs, SubmitCall};
+use crate::incentives::read_key;
+use crate::peer::{Addresses, runtime};
+
+/// Most blocks one catch-up answer carries.
+const CATCH_UP_BLOCKS: usize = 64;
+
+#[derive(Encode, Decode)]
+enum Gossip {
+    Block(Block),
+}
+
+#[derive(Encode, Decode)]
+enum Request {
+    Submit(Extrinsic),
+    Nonce(AccountId),
+    BlocksFrom(u64),
+}
+
+#[derive(Encode, Decode)]
+enum Response {
+    Accepted,
+    Rejected(String),
+    Nonce(u64),
+    Blocks(Vec<Block>),
+}
+
+fn read_genesis(path: &Path) -> Result<Genesis> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ConfigFileError(format!("{}: {e}", path.display())).into())
+}
+
+fn topic(genesis: &Genesis) -> String {
+    format!("sinter/ledger/{}", &hex(&genesis.hash())[..16])
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The author's view of the next block: the committed state plus the extrinsics accepted
+/// since, so that a signer's second extrinsic in one block gets the right nonce.
+struct Pool {
+    pending: Vec<Extrinsic>,
+    state: State,
+}
+
+impl Pool {
+    fn after(ledger: &Ledger) -> Self {
+        let mut state = ledger.state().clone();
+        state.block += 1;
+        Self {
+            pending: Vec::new(),
+            state,
+        }
+    }
+}
+
+async fn answer(ledger: &Ledger, pool: &mut Option<Pool>, data: &[u8]) -> Response {
+    match Request::decode(&mut &data[..]) {
+        Ok(Request::Submit(ext)) => match pool {
+            Some(pool) => match pool
+                .state
+                .apply(&ext, ledger.genesis(), ledger.genesis_hash())
+            {
+                Ok(()) => {
+                    tracing::info!(call = ext.call.name(), signer = %ext.signer, "extrinsic accepted");
+                    pool.pending.push(ext);
+                    Response::Accepted
+                }
+                Err(reason) => Response::Rejected(format!("{}: {reason}", ext.call.name())),
+            },
+            None => Response::Rejected(
+                "this node is a replica: submit to the author named in the genesis".into(),
+            ),
+        },
+        Ok(Request::Nonce(account)) => Response::Nonce(match pool {
+            Some(pool) => pool.state.nonces.get(&account).copied().unwrap_or(0),
+            None => ledger.next_nonce(&account),
+        }),
+        Ok(Request::BlocksFrom(from)) => match ledger.blocks_from(from, CATCH_UP_BLOCKS) {
+            Ok(blocks) => Response::Blocks(blocks),
+            Err(e) => Response::Rejected(e.to_string()),
+        },
+        Err(e) => Response::Rejected(format!("malformed request: {e}")),
+    }
+}
+
+/// Imports a gossiped block, first fetching any blocks this replica missed from its sender.
+async fn follow(ledger: &mut Ledger, client: &Client, from: PeerId, block: Block) {
+    let height = ledger.state().block;
+    let number = block.header.number;
+    if number <= height {
+        return;
+    }
+    if number > height + 1 {
+        let request = Request::BlocksFrom(height + 1).encode();
+        match client
+            .request(from, request)
+            .await
+            .map(|r| Response::decode(&mut &r[..]))
+        {
+            Ok(Ok(Response::Blocks(blocks))) => {
+                for missed in blocks {
+                    if missed.header.number == ledger.state().block + 1
+                        && let Err(e) = ledger.import(missed)
+                    {
+                        tracing::warn!(error = %e, %from, "refused a block while catching up");
+                        return;
+                    }
+                }
+            }
+            other => {
+                tracing::warn!(%from, "catching up failed: {:?}", other.err());
+                return;
+            }
+        }
+    }
+    if block.header.number == ledger.state().block + 1 {
+        match ledger.import(block) {
+            Ok(applied) => tracing::info!(
+                block = number,
+                extrinsics = applied.block.extrinsics.len(),
+                epoch = applied.epoch.is_some(),
+                "imported"
+            ),
+            Err(e) => tracing::warn!(error = %e, %from, "refused a gossiped block"),
+        }
+    }
+}
+
+/// `launch ledger node`.
+pub fn node(args: LedgerNodeArgs) -> Result<()> {
+    let genesis = read_genesis(&args.genesis)?;
+    let topic = topic(&genesis);
+    let author = args.author_key.as_deref().map(read_key).transpose()?;
+    if let Some(key) = &author
+        && key.account() != genesis.author
+    {
+        return Err(ConfigFileError(format!(
+            "{} is not the genesis author {}: only the author's key authors blocks",
+            key.account(),
+            genesis.author
+        ))
+        .into());
+    }
+    let (mut ledger, warning) = Ledger::open_or_create(&args.ledger, genesis)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    let addresses = Addresses::parse(&args.listen, &[], &args.bootstrap)?;
+    let block_every = Duration::from_secs_f64(args.block_secs.max(0.1));
+    runtime()?.block_on(async move {
+        let mut config = NetConfig::new(net::Keypair::generate_ed25519(), topic);
+        config.listen = addresses.listen.clone();
+        config.bootstrap = addresses.bootstrap.clone();
+        config.max_request_bytes = MAX_BLOCK_BYTES;
+        config.max_response_bytes = CATCH_UP_BLOCKS * MAX_BLOCK_BYTES / 8;
+        let (client, mut events, event_loop) = net::start(config).await?;
+        tokio::spawn(event_loop.run());
+        println!("peer id {}", client.peer_id());
+        for addr in client.listen_addrs().await? {
+            println!("listening on {addr}");
+        }
+        for addr in addresses.bootstrap {
+            client
+                .dial(addr.clone())
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+        }
+        let mut pool = author.as_ref().map(|_| Pool::after(&ledger));
+        let mut tick = tokio::time::interval(block_every);
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if author.is_some() => {
+                    let key = author.as_ref().expect("authoring needs the key");
+                    let pending = pool.take().map(|p| p.pending).unwrap_or_default();
+                    let applied = ledger.author(key, pending, now_ms())?;
+                    for refused in &applied.refused {
+                        tracing::warn!(call = refused.extrinsic.call.name(), reason = %refused.reason, "extrinsic left out");
+                    }
+                    tracing::info!(block = applied.block.header.number, extrinsics = applied.block.extrinsics.len(), epoch = applied.epoch.is_some(), "authored");
+                    pool = Some(Pool::after(&ledger));
+                    if let Err(e) = client.publish(Gossip::Block(applied.block).encode()).await {
+                        tracing::debug!(error = %e, "no replica to gossip to yet");
+                    }
+                }
+                event = events.recv() => match event {
+                    None => break,
+                    Some(NetEvent::Gossip { peer, data }) if author.is_none() => {
+                        match Gossip::decode(&mut &data[..]) {
+                            Ok(Gossip::Block(block)) => follow(&mut ledger, &client, peer, block).await,
+                            Err(e) => tracing::warn!(%peer, error = %e, "malformed gossip"),
+                        }
+                    }
+                    Some(NetEvent::Request { data, reply, .. }) => {
+                        let response = answer(&ledger, &mut pool, &data).await;
+                        let _ = client.respond(reply, response.encode()).await;
+                    }
+                    Some(_) => {}
+                },
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        println!("stopped at block {}", ledger.state().block);
+        anyhow::Ok(())
+    })
+}
+
+/// `launch ledger submit`.
+pub fn submit(args: SubmitArgs) -> Result<()> {
+    let genesis = read_genesis(&args.genesis)?;
+    let key = read_key(&args.key)?;
+    let call = match args.call {
+        SubmitCall::Register { hotkey } => Call::Register {
+            hotkey: AccountId::parse(&hotkey)?,
+        },
+        SubmitCall::AddStake { hotkey, amount } => Call::AddStake {
+            hotkey: AccountId::parse(&hotkey)?,
+            amount,
+        },
+        SubmitCall::Serve { address } => Call::Serve {
+            address: address.into_bytes(),
+        },
+    };
+    let node = crate::peer::multiaddr(&args.node, "--node")?;
+    let genesis_hash = genesis.hash();
+    runtime()?.block_on(async move {
+        let config = NetConfig::new(
+            net::Keypair::generate_ed25519(),
+            "sinter/ledger-client".into(),
+        );
+        let (client, _events, event_loop) = net::start(config).await?;
+        tokio::spawn(event_loop.run());
+        let peer = client
+            .dial(node.clone())
+            .await
+            .with_context(|| format!("connecting to {node}"))?;
+        let ask = |request: Request| {
+            let client = client.clone();
+            async move {
+                let bytes = client.request(peer, request.encode()).await?;
+                Response::decode(&mut &bytes[..]).context("malformed answer from the node")
+            }
+        };
+        let Response::Nonce(nonce) = ask(Request::Nonce(key.account())).await? else {
+            bail!("the node did not answer with a nonce");
+        };
+        let name = call.name();
+        let ext = Extrinsic::sign(&key, nonce, call, &genesis_hash);
+        match ask(Request::Submit(ext)).await? {
+            Response::Accepted => {
+                println!("{name} accepted (nonce {nonce}): in the next block");
+                Ok(())
+            }
+            Response::Rejected(reason) => bail!("refused: {reason}"),
+            _ => bail!("the node gave an unexpected answer"),
+        }
+    })
+}
