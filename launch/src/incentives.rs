@@ -57,26 +57,15 @@ pub fn run(args: IncentivesArgs) -> Result<()> {
         .iter()
         .map(|r| r.parse::<Role>().map_err(ConfigFileError))
         .collect::<Result<Vec<_>, _>>()?;
-    if !roles.contains(&Role::Shakespeare) && roles.contains(&Role::Copycat) {
-        return Err(ConfigFileError(
-            "a copycat copies the first peer: put an honest peer first".into(),
-        )
-        .into());
-    }
-    if roles.first() == Some(&Role::Copycat) || roles.len() < 2 {
-        return Err(ConfigFileError(
-            "need at least two peers, the first of them not a copycat".into(),
-        )
-        .into());
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let options = ContributionOptions {
         roles,
         warmup_rounds: args.warmup_rounds,
         rounds: args.rounds.max(1),
         ledger: args.out.join("ledger"),
     };
+    options.check().map_err(ConfigFileError)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let report = dispatch(config.run.backend, Job { config, options })?;
     let path = args.out.join("incentives.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)

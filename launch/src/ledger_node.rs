@@ -78,7 +78,7 @@ impl Pool {
     }
 }
 
-async fn answer(ledger: &Ledger, pool: &mut Option<Pool>, data: &[u8]) -> Response {
+fn answer(ledger: &Ledger, pool: &mut Option<Pool>, data: &[u8]) -> Response {
     match Request::decode(&mut &data[..]) {
         Ok(Request::Submit(ext)) => match pool {
             Some(pool) => match pool
@@ -132,8 +132,16 @@ async fn follow(ledger: &mut Ledger, client: &Client, from: PeerId, block: Block
                     }
                 }
             }
-            other => {
-                tracing::warn!(%from, "catching up failed: {:?}", other.err());
+            Ok(Ok(Response::Rejected(why))) => {
+                tracing::warn!(%from, %why, "catching up refused");
+                return;
+            }
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                tracing::warn!(%from, "catching up failed: a malformed or unexpected answer");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "catching up failed");
                 return;
             }
         }
@@ -216,7 +224,7 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
                         }
                     }
                     Some(NetEvent::Request { data, reply, .. }) => {
-                        let response = answer(&ledger, &mut pool, &data).await;
+                        let response = answer(&ledger, &mut pool, &data);
                         let _ = client.respond(reply, response.encode()).await;
                     }
                     Some(_) => {}

@@ -219,6 +219,23 @@ fn wallets_keep_keys_private_and_restore_from_their_mnemonic() {
 }
 
 #[test]
+fn peer_lists_the_run_cannot_play_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    for (roles, why) in [
+        ("lazy,copycat", "at least one peer that trains"),
+        ("copycat,shakespeare", "copies the first peer"),
+        ("shakespeare,bogus", "unknown role"),
+    ] {
+        let out = dir.path().join("refused");
+        let run = launch(&["incentives", s(&config), "--out", s(&out), "--roles", roles]);
+        assert_eq!(run.status.code(), Some(2), "{roles}: {}", text(&run));
+        assert!(text(&run).contains(why), "{roles}: {}", text(&run));
+        assert!(!out.exists(), "nothing is written for a refused run");
+    }
+}
+
+#[test]
 fn the_cabal_benchmark_prints_both_consensus_variants() {
     let out = launch(&["bench", "cabal", "--epochs", "3"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -102,6 +102,27 @@ pub struct ContributionOptions {
     pub ledger: PathBuf,
 }
 
+impl ContributionOptions {
+    /// Refuses peer lists the run cannot play: someone must train, and the copycat copies the
+    /// first peer, which must not be a copycat itself.
+    pub fn check(&self) -> Result<(), String> {
+        if self.roles.len() < 2 {
+            return Err("need at least two peers".into());
+        }
+        if !self
+            .roles
+            .iter()
+            .any(|r| matches!(r, Role::Shakespeare | Role::Milton))
+        {
+            return Err("need at least one peer that trains (shakespeare or milton)".into());
+        }
+        if self.roles[0] == Role::Copycat {
+            return Err("a copycat copies the first peer: put another role first".into());
+        }
+        Ok(())
+    }
+}
+
 /// One peer's totals over the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerReport {
@@ -307,6 +328,7 @@ pub fn run<B: AutodiffBackend>(
 ) -> Result<ContributionReport, TrainerError> {
     let (tokenizer, shakespeare) = config.load_data()?;
     let milton = milton(config, &tokenizer)?;
+    options.check().map_err(TrainerError::Incentive)?;
     let n = options.roles.len();
     let h = config.outer.inner_steps;
     // The inner schedule spans exactly the rounds run.

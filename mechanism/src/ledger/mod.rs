@@ -417,10 +417,18 @@ impl Ledger {
             )));
         }
         fault_torn_write(&mut self.file, &bytes, block.header.number);
-        self.file
+        let committed = self.file.metadata().map_err(io(&self.path))?.len();
+        let written = self
+            .file
             .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .map_err(io(&self.path))
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // A failed write (a full disk) must not leave half a record for the next block to
+            // land behind: cut the file back to the last committed block.
+            let _ = self.file.set_len(committed);
+            return Err(io(&self.path)(e));
+        }
+        Ok(())
     }
 
     /// Authors the next block from `pending` (the author's key must be the genesis author):
