@@ -151,6 +151,20 @@ enum Header {
         stage: Stage,
         contributors: Vec<String>,
     },
+    /// Asks for the manifest of this peer's own contribution (all its shards) to `round`.
+    ContributionManifest {
+        run: String,
+        round: u64,
+    },
+    ContributionChunk {
+        run: String,
+        round: u64,
+        index: u32,
+    },
+    /// A request of the protocol extending the group (the ledger); the frame is its body.
+    Extension {
+        run: String,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -206,6 +220,13 @@ pub struct PeerStats {
     pub bytes_received: u64,
     /// Seconds its last round took (inner steps and all-reduce).
     pub last_round_secs: f64,
+    /// Its incentive (share of the miners' emission, 0–1) at the last epoch of its ledger
+    /// replica; none without a ledger.
+    #[serde(default)]
+    pub incentive: Option<f64>,
+    /// Emission credited to it so far on its ledger replica.
+    #[serde(default)]
+    pub emission: Option<u64>,
 }
 
 /// What a peer answers to `launch status`.
@@ -286,10 +307,54 @@ struct Offer {
 }
 
 impl Offer {
+    fn new(round: u64, blob: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            round,
+            blob: Arc::new(blob),
+            manifest: std::sync::OnceLock::new(),
+        })
+    }
+
     fn manifest(&self) -> &Manifest {
         self.manifest
             .get_or_init(|| Manifest::of(&self.blob, chunk_size_for(self.blob.len())))
     }
+}
+
+/// Answers for an offered blob of `round` (`what`: the state, a contribution): its manifest,
+/// or chunk `index`.
+fn serve_offer(offer: Option<&Arc<Offer>>, round: u64, index: Option<u32>, what: &str) -> Reply {
+    match offer {
+        Some(offer) if offer.round == round => {
+            let manifest = offer.manifest();
+            match index {
+                None => Reply::json(manifest),
+                Some(i) if (i as usize) < manifest.chunks.len() => {
+                    Reply::Data(offer.blob[manifest.range(i as usize)].to_vec())
+                }
+                Some(i) => Reply::Refused(format!("no chunk {i} of the {what} of round {round}")),
+            }
+        }
+        other => Reply::Refused(format!(
+            "no {what} for round {round} here (offering {})",
+            other.map_or("none".into(), |o| format!("round {}", o.round))
+        )),
+    }
+}
+
+/// Rounds of this peer's own contributions kept for validators.
+const CONTRIBUTIONS_KEPT: usize = 4;
+
+/// The first byte of an extension's gossip (heartbeats are JSON, so `{`).
+const EXTENSION_GOSSIP: u8 = 0;
+
+/// A protocol riding on a run's connections and gossip (the ledger): requests sent with
+/// [`Group::ask_extension`] and gossip sent with [`Group::publish_extension`] arrive here.
+pub trait Extension: Send + Sync {
+    /// Answers a request: the data, or the reason it is refused.
+    fn request(&self, peer: PeerId, data: &[u8]) -> Result<Vec<u8>, String>;
+    /// Takes a gossiped message (`peer` relayed it).
+    fn gossip(&self, peer: PeerId, data: &[u8]);
 }
 
 /// Pause before retrying a request to a peer that is live but not reachable yet.
@@ -397,7 +462,10 @@ struct State {
     /// The newest round any peer reported.
     newest_round: u64,
     offer: Option<Arc<Offer>>,
+    /// This peer's own contributions of the last few rounds, for validators to fetch.
+    contributions: BTreeMap<u64, Arc<Offer>>,
     blobs: Option<Arc<dyn BlobSource>>,
+    extension: Option<Arc<dyn Extension>>,
     stats: PeerStats,
     peer_stats: BTreeMap<PeerId, PeerStats>,
 }
@@ -459,7 +527,10 @@ impl Shared {
             | Header::StateChunk { run, .. }
             | Header::BlobManifest { run, .. }
             | Header::BlobChunk { run, .. }
-            | Header::Shard { run, .. } => Some(run.clone()),
+            | Header::Shard { run, .. }
+            | Header::ContributionManifest { run, .. }
+            | Header::ContributionChunk { run, .. }
+            | Header::Extension { run } => Some(run.clone()),
         };
         // A Hello from another run is answered with the differing fields, below.
         if let Some(run) = &run
@@ -476,6 +547,17 @@ impl Shared {
             let source = state.blobs.clone();
             drop(state);
             return serve_blob(source.as_deref(), header);
+        }
+        if matches!(header, Header::Extension { .. }) {
+            let extension = state.extension.clone();
+            drop(state);
+            return match extension {
+                Some(extension) => match extension.request(peer, frame) {
+                    Ok(data) => Reply::Data(data),
+                    Err(reason) => Reply::Refused(reason),
+                },
+                None => Reply::Refused("this peer runs no extension protocol".into()),
+            };
         }
         let reply = match header {
             Header::BlobManifest { .. } | Header::BlobChunk { .. } => {
@@ -590,15 +672,9 @@ impl Shared {
                 return Reply::Ok;
             }
             Header::Status => Reply::json(&self.status(&state)),
-            Header::StateManifest { round, .. } => match &state.offer {
-                Some(offer) if offer.round == round => Reply::json(offer.manifest()),
-                other => Reply::Refused(format!(
-                    "no state for round {round} here (offering {})",
-                    other
-                        .as_ref()
-                        .map_or("none".into(), |o| format!("round {}", o.round))
-                )),
-            },
+            Header::StateManifest { round, .. } => {
+                serve_offer(state.offer.as_ref(), round, None, "state")
+            }
             Header::StateChunk { round, index, .. } => {
                 // With `SINTER_FAULT_ABORT_SERVING_STATE=1`, a donor dies in the middle of a transfer.
                 fault_point(
@@ -606,18 +682,18 @@ impl Shared {
                     "1",
                     "serving a state chunk",
                 );
-                match &state.offer {
-                    Some(offer) if offer.round == round => {
-                        let manifest = offer.manifest();
-                        if (index as usize) < manifest.chunks.len() {
-                            Reply::Data(offer.blob[manifest.range(index as usize)].to_vec())
-                        } else {
-                            self.reject(&mut state, peer, &format!("no chunk {index}"))
-                        }
-                    }
-                    _ => Reply::Refused(format!("no state for round {round} here any more")),
-                }
+                serve_offer(state.offer.as_ref(), round, Some(index), "state")
             }
+            Header::ContributionManifest { round, .. } => {
+                serve_offer(state.contributions.get(&round), round, None, "contribution")
+            }
+            Header::ContributionChunk { round, index, .. } => serve_offer(
+                state.contributions.get(&round),
+                round,
+                Some(index),
+                "contribution",
+            ),
+            Header::Extension { .. } => unreachable!("answered above"),
             Header::Shard {
                 round,
                 shard,
@@ -868,6 +944,12 @@ impl Group {
                         }
                         for peer in introduce {
                             group().connect(peer).await;
+                        }
+                    }
+                    NetEvent::Gossip { peer, data } if data.first() == Some(&EXTENSION_GOSSIP) => {
+                        let extension = inbox.lock().extension.clone();
+                        if let Some(extension) = extension {
+                            extension.gossip(peer, &data[1..]);
                         }
                     }
                     NetEvent::Gossip { peer, data } => {
@@ -1219,11 +1301,65 @@ impl Group {
     /// Offers the run's state at the start of `round` to peers that fetch it (replacing the
     /// previous offer).
     pub fn offer_state(&self, round: u64, blob: Vec<u8>) {
-        self.shared.lock().offer = Some(Arc::new(Offer {
-            round,
-            blob: Arc::new(blob),
-            manifest: std::sync::OnceLock::new(),
-        }));
+        self.shared.lock().offer = Some(Offer::new(round, blob));
+    }
+
+    /// Offers this peer's own contribution to `round` to validators (the last few rounds are
+    /// kept).
+    pub fn offer_contribution(&self, round: u64, blob: Vec<u8>) {
+        let mut state = self.shared.lock();
+        state.contributions.insert(round, Offer::new(round, blob));
+        while state.contributions.len() > CONTRIBUTIONS_KEPT {
+            state.contributions.pop_first();
+        }
+    }
+
+    /// Fetches `peer`'s own contribution to `round`, chunk by chunk, each chunk verified.
+    pub async fn fetch_contribution(
+        &self,
+        round: u64,
+        peer: PeerId,
+    ) -> Result<Vec<u8>, GroupError> {
+        let run = &self.shared.settings.run;
+        let (_, blob, _) = self
+            .fetch(
+                &[peer],
+                &format!("{peer}'s contribution to round {round}"),
+                Header::ContributionManifest {
+                    run: run.clone(),
+                    round,
+                },
+                |_, index| Header::ContributionChunk {
+                    run: run.clone(),
+                    round,
+                    index,
+                },
+            )
+            .await?;
+        Ok(blob)
+    }
+
+    /// Serves `extension`'s requests and gossip on this group's connections.
+    pub fn extend(&self, extension: Arc<dyn Extension>) {
+        self.shared.lock().extension = Some(extension);
+    }
+
+    /// Sends `data` to `peer`'s extension; returns its answer.
+    pub async fn ask_extension(&self, peer: PeerId, data: &[u8]) -> Result<Vec<u8>, GroupError> {
+        let header = Header::Extension {
+            run: self.shared.settings.run.clone(),
+        };
+        self.ask(peer, &header, data)
+            .await
+            .map(|(_, answer)| answer)
+    }
+
+    /// Gossips `data` to the extensions of the run's peers.
+    pub async fn publish_extension(&self, data: &[u8]) -> Result<(), GroupError> {
+        let mut message = Vec::with_capacity(1 + data.len());
+        message.push(EXTENSION_GOSSIP);
+        message.extend_from_slice(data);
+        Ok(self.client.publish(message).await?)
     }
 
     /// Serves blobs (checkpoints) from `source` to peers that ask.

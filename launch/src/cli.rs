@@ -535,6 +535,14 @@ pub struct RunArgs {
     /// group has moved on, the peer takes the group's state as a joiner would.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// The wallet (from `launch wallet new`) whose hotkey this peer signs ledger extrinsics
+    /// with; needed when the config has an `[incentives.ledger]`. A hotkey not in the
+    /// ledger's genesis is registered with the wallet's coldkey, which pays the burn.
+    #[arg(long, value_name = "NAME")]
+    pub wallet: Option<String>,
+    /// The wallets directory (default: ~/.sinter/wallets).
+    #[arg(long, value_name = "DIR", env = "SINTER_WALLETS")]
+    pub wallets: Option<PathBuf>,
     /// Config overrides.
     #[command(flatten)]
     pub outer: OuterOverrides,

@@ -231,7 +231,7 @@ pub fn verify(file: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn wallet_dir(args: &WalletArgs) -> Result<PathBuf> {
+pub(crate) fn wallet_dir(args: &WalletArgs) -> Result<PathBuf> {
     let base = match &args.dir {
         Some(dir) => dir.clone(),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set: pass --dir")?)

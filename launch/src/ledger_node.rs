@@ -4,14 +4,15 @@
 //! each gossiped block, and asks the sender for the blocks it missed. Messages are SCALE.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use parity_scale_codec::{Decode, Encode};
-use sinter_comms::net::{self, Client, NetConfig, NetEvent, PeerId};
+use sinter_comms::net::{self, NetConfig, NetEvent, PeerId};
 use sinter_mechanism::ledger::block::Block;
 use sinter_mechanism::ledger::extrinsic::{Call, Extrinsic};
-use sinter_mechanism::ledger::keys::{AccountId, hex};
+use sinter_mechanism::ledger::keys::{AccountId, Keypair, hex};
 use sinter_mechanism::ledger::state::{Genesis, State};
 use sinter_mechanism::ledger::{Ledger, MAX_BLOCK_BYTES};
 
@@ -23,20 +24,61 @@ use crate::peer::{Addresses, runtime};
 /// Most blocks one catch-up answer carries.
 const CATCH_UP_BLOCKS: usize = 64;
 
+/// A block, with the libp2p id of the peer that authored it (where extrinsics go), bound to
+/// the genesis author's key by its signature: a relaying peer cannot redirect submissions.
 #[derive(Encode, Decode)]
-enum Gossip {
-    Block(Block),
+pub(crate) enum Gossip {
+    Block {
+        block: Block,
+        author_peer: Vec<u8>,
+        binding: [u8; 64],
+    },
+}
+
+/// What the author signs to say which peer id it authors from.
+fn binding_message(genesis_hash: &[u8; 32], author_peer: &[u8]) -> Vec<u8> {
+    ("sinter-author-peer", genesis_hash, author_peer).encode()
+}
+
+impl Gossip {
+    pub(crate) fn block(
+        block: Block,
+        author_peer: PeerId,
+        key: &Keypair,
+        genesis_hash: &[u8; 32],
+    ) -> Vec<u8> {
+        let author_peer = author_peer.to_bytes();
+        Gossip::Block {
+            block,
+            binding: key.sign(&binding_message(genesis_hash, &author_peer)),
+            author_peer,
+        }
+        .encode()
+    }
+
+    /// The author's peer id, if its binding verifies against `genesis`'s author.
+    pub(crate) fn author_peer(
+        author_peer: &[u8],
+        binding: &[u8; 64],
+        genesis: &Genesis,
+        genesis_hash: &[u8; 32],
+    ) -> Option<PeerId> {
+        let message = binding_message(genesis_hash, author_peer);
+        sinter_mechanism::ledger::keys::verify(binding, &message, &genesis.author)
+            .then(|| PeerId::from_bytes(author_peer).ok())
+            .flatten()
+    }
 }
 
 #[derive(Encode, Decode)]
-enum Request {
+pub(crate) enum Request {
     Submit(Extrinsic),
     Nonce(AccountId),
     BlocksFrom(u64),
 }
 
 #[derive(Encode, Decode)]
-enum Response {
+pub(crate) enum Response {
     Accepted,
     Rejected(String),
     Nonce(u64),
@@ -50,11 +92,11 @@ fn read_genesis(path: &Path) -> Result<Genesis> {
         .map_err(|e| ConfigFileError(format!("{}: {e}", path.display())).into())
 }
 
-fn topic(genesis: &Genesis) -> String {
+pub(crate) fn topic(genesis: &Genesis) -> String {
     format!("sinter/ledger/{}", &hex(&genesis.hash())[..16])
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -62,13 +104,13 @@ fn now_ms() -> u64 {
 
 /// The author's view of the next block: the committed state plus the extrinsics accepted
 /// since, so that a signer's second extrinsic in one block gets the right nonce.
-struct Pool {
-    pending: Vec<Extrinsic>,
-    state: State,
+pub(crate) struct Pool {
+    pub(crate) pending: Vec<Extrinsic>,
+    pub(crate) state: State,
 }
 
 impl Pool {
-    fn after(ledger: &Ledger) -> Self {
+    pub(crate) fn after(ledger: &Ledger) -> Self {
         let mut state = ledger.state().clone();
         state.block += 1;
         Self {
@@ -78,7 +120,7 @@ impl Pool {
     }
 }
 
-fn answer(ledger: &Ledger, pool: &mut Option<Pool>, data: &[u8]) -> Response {
+pub(crate) fn answer(ledger: &Ledger, pool: &mut Option<Pool>, data: &[u8]) -> Response {
     match Request::decode(&mut &data[..]) {
         Ok(Request::Submit(ext)) => match pool {
             Some(pool) => match pool
@@ -108,21 +150,25 @@ fn answer(ledger: &Ledger, pool: &mut Option<Pool>, data: &[u8]) -> Response {
     }
 }
 
-/// Imports a gossiped block, first fetching any blocks this replica missed from its sender.
-async fn follow(ledger: &mut Ledger, client: &Client, from: PeerId, block: Block) {
-    let height = ledger.state().block;
+/// Imports a gossiped block, first fetching any blocks this replica missed from its sender
+/// (`ask` sends it a request and returns the answer).
+pub(crate) async fn follow<F, Fut>(ledger: &Mutex<Ledger>, from: PeerId, block: Block, ask: F)
+where
+    F: FnOnce(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let height = lock(ledger).state().block;
     let number = block.header.number;
     if number <= height {
         return;
     }
     if number > height + 1 {
-        let request = Request::BlocksFrom(height + 1).encode();
-        match client
-            .request(from, request)
+        match ask(Request::BlocksFrom(height + 1).encode())
             .await
             .map(|r| Response::decode(&mut &r[..]))
         {
             Ok(Ok(Response::Blocks(blocks))) => {
+                let mut ledger = lock(ledger);
                 for missed in blocks {
                     if missed.header.number == ledger.state().block + 1
                         && let Err(e) = ledger.import(missed)
@@ -146,9 +192,10 @@ async fn follow(ledger: &mut Ledger, client: &Client, from: PeerId, block: Block
             }
         }
     }
+    let mut ledger = lock(ledger);
     if block.header.number == ledger.state().block + 1 {
         match ledger.import(block) {
-            Ok(applied) => tracing::info!(
+            Ok(applied) => tracing::debug!(
                 block = number,
                 extrinsics = applied.block.extrinsics.len(),
                 epoch = applied.epoch.is_some(),
@@ -157,6 +204,33 @@ async fn follow(ledger: &mut Ledger, client: &Client, from: PeerId, block: Block
             Err(e) => tracing::warn!(error = %e, %from, "refused a gossiped block"),
         }
     }
+}
+
+/// Locks a mutex, recovering it if a thread panicked while holding it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Authors the next block from the pool (starting the next pool), logging what was left out.
+pub(crate) fn author_block(
+    ledger: &mut Ledger,
+    pool: &mut Option<Pool>,
+    key: &Keypair,
+) -> Result<Block> {
+    let pending = pool.take().map(|p| p.pending).unwrap_or_default();
+    let applied = ledger.author(key, pending, now_ms());
+    *pool = Some(Pool::after(ledger));
+    let applied = applied?;
+    for refused in &applied.refused {
+        tracing::warn!(call = refused.extrinsic.call.name(), reason = %refused.reason, "extrinsic left out");
+    }
+    tracing::debug!(
+        block = applied.block.header.number,
+        extrinsics = applied.block.extrinsics.len(),
+        epoch = applied.epoch.is_some(),
+        "authored"
+    );
+    Ok(applied.block)
 }
 
 /// `launch ledger node`.
@@ -174,7 +248,8 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
         ))
         .into());
     }
-    let (mut ledger, warning) = Ledger::open_or_create(&args.ledger, genesis)?;
+    let (ledger, warning) = Ledger::open_or_create(&args.ledger, genesis)?;
+    let ledger = Mutex::new(ledger);
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
@@ -198,20 +273,17 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("connecting to {addr}"))?;
         }
-        let mut pool = author.as_ref().map(|_| Pool::after(&ledger));
+        let mut pool = author.as_ref().map(|_| Pool::after(&lock(&ledger)));
         let mut tick = tokio::time::interval(block_every);
         loop {
             tokio::select! {
                 _ = tick.tick(), if author.is_some() => {
                     let key = author.as_ref().expect("authoring needs the key");
-                    let pending = pool.take().map(|p| p.pending).unwrap_or_default();
-                    let applied = ledger.author(key, pending, now_ms())?;
-                    for refused in &applied.refused {
-                        tracing::warn!(call = refused.extrinsic.call.name(), reason = %refused.reason, "extrinsic left out");
-                    }
-                    tracing::info!(block = applied.block.header.number, extrinsics = applied.block.extrinsics.len(), epoch = applied.epoch.is_some(), "authored");
-                    pool = Some(Pool::after(&ledger));
-                    if let Err(e) = client.publish(Gossip::Block(applied.block).encode()).await {
+                    let block = author_block(&mut lock(&ledger), &mut pool, key)?;
+                    tracing::info!(block = block.header.number, extrinsics = block.extrinsics.len(), "authored");
+                    let genesis_hash = *lock(&ledger).genesis_hash();
+                    let message = Gossip::block(block, client.peer_id(), key, &genesis_hash);
+                    if let Err(e) = client.publish(message).await {
                         tracing::debug!(error = %e, "no replica to gossip to yet");
                     }
                 }
@@ -219,12 +291,18 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
                     None => break,
                     Some(NetEvent::Gossip { peer, data }) if author.is_none() => {
                         match Gossip::decode(&mut &data[..]) {
-                            Ok(Gossip::Block(block)) => follow(&mut ledger, &client, peer, block).await,
+                            Ok(Gossip::Block { block, .. }) => {
+                                let ask = |request| {
+                                    let client = client.clone();
+                                    async move { Ok(client.request(peer, request).await?) }
+                                };
+                                follow(&ledger, peer, block, ask).await;
+                            }
                             Err(e) => tracing::warn!(%peer, error = %e, "malformed gossip"),
                         }
                     }
                     Some(NetEvent::Request { data, reply, .. }) => {
-                        let response = answer(&ledger, &mut pool, &data);
+                        let response = answer(&lock(&ledger), &mut pool, &data);
                         let _ = client.respond(reply, response.encode()).await;
                     }
                     Some(_) => {}
@@ -232,7 +310,7 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
-        println!("stopped at block {}", ledger.state().block);
+        println!("stopped at block {}", lock(&ledger).state().block);
         anyhow::Ok(())
     })
 }

@@ -11,6 +11,7 @@ mod ledger_node;
 mod peer;
 mod progress;
 mod report;
+mod run_ledger;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@ use sinter_comms::net::{self, Multiaddr, NetConfig};
 use sinter_kernels::Kernels;
 use sinter_trainer::RunConfig;
 use sinter_trainer::peer::{PeerOptions, run_peer};
+use sinter_trainer::run_validator::{IncentiveSummary, LedgerLink};
 use sinter_trainer::simulate::Observer;
 
 use crate::backend::{BackendJob, dispatch};
@@ -23,6 +24,7 @@ use crate::cli::{LeaveArgs, RunArgs, StatusArgs};
 use crate::control;
 use crate::progress::Progress;
 use crate::report;
+use crate::run_ledger::{RunLedger, RunWallet, replica_path};
 
 /// Parses a multiaddr argument, saying which flag it came from.
 pub(crate) fn multiaddr(text: &str, flag: &str) -> Result<Multiaddr> {
@@ -80,17 +82,18 @@ fn join_network(
     settings: GroupSettings,
     addresses: Addresses,
     topic: String,
-) -> Result<Group> {
+) -> Result<(Group, Vec<Multiaddr>)> {
     let mut net_config = NetConfig::new(key, topic);
     net_config.listen = addresses.listen;
     net_config.bootstrap = addresses.bootstrap.clone();
-    net_config.external = addresses.external;
+    net_config.external = addresses.external.clone();
     runtime.block_on(async {
         let (client, events, event_loop) = net::start(net_config).await?;
         tokio::spawn(event_loop.run());
         let group = Group::start(client.clone(), events, settings);
         println!("peer id {}", client.peer_id());
-        for addr in client.listen_addrs().await? {
+        let listening = client.listen_addrs().await?;
+        for addr in &listening {
             println!("listening on {addr}");
         }
         for addr in &addresses.bootstrap {
@@ -104,7 +107,9 @@ fn join_network(
                 .with_context(|| format!("joining through {addr}"))?;
             tracing::info!(%peer, %addr, "joined through bootstrap peer");
         }
-        anyhow::Ok(group)
+        let mut reachable = addresses.external;
+        reachable.extend(listening);
+        anyhow::Ok((group, reachable))
     })
 }
 
@@ -130,7 +135,11 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
         .transpose()?;
     let settings = group_settings(&config, Duration::from_secs(args.round_ceiling))?;
     let topic = run_topic(&settings);
-    let group = join_network(&runtime, key, settings, addresses, topic)?;
+    let wallet = ledger_wallet(&config, &args)?;
+    let (group, reachable) = join_network(&runtime, key, settings, addresses, topic)?;
+    let ledger = wallet
+        .map(|w| run_ledger(&config, &args, &w, &group, &reachable, runtime.handle()))
+        .transpose()?;
     let checkpoint_dir = args.out.out.as_ref().map(|d| d.join("checkpoints"));
     if let Some(dir) = &checkpoint_dir {
         group.serve_blobs(Arc::new(Served::new(dir)));
@@ -161,6 +170,7 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
             start_wait: Duration::from_secs(args.start_wait),
             checkpoint_dir,
             resume,
+            ledger,
         },
         config,
         group,
@@ -172,6 +182,60 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     dispatch(kind, job)?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The wallet a run with an `[incentives.ledger]` signs with (none without one).
+fn ledger_wallet(config: &RunConfig, args: &RunArgs) -> Result<Option<RunWallet>> {
+    if config.incentives.ledger.is_none() {
+        if args.wallet.is_some() {
+            tracing::warn!("the config has no [incentives.ledger]: --wallet is not used");
+        }
+        return Ok(None);
+    }
+    let name = args.wallet.clone().ok_or_else(|| {
+        crate::ConfigFileError(
+            "this run keeps a ledger ([incentives.ledger]): pass --wallet NAME (make one with `launch wallet new --name NAME`)".into(),
+        )
+    })?;
+    let dir = crate::incentives::wallet_dir(&crate::cli::WalletArgs {
+        name,
+        dir: args.wallets.clone(),
+    })?;
+    Ok(Some(RunWallet::read(&dir)?))
+}
+
+/// The run's ledger replica: started, with this peer registered (if the genesis did not)
+/// and serving its address.
+fn run_ledger(
+    config: &RunConfig,
+    args: &RunArgs,
+    wallet: &RunWallet,
+    group: &Group,
+    reachable: &[Multiaddr],
+    runtime: &tokio::runtime::Handle,
+) -> Result<Arc<dyn LedgerLink>> {
+    let (Some(genesis), Some(settings)) = (
+        config.incentives.genesis(),
+        config.incentives.ledger.as_ref(),
+    ) else {
+        bail!("the config has no [incentives.ledger]");
+    };
+    let path = replica_path(args.out.out.as_deref(), &genesis, &wallet.hotkey());
+    let ledger = RunLedger::start(
+        &path,
+        genesis,
+        settings.block_secs,
+        wallet,
+        group.clone(),
+        runtime.clone(),
+    )?;
+    let address = match reachable.first() {
+        Some(addr) => format!("{addr}/p2p/{}", group.me()),
+        None => format!("/p2p/{}", group.me()),
+    };
+    ledger.join(wallet, &address)?;
+    println!("ledger replica {}", path.display());
+    Ok(ledger)
 }
 
 /// Where a peer's key lives unless `--key` says otherwise.
@@ -199,7 +263,7 @@ pub fn bench_allreduce(
         round_ceiling: Duration::from_secs(600),
     };
     let topic = run_topic(&settings);
-    let group = join_network(
+    let (group, _) = join_network(
         &runtime,
         net::Keypair::generate_ed25519(),
         settings,
@@ -230,7 +294,7 @@ pub fn serve_checkpoints(dir: &std::path::Path, listen: &[String]) -> Result<()>
     let config = crate::checkpoints::run_config(dir)?;
     let runtime = runtime()?;
     let settings = group_settings(&config, Duration::from_secs(600))?;
-    let group = join_network(
+    let (group, _) = join_network(
         &runtime,
         net::Keypair::generate_ed25519(),
         settings,
@@ -337,8 +401,17 @@ pub fn status(args: StatusArgs) -> Result<()> {
         status.members.len()
     );
     println!(
-        "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8} {:>7}",
-        "peer (* member)", "round", "step", "val loss", "sent kB", "recv kB", "round s", "refused"
+        "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>14}",
+        "peer (* member)",
+        "round",
+        "step",
+        "val loss",
+        "sent kB",
+        "recv kB",
+        "round s",
+        "refused",
+        "incentive",
+        "emission"
     );
     for (peer, p) in &status.peers {
         let member = if status.members.contains(peer) {
@@ -347,7 +420,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
             " "
         };
         println!(
-            "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8.2} {:>7}",
+            "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8.2} {:>7} {:>9} {:>14}",
             format!("{peer} {member}"),
             p.round,
             p.step,
@@ -356,9 +429,44 @@ pub fn status(args: StatusArgs) -> Result<()> {
             p.bytes_received / 1000,
             p.last_round_secs,
             status.rejected.get(peer).copied().unwrap_or(0),
+            p.incentive.map_or("-".into(), |i| format!("{i:.4}")),
+            p.emission.map_or("-".into(), |e| e.to_string()),
         );
     }
     Ok(())
+}
+
+/// The metagraph of this peer's replica at the end of a run, and what its scoring cost.
+fn print_incentives(i: &IncentiveSummary) {
+    println!(
+        "ledger: block {}, {} epochs; this peer is uid {} ({}){}",
+        i.blocks,
+        i.epochs,
+        i.uid.map_or("-".into(), |u| u.to_string()),
+        i.hotkey,
+        if i.validator {
+            format!(
+                ", a validator: scored {} rounds in {:.1} s beside {:.1} s of training ({:.0} %), waited {:.1} s",
+                i.rounds_scored,
+                i.scoring_secs,
+                i.training_secs,
+                100.0 * i.scoring_cost,
+                i.scoring_stall_secs
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "{:>4} {:<50} {:>16} {:>9} {:>9} {:>16}",
+        "uid", "hotkey", "stake", "incentive", "dividends", "emission"
+    );
+    for n in &i.neurons {
+        println!(
+            "{:>4} {:<50} {:>16} {:>9.4} {:>9.4} {:>16}",
+            n.uid, n.hotkey, n.stake, n.incentive, n.dividends, n.emission
+        );
+    }
 }
 
 struct PeerJob {
@@ -404,6 +512,9 @@ impl BackendJob for PeerJob {
             s.summary.bytes_sent_per_worker / 1000,
             &s.params_sha256[..16],
         );
+        if let Some(incentives) = &s.incentives {
+            print_incentives(incentives);
+        }
         if let Some(dir) = &self.out {
             let title = format!("peer {}", &s.peer_id[s.peer_id.len() - 8..]);
             report::write_run(dir, &outcome.evals, s, &title)?;

@@ -42,6 +42,44 @@ fn a_config_typo_exits_2_naming_file_and_field() {
 }
 
 #[test]
+fn a_run_with_a_ledger_needs_a_wallet_and_valid_accounts_exit_2_before_joining() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.toml");
+    // Alice's well-known dev account.
+    let alice = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+    let ledger = format!(
+        "{}\n[incentives.ledger]\nauthor = \"{alice}\"\nneurons = [{{ hotkey = \"{alice}\", coldkey = \"{alice}\", stake = 1 }}]\n",
+        common::small_config(8, 2, 4)
+    );
+    let run = |config: &str, args: &[&str]| {
+        std::fs::write(&path, config).unwrap();
+        let mut all = vec![
+            "run",
+            path.to_str().unwrap(),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ];
+        all.extend(args);
+        let out = launch(&all);
+        let message = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{message}");
+        assert!(!message.contains("listening on"), "{message}");
+        message
+    };
+    assert!(run(&ledger, &[]).contains("pass --wallet NAME"));
+    let wallets = dir.path().to_str().unwrap();
+    let missing = run(&ledger, &["--wallet", "nobody", "--wallets", wallets]);
+    assert!(missing.contains("no hotkey in"), "{missing}");
+    let typo = run(&ledger.replace("author =", "auther ="), &[]);
+    assert!(
+        typo.contains("auther") && typo.contains("ledger.toml"),
+        "{typo}"
+    );
+    let bad = run(&ledger.replace("author = \"5G", "author = \"6G"), &[]);
+    assert!(bad.contains("not an SS58 address"), "{bad}");
+}
+
+#[test]
 fn a_missing_config_exits_2() {
     let out = launch(&["sim", "/nonexistent/config.toml"]);
     assert_ne!(out.status.code(), Some(0));

@@ -1,6 +1,7 @@
 //! The incentive mechanism end to end: `launch incentives` (experiments 1 and 3 at small
-//! size), the ledger's verification and crash safety (experiment 4), `launch wallet`, and
-//! `launch bench cabal` (experiment 2's printout; its assertions are mechanism unit tests).
+//! size), the ledger's verification and crash safety (experiment 4), `launch wallet`,
+//! `launch bench cabal` (experiment 2's printout; its assertions are mechanism unit tests),
+//! the ledger over libp2p, and a real `launch run` keeping the ledger, scoring and paying.
 
 mod common;
 
@@ -384,4 +385,136 @@ fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks
             + state["neurons"][1]["total_emission"].as_u64().unwrap()
     );
     assert!(verified(&author_ledger)["first_bad"].is_null());
+}
+
+/// Waits for `launch status` from `peer` to show every member with a ledger standing.
+fn status_with_emission(peer: &str, members: usize) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let out = launch(&["status", "--peer", peer, "--json"]);
+        if let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            let standing = status["peers"]
+                .as_object()
+                .map_or(0, |p| p.values().filter(|s| s["emission"].is_u64()).count());
+            if standing >= members {
+                return status;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_run_keeps_a_ledger_where_its_validator_scores_the_members_and_epochs_pay_them() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let wallets = s(dir.path());
+    for name in ["a", "b", "c"] {
+        assert!(
+            launch(&["wallet", "new", "--name", name, "--dir", wallets])
+                .status
+                .success()
+        );
+    }
+    let key = |name: &str, which: &str| account(wallets, name, which);
+    // a validates and authors; b is a miner from genesis; c registers itself (its coldkey
+    // pays the burn) and is lazy: it sends a zero pseudo-gradient every round.
+    let config = dir.path().join("run.toml");
+    let toml = format!(
+        r#"{}
+[incentives]
+tempo = 4
+
+[incentives.ledger]
+author = "{a}"
+block_secs = 0.3
+balances = [{{ account = "{c_cold}", balance = 10000000000 }}]
+neurons = [
+    {{ hotkey = "{a}", coldkey = "{a_cold}", stake = 1000000000000 }},
+    {{ hotkey = "{b}", coldkey = "{b_cold}", stake = 0 }},
+]
+"#,
+        common::small_config(96, 3, 4).replace(
+            "inner_steps = 4",
+            "inner_steps = 4\nlr = 1.0\nmomentum = 0.0"
+        ),
+        a = key("a", "hotkey"),
+        a_cold = key("a", "coldkey"),
+        b = key("b", "hotkey"),
+        b_cold = key("b", "coldkey"),
+        c_cold = key("c", "coldkey"),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let wallet = |name: &'static str| ["--wallet", name, "--wallets", wallets];
+    let a = common::peers::Peer::start(dir.path(), "a", &config, &wallet("a"));
+    let address = a.address();
+    let mut args = vec!["--bootstrap", address.as_str()];
+    args.extend(wallet("b"));
+    let b = common::peers::Peer::start(dir.path(), "b", &config, &args);
+    let mut args = vec!["--bootstrap", address.as_str()];
+    args.extend(wallet("c"));
+    let c = common::peers::Peer::start_with(
+        dir.path(),
+        "c",
+        &config,
+        &args,
+        &[("SINTER_FAULT_LAZY", "1")],
+    );
+    // `launch status` shows each member's incentive and emission while the run goes on.
+    common::peers::wait_for_round(dir.path(), "a", 2);
+    let status = status_with_emission(&address, 3);
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
+
+    let mut summaries = Vec::new();
+    for (peer, name) in [(a, "a"), (b, "b"), (c, "c")] {
+        let out = peer.out.clone();
+        let (exit, summary) = peer.wait(dir.path(), name);
+        assert!(exit.success(), "{name}: {summary}");
+        let verify = verified(&out.join("ledger.sntr"));
+        assert!(verify["first_bad"].is_null(), "{name}: {verify}");
+        assert!(verify["blocks"].as_u64().unwrap() >= 8, "{name}: {verify}");
+        summaries.push(summary);
+    }
+    let peer_id = |i: usize| summaries[i]["peer_id"].as_str().unwrap().to_owned();
+    let incentives = &summaries[0]["incentives"];
+    assert_eq!(incentives["validator"], true, "{incentives}");
+    assert!(
+        incentives["rounds_scored"].as_u64().unwrap() >= 6,
+        "{incentives}"
+    );
+    assert!(incentives["epochs"].as_u64().unwrap() >= 2, "{incentives}");
+    assert!(incentives["scoring_secs"].as_f64().unwrap() > 0.0);
+    // The lazy peer's zero update is filtered out (its norm is far below the others').
+    let lazy = &incentives["scores"][peer_id(2)];
+    let rejected = lazy["rejected"].as_array().unwrap();
+    assert!(rejected.len() >= 6, "{lazy}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r[1].as_str().unwrap().contains("norm")),
+        "{lazy}"
+    );
+    let honest = &incentives["scores"][peer_id(1)];
+    assert!(honest["weight"].as_f64().unwrap() > 0.0, "{honest}");
+    // Every replica pays the honest miner and not the lazy one; c registered as uid 2 and
+    // serves its peer id.
+    for summary in &summaries {
+        let neurons = summary["incentives"]["neurons"].as_array().unwrap();
+        assert_eq!(neurons.len(), 3, "{summary}");
+        assert!(neurons[1]["emission"].as_u64().unwrap() > 0, "{summary}");
+        assert_eq!(neurons[2]["emission"], 0, "{summary}");
+        assert!(
+            neurons[2]["address"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/p2p/{}", peer_id(2))),
+            "{summary}"
+        );
+    }
+    assert_eq!(summaries[1]["incentives"]["validator"], false);
 }

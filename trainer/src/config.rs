@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sinter_mechanism::ledger::keys::AccountId;
+use sinter_mechanism::ledger::state::{Genesis, GenesisBalance, GenesisNeuron};
 
 use crate::TrainerError;
 
@@ -50,6 +52,53 @@ pub struct IncentiveConfig {
     /// Scoring: `weights_from = "shapley"` or `"fisher"`, `permutations`, `truncation`, and
     /// `[incentives.scoring.filter]` thresholds.
     pub scoring: sinter_mechanism::score::ScoringConfig,
+    /// The ledger of a multi-process run (`launch run`): absent, the run keeps none.
+    pub ledger: Option<LedgerConfig>,
+}
+
+/// `[incentives.ledger]`: the genesis of the ledger every peer of a `launch run` keeps a
+/// replica of. Peers with stake validate; the author's peer authors the blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// The hotkey (SS58) of the peer that authors blocks.
+    pub author: AccountId,
+    /// Seconds between blocks.
+    #[serde(default = "LedgerConfig::default_block_secs")]
+    pub block_secs: f64,
+    /// Free balances at genesis (`[[incentives.ledger.balances]]`: `account`, `balance`): what
+    /// a coldkey pays a registration's burn and stake with.
+    #[serde(default)]
+    pub balances: Vec<GenesisBalance>,
+    /// Neurons registered at genesis (`[[incentives.ledger.neurons]]`: `hotkey`, `coldkey`,
+    /// `stake`); a peer whose hotkey is not among them registers itself, paying the burn.
+    #[serde(default)]
+    pub neurons: Vec<GenesisNeuron>,
+}
+
+impl LedgerConfig {
+    fn default_block_secs() -> f64 {
+        1.0
+    }
+}
+
+impl IncentiveConfig {
+    /// The ledger's genesis, when the config has an `[incentives.ledger]`.
+    pub fn genesis(&self) -> Option<Genesis> {
+        let ledger = self.ledger.as_ref()?;
+        Some(Genesis {
+            author: ledger.author,
+            netuid: 1,
+            tempo: self.tempo,
+            burn: self.burn,
+            emission_per_epoch: self.emission_per_epoch,
+            max_validators: 128,
+            max_uids: 4096,
+            consensus: self.consensus.clone(),
+            balances: ledger.balances.clone(),
+            neurons: ledger.neurons.clone(),
+        })
+    }
 }
 
 impl Default for IncentiveConfig {
@@ -61,6 +110,7 @@ impl Default for IncentiveConfig {
             validator_batches: 2,
             consensus: Default::default(),
             scoring: Default::default(),
+            ledger: None,
         }
     }
 }
@@ -110,10 +160,19 @@ impl IncentiveConfig {
                 "`incentives.emission_per_epoch` must be below 2^50",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err((*message).to_owned()),
-            None => Ok(()),
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err((*message).to_owned());
         }
+        if let Some(ledger) = &self.ledger {
+            if !(ledger.block_secs.is_finite() && ledger.block_secs >= 0.1) {
+                return Err("`incentives.ledger.block_secs` must be at least 0.1".into());
+            }
+            let genesis = self.genesis().expect("a ledger section");
+            genesis
+                .check()
+                .map_err(|e| format!("`incentives.ledger`: {e}"))?;
+        }
+        Ok(())
     }
 }
 

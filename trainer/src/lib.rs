@@ -20,6 +20,7 @@
 //! | [`export`] | saved weights as a Hugging Face LLaMA checkpoint |
 //! | [`validator`] | a validator's loss, coalition values and curvature for a round |
 //! | [`contribution`] | peers with roles, a validator and the ledger: contributions become emission |
+//! | [`run_validator`] | commitments and scoring inside a multi-process run |
 //!
 //! The default backend is burn's `flex` CPU backend; `wgpu` and `cuda` are features.
 #![warn(missing_docs)]
@@ -37,6 +38,7 @@ pub mod params;
 pub mod peer;
 pub mod pseudo_gradient;
 pub mod round_state;
+pub mod run_validator;
 pub mod schedule;
 pub mod simulate;
 pub mod tokenizer;

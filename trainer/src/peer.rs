@@ -7,6 +7,7 @@
 //! Each round starts with the members comparing the hash of their [`RoundState`]: a joiner,
 //! or a member whose hash is not the majority's, fetches the majority's state from them.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,11 +26,13 @@ use crate::inner::{eval_model, inner_optimizer, train_step};
 use crate::model::Llama;
 use crate::params::{ParamLayout, ParamSlot, flatten, load};
 use crate::round_state::{RoundState, sha256_hex};
-use crate::simulate::{EvalPoint, Observer, Summary, allreduce_factor, outer_step};
+use crate::run_validator::{IncentiveSummary, LedgerLink, RunIncentives, Scoring};
+use crate::simulate::{EvalPoint, Observer, Summary, allreduce_factor, outer_lr, outer_step};
+use crate::validator::Evaluator;
 use crate::{TrainerError, pseudo_gradient};
 
 /// How a peer runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PeerOptions {
     /// Stop after this many outer rounds (otherwise when the config's steps are done).
     pub max_rounds: Option<usize>,
@@ -41,6 +44,8 @@ pub struct PeerOptions {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Start from this checkpoint's state (the group's majority still wins if it differs).
     pub resume: Option<crate::checkpoint::Snapshot>,
+    /// The run's ledger: commit contributions to it and, with stake, score the others.
+    pub ledger: Option<Arc<dyn LedgerLink>>,
 }
 
 /// What a peer's run produced: the simulation's summary plus what only a real run knows.
@@ -66,6 +71,9 @@ pub struct PeerSummary {
     pub state_fetches: Vec<usize>,
     /// The run's round count when this peer stopped.
     pub last_round: usize,
+    /// Scores, emission and the scoring cost, when the run keeps a ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incentives: Option<IncentiveSummary>,
 }
 
 /// A peer's outcome.
@@ -166,6 +174,12 @@ fn perturb_for_test(round: usize, global: &mut [f32]) {
     }
 }
 
+/// Fault injection for the incentives test: with `SINTER_FAULT_LAZY=1` this peer skips its
+/// inner steps and so sends a zero pseudo-gradient every round.
+fn lazy_for_test() -> bool {
+    std::env::var("SINTER_FAULT_LAZY").is_ok_and(|v| v == "1")
+}
+
 /// Runs this peer until the config's steps (or `max_rounds`) are done, or `stop` is set (then
 /// after the current round). `runtime` drives the network while training runs on this thread.
 ///
@@ -234,6 +248,28 @@ pub fn run_peer<B: AutodiffBackend>(
         joining = false;
         tracing::info!(round = state.round, "resuming from a checkpoint");
     }
+    let mut incentives = options.ledger.clone().map(|link| {
+        let data = crate::config::DataConfig {
+            validation_batches: config.incentives.validator_batches,
+            ..config.data.clone()
+        };
+        let batches = dataset.validation_windows(&data, config.model.context, config.run.seed);
+        RunIncentives::new(Scoring {
+            evaluator: Evaluator::new(
+                eval_model(&model),
+                batches,
+                data.validation_batch_size,
+                device.clone(),
+            ),
+            link,
+            group: group.clone(),
+            runtime: runtime.clone(),
+            layout: layout.clone(),
+            scoring: config.incentives.scoring.clone(),
+            seed: config.run.seed,
+        })
+    });
+    let lazy = lazy_for_test();
     let mut checkpointing = options
         .checkpoint_dir
         .as_deref()
@@ -377,14 +413,20 @@ pub fn run_peer<B: AutodiffBackend>(
         let end = (step + h).min(steps);
         let local_started = Instant::now();
         for s in step..end {
+            state.tokens += (batch * config.model.context * n) as u64;
+            if lazy {
+                continue;
+            }
             let windows = shard_sampler.next_batch(dataset, batch);
             let (next, loss) =
                 train_step(model, &mut optimizer, &windows, batch, s, config, device);
             model = next;
-            state.tokens += (batch * config.model.context * n) as u64;
             observer.on_step(index, s + 1, loss, state.tokens);
         }
         let compute_secs = local_started.elapsed().as_secs_f64();
+        if let Some(i) = incentives.as_mut() {
+            i.trained(compute_secs);
+        }
         let (_, local) = flatten(&model);
         let quant = pseudo_gradient::quant_config(&config.outer);
         let bounds = pseudo_gradient::shard_bounds(&layout, n * SHARDS_PER_MEMBER);
@@ -412,6 +454,8 @@ pub fn run_peer<B: AutodiffBackend>(
                 vec![Vec::new(); bounds.len()]
             }
         };
+        // Committed before the all-reduce reveals any of it.
+        let own = incentives.as_ref().map(|i| i.commit(round as u64, &parts));
         let comm_started = Instant::now();
         let slots_of = |k: usize| &layout.slots[bounds[k].clone()];
         let shard_reduce = |shard: usize, arrivals: &[Arrival]| {
@@ -441,6 +485,9 @@ pub fn run_peer<B: AutodiffBackend>(
                 tracing::warn!(round, shard = k, from = %shard.from, error = %e, "reduced shard unusable; its parameters skip this round");
             }
         }
+        let before = incentives
+            .is_some()
+            .then(|| (state.global.clone(), state.momentum.clone()));
         outer_step(
             kernels,
             config,
@@ -450,6 +497,17 @@ pub fn run_peer<B: AutodiffBackend>(
             round,
             total_rounds,
         )?;
+        if let (Some(i), Some((global, momentum)), Some(own)) = (incentives.as_mut(), before, own) {
+            i.score_round(
+                round as u64,
+                members.clone(),
+                own,
+                &global,
+                &momentum,
+                outer_lr(config, round, total_rounds),
+                config.outer.momentum,
+            );
+        }
         perturb_for_test(round, &mut state.global);
         model = load(model, &state.global, device);
         round += 1;
@@ -491,6 +549,9 @@ pub fn run_peer<B: AutodiffBackend>(
                 started,
             )?;
         }
+        let (incentive, emission) = incentives
+            .as_ref()
+            .map_or((None, None), RunIncentives::standing);
         group.report(PeerStats {
             round: round as u64,
             step: end as u64,
@@ -498,8 +559,12 @@ pub fn run_peer<B: AutodiffBackend>(
             bytes_sent,
             bytes_received,
             last_round_secs: round_started.elapsed().as_secs_f64(),
+            incentive,
+            emission,
         });
     }
+    // Before leaving: validators fetch the last round's contributions from the others.
+    let incentives = incentives.map(RunIncentives::finish);
     runtime.block_on(group.leave());
     if let Some(c) = checkpointing.as_mut() {
         c.finish()?;
@@ -548,6 +613,7 @@ pub fn run_peer<B: AutodiffBackend>(
             joined_at_round,
             state_fetches,
             last_round: round,
+            incentives,
         },
         evals,
         model: eval_model(&model),
