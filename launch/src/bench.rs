@@ -274,3 +274,107 @@ pub fn yuma(uids: usize, validators: usize, iters: usize) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// `launch bench ledger`: a ledger's costs as it grows.
+pub fn ledger(blocks: u64, peers: usize) -> anyhow::Result<()> {
+    use sinter_mechanism::ledger::keys::Keypair;
+    use sinter_mechanism::ledger::state::{Genesis, GenesisNeuron};
+    let key = |name: String| Keypair::from_secret(&format!("//sinter/bench/{name}"));
+    let author = key("author".into())?;
+    let miners: Vec<Keypair> = (0..peers)
+        .map(|i| key(format!("peer/{i}")))
+        .collect::<Result<_, _>>()?;
+    let genesis = Genesis {
+        author: author.account(),
+        netuid: 1,
+        tempo: 100,
+        burn: 1,
+        emission_per_epoch: 1_000_000_000,
+        max_validators: 128,
+        max_uids: 4096,
+        contribution_window: sinter_mechanism::ledger::state::CONTRIBUTION_WINDOW,
+        consensus: Default::default(),
+        balances: Vec::new(),
+        neurons: std::iter::once(&author)
+            .chain(&miners)
+            .map(|k| GenesisNeuron {
+                hotkey: k.account(),
+                coldkey: author.account(),
+                stake: 1,
+            })
+            .collect(),
+    };
+    let path = std::env::temp_dir().join(format!("sinter-bench-{}.ledger", std::process::id()));
+    let result = ledger_growth(&path, genesis, &author, &miners, blocks);
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// Authors `blocks` blocks of one commitment per miner into a new ledger at `path`, timing.
+fn ledger_growth(
+    path: &std::path::Path,
+    genesis: sinter_mechanism::ledger::state::Genesis,
+    author: &sinter_mechanism::ledger::keys::Keypair,
+    miners: &[sinter_mechanism::ledger::keys::Keypair],
+    blocks: u64,
+) -> anyhow::Result<()> {
+    use sinter_mechanism::ledger::Ledger;
+    use sinter_mechanism::ledger::extrinsic::Call;
+    let peers = miners.len();
+    let path = path.to_owned();
+    let mut ledger = Ledger::create(&path, genesis)?;
+    let window = 100;
+    let mut early = std::time::Duration::ZERO;
+    let mut late = std::time::Duration::ZERO;
+    for number in 1..=blocks {
+        let pending = miners
+            .iter()
+            .map(|k| {
+                ledger.sign(
+                    k,
+                    Call::CommitContribution {
+                        round: number,
+                        hash: [number as u8; 32],
+                    },
+                )
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        ledger.author(author, pending, number)?;
+        let took = started.elapsed();
+        if number <= window {
+            early += took;
+        } else if number > blocks - window {
+            late += took;
+        }
+    }
+    let per_block = |d: std::time::Duration| d.as_secs_f64() * 1e3 / window as f64;
+    let started = std::time::Instant::now();
+    let (reopened, _) = Ledger::open(&path)?;
+    let replay = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let caught_up = reopened.blocks_from(blocks - 63, 64)?;
+    let catch_up = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        caught_up.len() == 64,
+        "catch-up returned {}",
+        caught_up.len()
+    );
+    let bytes = std::fs::metadata(&path)?.len();
+    println!(
+        "{blocks} blocks of {peers} contribution commitments ({:.1} MB on disk)",
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  authoring: {:.3} ms per block over the first {window}, {:.3} ms over the last {window} ({:.1}x)",
+        per_block(early),
+        per_block(late),
+        late.as_secs_f64() / early.as_secs_f64().max(1e-12)
+    );
+    println!(
+        "  replay on open: {replay:.2} s ({:.3} ms per block)",
+        replay * 1e3 / blocks as f64
+    );
+    println!("  a replica's catch-up read of the last 64 blocks: {catch_up:.3} s");
+    Ok(())
+}

@@ -197,6 +197,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10.0)]
         emission_percent: f64,
     },
+    /// The embedded ledger over a long run: authors BLOCKS blocks, each with one
+    /// contribution commitment per peer, and prints the time per block early and late, the
+    /// replay of the whole file on open, and a replica's catch-up read (ratios late/early
+    /// show whether costs grow with the ledger's length).
+    Ledger {
+        /// Blocks to author.
+        #[arg(long, default_value_t = 3000)]
+        blocks: u64,
+        /// Peers committing a contribution every block.
+        #[arg(long, default_value_t = 8)]
+        peers: usize,
+    },
     /// One Yuma consensus epoch at network scale (uids × validators, every validator
     /// weighting every uid), against one sparse matrix-vector product over the same weights.
     Yuma {

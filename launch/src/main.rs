@@ -147,6 +147,9 @@ fn run(cli: Cli) -> Result<()> {
             epochs,
             emission_percent,
         }) => incentives::bench_cabal(epochs, emission_percent),
+        Command::Bench(BenchCommand::Ledger { blocks, peers }) => {
+            bench::ledger(blocks.max(200), peers.max(1))
+        }
         Command::Bench(BenchCommand::Yuma {
             uids,
             validators,

@@ -74,11 +74,19 @@ pub struct LedgerConfig {
     /// `stake`); a peer whose hotkey is not among them registers itself, paying the burn.
     #[serde(default)]
     pub neurons: Vec<GenesisNeuron>,
+    /// Blocks a contribution commitment stays in the ledger's state: must exceed a round's
+    /// length in blocks (default 3600).
+    #[serde(default = "LedgerConfig::default_contribution_window")]
+    pub contribution_window: u64,
 }
 
 impl LedgerConfig {
     fn default_block_secs() -> f64 {
         1.0
+    }
+
+    fn default_contribution_window() -> u64 {
+        sinter_mechanism::ledger::state::CONTRIBUTION_WINDOW
     }
 }
 
@@ -94,6 +102,7 @@ impl IncentiveConfig {
             emission_per_epoch: self.emission_per_epoch,
             max_validators: 128,
             max_uids: 4096,
+            contribution_window: ledger.contribution_window,
             consensus: self.consensus.clone(),
             balances: ledger.balances.clone(),
             neurons: ledger.neurons.clone(),

@@ -289,6 +289,7 @@ fn genesis<B: AutodiffBackend>(
         emission_per_epoch: incentives.emission_per_epoch,
         max_validators: 128,
         max_uids: 4096,
+        contribution_window: sinter_mechanism::ledger::state::CONTRIBUTION_WINDOW,
         consensus: incentives.consensus.clone(),
         balances: vec![GenesisBalance {
             account: owner.account(),

@@ -505,7 +505,7 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
                 .find(|c| c.round == job.round && c.uid == uid)
                 .ok_or_else(|| format!("no commitment for round {}", job.round))?;
             let blob = blob?;
-            if sinter_mechanism::ledger::keys::hex(&blake2_256(&blob)) != commitment.hash {
+            if blake2_256(&blob) != commitment.hash {
                 return Err("its contribution does not match its commitment".to_owned());
             }
             let delta = dequantize(&context.layout, &blob)?;

@@ -64,6 +64,24 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Serde for a 32-byte hash as lower-case hex (`#[serde(with = "hex32")]`).
+pub mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the hash as hex.
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::hex(hash))
+    }
+
+    /// Reads a hash from 64 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        super::decode_hex(&text)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not 64 hex digits")))
+    }
+}
+
 /// Bytes from hex (no prefix), `None` if malformed.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {

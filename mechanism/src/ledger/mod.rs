@@ -109,12 +109,20 @@ pub struct Ledger {
     genesis_hash: Hash,
     head: Hash,
     state: State,
+    /// Where each committed block's record starts (block `n` at `offsets[n - 1]`), and where
+    /// the file ends: a replica's catch-up reads just the blocks it asks for.
+    offsets: Vec<u64>,
+    end: u64,
 }
 
 /// The parsed records of a ledger file.
 struct Records {
     genesis: Genesis,
     blocks: Vec<(u64, Result<Block, String>)>,
+    /// Where each block's record starts.
+    offsets: Vec<u64>,
+    /// Where the last whole record ends.
+    end: u64,
     /// Offset and block number of a record cut short at the end.
     torn: Option<(u64, u64)>,
 }
@@ -133,6 +141,7 @@ fn read_records(path: &Path) -> Result<Records, LedgerError> {
     }
     let mut offset = MAGIC.len();
     let mut records = Vec::new();
+    let mut offsets = Vec::new();
     let mut torn = None;
     while offset < bytes.len() {
         let number = records.len() as u64;
@@ -154,8 +163,12 @@ fn read_records(path: &Path) -> Result<Records, LedgerError> {
             break;
         };
         records.push(Ok(body));
+        offsets.push(offset as u64);
         offset += 4 + len;
     }
+    let end = offset.min(bytes.len()) as u64;
+    // The first record is the genesis.
+    let offsets = offsets.into_iter().skip(1).collect();
     let mut records = records.into_iter();
     let genesis = match records.next() {
         Some(Ok(body)) => serde_json::from_slice::<Genesis>(body)
@@ -184,6 +197,8 @@ fn read_records(path: &Path) -> Result<Records, LedgerError> {
     Ok(Records {
         genesis,
         blocks,
+        offsets,
+        end,
         torn,
     })
 }
@@ -296,6 +311,8 @@ impl Ledger {
             head: genesis_hash,
             genesis_hash,
             genesis,
+            offsets: Vec::new(),
+            end: bytes.len() as u64,
         })
     }
 
@@ -336,6 +353,8 @@ impl Ledger {
             genesis_hash,
             head,
             state,
+            offsets: records.offsets,
+            end: records.end,
         };
         Ok((ledger, warning))
     }
@@ -395,15 +414,37 @@ impl Ledger {
     }
 
     /// Up to `max` committed blocks from number `from` on, read back from the file (for
-    /// replicas catching up).
+    /// replicas catching up): only their records are read.
     pub fn blocks_from(&self, from: u64, max: usize) -> Result<Vec<Block>, LedgerError> {
-        let records = read_records(&self.path)?;
-        records
-            .blocks
-            .into_iter()
-            .filter(|(number, _)| *number >= from && *number <= self.state.block)
-            .take(max)
-            .map(|(number, block)| block.map_err(|why| LedgerError::BadBlock { number, why }))
+        let from = from.max(1);
+        let last = self
+            .state
+            .block
+            .min(from.saturating_add(max as u64).saturating_sub(1));
+        if from > last {
+            return Ok(Vec::new());
+        }
+        let start = self.offsets[(from - 1) as usize];
+        let stop = self.offsets.get(last as usize).copied().unwrap_or(self.end);
+        let mut bytes = vec![0u8; (stop - start) as usize];
+        let mut file = File::open(&self.path).map_err(io(&self.path))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(io(&self.path))?;
+        let mut rest = &bytes[..];
+        (from..=last)
+            .map(|number| {
+                let bad = |why: String| LedgerError::BadBlock { number, why };
+                let len = rest
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                    .ok_or_else(|| bad("record cut short".into()))?;
+                let mut body = rest
+                    .get(4..4 + len)
+                    .ok_or_else(|| bad("record cut short".into()))?;
+                rest = &rest[4 + len..];
+                Block::decode(&mut body).map_err(|e| bad(format!("undecodable ({e})")))
+            })
             .collect()
     }
 
@@ -417,7 +458,7 @@ impl Ledger {
             )));
         }
         fault_torn_write(&mut self.file, &bytes, block.header.number);
-        let committed = self.file.metadata().map_err(io(&self.path))?.len();
+        let committed = self.end;
         let written = self
             .file
             .write_all(&bytes)
@@ -428,6 +469,8 @@ impl Ledger {
             let _ = self.file.set_len(committed);
             return Err(io(&self.path)(e));
         }
+        self.offsets.push(committed);
+        self.end = committed + bytes.len() as u64;
         Ok(())
     }
 
@@ -675,6 +718,78 @@ mod tests {
             replica.import(a.block).unwrap();
         }
         assert_eq!(replica.state().root(), ledger.state().root());
+    }
+
+    #[test]
+    fn old_contribution_commitments_leave_the_state_but_stay_in_its_root_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = net();
+        let mut genesis = genesis(&net);
+        genesis.contribution_window = 2;
+        let path = dir.path().join("ledger");
+        let mut ledger = Ledger::create(&path, genesis.clone()).unwrap();
+        populate(&mut ledger, &net);
+        let commit = |ledger: &Ledger, miner: &Keypair, round: u64| {
+            ledger.sign(
+                miner,
+                Call::CommitContribution {
+                    round,
+                    hash: [round as u8; 32],
+                },
+            )
+        };
+        let mut roots = Vec::new();
+        for round in 0..4u64 {
+            let pending = net
+                .miners
+                .iter()
+                .map(|m| commit(&ledger, m, round))
+                .collect();
+            let applied = ledger.author(&net.author, pending, 10 + round).unwrap();
+            assert!(applied.refused.is_empty(), "{:?}", applied.refused);
+            roots.push(applied.block.header.state_root);
+        }
+        let state = ledger.state();
+        // Blocks 6 and 7 are inside the window of two blocks at block 7.
+        assert_eq!(state.block, 7);
+        let kept: Vec<(u64, u64)> = state
+            .contributions
+            .iter()
+            .map(|c| (c.round, c.sequence))
+            .collect();
+        assert_eq!(kept, vec![(2, 6), (2, 7), (2, 8), (3, 9), (3, 10), (3, 11)]);
+        assert_eq!(state.contributions_total, 12);
+        assert_eq!(
+            roots
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            4
+        );
+        // Replaying the file reaches the same root; a different early commitment would not.
+        let (reopened, warning) = Ledger::open(&path).unwrap();
+        assert!(warning.is_none());
+        assert_eq!(reopened.state().root(), ledger.state().root());
+        // A replica's catch-up reads exactly the blocks asked for, before and after a reopen.
+        for source in [&ledger, &reopened] {
+            let numbers = |from, max| -> Vec<u64> {
+                let blocks = source.blocks_from(from, max).unwrap();
+                blocks.iter().map(|b| b.header.number).collect()
+            };
+            assert_eq!(numbers(0, 100), (1..=7).collect::<Vec<_>>());
+            assert_eq!(numbers(3, 2), vec![3, 4]);
+            assert_eq!(numbers(7, 5), vec![7]);
+            assert!(numbers(8, 5).is_empty());
+            let last = source.blocks_from(7, 1).unwrap().remove(0);
+            assert_eq!(last.header.hash(), *ledger.head());
+        }
+        let mut forged = ledger.state().clone();
+        forged.contributions_digest = hex(&[1u8; 32]);
+        assert_ne!(forged.root(), ledger.state().root());
+        // An old round's commitment may not be repeated while it is in the window.
+        let again = commit(&ledger, &net.miners[0], 3);
+        let applied = ledger.author(&net.author, vec![again], 20).unwrap();
+        assert_eq!(applied.refused.len(), 1);
     }
 
     #[test]

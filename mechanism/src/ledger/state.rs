@@ -63,6 +63,18 @@ fn default_max_uids() -> usize {
     4096
 }
 
+/// Blocks a contribution commitment stays in the state by default (an hour of one-second
+/// blocks; a validator reads a round's commitments within a round or two).
+pub const CONTRIBUTION_WINDOW: u64 = 3600;
+
+fn default_contribution_window() -> u64 {
+    CONTRIBUTION_WINDOW
+}
+
+fn is_default_contribution_window(blocks: &u64) -> bool {
+    *blocks == CONTRIBUTION_WINDOW
+}
+
 /// Everything the ledger starts from (the run config's `[ledger]` section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +99,14 @@ pub struct Genesis {
     /// Most uids the ledger registers.
     #[serde(default = "default_max_uids")]
     pub max_uids: usize,
+    /// Blocks a contribution commitment stays in the state (all stay in the blocks, and the
+    /// state root commits to every one through a running digest): keeps each block's cost
+    /// from growing with the ledger's length. Must exceed a round's length in blocks.
+    #[serde(
+        default = "default_contribution_window",
+        skip_serializing_if = "is_default_contribution_window"
+    )]
+    pub contribution_window: u64,
     /// Consensus and its hyperparameters.
     #[serde(default)]
     pub consensus: Hyperparams,
@@ -115,6 +135,9 @@ impl Genesis {
         }
         if self.tempo == 0 {
             return Err("tempo must be at least 1 block".into());
+        }
+        if self.contribution_window == 0 {
+            return Err("contribution_window must be at least 1 block".into());
         }
         let mut hotkeys: Vec<_> = self.neurons.iter().map(|n| n.hotkey).collect();
         hotkeys.sort();
@@ -178,8 +201,9 @@ pub struct Contribution {
     pub round: u64,
     /// Who committed.
     pub uid: u16,
-    /// Hash of the payload (hex).
-    pub hash: String,
+    /// Hash of the payload.
+    #[serde(with = "crate::ledger::keys::hex32")]
+    pub hash: [u8; 32],
     /// Block it was included in.
     pub block: u64,
     /// Position among all commitments (earlier is smaller).
@@ -257,8 +281,14 @@ pub struct State {
     pub neurons: Vec<Neuron>,
     /// Weight commitments awaiting reveal, by uid.
     pub commits: BTreeMap<u16, PendingCommit>,
-    /// Contribution commitments.
+    /// Contribution commitments of the last `contribution_window` blocks, in ledger order.
     pub contributions: Vec<Contribution>,
+    /// Contribution commitments ever made.
+    #[serde(default)]
+    pub contributions_total: u64,
+    /// BlakeTwo256 chain over every contribution commitment ever made (hex).
+    #[serde(default)]
+    pub contributions_digest: String,
     /// Recorded checkpoints.
     pub checkpoints: Vec<CheckpointRecord>,
     /// Bonds (n × n; `u16` values for the chain's consensus, stake units for the papers').
@@ -307,15 +337,43 @@ impl State {
             neurons,
             commits: BTreeMap::new(),
             contributions: Vec::new(),
+            contributions_total: 0,
+            contributions_digest: hex(&[0u8; 32]),
             checkpoints: Vec::new(),
             bonds: Vec::new(),
             epochs: 0,
         }
     }
 
-    /// The state root: BlakeTwo256 of the canonical JSON.
+    /// The state root: BlakeTwo256 of the canonical JSON, with the contribution commitments
+    /// standing in by their digest (so that the root costs the same in every block).
     pub fn root(&self) -> Hash {
-        blake2_256(&serde_json::to_vec(self).expect("state serialises"))
+        #[derive(Serialize)]
+        struct Rooted<'a> {
+            block: u64,
+            balances: &'a BTreeMap<AccountId, u64>,
+            nonces: &'a BTreeMap<AccountId, u64>,
+            neurons: &'a [Neuron],
+            commits: &'a BTreeMap<u16, PendingCommit>,
+            contributions_total: u64,
+            contributions_digest: &'a str,
+            checkpoints: &'a [CheckpointRecord],
+            bonds: &'a [Vec<f64>],
+            epochs: u64,
+        }
+        let rooted = Rooted {
+            block: self.block,
+            balances: &self.balances,
+            nonces: &self.nonces,
+            neurons: &self.neurons,
+            commits: &self.commits,
+            contributions_total: self.contributions_total,
+            contributions_digest: &self.contributions_digest,
+            checkpoints: &self.checkpoints,
+            bonds: &self.bonds,
+            epochs: self.epochs,
+        };
+        blake2_256(&serde_json::to_vec(&rooted).expect("state serialises"))
     }
 
     /// The uid of `hotkey`.
@@ -432,13 +490,25 @@ impl State {
                 {
                     return invalid(format!("uid {uid} already committed to round {round}"));
                 }
-                self.contributions.push(Contribution {
+                let contribution = Contribution {
                     round: *round,
                     uid,
-                    hash: hex(hash),
+                    hash: *hash,
                     block: self.block,
-                    sequence: self.contributions.len() as u64,
-                });
+                    sequence: self.contributions_total,
+                };
+                let link = (
+                    &self.contributions_digest,
+                    contribution.round,
+                    uid,
+                    hash,
+                    contribution.block,
+                    contribution.sequence,
+                );
+                self.contributions_digest =
+                    hex(&blake2_256(&parity_scale_codec::Encode::encode(&link)));
+                self.contributions_total += 1;
+                self.contributions.push(contribution);
             }
             Call::CommitWeights { hash } => {
                 let uid = self.staked(signer, "commit_weights")?;
@@ -500,6 +570,11 @@ impl State {
 
     /// Ends the block: every `tempo` blocks, runs an epoch and credits its emission.
     pub fn end_block(&mut self, genesis: &Genesis) -> Option<Epoch> {
+        let window = genesis.contribution_window;
+        let kept = self
+            .contributions
+            .partition_point(|c| c.block + window <= self.block);
+        self.contributions.drain(..kept);
         if genesis.tempo == 0
             || !self.block.is_multiple_of(genesis.tempo)
             || self.neurons.is_empty()
