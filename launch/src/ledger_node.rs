@@ -107,7 +107,12 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) struct Pool {
     pub(crate) pending: Vec<Extrinsic>,
     pub(crate) state: State,
+    /// The pending extrinsics' encoded size.
+    bytes: usize,
 }
+
+/// Room a block keeps for its header and seal.
+const BLOCK_OVERHEAD: usize = 64 << 10;
 
 impl Pool {
     pub(crate) fn after(ledger: &Ledger) -> Self {
@@ -116,23 +121,35 @@ impl Pool {
         Self {
             pending: Vec::new(),
             state,
+            bytes: 0,
         }
+    }
+
+    /// Takes `ext` into the next block if it applies and the block has room; else the reason.
+    pub(crate) fn accept(&mut self, ledger: &Ledger, ext: Extrinsic) -> Result<(), String> {
+        let name = ext.call.name();
+        let size = ext.encoded_size();
+        if self.bytes + size > MAX_BLOCK_BYTES - BLOCK_OVERHEAD {
+            return Err(format!(
+                "{name}: the next block is full; submit it again after that block"
+            ));
+        }
+        self.state
+            .apply(&ext, ledger.genesis(), ledger.genesis_hash())
+            .map_err(|reason| format!("{name}: {reason}"))?;
+        tracing::debug!(call = name, signer = %ext.signer, "extrinsic accepted");
+        self.bytes += size;
+        self.pending.push(ext);
+        Ok(())
     }
 }
 
 pub(crate) fn answer(ledger: &Ledger, pool: &mut Option<Pool>, data: &[u8]) -> Response {
     match Request::decode(&mut &data[..]) {
         Ok(Request::Submit(ext)) => match pool {
-            Some(pool) => match pool
-                .state
-                .apply(&ext, ledger.genesis(), ledger.genesis_hash())
-            {
-                Ok(()) => {
-                    tracing::info!(call = ext.call.name(), signer = %ext.signer, "extrinsic accepted");
-                    pool.pending.push(ext);
-                    Response::Accepted
-                }
-                Err(reason) => Response::Rejected(format!("{}: {reason}", ext.call.name())),
+            Some(pool) => match pool.accept(ledger, ext) {
+                Ok(()) => Response::Accepted,
+                Err(reason) => Response::Rejected(reason),
             },
             None => Response::Rejected(
                 "this node is a replica: submit to the author named in the genesis".into(),
@@ -365,4 +382,47 @@ pub fn submit(args: SubmitArgs) -> Result<()> {
             _ => bail!("the node gave an unexpected answer"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sinter_mechanism::ledger::state::GenesisNeuron;
+
+    #[test]
+    fn a_full_next_block_refuses_more_extrinsics_with_a_reason_and_keeps_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let author = Keypair::from_secret("//Author").unwrap();
+        let miner = Keypair::from_secret("//Miner").unwrap();
+        let genesis: Genesis = serde_json::from_value(serde_json::json!({
+            "author": author.account(),
+            "neurons": [GenesisNeuron { hotkey: miner.account(), coldkey: author.account(), stake: 0 }],
+        }))
+        .unwrap();
+        let ledger = Ledger::create(&dir.path().join("ledger"), genesis).unwrap();
+        let mut pool = Pool::after(&ledger);
+        let serve = |nonce| {
+            let address = format!("/dns/{}.example/tcp/4001", "a".repeat(200)).into_bytes();
+            Extrinsic::sign(
+                &miner,
+                nonce,
+                Call::Serve { address },
+                ledger.genesis_hash(),
+            )
+        };
+        let mut nonce = 0;
+        let refusal = loop {
+            match pool.accept(&ledger, serve(nonce)) {
+                Ok(()) => nonce += 1,
+                Err(reason) => break reason,
+            }
+        };
+        assert!(refusal.contains("the next block is full"), "{refusal}");
+        assert_eq!(pool.pending.len() as u64, nonce);
+        // The refused extrinsic left no trace: its nonce is still the next one.
+        assert_eq!(pool.state.nonces[&miner.account()], nonce);
+        let mut ledger = ledger;
+        let block = author_block(&mut ledger, &mut Some(pool), &author).unwrap();
+        assert_eq!(block.extrinsics.len() as u64, nonce);
+    }
 }

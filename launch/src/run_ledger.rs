@@ -183,12 +183,7 @@ impl RunLedger {
             let ledger = lock(&self.ledger);
             let nonce = pool.state.nonces.get(&key.account()).copied().unwrap_or(0);
             let ext = Extrinsic::sign(key, nonce, call, ledger.genesis_hash());
-            let name = ext.call.name();
-            return pool
-                .state
-                .apply(&ext, ledger.genesis(), ledger.genesis_hash())
-                .map(|()| pool.pending.push(ext))
-                .map_err(|reason| format!("{name}: {reason}"));
+            return pool.accept(&ledger, ext);
         }
         let author = self
             .author_peer()
