@@ -481,6 +481,26 @@ neurons = [
         summaries.push(summary);
     }
     let peer_id = |i: usize| summaries[i]["peer_id"].as_str().unwrap().to_owned();
+    // Every member ends with the same parameters, and the shard owners left the lazy
+    // member's zero parts out of the average (its norm is far from the others' in every
+    // shard), as the validator's filter does for its score.
+    let params: Vec<&str> = summaries
+        .iter()
+        .map(|s| s["params_sha256"].as_str().unwrap())
+        .collect();
+    assert!(params.windows(2).all(|w| w[0] == w[1]), "{params:?}");
+    let refused_lazy: u64 = summaries
+        .iter()
+        .map(|s| s["rejected_by_peer"][peer_id(2)].as_u64().unwrap_or(0))
+        .sum();
+    assert!(refused_lazy >= 24, "{refused_lazy}");
+    for honest in [0, 1] {
+        let refused: u64 = summaries
+            .iter()
+            .map(|s| s["rejected_by_peer"][peer_id(honest)].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(refused, 0, "peer {honest}");
+    }
     let incentives = &summaries[0]["incentives"];
     assert_eq!(incentives["validator"], true, "{incentives}");
     assert!(

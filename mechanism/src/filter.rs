@@ -111,6 +111,34 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The norms far from the others' (robust z-score over `max_z`, the MAD floored at
+/// `min_spread` of the median): one entry per norm. Fewer than three norms: none is flagged.
+pub fn norm_outliers(norms: &[f64], config: &FilterConfig) -> Vec<Option<Rejection>> {
+    if norms.len() < 3 {
+        return vec![None; norms.len()];
+    }
+    let med = median(&mut norms.to_vec());
+    let mut deviations: Vec<f64> = norms.iter().map(|x| (x - med).abs()).collect();
+    let mad = median(&mut deviations).max(config.min_spread * med);
+    norms
+        .iter()
+        .map(|&norm| {
+            let z = if mad > 0.0 {
+                0.6745 * (norm - med).abs() / mad
+            } else if norm == med {
+                0.0
+            } else {
+                f64::INFINITY
+            };
+            (z > config.max_z).then_some(Rejection::NormOutlier {
+                norm,
+                median: med,
+                z,
+            })
+        })
+        .collect()
+}
+
 /// Filters one round's updates. `committed_at[j]` orders the peers' commitments (earlier is
 /// smaller: block number and position); `alone(j)` is `v({j})`, asked only of peers that pass
 /// the cheaper checks. Returns one entry per peer: `None` if it may be averaged and scored.
@@ -131,33 +159,10 @@ pub fn filter(
         .collect();
 
     let norms: Vec<f64> = updates.iter().map(|u| norm(u)).collect();
-    let mut finite: Vec<f64> = (0..n)
-        .filter(|j| verdict[*j].is_none())
-        .map(|j| norms[j])
-        .collect();
-    if finite.len() >= 3 {
-        let med = median(&mut finite);
-        let mut deviations: Vec<f64> = finite.iter().map(|x| (x - med).abs()).collect();
-        let mad = median(&mut deviations).max(config.min_spread * med);
-        for j in 0..n {
-            if verdict[j].is_some() {
-                continue;
-            }
-            let z = if mad > 0.0 {
-                0.6745 * (norms[j] - med).abs() / mad
-            } else if norms[j] == med {
-                0.0
-            } else {
-                f64::INFINITY
-            };
-            if z > config.max_z {
-                verdict[j] = Some(Rejection::NormOutlier {
-                    norm: norms[j],
-                    median: med,
-                    z,
-                });
-            }
-        }
+    let finite: Vec<usize> = (0..n).filter(|j| verdict[*j].is_none()).collect();
+    let finite_norms: Vec<f64> = finite.iter().map(|j| norms[*j]).collect();
+    for (j, outlier) in finite.iter().zip(norm_outliers(&finite_norms, config)) {
+        verdict[*j] = outlier;
     }
 
     let mut by_commitment: Vec<usize> = (0..n).collect();

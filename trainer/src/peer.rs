@@ -17,6 +17,7 @@ use sha2::Digest;
 use sinter_comms::group::{Arrival, Group, GroupError, PeerStats, Reduction};
 use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
+use sinter_mechanism::filter::norm_outliers;
 
 use crate::checkpoint::{Checkpointing, Snapshot};
 use crate::config::{Mode, RunConfig};
@@ -105,7 +106,9 @@ fn group_error(e: GroupError) -> TrainerError {
 
 /// Combines the contributions to one shard: each is decoded and checked against the shard's
 /// slots (names, shapes, finite values), and one whose norm is far above the others' is
-/// refused too; each refusal is returned with its reason. The rest are averaged.
+/// refused too (in a run keeping a ledger: far from the others' either way, by the
+/// validators' robust z-score, so that a lazy member's zero update is left out of the
+/// average); each refusal is returned with its reason. The rest are averaged.
 fn reduce_shard(
     kernels: &dyn Kernels,
     slots: &[ParamSlot],
@@ -125,18 +128,30 @@ fn reduce_shard(
         }
     }
     let norms: Vec<f64> = decoded.iter().map(|(_, _, n)| *n).collect();
-    let absurd = pseudo_gradient::absurd_norms(&norms);
+    let refusals: Vec<Option<String>> = if config.incentives.ledger.is_some() {
+        norm_outliers(&norms, &config.incentives.scoring.filter)
+            .into_iter()
+            .map(|r| r.map(|r| format!("in this shard, {r}")))
+            .collect()
+    } else {
+        pseudo_gradient::absurd_norms(&norms)
+            .into_iter()
+            .zip(&norms)
+            .map(|(absurd, norm)| {
+                absurd.then(|| {
+                    format!(
+                        "norm {norm:.3e} is over {} times the median of this shard's contributions",
+                        pseudo_gradient::MAX_NORM_RATIO
+                    )
+                })
+            })
+            .collect()
+    };
     let mut sets = Vec::new();
     let mut contributors = Vec::new();
-    for ((from, set, norm), absurd) in decoded.into_iter().zip(absurd) {
-        if absurd {
-            rejected.push((
-                from,
-                format!(
-                    "norm {norm:.3e} is over {} times the median of this shard's contributions",
-                    pseudo_gradient::MAX_NORM_RATIO
-                ),
-            ));
+    for ((from, set, _), refusal) in decoded.into_iter().zip(refusals) {
+        if let Some(reason) = refusal {
+            rejected.push((from, reason));
         } else {
             sets.push(set);
             contributors.push(from);

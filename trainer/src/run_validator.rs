@@ -10,7 +10,8 @@
 //! epoch turns the revealed rows into emission.
 //!
 //! The filter's verdict decides a member's score, not the round's average: the all-reduce has
-//! averaged by then (its shard owners drop malformed and non-finite parts on their own).
+//! averaged by then (its shard owners drop malformed and non-finite parts, and parts whose
+//! norm is an outlier by the same robust z-score, on their own).
 //! Weights come from Shapley values: Fisher importance needs backward passes, which burn's
 //! autodiff keeps on the training thread (`launch incentives` reports it).
 
