@@ -16,7 +16,7 @@ use sinter_comms::net::{self, Multiaddr, NetConfig};
 use sinter_kernels::Kernels;
 use sinter_trainer::RunConfig;
 use sinter_trainer::peer::{PeerOptions, run_peer};
-use sinter_trainer::run_validator::{IncentiveSummary, LedgerLink};
+use sinter_trainer::run_validator::{IncentiveSummary, LedgerLink, served_address};
 use sinter_trainer::simulate::Observer;
 
 use crate::backend::{BackendJob, dispatch};
@@ -136,9 +136,18 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     let settings = group_settings(&config, Duration::from_secs(args.round_ceiling))?;
     let topic = run_topic(&settings);
     let wallet = ledger_wallet(&config, &args)?;
+    let identity = key.clone();
     let (group, reachable) = join_network(&runtime, key, settings, addresses, topic)?;
     let ledger = wallet
-        .map(|w| run_ledger(&config, &args, &w, &group, &reachable, runtime.handle()))
+        .map(|wallet| {
+            let peer = JoiningPeer {
+                identity: &identity,
+                group: &group,
+                reachable: &reachable,
+                runtime: runtime.handle(),
+            };
+            run_ledger(&config, &args, &wallet, &peer)
+        })
         .transpose()?;
     let checkpoint_dir = args.out.out.as_ref().map(|d| d.join("checkpoints"));
     if let Some(dir) = &checkpoint_dir {
@@ -204,15 +213,21 @@ fn ledger_wallet(config: &RunConfig, args: &RunArgs) -> Result<Option<RunWallet>
     Ok(Some(RunWallet::read(&dir)?))
 }
 
+/// This peer as the ledger sees it when it joins.
+struct JoiningPeer<'a> {
+    identity: &'a net::Keypair,
+    group: &'a Group,
+    reachable: &'a [Multiaddr],
+    runtime: &'a tokio::runtime::Handle,
+}
+
 /// The run's ledger replica: started, with this peer registered (if the genesis did not)
-/// and serving its address.
+/// and serving its address, signed by its identity key for its hotkey.
 fn run_ledger(
     config: &RunConfig,
     args: &RunArgs,
     wallet: &RunWallet,
-    group: &Group,
-    reachable: &[Multiaddr],
-    runtime: &tokio::runtime::Handle,
+    peer: &JoiningPeer<'_>,
 ) -> Result<Arc<dyn LedgerLink>> {
     let (Some(genesis), Some(settings)) = (
         config.incentives.genesis(),
@@ -226,13 +241,15 @@ fn run_ledger(
         genesis,
         settings.block_secs,
         wallet,
-        group.clone(),
-        runtime.clone(),
+        peer.group.clone(),
+        peer.runtime.clone(),
     )?;
-    let address = match reachable.first() {
-        Some(addr) => format!("{addr}/p2p/{}", group.me()),
-        None => format!("/p2p/{}", group.me()),
-    };
+    let address = served_address(
+        peer.identity,
+        peer.reachable.first(),
+        &ledger.genesis_hash(),
+        &wallet.hotkey(),
+    );
     ledger.join(wallet, &address)?;
     println!("ledger replica {}", path.display());
     Ok(ledger)

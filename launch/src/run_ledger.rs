@@ -3,8 +3,8 @@
 //! authors a block every `block_secs` and gossips it; every other peer imports (re-checks)
 //! each block into its replica, catching up from the sender, and submits its extrinsics to
 //! the author by request. A peer not in the genesis registers itself with its coldkey
-//! (paying the burn); every peer serves its address, which is how validators map the run's
-//! members to uids.
+//! (paying the burn); every peer serves its address, signed by its identity key for its
+//! hotkey, which is how validators map the run's members to uids.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -304,6 +304,10 @@ impl LedgerLink for RunLedger {
 
     fn netuid(&self) -> u16 {
         lock(&self.ledger).genesis().netuid
+    }
+
+    fn genesis_hash(&self) -> [u8; 32] {
+        *lock(&self.ledger).genesis_hash()
     }
 }
 

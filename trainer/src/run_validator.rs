@@ -50,15 +50,62 @@ pub trait LedgerLink: Send + Sync {
     fn block_secs(&self) -> f64;
     /// The subnet the ledger's weights are for.
     fn netuid(&self) -> u16;
+    /// The ledger's genesis hash.
+    fn genesis_hash(&self) -> [u8; 32];
 }
 
-/// The ledger uid whose served address names `peer` (`…/p2p/<peer id>`).
-pub fn uid_of(state: &State, peer: &PeerId) -> Option<u16> {
+/// What a peer's identity key signs to say that `hotkey` speaks for it on this ledger.
+fn serve_message(genesis_hash: &[u8; 32], hotkey: &AccountId) -> Vec<u8> {
+    parity_scale_codec::Encode::encode(&("sinter-serve", genesis_hash, hotkey.0))
+}
+
+/// The address a peer serves on the ledger: `<addr>/p2p/<peer id>#<signature>`, the
+/// signature by the peer's identity key over the hotkey, so that no other hotkey can claim
+/// the peer's contributions.
+pub fn served_address(
+    key: &sinter_comms::net::Keypair,
+    addr: Option<&sinter_comms::net::Multiaddr>,
+    genesis_hash: &[u8; 32],
+    hotkey: &AccountId,
+) -> String {
+    let peer = key.public().to_peer_id();
+    let signature = sinter_comms::net::key::sign(key, &serve_message(genesis_hash, hotkey));
+    let addr = addr
+        .map(|a| {
+            let mut a = a.clone();
+            if matches!(a.iter().last(), Some(sinter_comms::net::Protocol::P2p(_))) {
+                a.pop();
+            }
+            a.to_string()
+        })
+        .unwrap_or_default();
+    format!(
+        "{addr}/p2p/{peer}#{}",
+        sinter_mechanism::ledger::keys::hex(&signature)
+    )
+}
+
+/// The ledger uid that serves `peer` with a valid signature of the peer's identity key over
+/// the uid's hotkey (see [`served_address`]); a neuron merely naming the peer id is ignored.
+pub fn uid_of(state: &State, genesis_hash: &[u8; 32], peer: &PeerId) -> Option<u16> {
     let suffix = format!("/p2p/{peer}");
     state
         .neurons
         .iter()
-        .find(|n| n.address.as_deref().is_some_and(|a| a.ends_with(&suffix)))
+        .find(|n| {
+            let Some((addr, signature)) = n.address.as_deref().and_then(|a| a.rsplit_once('#'))
+            else {
+                return false;
+            };
+            addr.ends_with(&suffix)
+                && sinter_mechanism::ledger::keys::decode_hex(signature).is_some_and(|signature| {
+                    sinter_comms::net::key::verify(
+                        peer,
+                        &serve_message(genesis_hash, &n.hotkey),
+                        &signature,
+                    )
+                })
+        })
         .map(|n| n.uid)
 }
 
@@ -492,7 +539,12 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
     });
     let state = commitments(context, job.round, &job.members);
     let n = job.members.len();
-    let uids: Vec<Option<u16>> = job.members.iter().map(|m| uid_of(&state, m)).collect();
+    let genesis_hash = context.link.genesis_hash();
+    let uids: Vec<Option<u16>> = job
+        .members
+        .iter()
+        .map(|m| uid_of(&state, &genesis_hash, m))
+        .collect();
     let mut rejected: Vec<Option<String>> = vec![None; n];
     let mut deltas = Vec::new();
     let mut players = Vec::new();
@@ -570,11 +622,12 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
 /// (or a few blocks have passed: a member that never committed is scored zero).
 fn commitments<B: Backend>(context: &Scoring<B>, round: u64, members: &[PeerId]) -> State {
     let link = &context.link;
+    let genesis_hash = link.genesis_hash();
     let deadline = Instant::now() + Duration::from_secs_f64(3.0 * link.block_secs() + 2.0);
     loop {
         let state = link.state();
         let all_in = members.iter().all(|m| {
-            uid_of(&state, m).is_none_or(|uid| {
+            uid_of(&state, &genesis_hash, m).is_none_or(|uid| {
                 state
                     .contributions
                     .iter()
@@ -591,6 +644,44 @@ fn commitments<B: Backend>(context: &Scoring<B>, round: u64, members: &[PeerId])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_hotkey_a_peer_signed_for_gets_its_contributions() {
+        use sinter_mechanism::ledger::keys::Keypair as Hotkey;
+        use sinter_mechanism::ledger::state::{Genesis, GenesisNeuron};
+        let (honest, thief) = (
+            Hotkey::from_secret("//Honest").unwrap(),
+            Hotkey::from_secret("//Thief").unwrap(),
+        );
+        let genesis: Genesis = serde_json::from_value(serde_json::json!({
+            "author": honest.account(),
+            "neurons": [
+                GenesisNeuron { hotkey: thief.account(), coldkey: thief.account(), stake: 0 },
+                GenesisNeuron { hotkey: honest.account(), coldkey: honest.account(), stake: 0 },
+            ],
+        }))
+        .unwrap();
+        let genesis_hash = genesis.hash();
+        let mut state = State::genesis(&genesis);
+        let peer_key = sinter_comms::net::Keypair::generate_ed25519();
+        let peer = peer_key.public().to_peer_id();
+        let addr: sinter_comms::net::Multiaddr = format!("/ip4/10.0.0.2/tcp/4001/p2p/{peer}")
+            .parse()
+            .unwrap();
+        let honest_address =
+            served_address(&peer_key, Some(&addr), &genesis_hash, &honest.account());
+        assert!(honest_address.starts_with(&format!("/ip4/10.0.0.2/tcp/4001/p2p/{peer}#")));
+        // uid 0 claims the peer id bare, then with the honest hotkey's signature copied.
+        state.neurons[0].address = Some(format!("/ip4/10.0.0.9/tcp/1/p2p/{peer}"));
+        assert_eq!(uid_of(&state, &genesis_hash, &peer), None);
+        state.neurons[0].address = Some(honest_address.clone());
+        state.neurons[1].address = Some(honest_address);
+        assert_eq!(uid_of(&state, &genesis_hash, &peer), Some(1));
+        // A signature for another ledger does not count either.
+        let other = served_address(&peer_key, Some(&addr), &[7u8; 32], &honest.account());
+        state.neurons[1].address = Some(other);
+        assert_eq!(uid_of(&state, &genesis_hash, &peer), None);
+    }
 
     #[test]
     fn contribution_blobs_round_trip_and_refuse_truncation() {

@@ -73,3 +73,35 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"not a key");
     }
 }
+
+/// `message` signed with this peer's identity key (empty if the key cannot sign).
+pub fn sign(key: &Keypair, message: &[u8]) -> Vec<u8> {
+    key.sign(message).unwrap_or_default()
+}
+
+/// Whether `signature` over `message` was made by `peer`'s identity key: an ed25519 peer id
+/// carries its public key, so no lookup is needed. False for any other kind of peer id.
+pub fn verify(peer: &libp2p::PeerId, message: &[u8], signature: &[u8]) -> bool {
+    let multihash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if multihash.code() != 0 {
+        return false;
+    }
+    libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest())
+        .is_ok_and(|key| key.to_peer_id() == *peer && key.verify(message, signature))
+}
+
+#[cfg(test)]
+mod signing_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_signature_verifies_only_for_its_peer_and_message() {
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let signature = sign(&a, b"hotkey");
+        let (pa, pb) = (a.public().to_peer_id(), b.public().to_peer_id());
+        assert!(verify(&pa, b"hotkey", &signature));
+        assert!(!verify(&pb, b"hotkey", &signature));
+        assert!(!verify(&pa, b"hotkez", &signature));
+        assert!(!verify(&pa, b"hotkey", &signature[1..]));
+    }
+}

@@ -476,8 +476,8 @@ impl State {
             Call::Serve { address } => {
                 let uid = self.registered(signer)? as usize;
                 let address = match std::str::from_utf8(address) {
-                    Ok(a) if !a.is_empty() && a.len() <= 256 => a,
-                    _ => return invalid("address must be 1–256 bytes of UTF-8".into()),
+                    Ok(a) if !a.is_empty() && a.len() <= 512 => a,
+                    _ => return invalid("address must be 1–512 bytes of UTF-8".into()),
                 };
                 self.neurons[uid].address = Some(address.to_owned());
             }
