@@ -197,7 +197,9 @@ impl RunLedger {
                 .map_err(|e| format!("asking the ledger's author: {e}"))?;
             Response::decode(&mut &answer[..]).map_err(|e| format!("malformed answer: {e}"))
         };
-        self.runtime.block_on(async {
+        // Training waits for this: an author that is gone must not hold a round up for long.
+        let limit = Duration::from_secs_f64(2.0 * self.block_secs + 2.0);
+        let exchange = async {
             let Response::Nonce(nonce) = ask(Request::Nonce(key.account())).await? else {
                 return Err("the author did not answer with a nonce".to_owned());
             };
@@ -213,7 +215,14 @@ impl RunLedger {
                 Response::Rejected(reason) => Err(reason),
                 _ => Err("the author gave an unexpected answer".into()),
             }
-        })
+        };
+        self.runtime
+            .block_on(async { tokio::time::timeout(limit, exchange).await })
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the ledger's author ({author}) did not answer within {limit:?}"
+                ))
+            })
     }
 
     /// The author's peer id, waiting a few blocks for its first gossip.

@@ -409,11 +409,11 @@ fn status_with_emission(peer: &str, members: usize) -> serde_json::Value {
     }
 }
 
-#[test]
-fn a_run_keeps_a_ledger_where_its_validator_scores_the_members_and_epochs_pay_them() {
-    let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
-    let wallets = s(dir.path());
+/// Three peers of a run keeping a ledger, started: a validates and authors; b is a miner from
+/// the genesis; c registers itself (its coldkey pays the burn) and is lazy: it sends a zero
+/// pseudo-gradient every round. Returns them and a's address.
+fn ledger_run(dir: &Path, steps: usize) -> ([common::peers::Peer; 3], String) {
+    let wallets = s(dir);
     for name in ["a", "b", "c"] {
         assert!(
             launch(&["wallet", "new", "--name", name, "--dir", wallets])
@@ -422,9 +422,7 @@ fn a_run_keeps_a_ledger_where_its_validator_scores_the_members_and_epochs_pay_th
         );
     }
     let key = |name: &str, which: &str| account(wallets, name, which);
-    // a validates and authors; b is a miner from genesis; c registers itself (its coldkey
-    // pays the burn) and is lazy: it sends a zero pseudo-gradient every round.
-    let config = dir.path().join("run.toml");
+    let config = dir.join("run.toml");
     let toml = format!(
         r#"{}
 [incentives]
@@ -439,7 +437,7 @@ neurons = [
     {{ hotkey = "{b}", coldkey = "{b_cold}", stake = 0 }},
 ]
 "#,
-        common::small_config(96, 3, 4).replace(
+        common::small_config(steps, 3, 4).replace(
             "inner_steps = 4",
             "inner_steps = 4\nlr = 1.0\nmomentum = 0.0"
         ),
@@ -451,20 +449,43 @@ neurons = [
     );
     std::fs::write(&config, toml).unwrap();
     let wallet = |name: &'static str| ["--wallet", name, "--wallets", wallets];
-    let a = common::peers::Peer::start(dir.path(), "a", &config, &wallet("a"));
+    let a = common::peers::Peer::start(dir, "a", &config, &wallet("a"));
     let address = a.address();
     let mut args = vec!["--bootstrap", address.as_str()];
     args.extend(wallet("b"));
-    let b = common::peers::Peer::start(dir.path(), "b", &config, &args);
+    let b = common::peers::Peer::start(dir, "b", &config, &args);
     let mut args = vec!["--bootstrap", address.as_str()];
     args.extend(wallet("c"));
-    let c = common::peers::Peer::start_with(
-        dir.path(),
-        "c",
-        &config,
-        &args,
-        &[("SINTER_FAULT_LAZY", "1")],
-    );
+    let c =
+        common::peers::Peer::start_with(dir, "c", &config, &args, &[("SINTER_FAULT_LAZY", "1")]);
+    ([a, b, c], address)
+}
+
+#[test]
+fn a_run_goes_on_when_the_ledger_author_dies() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ([mut a, b, c], _) = ledger_run(dir.path(), 64);
+    common::peers::wait_for_round(dir.path(), "a", 4);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    for (peer, name) in [(b, "b"), (c, "c")] {
+        let out = peer.out.clone();
+        let (exit, summary) = peer.wait(dir.path(), name);
+        assert!(exit.success(), "{name}: {summary}");
+        assert_eq!(summary["rounds"], 16, "{name}: {summary}");
+        // The replica kept every block the author wrote before it died, all verified.
+        let verify = verified(&out.join("ledger.sntr"));
+        assert!(verify["first_bad"].is_null(), "{name}: {verify}");
+        assert!(verify["blocks"].as_u64().unwrap() >= 4, "{name}: {verify}");
+    }
+}
+
+#[test]
+fn a_run_keeps_a_ledger_where_its_validator_scores_the_members_and_epochs_pay_them() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ([a, b, c], address) = ledger_run(dir.path(), 96);
     // `launch status` shows each member's incentive and emission while the run goes on.
     common::peers::wait_for_round(dir.path(), "a", 2);
     let status = status_with_emission(&address, 3);
