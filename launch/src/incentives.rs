@@ -182,7 +182,7 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
             file.display(),
             state.block,
             state.epochs,
-            state.contributions.len(),
+            state.contributions_total,
             state.checkpoints.len()
         );
         metagraph(&state);
