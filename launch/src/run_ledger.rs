@@ -179,16 +179,18 @@ impl RunLedger {
 
     /// Signs `call` with `key` and hands it to the author.
     fn submit_as(&self, key: &Keypair, call: Call) -> Result<(), String> {
+        // Locks in the order every other path takes them: the ledger, then the pool.
+        let ledger = lock(&self.ledger);
         if let Some(pool) = lock(&self.pool).as_mut() {
-            let ledger = lock(&self.ledger);
             let nonce = pool.state.nonces.get(&key.account()).copied().unwrap_or(0);
             let ext = Extrinsic::sign(key, nonce, call, ledger.genesis_hash());
             return pool.accept(&ledger, ext);
         }
+        let genesis_hash = *ledger.genesis_hash();
+        drop(ledger);
         let author = self
             .author_peer()
             .ok_or("no block from the ledger's author yet: is its peer in the run?")?;
-        let genesis_hash = *lock(&self.ledger).genesis_hash();
         let ask = |request: Request| async move {
             let answer = self
                 .group

@@ -28,7 +28,7 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
-use sinter_comms::{CodecLimits, decode, encode};
+use sinter_comms::encode;
 use sinter_kernels::Kernels;
 use sinter_mechanism::ledger::extrinsic::{Call, Extrinsic, blake2_256, weights_commitment};
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
@@ -369,7 +369,6 @@ pub fn run<B: AutodiffBackend>(
     let mut monte_carlo_errors = Vec::new();
     let (mut training_secs, mut scoring_secs, mut stall_secs) = (0.0, 0.0, 0.0);
     let quant = pseudo_gradient::quant_config(&config.outer);
-    let limits = CodecLimits::default();
     let rounds_total = options.warmup_rounds + options.rounds;
 
     std::thread::scope(|scope| -> Result<(), TrainerError> {
@@ -395,7 +394,7 @@ pub fn run<B: AutodiffBackend>(
                 for peer in peers.iter().filter(|p| p.sampler.is_some()) {
                     let (_, local) = flatten(&peer.model);
                     let bytes = frame(kernels, &layout, &global, &local, quant)?;
-                    deltas.push(dequantize(kernels, &layout, &bytes, &limits)?);
+                    deltas.push(dequantize(kernels, &layout, &bytes)?);
                 }
                 let mean = mean_of(&deltas, &(0..deltas.len()).collect::<Vec<_>>());
                 outer_step(
@@ -466,7 +465,7 @@ pub fn run<B: AutodiffBackend>(
                 let mut norms: Vec<f64> = frames
                     .iter()
                     .flatten()
-                    .map(|f| frame_norm(kernels, &layout, f, &limits))
+                    .map(|f| frame_norm(kernels, &layout, f))
                     .collect::<Result<_, _>>()?;
                 norms.sort_by(f64::total_cmp);
                 norms.get(norms.len() / 2).copied().unwrap_or(1e-3)
@@ -523,12 +522,10 @@ pub fn run<B: AutodiffBackend>(
             let mut deltas = Vec::with_capacity(n);
             for frame in &frames {
                 let frame = frame.as_deref().unwrap_or_default();
-                deltas.push(
-                    dequantize(kernels, &layout, frame, &limits).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "undecodable frame: scored as non-finite");
-                        vec![f32::NAN; layout.len()]
-                    }),
-                );
+                deltas.push(dequantize(kernels, &layout, frame).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "undecodable frame: scored as non-finite");
+                    vec![f32::NAN; layout.len()]
+                }));
             }
             let inputs = RoundInputs {
                 global: global.clone(),
@@ -775,12 +772,9 @@ fn dequantize(
     kernels: &dyn Kernels,
     layout: &ParamLayout,
     frame: &[u8],
-    limits: &CodecLimits,
 ) -> Result<Vec<f32>, TrainerError> {
-    let set = decode(frame, limits)?;
-    pseudo_gradient::check(&layout.slots, &set)?;
     let mut out = vec![0.0f32; layout.len()];
-    pseudo_gradient::accumulate(kernels, &layout.slots, &set, &mut out, 1.0)?;
+    pseudo_gradient::accumulate_frame(kernels, &layout.slots, frame, &mut out, 1.0)?;
     Ok(out)
 }
 
@@ -788,9 +782,8 @@ fn frame_norm(
     kernels: &dyn Kernels,
     layout: &ParamLayout,
     frame: &[u8],
-    limits: &CodecLimits,
 ) -> Result<f64, TrainerError> {
-    let delta = dequantize(kernels, layout, frame, limits)?;
+    let delta = dequantize(kernels, layout, frame)?;
     Ok(delta
         .iter()
         .map(|d| (*d as f64).powi(2))

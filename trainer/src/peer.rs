@@ -491,11 +491,13 @@ pub fn run_peer<B: AutodiffBackend>(
             if shard.frame.is_empty() {
                 continue;
             }
-            let applied = decode(&shard.frame, &CodecLimits::default())
-                .map_err(TrainerError::from)
-                .and_then(|set| {
-                    pseudo_gradient::accumulate(kernels, slots_of(k), &set, &mut delta, 1.0)
-                });
+            let applied = pseudo_gradient::accumulate_frame(
+                kernels,
+                slots_of(k),
+                &shard.frame,
+                &mut delta,
+                1.0,
+            );
             if let Err(e) = applied {
                 tracing::warn!(round, shard = k, from = %shard.from, error = %e, "reduced shard unusable; its parameters skip this round");
             }

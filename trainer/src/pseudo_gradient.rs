@@ -167,6 +167,19 @@ pub fn accumulate(
     accumulate_at(kernels, slots, set, accumulator, 0, weight)
 }
 
+/// Decodes a wire frame (the tensors of `slots`) and adds `weight ·` its values into the
+/// whole-model `accumulator`, checked as [`accumulate`] does.
+pub fn accumulate_frame(
+    kernels: &dyn Kernels,
+    slots: &[ParamSlot],
+    frame: &[u8],
+    accumulator: &mut [f32],
+    weight: f32,
+) -> Result<(), TrainerError> {
+    let set = sinter_comms::decode(frame, &sinter_comms::CodecLimits::default())?;
+    accumulate(kernels, slots, &set, accumulator, weight)
+}
+
 /// The mean of `sets` (each already [`check`]ed against `slots`, summed in the given order
 /// in fp32) re-encoded as the all-gather sends it: int8 again with `quant`, or f32. Every
 /// peer and the simulation compute it the same way, so they agree bit for bit.

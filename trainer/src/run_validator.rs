@@ -25,7 +25,6 @@ use rand::Rng;
 use serde::Serialize;
 use sinter_comms::group::Group;
 use sinter_comms::net::PeerId;
-use sinter_comms::{CodecLimits, decode};
 use sinter_kernels::RayonKernels;
 use sinter_mechanism::ledger::extrinsic::{Call, blake2_256, weights_commitment};
 use sinter_mechanism::ledger::keys::AccountId;
@@ -155,9 +154,7 @@ fn dequantize(layout: &ParamLayout, blob: &[u8]) -> Result<Vec<f32>, String> {
     let mut delta = vec![0.0f32; layout.len()];
     for (k, part) in parts.iter().enumerate() {
         let slots = &layout.slots[bounds[k].clone()];
-        let set = decode(part, &CodecLimits::default()).map_err(|e| format!("shard {k}: {e}"))?;
-        pseudo_gradient::check(slots, &set).map_err(|e| format!("shard {k}: {e}"))?;
-        pseudo_gradient::accumulate(&RayonKernels, slots, &set, &mut delta, 1.0)
+        pseudo_gradient::accumulate_frame(&RayonKernels, slots, part, &mut delta, 1.0)
             .map_err(|e| format!("shard {k}: {e}"))?;
     }
     Ok(delta)
