@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Three real peers on loopback with the run's embedded ledger: p1 holds stake (it validates)
 # and authors the blocks, p2 is a miner from the genesis, p3 registers itself with its
-# coldkey (paying the burn). With LAZY=1, p3 trains nothing and sends zero updates. Makes
+# coldkey (paying the burn). With LAZY=1, p3 trains nothing and sends zero updates (a
+# test-only fault hook: the script then builds launch with `--features fault-injection`). Makes
 # the wallets and the ledger's genesis (appended to CONFIG as [incentives.ledger]) in OUT,
 # and prints the metagraph at the end.
 #
@@ -12,7 +13,9 @@ config=${1:-configs/incentives.toml}
 out=${2:-out/ledger-run}
 port=${SINTER_PORT:-4011}
 [ -e "$out" ] && { echo "$out exists: remove it or name another OUT" >&2; exit 2; }
-if [ -z "${LAUNCH:-}" ]; then cargo build -p launch; fi
+features=()
+[ "${LAZY:-0}" = 1 ] && features=(--features fault-injection)
+if [ -z "${LAUNCH:-}" ]; then cargo build -p launch "${features[@]}"; fi
 launch="${LAUNCH:-${CARGO_TARGET_DIR:-target}/debug/launch}"
 mkdir -p "$out"
 wallets="$out/wallets"

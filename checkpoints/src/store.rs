@@ -83,7 +83,9 @@ pub struct Checkpoint {
 /// Faults the kill tests inject: with `SINTER_FAULT_CHECKPOINT=POINT@NAME` the writer of
 /// checkpoint NAME stops at POINT (`before_tensors`, `mid_tensors`, `before_rename`,
 /// `before_latest`), says so on stderr and waits there to be killed (`kill -9`).
+#[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
 fn fault_at(point: &str, name: &str) {
+    #[cfg(feature = "fault-injection")]
     if std::env::var("SINTER_FAULT_CHECKPOINT").is_ok_and(|p| p == format!("{point}@{name}")) {
         eprintln!("injected fault: checkpoint writer paused at {point}@{name}");
         loop {

@@ -75,10 +75,6 @@ pub struct Manifest {
     pub root: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
@@ -110,8 +106,8 @@ impl Manifest {
         Self {
             total_len: blob.len() as u64,
             chunk_size: chunk_size as u64,
-            chunks: leaves.iter().map(|h| hex(h)).collect(),
-            root: hex(&merkle_root(&leaves)),
+            chunks: leaves.iter().map(hex::encode).collect(),
+            root: hex::encode(merkle_root(&leaves)),
         }
     }
 
@@ -147,7 +143,7 @@ impl Manifest {
                 None => return bad(format!("chunk {i}: {h:?} is not a SHA-256 in hex")),
             }
         }
-        let root = hex(&merkle_root(&leaves));
+        let root = hex::encode(merkle_root(&leaves));
         if root != self.root {
             return bad(format!(
                 "root {} does not match the chunk hashes ({root})",
@@ -163,7 +159,7 @@ impl Manifest {
         if data.len() != range.len() {
             return Err(format!("{} bytes, expected {}", data.len(), range.len()));
         }
-        let got = hex(&sha256(data));
+        let got = hex::encode(sha256(data));
         if got != self.chunks[index] {
             return Err(format!(
                 "SHA-256 {got}, the manifest says {}",
@@ -218,21 +214,26 @@ where
     let done = Mutex::new(0usize);
     let delivered = Mutex::new(BTreeMap::<PeerId, usize>::new());
     let last_error = Mutex::new(String::from("none"));
+    // Told whenever a chunk is done or given back.
+    let changed = tokio::sync::Notify::new();
     // One worker per (donor, slot): takes chunks from the queue until it is empty or the
     // donor fails. A worker that finds the queue empty while others still hold chunks waits
     // for them, so that a chunk given back by a failing donor is picked up.
     let worker = |donor: PeerId| {
-        let (queue, blob, done, delivered, last_error) =
-            (&queue, &blob, &done, &delivered, &last_error);
+        let (queue, blob, done, delivered, last_error, changed) =
+            (&queue, &blob, &done, &delivered, &last_error, &changed);
         let get = &get;
         async move {
             loop {
+                let notified = changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                 let Some(index) = next else {
                     if *done.lock().unwrap_or_else(|p| p.into_inner()) == chunks {
                         return;
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    notified.await;
                     continue;
                 };
                 let outcome = match get(donor, index).await {
@@ -244,6 +245,7 @@ where
                         blob.lock().unwrap_or_else(|p| p.into_inner())[manifest.range(index)]
                             .copy_from_slice(&data);
                         *done.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                        changed.notify_waiters();
                         *delivered
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -262,6 +264,7 @@ where
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push_back(index);
+                        changed.notify_waiters();
                         return;
                     }
                 }

@@ -182,6 +182,11 @@ pub async fn allreduce(
         naive.push(started.elapsed().as_secs_f64());
         sent_naive = sent;
     }
+    // Done: the others see it in this peer's heartbeats.
+    group.report(sinter_comms::group::PeerStats {
+        round: 2 * rounds as u64,
+        ..Default::default()
+    });
     let allreduce_secs = median(collective);
     let naive_secs = median(naive);
     let optimum_secs =
@@ -318,11 +323,11 @@ fn ledger_growth(
     miners: &[sinter_mechanism::ledger::keys::Keypair],
     blocks: u64,
 ) -> anyhow::Result<()> {
-    use sinter_mechanism::ledger::Ledger;
+    use sinter_mechanism::ledger::Replica;
     use sinter_mechanism::ledger::extrinsic::Call;
     let peers = miners.len();
     let path = path.to_owned();
-    let mut ledger = Ledger::create(&path, genesis)?;
+    let mut ledger = Replica::create(&path, genesis)?;
     let window = 100;
     let mut early = std::time::Duration::ZERO;
     let mut late = std::time::Duration::ZERO;
@@ -350,7 +355,7 @@ fn ledger_growth(
     }
     let per_block = |d: std::time::Duration| d.as_secs_f64() * 1e3 / window as f64;
     let started = std::time::Instant::now();
-    let (reopened, _) = Ledger::open(&path)?;
+    let (reopened, _) = Replica::open(&path)?;
     let replay = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     let caught_up = reopened.blocks_from(blocks - 63, 64)?;
@@ -376,5 +381,30 @@ fn ledger_growth(
         replay * 1e3 / blocks as f64
     );
     println!("  a replica's catch-up read of the last 64 blocks: {catch_up:.3} s");
+    Ok(())
+}
+
+/// `launch bench cabal`.
+pub fn cabal(epochs: usize, emission_percent: f64) -> anyhow::Result<()> {
+    for (name, arg) in [
+        ("subtensor", crate::cli::ConsensusArg::Subtensor),
+        ("papers", crate::cli::ConsensusArg::Papers),
+    ] {
+        let params = sinter_mechanism::consensus::Hyperparams {
+            consensus: crate::incentives::consensus(arg),
+            ..sinter_mechanism::consensus::Hyperparams::default()
+        };
+        let run = crate::experiments::cabal::simulate(&params, epochs.max(1), emission_percent)?;
+        println!("{name}: epoch, cabal stake share, cabal emission share, ratio");
+        for e in &run {
+            println!(
+                "  {:>3} {:>8.4} {:>8.4} {:>6.3}",
+                e.epoch,
+                e.stake_share,
+                e.emission_share,
+                e.emission_share / e.stake_share
+            );
+        }
+    }
     Ok(())
 }

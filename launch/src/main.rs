@@ -6,12 +6,13 @@ mod bench;
 mod checkpoints;
 mod cli;
 mod control;
+mod experiments;
 mod incentives;
-mod ledger_node;
+mod ledger;
 mod peer;
 mod progress;
 mod report;
-mod run_ledger;
+mod wallet;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,14 @@ fn main() -> ExitCode {
                     || matches!(
                         c.downcast_ref::<sinter_comms::group::GroupError>(),
                         Some(sinter_comms::group::GroupError::ConfigMismatch { .. })
+                    )
+                    || matches!(
+                        c.downcast_ref::<sinter_mechanism::ledger::LedgerError>(),
+                        Some(sinter_mechanism::ledger::LedgerError::Wallet(_))
+                    )
+                    || matches!(
+                        c.downcast_ref::<sinter_mechanism::ledger::interface::CallError>(),
+                        Some(sinter_mechanism::ledger::interface::CallError::Keys { .. })
                     )
             });
             ExitCode::from(if config_error { 2 } else { 1 })
@@ -124,29 +133,17 @@ fn run(cli: Cli) -> Result<()> {
             out,
         }) => peer::fetch_checkpoint(&RunConfig::load(&config)?, &from, root, &out),
         Command::Export(args) => checkpoints::export(&args),
-        Command::Ledger(cli::LedgerCommand::Epoch { file }) => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let input: sinter_mechanism::yuma::EpochInput = serde_json::from_str(&text)
-                .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
-            let output = input
-                .run()
-                .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
-            println!("{}", serde_json::to_string_pretty(&output)?);
-            Ok(())
-        }
-        Command::Ledger(cli::LedgerCommand::Show { file, json }) => incentives::show(&file, json),
-        Command::Ledger(cli::LedgerCommand::Verify { file, json }) => {
-            incentives::verify(&file, json)
-        }
-        Command::Ledger(cli::LedgerCommand::Node(args)) => ledger_node::node(args),
-        Command::Ledger(cli::LedgerCommand::Submit(args)) => ledger_node::submit(args),
-        Command::Wallet(command) => incentives::wallet(command),
+        Command::Ledger(cli::LedgerCommand::Epoch { file }) => ledger::epoch(&file),
+        Command::Ledger(cli::LedgerCommand::Show { file, json }) => ledger::show(&file, json),
+        Command::Ledger(cli::LedgerCommand::Verify { file, json }) => ledger::verify(&file, json),
+        Command::Ledger(cli::LedgerCommand::Node(args)) => ledger::node(args),
+        Command::Ledger(cli::LedgerCommand::Submit(args)) => ledger::submit(args),
+        Command::Wallet(command) => wallet::run(command),
         Command::Incentives(args) => incentives::run(args),
         Command::Bench(BenchCommand::Cabal {
             epochs,
             emission_percent,
-        }) => incentives::bench_cabal(epochs, emission_percent),
+        }) => bench::cabal(epochs, emission_percent),
         Command::Bench(BenchCommand::Ledger { blocks, peers }) => {
             bench::ledger(blocks.max(200), peers.max(1))
         }

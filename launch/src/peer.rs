@@ -14,9 +14,13 @@ use sinter_checkpoints::serve::Served;
 use sinter_comms::group::{Group, GroupSettings};
 use sinter_comms::net::{self, Multiaddr, NetConfig};
 use sinter_kernels::Kernels;
+use sinter_mechanism::Ledger;
+use sinter_mechanism::ledger::wallet::Wallet;
 use sinter_trainer::RunConfig;
+use sinter_trainer::ledger_net::{RunLedger, replica_path};
+use sinter_trainer::peer::identity::served_address;
+use sinter_trainer::peer::validator::IncentiveSummary;
 use sinter_trainer::peer::{PeerOptions, run_peer};
-use sinter_trainer::run_validator::{IncentiveSummary, LedgerLink, served_address};
 use sinter_trainer::simulate::Observer;
 
 use crate::backend::{BackendJob, dispatch};
@@ -24,7 +28,6 @@ use crate::cli::{LeaveArgs, RunArgs, StatusArgs};
 use crate::control;
 use crate::progress::Progress;
 use crate::report;
-use crate::run_ledger::{RunLedger, RunWallet, replica_path};
 
 /// Parses a multiaddr argument, saying which flag it came from.
 pub(crate) fn multiaddr(text: &str, flag: &str) -> Result<Multiaddr> {
@@ -146,7 +149,7 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
                 reachable: &reachable,
                 runtime: runtime.handle(),
             };
-            run_ledger(&config, &args, &wallet, &peer)
+            run_ledger(&config, &args, wallet, &peer)
         })
         .transpose()?;
     let checkpoint_dir = args.out.out.as_ref().map(|d| d.join("checkpoints"));
@@ -194,7 +197,7 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
 }
 
 /// The wallet a run with an `[incentives.ledger]` signs with (none without one).
-fn ledger_wallet(config: &RunConfig, args: &RunArgs) -> Result<Option<RunWallet>> {
+fn ledger_wallet(config: &RunConfig, args: &RunArgs) -> Result<Option<Wallet>> {
     if config.incentives.ledger.is_none() {
         if args.wallet.is_some() {
             tracing::warn!("the config has no [incentives.ledger]: --wallet is not used");
@@ -206,11 +209,11 @@ fn ledger_wallet(config: &RunConfig, args: &RunArgs) -> Result<Option<RunWallet>
             "this run keeps a ledger ([incentives.ledger]): pass --wallet NAME (make one with `launch wallet new --name NAME`)".into(),
         )
     })?;
-    let dir = crate::incentives::wallet_dir(&crate::cli::WalletArgs {
+    let dir = crate::wallet::dir(&crate::cli::WalletArgs {
         name,
         dir: args.wallets.clone(),
     })?;
-    Ok(Some(RunWallet::read(&dir)?))
+    Ok(Some(Wallet::read(&dir)?))
 }
 
 /// This peer as the ledger sees it when it joins.
@@ -226,20 +229,21 @@ struct JoiningPeer<'a> {
 fn run_ledger(
     config: &RunConfig,
     args: &RunArgs,
-    wallet: &RunWallet,
+    wallet: Wallet,
     peer: &JoiningPeer<'_>,
-) -> Result<Arc<dyn LedgerLink>> {
+) -> Result<Arc<dyn Ledger>> {
     let (Some(genesis), Some(settings)) = (
         config.incentives.genesis(),
         config.incentives.ledger.as_ref(),
     ) else {
         bail!("the config has no [incentives.ledger]");
     };
-    let path = replica_path(args.out.out.as_deref(), &genesis, &wallet.hotkey());
+    let hotkey = wallet.hotkey_account();
+    let path = replica_path(args.out.out.as_deref(), &genesis, &hotkey);
     let ledger = RunLedger::start(
         &path,
         genesis,
-        settings.block_secs,
+        Duration::from_secs_f64(settings.block_secs),
         wallet,
         peer.group.clone(),
         peer.runtime.clone(),
@@ -248,9 +252,22 @@ fn run_ledger(
         peer.identity,
         peer.reachable.first(),
         &ledger.genesis_hash(),
-        &wallet.hotkey(),
+        &hotkey,
     );
-    ledger.join(wallet, &address)?;
+    let uid = ledger
+        .register()
+        .with_context(|| format!("registering {hotkey}"))?;
+    ledger
+        .serve(&address)
+        .with_context(|| format!("serving {address}"))?;
+    let metagraph = ledger.metagraph();
+    tracing::info!(
+        uid,
+        %hotkey,
+        stake = metagraph.neuron(uid).map_or(0, |n| n.stake),
+        block = metagraph.block,
+        "on the run's ledger"
+    );
     println!("ledger replica {}", path.display());
     Ok(ledger)
 }
@@ -294,8 +311,14 @@ pub fn bench_allreduce(
             "only {live} of {peers} peers showed up within 120 s"
         );
         let report = crate::bench::allreduce(&group, payload_bytes, rounds, link_mbit).await?;
-        // Stay until the others are done with this peer's shards.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Stay until every other peer has finished too (its answers to their last requests
+        // have arrived then).
+        if !group
+            .wait_for_reports(2 * rounds as u64, Duration::from_secs(60))
+            .await
+        {
+            tracing::warn!("not every peer reported finishing; leaving anyway");
+        }
         group.leave().await;
         anyhow::Ok(report)
     })?;
@@ -413,7 +436,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
     let round = status.peers.values().map(|p| p.round).max().unwrap_or(0);
     println!(
         "run {} as seen by {}: {} members, round {round}",
-        &status.run[..16.min(status.run.len())],
+        status.run.chars().take(16).collect::<String>(),
         status.peer,
         status.members.len()
     );
@@ -474,16 +497,7 @@ fn print_incentives(i: &IncentiveSummary) {
             String::new()
         }
     );
-    println!(
-        "{:>4} {:<50} {:>16} {:>9} {:>9} {:>16}",
-        "uid", "hotkey", "stake", "incentive", "dividends", "emission"
-    );
-    for n in &i.neurons {
-        println!(
-            "{:>4} {:<50} {:>16} {:>9.4} {:>9.4} {:>16}",
-            n.uid, n.hotkey, n.stake, n.incentive, n.dividends, n.emission
-        );
-    }
+    crate::report::print_neurons(&i.neurons);
 }
 
 struct PeerJob {

@@ -117,3 +117,24 @@ pub fn plot_curves(
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+/// Prints a metagraph's neurons, one row each.
+pub fn print_neurons(neurons: &[sinter_mechanism::ledger::interface::NeuronInfo]) {
+    println!(
+        "{:>4} {:<50} {:>16} {:>9} {:>9} {:>9} {:>9} {:>16}",
+        "uid", "hotkey", "stake", "consensus", "incentive", "dividends", "vtrust", "emission"
+    );
+    for n in neurons {
+        println!(
+            "{:>4} {:<50} {:>16} {:>9.5} {:>9.5} {:>9.5} {:>9.5} {:>16}",
+            n.uid,
+            n.hotkey.ss58(),
+            n.stake,
+            n.consensus,
+            n.incentive,
+            n.dividends,
+            n.validator_trust,
+            n.emission
+        );
+    }
+}

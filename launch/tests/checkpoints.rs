@@ -37,6 +37,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn a_resumed_run_equals_the_uninterrupted_one() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
     let full = dir.path().join("full");
@@ -98,6 +99,7 @@ fn kill_writer_at(config: &str, out: &Path, point: &str) {
 
 #[test]
 fn a_writer_killed_at_any_point_leaves_the_previous_checkpoint_loadable() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
     let full = dir.path().join("full");
@@ -170,6 +172,7 @@ fn a_flipped_byte_is_found_and_named_and_the_checkpoint_refused() {
 
 #[test]
 fn checkpoints_export_and_generate() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
     let run = dir.path().join("run");

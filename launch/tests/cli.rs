@@ -82,7 +82,7 @@ fn a_run_with_a_ledger_needs_a_wallet_and_valid_accounts_exit_2_before_joining()
 #[test]
 fn a_missing_config_exits_2() {
     let out = launch(&["sim", "/nonexistent/config.toml"]);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("/nonexistent/config.toml"));
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{kill_at_fault, launch, text};
 
@@ -63,6 +63,7 @@ fn incentives(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn honest_peers_earn_the_emission_and_lazy_and_copycat_peers_do_not() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let report = incentives(
         dir.path(),
@@ -111,6 +112,7 @@ fn honest_peers_earn_the_emission_and_lazy_and_copycat_peers_do_not() {
 
 #[test]
 fn monte_carlo_shapley_is_within_five_percent_of_exact_for_eight_peers() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let report = incentives(
         dir.path(),
@@ -135,6 +137,7 @@ fn monte_carlo_shapley_is_within_five_percent_of_exact_for_eight_peers() {
 /// Experiment 4: SIGKILL while a block is half written loses no committed block.
 #[test]
 fn a_crash_in_the_middle_of_a_block_write_loses_no_committed_block() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
     let out = dir.path().join("killed");
@@ -289,6 +292,7 @@ fn verified(ledger: &Path) -> serde_json::Value {
 
 #[test]
 fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks() {
+    let _serial = common::peers::serial();
     let dir = tempfile::tempdir().unwrap();
     let wallets = s(dir.path());
     for name in ["author", "owner", "miner"] {
@@ -354,7 +358,13 @@ fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks
     assert!(text(&out).contains("not the signer"), "{}", text(&out));
 
     // A replica joining now catches up on the blocks it missed, then follows the gossip.
-    std::thread::sleep(Duration::from_secs(1));
+    common::eventually("the author's third block", Duration::from_secs(30), || {
+        let author = verified(&author_ledger);
+        match author["blocks"].as_u64() {
+            Some(blocks) if blocks >= 3 => Ok(()),
+            _ => Err(author.to_string()),
+        }
+    });
     let replica_ledger = dir.path().join("replica.ledger");
     let (_replica, _) = ledger_node(&[
         "--genesis",
@@ -364,16 +374,18 @@ fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks
         "--bootstrap",
         &address,
     ]);
-    let started = Instant::now();
-    loop {
-        let replica = verified(&replica_ledger);
-        if replica["blocks"].as_u64().unwrap_or(0) >= 8 {
-            assert!(replica["first_bad"].is_null(), "{replica}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{replica}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let replica = common::eventually(
+        "the replica's eighth block",
+        Duration::from_secs(60),
+        || {
+            let replica = verified(&replica_ledger);
+            match replica["blocks"].as_u64() {
+                Some(blocks) if blocks >= 8 => Ok(replica),
+                _ => Err(replica.to_string()),
+            }
+        },
+    );
+    assert!(replica["first_bad"].is_null(), "{replica}");
     let show = launch(&["ledger", "show", "--json", s(&replica_ledger)]);
     let state: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(state["neurons"][1]["hotkey"], miner);
@@ -389,24 +401,20 @@ fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks
 
 /// Waits for `launch status` from `peer` to show every member with a ledger standing.
 fn status_with_emission(peer: &str, members: usize) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
+    let what = format!("{members} members with a ledger standing in {peer}'s status");
+    common::eventually(&what, Duration::from_secs(60), || {
         let out = launch(&["status", "--peer", peer, "--json"]);
-        if let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            let standing = status["peers"]
-                .as_object()
-                .map_or(0, |p| p.values().filter(|s| s["emission"].is_u64()).count());
-            if standing >= members {
-                return status;
-            }
+        let status =
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).map_err(|_| text(&out))?;
+        let standing = status["peers"]
+            .as_object()
+            .map_or(0, |p| p.values().filter(|s| s["emission"].is_u64()).count());
+        if standing >= members {
+            Ok(status)
+        } else {
+            Err(status.to_string())
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{}",
-            text(&out)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    })
 }
 
 /// Three peers of a run keeping a ledger, started: a validates and authors; b is a miner from

@@ -30,6 +30,15 @@ pub enum Rejection {
         /// The robust z-score.
         z: f64,
     },
+    /// The norm was far above the group's median.
+    NormAboveMedian {
+        /// The update's L2 norm.
+        norm: f64,
+        /// The group's median norm.
+        median: f64,
+        /// The largest ratio allowed.
+        ratio: f64,
+    },
     /// A copy of an earlier-committed peer's update.
     Copycat {
         /// The peer copied.
@@ -51,6 +60,14 @@ impl std::fmt::Display for Rejection {
             Self::NormOutlier { norm, median, z } => write!(
                 f,
                 "norm {norm:.4e} is {z:.1} robust z-scores from the median {median:.4e}"
+            ),
+            Self::NormAboveMedian {
+                norm,
+                median,
+                ratio,
+            } => write!(
+                f,
+                "norm {norm:.3e} is over {ratio} times the median {median:.3e}"
             ),
             Self::Copycat { of, cosine } => write!(
                 f,
@@ -111,32 +128,80 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// The norms far from the others' (robust z-score over `max_z`, the MAD floored at
-/// `min_spread` of the median): one entry per norm. Fewer than three norms: none is flagged.
-pub fn norm_outliers(norms: &[f64], config: &FilterConfig) -> Vec<Option<Rejection>> {
+/// How far above the median norm a contribution may be, under [`NormRule::AboveMedian`]'s
+/// default (runs without a ledger).
+pub const MAX_NORM_RATIO: f64 = 10.0;
+
+/// When a norm is too far from the group's to use. One rule, two settings: a run's shard
+/// owners without a ledger refuse only blown-up updates; validators (and shard owners in a run
+/// keeping a ledger) also refuse updates far below the others, such as a lazy peer's zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NormRule {
+    /// Over `ratio` times the median.
+    AboveMedian {
+        /// The largest ratio to the median.
+        ratio: f64,
+    },
+    /// Over `max_z` robust z-scores (0.6745 · |x − median| / MAD) either way, the MAD floored
+    /// at `min_spread` of the median.
+    RobustZ {
+        /// The largest z-score.
+        max_z: f64,
+        /// The MAD's floor, as a fraction of the median.
+        min_spread: f64,
+    },
+}
+
+impl FilterConfig {
+    /// The validators' norm rule.
+    pub fn norm_rule(&self) -> NormRule {
+        NormRule::RobustZ {
+            max_z: self.max_z,
+            min_spread: self.min_spread,
+        }
+    }
+}
+
+/// The norms too far from the others' under `rule`: one entry per norm. Fewer than three
+/// norms: none is flagged (with two, neither is the outlier).
+pub fn norm_outliers(norms: &[f64], rule: &NormRule) -> Vec<Option<Rejection>> {
     if norms.len() < 3 {
         return vec![None; norms.len()];
     }
     let med = median(&mut norms.to_vec());
-    let mut deviations: Vec<f64> = norms.iter().map(|x| (x - med).abs()).collect();
-    let mad = median(&mut deviations).max(config.min_spread * med);
-    norms
-        .iter()
-        .map(|&norm| {
-            let z = if mad > 0.0 {
-                0.6745 * (norm - med).abs() / mad
-            } else if norm == med {
-                0.0
-            } else {
-                f64::INFINITY
-            };
-            (z > config.max_z).then_some(Rejection::NormOutlier {
-                norm,
-                median: med,
-                z,
+    match *rule {
+        NormRule::AboveMedian { ratio } => norms
+            .iter()
+            .map(|&norm| {
+                (norm > ratio * med.max(f64::MIN_POSITIVE)).then_some(Rejection::NormAboveMedian {
+                    norm,
+                    median: med,
+                    ratio,
+                })
             })
-        })
-        .collect()
+            .collect(),
+        NormRule::RobustZ { max_z, min_spread } => {
+            let mut deviations: Vec<f64> = norms.iter().map(|x| (x - med).abs()).collect();
+            let mad = median(&mut deviations).max(min_spread * med);
+            norms
+                .iter()
+                .map(|&norm| {
+                    let z = if mad > 0.0 {
+                        0.6745 * (norm - med).abs() / mad
+                    } else if norm == med {
+                        0.0
+                    } else {
+                        f64::INFINITY
+                    };
+                    (z > max_z).then_some(Rejection::NormOutlier {
+                        norm,
+                        median: med,
+                        z,
+                    })
+                })
+                .collect()
+        }
+    }
 }
 
 /// Filters one round's updates. `committed_at[j]` orders the peers' commitments (earlier is
@@ -161,7 +226,10 @@ pub fn filter(
     let norms: Vec<f64> = updates.iter().map(|u| norm(u)).collect();
     let finite: Vec<usize> = (0..n).filter(|j| verdict[*j].is_none()).collect();
     let finite_norms: Vec<f64> = finite.iter().map(|j| norms[*j]).collect();
-    for (j, outlier) in finite.iter().zip(norm_outliers(&finite_norms, config)) {
+    for (j, outlier) in finite
+        .iter()
+        .zip(norm_outliers(&finite_norms, &config.norm_rule()))
+    {
         verdict[*j] = outlier;
     }
 
@@ -195,6 +263,33 @@ pub fn filter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn norms_far_above_the_median_are_refused_under_the_ratio_rule() {
+        let rule = NormRule::AboveMedian {
+            ratio: MAX_NORM_RATIO,
+        };
+        let flagged = |norms: &[f64]| -> Vec<bool> {
+            norm_outliers(norms, &rule)
+                .iter()
+                .map(Option::is_some)
+                .collect()
+        };
+        assert_eq!(flagged(&[1.0, 1e6]), vec![false, false]);
+        assert_eq!(
+            flagged(&[1.0, 1.3, 0.8, 50.0]),
+            vec![false, false, false, true]
+        );
+        assert_eq!(flagged(&[0.0, 0.0, 1.0]), vec![false, false, true]);
+        // A lazy zero update passes the ratio rule but not the validators' z rule.
+        let lazy = [1.0, 1.1, 0.9, 0.0];
+        assert_eq!(flagged(&lazy), vec![false; 4]);
+        let z = norm_outliers(&lazy, &FilterConfig::default().norm_rule());
+        assert!(
+            z[3].is_some() && z[..3].iter().all(Option::is_none),
+            "{z:?}"
+        );
+    }
 
     fn honest(seed: u32) -> Vec<f32> {
         (0..64)

@@ -13,11 +13,10 @@
 //! | [`shapley`] | exact and Monte-Carlo Shapley values of a coalition game |
 //! | [`filter`] | Byzantine filtering of a round's pseudo-gradients, with reasons |
 //! | [`score`] | a validator's round: filter, Shapley and Fisher scores, weight row |
-//! | [`ledger`] | the embedded signed, hash-chained ledger: extrinsics, blocks, state, epochs |
+//! | [`ledger`] | the [`Ledger`] interface every chain implements; the embedded signed, hash-chained ledger (extrinsics, blocks, state, epochs), its sans-IO sync protocol, wallets |
 //! | [`cabal`] | experiment 2: a 40 % cabal against a 60 % honest majority |
 #![warn(missing_docs)]
 
-pub mod cabal;
 pub mod consensus;
 pub mod filter;
 pub mod fixed;
@@ -26,6 +25,8 @@ pub mod papers;
 pub mod score;
 pub mod shapley;
 pub mod yuma;
+
+pub use ledger::Ledger;
 
 /// Everything that can go wrong in the mechanism.
 #[derive(Debug, thiserror::Error)]

@@ -22,11 +22,11 @@ use sinter_checkpoints::writer::{BackgroundWriter, Written};
 use sinter_checkpoints::{Checkpoint, CheckpointError};
 
 use crate::config::RunConfig;
+use crate::eval::EvalPoint;
 use crate::inner::{InnerOptimizer, inner_optimizer};
 use crate::model::Llama;
 use crate::params::ParamLayout;
 use crate::round_state::RoundState;
-use crate::simulate::EvalPoint;
 use crate::{TrainerError, weights};
 
 /// Checkpoint directories are `round-NNNNNN`, the round about to start.

@@ -470,9 +470,10 @@ pub struct ConfigError {
 impl RunConfig {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, TrainerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::Io {
+        // A config that cannot be read is a bad argument, like one that does not parse.
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_owned(),
-            source: e,
+            message: format!("cannot read the config ({e})"),
         })?;
         Self::parse(&text, path).map_err(TrainerError::Config)
     }
@@ -591,7 +592,7 @@ impl RunConfig {
         };
         let canonical = toml::to_string(&identity).expect("a RunConfig always serialises");
         let digest = sha2::Sha256::digest(canonical.as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(digest)
     }
 }
 

@@ -23,10 +23,6 @@ const MILTON: &[u8] = include_bytes!("../../data/milton.txt.zst");
 const SHAKESPEARE_SHA256: &str = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387";
 const MILTON_SHA256: &str = "2469c4dbe954145d386f223870e0fecc509dfda78ec4bbe3daddb4f9282cd98d";
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The bytes of a corpus: `shakespeare` or `milton` (bundled), or a path to a text file.
 pub fn corpus_bytes(spec: &str) -> Result<Vec<u8>, TrainerError> {
     let (packed, expected) = match spec {
@@ -39,7 +35,7 @@ pub fn corpus_bytes(spec: &str) -> Result<Vec<u8>, TrainerError> {
     };
     let text = zstd::decode_all(packed)
         .map_err(|e| TrainerError::Data(format!("bundled corpus {spec}: {e}")))?;
-    let actual = hex(&Sha256::digest(&text));
+    let actual = hex::encode(Sha256::digest(&text));
     if actual != expected {
         return Err(TrainerError::Data(format!(
             "bundled corpus {spec} has sha256 {actual}, expected {expected}"
@@ -89,7 +85,7 @@ impl TokenFile {
             h.update(tokenizer.id().as_bytes());
             h.update([0]);
             h.update(text);
-            hex(&h.finalize())
+            hex::encode(h.finalize())
         };
         let path = dir.join(format!("tokens-{}.u32", &key[..32]));
         if !path.exists() {

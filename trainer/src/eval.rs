@@ -3,6 +3,21 @@
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 
+/// One evaluation, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct EvalPoint {
+    /// Outer rounds completed (data-parallel: steps / H).
+    pub round: usize,
+    /// Inner steps completed per worker.
+    pub step: usize,
+    /// Training tokens consumed by all workers together.
+    pub tokens: u64,
+    /// Validation loss of the global model.
+    pub val_loss: f32,
+    /// Bytes each worker has sent so far.
+    pub bytes_sent: u64,
+}
+
 use crate::inner::windows_tensor;
 use crate::model::Llama;
 

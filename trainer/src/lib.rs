@@ -10,39 +10,39 @@
 //! | [`model`] | the decoder (Hugging Face LLaMA conventions) |
 //! | [`tokenizer`], [`data`] | tokens, cached token files, shards, validation windows |
 //! | [`params`] | a model's parameters as one flat vector with a named layout |
-//! | [`inner`] | one worker's AdamW step with global-norm clipping |
+//! | [`inner`], [`schedule`] | one worker's AdamW step with global-norm clipping; its learning rate |
 //! | [`pseudo_gradient`] | pseudo-gradient → wire frame → accumulated mean (shared with the network layer) |
+//! | [`outer`] | the outer Nesterov step and its learning-rate schedule |
 //! | [`simulate`] | N workers in one process: DiLoCo or data-parallel |
-//! | [`peer`] | one real peer of a run: the same rounds over the network |
+//! | [`peer`] | one real peer of a run: the same rounds over the network, its commitments and, with stake, its scoring |
+//! | [`ledger_net`] | the embedded ledger over the network: a run's replicas, the standalone node |
 //! | [`checkpoint`] | a run's state at a round boundary as a checkpoint directory, and back |
 //! | [`round_state`] | the state a joiner fetches: round, global parameters, outer momentum |
 //! | [`eval`], [`generate`], [`weights`] | validation loss, sampling, saved weights |
 //! | [`export`] | saved weights as a Hugging Face LLaMA checkpoint |
-//! | [`validator`] | a validator's loss, coalition values and curvature for a round |
-//! | [`contribution`] | peers with roles, a validator and the ledger: contributions become emission |
-//! | [`run_validator`] | commitments and scoring inside a multi-process run |
+//! | [`valuation`] | a validator's loss, coalition values and curvature for a round |
 //!
 //! The default backend is burn's `flex` CPU backend; `wgpu` and `cuda` are features.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;
-pub mod contribution;
 pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod inner;
+pub mod ledger_net;
 pub mod model;
+pub mod outer;
 pub mod params;
 pub mod peer;
 pub mod pseudo_gradient;
 pub mod round_state;
-pub mod run_validator;
 pub mod schedule;
 pub mod simulate;
 pub mod tokenizer;
-pub mod validator;
+pub mod valuation;
 pub mod weights;
 
 use std::path::PathBuf;

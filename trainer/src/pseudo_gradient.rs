@@ -216,6 +216,25 @@ pub fn mean(
     Ok(TensorSet { tensors })
 }
 
+/// L2 norm of a received set's values (checked against `slots` first).
+pub fn norm(
+    kernels: &dyn Kernels,
+    slots: &[ParamSlot],
+    set: &TensorSet,
+) -> Result<f64, TrainerError> {
+    let Some(first) = slots.first() else {
+        return Ok(0.0);
+    };
+    let len: usize = slots.iter().map(|s| s.len).sum();
+    let mut values = vec![0.0f32; len];
+    accumulate_at(kernels, slots, set, &mut values, first.offset, 1.0)?;
+    Ok(values
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,57 +273,5 @@ mod tests {
             .map(|b| l.slots[b.clone()].iter().map(|s| s.len).sum())
             .collect();
         assert_eq!(sizes, vec![60, 40]);
-    }
-}
-
-/// L2 norm of a received set's values (checked against `slots` first).
-pub fn norm(
-    kernels: &dyn Kernels,
-    slots: &[ParamSlot],
-    set: &TensorSet,
-) -> Result<f64, TrainerError> {
-    let Some(first) = slots.first() else {
-        return Ok(0.0);
-    };
-    let len: usize = slots.iter().map(|s| s.len).sum();
-    let mut values = vec![0.0f32; len];
-    accumulate_at(kernels, slots, set, &mut values, first.offset, 1.0)?;
-    Ok(values
-        .iter()
-        .map(|v| f64::from(*v).powi(2))
-        .sum::<f64>()
-        .sqrt())
-}
-
-/// How far above the median norm a contribution may be before it is refused.
-pub const MAX_NORM_RATIO: f64 = 10.0;
-
-/// Which of these contributions' norms are absurd: more than [`MAX_NORM_RATIO`] times the
-/// median, judged only with at least three contributions (with two, neither is the outlier).
-pub fn absurd_norms(norms: &[f64]) -> Vec<bool> {
-    if norms.len() < 3 {
-        return vec![false; norms.len()];
-    }
-    let mut sorted = norms.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    norms
-        .iter()
-        .map(|n| *n > MAX_NORM_RATIO * median.max(f64::MIN_POSITIVE))
-        .collect()
-}
-
-#[cfg(test)]
-mod norm_tests {
-    use super::absurd_norms;
-
-    #[test]
-    fn outliers_far_above_the_median_are_absurd() {
-        assert_eq!(absurd_norms(&[1.0, 1e6]), vec![false, false]);
-        assert_eq!(
-            absurd_norms(&[1.0, 1.3, 0.8, 50.0]),
-            vec![false, false, false, true]
-        );
-        assert_eq!(absurd_norms(&[0.0, 0.0, 1.0]), vec![false, false, true]);
     }
 }

@@ -24,28 +24,15 @@ use sinter_kernels::Kernels;
 
 pub use crate::checkpoint::CheckpointStats;
 use crate::checkpoint::{self, Checkpointing, Meta, Snapshot, restore_optimizer, worker_state};
-use crate::config::{Mode, OuterSchedule, Quant, RunConfig};
+use crate::config::{Mode, Quant, RunConfig};
 use crate::data::{Dataset, ShardSampler};
+pub use crate::eval::EvalPoint;
 use crate::eval::validation_loss;
 use crate::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
 use crate::model::Llama;
+use crate::outer::outer_step;
 use crate::params::{ParamLayout, flatten, load};
 use crate::{TrainerError, pseudo_gradient};
-
-/// One evaluation, as written to `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct EvalPoint {
-    /// Outer rounds completed (data-parallel: steps / H).
-    pub round: usize,
-    /// Inner steps completed per worker.
-    pub step: usize,
-    /// Training tokens consumed by all workers together.
-    pub tokens: u64,
-    /// Validation loss of the global model.
-    pub val_loss: f32,
-    /// Bytes each worker has sent so far.
-    pub bytes_sent: u64,
-}
 
 /// The outcome of a run, as written to `summary.json`.
 #[derive(Debug, Clone, Serialize)]
@@ -356,39 +343,6 @@ impl<B: AutodiffBackend> Run<'_, B> {
             }
         }
     }
-}
-
-/// The outer learning rate of `round` out of `rounds`.
-pub(crate) fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
-    match config.outer.lr_schedule {
-        OuterSchedule::Constant => config.outer.lr,
-        OuterSchedule::Cosine => {
-            let progress = round as f32 / rounds.max(1) as f32;
-            let min = config.outer.lr * 0.1;
-            min + 0.5 * (config.outer.lr - min) * (1.0 + (std::f32::consts::PI * progress).cos())
-        }
-    }
-}
-
-/// The outer Nesterov step of `round` (of `rounds`) with the scheduled outer learning rate;
-/// fails if the parameters stop being finite.
-pub(crate) fn outer_step(
-    kernels: &dyn Kernels,
-    config: &RunConfig,
-    global: &mut [f32],
-    momentum: &mut [f32],
-    delta: &[f32],
-    round: usize,
-    rounds: usize,
-) -> Result<(), TrainerError> {
-    let lr = outer_lr(config, round, rounds);
-    kernels.outer_nesterov_step(global, momentum, delta, lr, config.outer.momentum)?;
-    if global.iter().any(|v| !v.is_finite()) {
-        return Err(TrainerError::Diverged(format!(
-            "global parameters became non-finite in round {round}"
-        )));
-    }
-    Ok(())
 }
 
 /// A snapshot can continue this run: same run id, a DiLoCo run, one state per worker.

@@ -41,10 +41,7 @@ impl Tokenizer {
             ))
         })?;
         use sha2::Digest;
-        let sha256 = sha2::Sha256::digest(&raw)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = hex::encode(sha2::Sha256::digest(&raw));
         Ok(Self::HuggingFace {
             inner: Box::new(inner),
             sha256,

@@ -7,6 +7,40 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Checks `state` every 100 ms until it says done (`Ok`), for at most `limit`; then panics
+/// saying what did not happen, with the last state seen (`Err`). For events in other
+/// processes, which a test can only watch from outside.
+#[allow(dead_code)]
+pub fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut state: impl FnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match state() {
+            Ok(done) => return done,
+            Err(last) if started.elapsed() >= limit => {
+                panic!("{what} did not happen within {limit:?}; last seen:\n{last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Asserts that a run's summary has both validation losses, finite, and that the loss fell.
+#[allow(dead_code)]
+pub fn assert_loss_fell(summary: &serde_json::Value, name: &str) {
+    let loss = |key: &str| {
+        summary[key]
+            .as_f64()
+            .filter(|l| l.is_finite())
+            .unwrap_or_else(|| panic!("{name}: no finite {key} in {summary}"))
+    };
+    let (initial, last) = (loss("initial_val_loss"), loss("final_val_loss"));
+    assert!(last < initial, "{name}: loss {initial} -> {last}");
+}
+
 /// Runs `launch ARGS…` to completion.
 #[allow(dead_code)] // each test binary uses some of these
 pub fn launch(args: &[&str]) -> Output {
@@ -27,23 +61,26 @@ pub fn kill_at_fault(args: &[&str], fault: (&str, &str), log: &Path, marker: &st
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        let mut seen = String::new();
-        std::fs::File::open(log)
-            .unwrap()
-            .read_to_string(&mut seen)
-            .unwrap();
-        if seen.contains(marker) {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "launch ended before the fault: {seen}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(120), "{seen}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        &format!("{marker:?} in {}", log.display()),
+        Duration::from_secs(120),
+        || {
+            let mut seen = String::new();
+            std::fs::File::open(log)
+                .unwrap()
+                .read_to_string(&mut seen)
+                .unwrap();
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "launch ended before the fault: {seen}"
+            );
+            if seen.contains(marker) {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        },
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }

@@ -6,11 +6,17 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Holds the lock that lets one multi-process test of a test binary run at a time: peers
-/// are timed by heartbeats, and a dozen processes sharing two cores at once would make the
-/// tests measure the machine's load rather than the code.
+use super::eventually;
+
+/// The longest a test waits for one peer process to end.
+const PEER_LIMIT: Duration = Duration::from_secs(300);
+
+/// Holds the lock that lets one heavy test of a test binary run at a time — multi-process
+/// runs, CPU-bound experiments and timing-based ledger tests: peers and block authors are
+/// timed by heartbeats and blocks, and a dozen processes sharing two cores at once would make
+/// the tests measure the machine's load rather than the code.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -124,9 +130,22 @@ impl Peer {
         found
     }
 
+    /// Waits for the peer to exit (at most five minutes: then it is killed and the test fails
+    /// with its log) and reads its summary.
     pub fn wait(mut self, dir: &Path, name: &str) -> (std::process::ExitStatus, serde_json::Value) {
-        let status = self.child.wait().unwrap();
-        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let log = || std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > PEER_LIMIT {
+                let _ = self.child.kill();
+                panic!("peer {name} did not exit within {PEER_LIMIT:?}:\n{}", log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = log();
         let summary = std::fs::read_to_string(self.out.join("summary.json"))
             .map(|s| serde_json::from_str(&s).unwrap())
             .unwrap_or_else(|_| serde_json::json!({"log": log}));
@@ -134,24 +153,31 @@ impl Peer {
     }
 }
 
+impl Drop for Peer {
+    /// A test that fails leaves no peer process behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Waits until the peer's log says it finished round `round` (or later).
 pub fn wait_for_round(dir: &Path, name: &str, round: u64) {
     let log = dir.join(format!("{name}.log"));
-    for _ in 0..600 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let reached = text
-            .lines()
-            .filter(|l| l.contains("round done"))
-            .filter_map(|l| l.split("round=").nth(1))
-            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-            .any(|r| r >= round);
-        if reached {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{name} did not reach round {round}:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+    eventually(
+        &format!("{name} finishing round {round}"),
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let reached = text
+                .lines()
+                .filter(|l| l.contains("round done"))
+                .filter_map(|l| l.split("round=").nth(1))
+                .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+                .any(|r| r >= round);
+            if reached { Ok(()) } else { Err(text) }
+        },
     );
 }

@@ -159,7 +159,7 @@ mod tests {
         let args = (1u16, vec![1u16, 2], vec![40000u16, 20000], 0u64).encode();
         let call = [&[0x07u8, 0x00][..], &args].concat();
         assert_eq!(
-            super::super::keys::hex(&call),
+            hex::encode(&call),
             "07000100080100020008409c204e0000000000000000"
         );
     }

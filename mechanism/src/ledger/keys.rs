@@ -30,7 +30,7 @@ impl AccountId {
     pub fn parse(text: &str) -> Result<Self, LedgerError> {
         let bad = |why: String| LedgerError::Key(format!("account {text:?}: {why}"));
         if let Some(hex) = text.strip_prefix("0x") {
-            let bytes = decode_hex(hex).ok_or_else(|| bad("not hex".into()))?;
+            let bytes = hex::decode(hex).ok().ok_or_else(|| bad("not hex".into()))?;
             let raw: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| bad("must be 32 bytes".into()))?;
@@ -59,38 +59,23 @@ impl std::fmt::Debug for AccountId {
     }
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Serde for a 32-byte hash as lower-case hex (`#[serde(with = "hex32")]`).
 pub mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// Writes the hash as hex.
     pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::hex(hash))
+        s.serialize_str(&hex::encode(hash))
     }
 
     /// Reads a hash from 64 hex digits.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let text = String::deserialize(d)?;
-        super::decode_hex(&text)
+        hex::decode(&text)
+            .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not 64 hex digits")))
     }
-}
-
-/// Bytes from hex (no prefix), `None` if malformed.
-pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// A signing key.
@@ -140,7 +125,7 @@ mod tests {
     fn bob_is_the_chains_bob_and_signatures_verify() {
         let bob = Keypair::from_secret("//Bob").unwrap();
         assert_eq!(
-            hex(&bob.account().0),
+            hex::encode(bob.account().0),
             "8eaf04151687736326c9fea17e25fc5287613693c912909cb226aa4794f26a48",
             "vectors.json's bob_account_hex"
         );

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::extrinsic::{
     Call, Extrinsic, Hash, MAX_EXTRINSIC_BYTES, blake2_256, weights_commitment,
 };
-use super::keys::{AccountId, hex};
+use super::keys::AccountId;
 use crate::consensus::{Epoch, Hyperparams, run_epoch};
 
 /// A balance given at genesis.
@@ -338,7 +338,7 @@ impl State {
             commits: BTreeMap::new(),
             contributions: Vec::new(),
             contributions_total: 0,
-            contributions_digest: hex(&[0u8; 32]),
+            contributions_digest: hex::encode([0u8; 32]),
             checkpoints: Vec::new(),
             bonds: Vec::new(),
             epochs: 0,
@@ -506,7 +506,7 @@ impl State {
                     contribution.sequence,
                 );
                 self.contributions_digest =
-                    hex(&blake2_256(&parity_scale_codec::Encode::encode(&link)));
+                    hex::encode(blake2_256(&parity_scale_codec::Encode::encode(&link)));
                 self.contributions_total += 1;
                 self.contributions.push(contribution);
             }
@@ -515,7 +515,7 @@ impl State {
                 self.commits.insert(
                     uid,
                     PendingCommit {
-                        hash: hex(hash),
+                        hash: hex::encode(hash),
                         block: self.block,
                     },
                 );
@@ -535,7 +535,7 @@ impl State {
                 }
                 let expected =
                     weights_commitment(signer, genesis.netuid, uids, values, salt, *version_key);
-                if hex(&expected) != pending.hash {
+                if hex::encode(expected) != pending.hash {
                     return invalid(format!(
                         "revealed weights do not hash to uid {uid}'s commitment"
                     ));
@@ -559,7 +559,7 @@ impl State {
                 let uid = self.staked(signer, "record_checkpoint")?;
                 self.checkpoints.push(CheckpointRecord {
                     round: *round,
-                    root: hex(root),
+                    root: hex::encode(root),
                     uid,
                     block: self.block,
                 });

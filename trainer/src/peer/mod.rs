@@ -6,6 +6,14 @@
 //! the round with bit-identical parameters — equal to the simulation's at the same settings.
 //! Each round starts with the members comparing the hash of their [`RoundState`]: a joiner,
 //! or a member whose hash is not the majority's, fetches the majority's state from them.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`validator`] | commitments, and with stake the scoring of the others, through the `Ledger` |
+//! | [`identity`] | which ledger uid a member is: the signed address it serves |
+//! | [`contribution`] | a peer's contribution to a round as one committed blob |
+//! | `reduce` | a shard owner's checked mean of its shard |
+//! | `faults` | test-only fault hooks |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,23 +22,34 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use sha2::Digest;
-use sinter_comms::group::{Arrival, Group, GroupError, PeerStats, Reduction};
-use sinter_comms::{CodecLimits, decode, encode};
+use sinter_comms::encode;
+use sinter_comms::group::{Arrival, Group, GroupError, PeerStats};
+use sinter_comms::net::PeerId;
 use sinter_kernels::Kernels;
-use sinter_mechanism::filter::norm_outliers;
+use sinter_mechanism::Ledger;
 
 use crate::checkpoint::{Checkpointing, Snapshot};
 use crate::config::{Mode, RunConfig};
 use crate::data::{Dataset, ShardSampler};
+use crate::eval::EvalPoint;
 use crate::eval::validation_loss;
 use crate::inner::{eval_model, inner_optimizer, train_step};
 use crate::model::Llama;
-use crate::params::{ParamLayout, ParamSlot, flatten, load};
+use crate::outer::{outer_lr, outer_step};
+use crate::params::{ParamLayout, flatten, load};
 use crate::round_state::{RoundState, sha256_hex};
-use crate::run_validator::{IncentiveSummary, LedgerLink, RunIncentives, Scoring};
-use crate::simulate::{EvalPoint, Observer, Summary, allreduce_factor, outer_lr, outer_step};
-use crate::validator::Evaluator;
+use crate::simulate::{Observer, Summary, allreduce_factor};
 use crate::{TrainerError, pseudo_gradient};
+use validator::{IncentiveSummary, RunIncentives, Scoring};
+
+pub mod contribution;
+mod faults;
+pub mod identity;
+mod reduce;
+pub mod validator;
+
+use faults::{lazy_for_test, perturb_for_test};
+use reduce::reduce_shard;
 
 /// How a peer runs.
 #[derive(Clone)]
@@ -46,7 +65,7 @@ pub struct PeerOptions {
     /// Start from this checkpoint's state (the group's majority still wins if it differs).
     pub resume: Option<crate::checkpoint::Snapshot>,
     /// The run's ledger: commit contributions to it and, with stake, score the others.
-    pub ledger: Option<Arc<dyn LedgerLink>>,
+    pub ledger: Option<Arc<dyn Ledger>>,
 }
 
 /// What a peer's run produced: the simulation's summary plus what only a real run knows.
@@ -93,107 +112,154 @@ pub fn params_sha256(values: &[f32]) -> String {
     for v in values {
         hasher.update(v.to_le_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(hasher.finalize())
 }
 
 fn group_error(e: GroupError) -> TrainerError {
     TrainerError::Network(e.to_string())
 }
 
-/// Combines the contributions to one shard: each is decoded and checked against the shard's
-/// slots (names, shapes, finite values), and one whose norm is far above the others' is
-/// refused too (in a run keeping a ledger: far from the others' either way, by the
-/// validators' robust z-score, so that a lazy member's zero update is left out of the
-/// average); each refusal is returned with its reason. The rest are averaged.
-fn reduce_shard(
+/// Fetches the state of `round` the group agreed on (hashed `agreed`) from its `holders`,
+/// checking the hash and the round before anything is used. Returns it and its bytes.
+fn fetch_agreed_state(
+    group: &Group,
+    runtime: &tokio::runtime::Handle,
+    round: u64,
+    holders: &[PeerId],
+    agreed: &str,
+    params: usize,
+) -> Result<(RoundState, Vec<u8>), TrainerError> {
+    let (blob, donors) = runtime
+        .block_on(group.fetch_state(round, holders))
+        .map_err(group_error)?;
+    let got = sha256_hex(&blob);
+    if got != agreed {
+        return Err(TrainerError::Network(format!(
+            "fetched state of round {round} hashes to {got}, the group's is {agreed}"
+        )));
+    }
+    let fetched = RoundState::from_bytes(&blob, params)?;
+    if fetched.round != round {
+        return Err(TrainerError::Network(format!(
+            "fetched state is of round {}, not {round}",
+            fetched.round
+        )));
+    }
+    tracing::info!(
+        round,
+        bytes = blob.len(),
+        donors = ?donors.iter().map(|(d, n)| (d.to_string(), *n)).collect::<Vec<_>>(),
+        "fetched the group's state"
+    );
+    Ok((fetched, blob))
+}
+
+/// The mean pseudo-gradient of a round from its reduced shards; a shard that does not decode
+/// leaves its parameters out of this round (every member skips it alike).
+fn reduced_delta(
     kernels: &dyn Kernels,
-    slots: &[ParamSlot],
-    arrivals: &[Arrival],
-    config: &RunConfig,
-) -> Reduction {
-    let quant = pseudo_gradient::quant_config(&config.outer);
-    let mut decoded = Vec::new();
-    let mut rejected = Vec::new();
-    for a in arrivals {
-        match decode(&a.frame, &CodecLimits::default())
-            .map_err(TrainerError::from)
-            .and_then(|set| pseudo_gradient::norm(kernels, slots, &set).map(|n| (set, n)))
-        {
-            Ok((set, norm)) => decoded.push((a.from, set, norm)),
-            Err(e) => rejected.push((a.from, e.to_string())),
+    layout: &ParamLayout,
+    bounds: &[std::ops::Range<usize>],
+    shards: &[Arrival],
+    round: usize,
+) -> Vec<f32> {
+    let mut delta = vec![0.0f32; layout.len()];
+    for (k, shard) in shards.iter().enumerate() {
+        if shard.frame.is_empty() {
+            continue;
+        }
+        let applied = pseudo_gradient::accumulate_frame(
+            kernels,
+            &layout.slots[bounds[k].clone()],
+            &shard.frame,
+            &mut delta,
+            1.0,
+        );
+        if let Err(e) = applied {
+            tracing::warn!(round, shard = k, from = %shard.from, error = %e, "reduced shard unusable; its parameters skip this round");
         }
     }
-    let norms: Vec<f64> = decoded.iter().map(|(_, _, n)| *n).collect();
-    let refusals: Vec<Option<String>> = if config.incentives.ledger.is_some() {
-        norm_outliers(&norms, &config.incentives.scoring.filter)
-            .into_iter()
-            .map(|r| r.map(|r| format!("in this shard, {r}")))
-            .collect()
-    } else {
-        pseudo_gradient::absurd_norms(&norms)
-            .into_iter()
-            .zip(&norms)
-            .map(|(absurd, norm)| {
-                absurd.then(|| {
-                    format!(
-                        "norm {norm:.3e} is over {} times the median of this shard's contributions",
-                        pseudo_gradient::MAX_NORM_RATIO
-                    )
-                })
-            })
-            .collect()
-    };
-    let mut sets = Vec::new();
-    let mut contributors = Vec::new();
-    for ((from, set, _), refusal) in decoded.into_iter().zip(refusals) {
-        if let Some(reason) = refusal {
-            rejected.push((from, reason));
-        } else {
-            sets.push(set);
-            contributors.push(from);
+    delta
+}
+
+/// What a peer counts over its run, for its summary.
+#[derive(Default)]
+struct Tally {
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// Quantized bytes before compression, as an all-reduce moves them.
+    payload_bytes: f64,
+    peers_seen: std::collections::BTreeSet<String>,
+    joined_at_round: Option<usize>,
+    state_fetches: Vec<usize>,
+    /// The last round's group size.
+    workers: usize,
+    rounds_done: usize,
+    steps_done: usize,
+}
+
+impl Tally {
+    /// The run's summary (its last round and incentives still to be filled in).
+    #[allow(clippy::too_many_arguments)]
+    fn summary(
+        self,
+        config: &RunConfig,
+        group: &Group,
+        state: &RoundState,
+        evals: &[EvalPoint],
+        params: usize,
+        wall_secs: f64,
+        checkpoints: crate::checkpoint::CheckpointStats,
+        resumed_from_round: Option<u64>,
+    ) -> PeerSummary {
+        let workers = self.workers.max(1);
+        let initial_val_loss = evals.first().map_or(f32::NAN, |p| p.val_loss);
+        let rejected = group.rejected_counts();
+        PeerSummary {
+            summary: Summary {
+                initial_val_loss,
+                final_val_loss: evals.last().map_or(initial_val_loss, |p| p.val_loss),
+                tokens: state.tokens,
+                workers,
+                inner_steps: config.outer.inner_steps,
+                steps: state.step as usize,
+                rounds: self.rounds_done,
+                mode: config.outer.mode,
+                quant: config.outer.quant,
+                params,
+                bytes_sent_per_worker: self.bytes_sent,
+                payload_bytes_per_worker: self.payload_bytes.round() as u64,
+                ddp_equivalent_bytes_per_worker: (allreduce_factor(workers)
+                    * params as f64
+                    * 4.0
+                    * self.steps_done as f64)
+                    .round() as u64,
+                rejected_contributions: rejected.values().sum::<u64>() as usize,
+                wall_secs,
+                tokens_per_sec: state.tokens as f64 / wall_secs,
+                config_hash: config.hash(),
+                checkpoints,
+                resumed_from_round,
+            },
+            peer_id: group.me().to_string(),
+            peers_seen: self.peers_seen.into_iter().collect(),
+            params_sha256: params_sha256(&state.global),
+            bytes_received: self.bytes_received,
+            rejected_by_peer: rejected
+                .into_iter()
+                .map(|(p, c)| (p.to_string(), c))
+                .collect(),
+            joined_at_round: self.joined_at_round,
+            state_fetches: self.state_fetches,
+            last_round: 0,
+            incentives: None,
         }
-    }
-    let frame = pseudo_gradient::mean(kernels, slots, &sets, quant)
-        .and_then(|set| Ok(encode(&set, 3)?))
-        .unwrap_or_else(|e| {
-            // E.g. a mean too large for f16 scales. Every member then skips this shard's
-            // parameters for the round (an empty frame), so all stay identical.
-            tracing::error!(error = %e, "reduction failed; the shard is skipped this round");
-            Vec::new()
-        });
-    Reduction {
-        frame,
-        contributors,
-        rejected,
     }
 }
 
 /// Shards of the pseudo-gradient per member: the all-reduce pipelines shard by shard, so
 /// that the all-gather of early shards overlaps the reduce-scatter of later ones.
 pub const SHARDS_PER_MEMBER: usize = 4;
-
-/// Fault injection for the resync test: with `SINTER_FAULT_PERTURB_AFTER_ROUND=R`, this peer
-/// adds 1 to its first global parameter after round R, so that its state no longer matches
-/// the group's and it must fetch the majority's.
-fn perturb_for_test(round: usize, global: &mut [f32]) {
-    if std::env::var("SINTER_FAULT_PERTURB_AFTER_ROUND").is_ok_and(|r| r == round.to_string()) {
-        tracing::error!(
-            round,
-            "SINTER_FAULT_PERTURB_AFTER_ROUND: corrupting this peer's state"
-        );
-        global[0] += 1.0;
-    }
-}
-
-/// Fault injection for the incentives test: with `SINTER_FAULT_LAZY=1` this peer skips its
-/// inner steps and so sends a zero pseudo-gradient every round.
-fn lazy_for_test() -> bool {
-    std::env::var("SINTER_FAULT_LAZY").is_ok_and(|v| v == "1")
-}
 
 /// Runs this peer until the config's steps (or `max_rounds`) are done, or `stop` is set (then
 /// after the current round). `runtime` drives the network while training runs on this thread.
@@ -263,26 +329,10 @@ pub fn run_peer<B: AutodiffBackend>(
         joining = false;
         tracing::info!(round = state.round, "resuming from a checkpoint");
     }
-    let mut incentives = options.ledger.clone().map(|link| {
-        let data = crate::config::DataConfig {
-            validation_batches: config.incentives.validator_batches,
-            ..config.data.clone()
-        };
-        let batches = dataset.validation_windows(&data, config.model.context, config.run.seed);
-        RunIncentives::new(Scoring {
-            evaluator: Evaluator::new(
-                eval_model(&model),
-                batches,
-                data.validation_batch_size,
-                device.clone(),
-            ),
-            link,
-            group: group.clone(),
-            runtime: runtime.clone(),
-            layout: layout.clone(),
-            scoring: config.incentives.scoring.clone(),
-            seed: config.run.seed,
-        })
+    let mut incentives = options.ledger.clone().map(|ledger| {
+        RunIncentives::new(Scoring::for_run(
+            config, dataset, &model, device, ledger, group, runtime, &layout,
+        ))
     });
     let lazy = lazy_for_test();
     let mut checkpointing = options
@@ -306,20 +356,13 @@ pub fn run_peer<B: AutodiffBackend>(
     } else {
         state.round as usize
     };
-    let mut bytes_sent = 0u64;
-    let mut bytes_received = 0u64;
-    let mut payload_bytes = 0.0f64;
-    let mut peers_seen = std::collections::BTreeSet::new();
-    let mut joined_at_round = None;
-    let mut state_fetches = Vec::new();
+    let mut tally = Tally::default();
     let mut optimizer = inner_optimizer::<B>(&config.inner);
     let mut sampler: Option<(usize, usize, ShardSampler)> = None;
     let mut residual = (config.outer.error_feedback
         && config.outer.quant == crate::config::Quant::Int8)
         .then(|| vec![0.0f32; state.global.len()]);
-    let mut workers = 1;
-    let mut rounds_done = 0usize;
-    let mut steps_done = 0usize;
+    let mut last_group: Option<(u64, Vec<PeerId>)> = None;
     while round < total_rounds && options.max_rounds.is_none_or(|m| round < m) {
         if stop.load(Ordering::Relaxed) {
             tracing::info!(round, "leaving the run");
@@ -351,30 +394,16 @@ pub fn run_peer<B: AutodiffBackend>(
             TrainerError::Network(format!("no member of round {round} holds a state"))
         })?;
         if held.as_ref() != Some(&agreed) {
-            let (blob, donors) = runtime
-                .block_on(group.fetch_state(round as u64, &holders))
-                .map_err(group_error)?;
-            let got = sha256_hex(&blob);
-            if got != agreed {
-                return Err(TrainerError::Network(format!(
-                    "fetched state of round {round} hashes to {got}, the group's is {agreed}"
-                )));
-            }
-            let fetched = RoundState::from_bytes(&blob, layout.len())?;
-            if fetched.round != round as u64 {
-                return Err(TrainerError::Network(format!(
-                    "fetched state is of round {}, not {round}",
-                    fetched.round
-                )));
-            }
-            tracing::info!(
-                round,
-                bytes = blob.len(),
-                donors = ?donors.iter().map(|(d, n)| (d.to_string(), *n)).collect::<Vec<_>>(),
-                "fetched the group's state"
-            );
+            let (fetched, blob) = fetch_agreed_state(
+                group,
+                runtime,
+                round as u64,
+                &holders,
+                &agreed,
+                layout.len(),
+            )?;
             if joining {
-                joined_at_round = Some(round);
+                tally.joined_at_round = Some(round);
             } else {
                 tracing::warn!(
                     round,
@@ -387,7 +416,7 @@ pub fn run_peer<B: AutodiffBackend>(
             if let Some(r) = residual.as_mut() {
                 r.fill(0.0);
             }
-            state_fetches.push(round);
+            tally.state_fetches.push(round);
             group.offer_state(round as u64, blob);
             joining = false;
             if evals.is_empty() {
@@ -396,20 +425,23 @@ pub fn run_peer<B: AutodiffBackend>(
                     step: state.step as usize,
                     tokens: state.tokens,
                     val_loss: evaluate(&model),
-                    bytes_sent,
+                    bytes_sent: tally.bytes_sent,
                 };
                 observer.on_eval(&point);
                 evals.push(point);
             }
         }
         let members = formed.members;
+        last_group = Some((round as u64, members.clone()));
         let index = members
             .iter()
             .position(|m| *m == group.me())
             .expect("form() only returns groups with this peer");
         let n = members.len();
-        workers = n;
-        peers_seen.extend(members.iter().map(|m| m.to_string()));
+        tally.workers = n;
+        tally
+            .peers_seen
+            .extend(members.iter().map(|m| m.to_string()));
         // Data shards follow membership: keep the sampler while the group is unchanged.
         if sampler
             .as_ref()
@@ -454,7 +486,7 @@ pub fn run_peer<B: AutodiffBackend>(
             quant,
         ) {
             Ok(set) => {
-                payload_bytes += allreduce_factor(n) * set.payload_bytes() as f64 / n as f64;
+                tally.payload_bytes += allreduce_factor(n) * set.payload_bytes() as f64 / n as f64;
                 pseudo_gradient::split(set, &bounds)
                     .iter()
                     .map(|s| encode(s, 3))
@@ -484,24 +516,9 @@ pub fn run_peer<B: AutodiffBackend>(
         let result = runtime
             .block_on(group.all_reduce(round as u64, &members, parts, &shard_reduce))
             .map_err(group_error)?;
-        bytes_sent += result.bytes_sent;
-        bytes_received += result.bytes_received;
-        let mut delta = vec![0.0f32; state.global.len()];
-        for (k, shard) in result.shards.iter().enumerate() {
-            if shard.frame.is_empty() {
-                continue;
-            }
-            let applied = pseudo_gradient::accumulate_frame(
-                kernels,
-                slots_of(k),
-                &shard.frame,
-                &mut delta,
-                1.0,
-            );
-            if let Err(e) = applied {
-                tracing::warn!(round, shard = k, from = %shard.from, error = %e, "reduced shard unusable; its parameters skip this round");
-            }
-        }
+        tally.bytes_sent += result.bytes_sent;
+        tally.bytes_received += result.bytes_received;
+        let delta = reduced_delta(kernels, &layout, &bounds, &result.shards, round);
         let before = incentives
             .is_some()
             .then(|| (state.global.clone(), state.momentum.clone()));
@@ -528,8 +545,8 @@ pub fn run_peer<B: AutodiffBackend>(
         perturb_for_test(round, &mut state.global);
         model = load(model, &state.global, device);
         round += 1;
-        rounds_done += 1;
-        steps_done += end - step;
+        tally.rounds_done += 1;
+        tally.steps_done += end - step;
         state.round = round as u64;
         state.step = end as u64;
         tracing::info!(
@@ -549,7 +566,7 @@ pub fn run_peer<B: AutodiffBackend>(
                 step: end,
                 tokens: state.tokens,
                 val_loss: evaluate(&model),
-                bytes_sent,
+                bytes_sent: tally.bytes_sent,
             };
             observer.on_eval(&point);
             evals.push(point);
@@ -573,64 +590,34 @@ pub fn run_peer<B: AutodiffBackend>(
             round: round as u64,
             step: end as u64,
             val_loss: evals.last().map(|p| f64::from(p.val_loss)),
-            bytes_sent,
-            bytes_received,
+            bytes_sent: tally.bytes_sent,
+            bytes_received: tally.bytes_received,
             last_round_secs: round_started.elapsed().as_secs_f64(),
             incentive,
             emission,
         });
     }
     // Before leaving: validators fetch the last round's contributions from the others.
-    let incentives = incentives.map(RunIncentives::finish);
+    let incentives = incentives.map(|i| i.finish(last_group.take()));
     runtime.block_on(group.leave());
     if let Some(c) = checkpointing.as_mut() {
         c.finish()?;
     }
-    let wall_secs = started.elapsed().as_secs_f64();
-    let params = layout.len();
-    let step = state.step as usize;
-    let initial_val_loss = evals.first().map_or(f32::NAN, |p| p.val_loss);
-    let summary = Summary {
-        initial_val_loss,
-        final_val_loss: evals.last().map_or(initial_val_loss, |p| p.val_loss),
-        tokens: state.tokens,
-        workers,
-        inner_steps: h,
-        steps: step,
-        rounds: rounds_done,
-        mode: config.outer.mode,
-        quant: config.outer.quant,
-        params,
-        bytes_sent_per_worker: bytes_sent,
-        payload_bytes_per_worker: payload_bytes.round() as u64,
-        ddp_equivalent_bytes_per_worker: (allreduce_factor(workers)
-            * params as f64
-            * 4.0
-            * steps_done as f64)
-            .round() as u64,
-        rejected_contributions: group.rejected_counts().values().sum::<u64>() as usize,
-        wall_secs,
-        tokens_per_sec: state.tokens as f64 / wall_secs,
-        config_hash: config.hash(),
-        checkpoints: checkpointing.map(|c| c.stats).unwrap_or_default(),
-        resumed_from_round: options.resume.as_ref().map(|s| s.meta.round),
-    };
+    let summary = tally.summary(
+        config,
+        group,
+        &state,
+        &evals,
+        layout.len(),
+        started.elapsed().as_secs_f64(),
+        checkpointing.map(|c| c.stats).unwrap_or_default(),
+        options.resume.as_ref().map(|s| s.meta.round),
+    );
     Ok(PeerOutcome {
         summary: PeerSummary {
-            summary,
-            peer_id: group.me().to_string(),
-            peers_seen: peers_seen.into_iter().collect(),
-            params_sha256: params_sha256(&state.global),
-            bytes_received,
-            rejected_by_peer: group
-                .rejected_counts()
-                .into_iter()
-                .map(|(p, c)| (p.to_string(), c))
-                .collect(),
-            joined_at_round,
-            state_fetches,
             last_round: round,
             incentives,
+            ..summary
         },
         evals,
         model: eval_model(&model),

@@ -33,21 +33,21 @@ use sinter_kernels::Kernels;
 use sinter_mechanism::ledger::extrinsic::{Call, Extrinsic, blake2_256, weights_commitment};
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 use sinter_mechanism::ledger::state::{Genesis, GenesisBalance, GenesisNeuron};
-use sinter_mechanism::ledger::{Ledger, LedgerError};
+use sinter_mechanism::ledger::{LedgerError, Replica};
 use sinter_mechanism::score::{
     Curvature, RoundScores, filter_round, spearman, to_u16_row, value_round,
 };
 use sinter_mechanism::shapley::{Coalitions, monte_carlo, relative_error};
 
-use crate::config::{DataConfig, IncentiveConfig, RunConfig};
-use crate::data::{Dataset, ShardSampler};
-use crate::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
-use crate::model::Llama;
-use crate::params::{ParamLayout, flatten, load};
-use crate::simulate::{outer_lr, outer_step};
-use crate::tokenizer::Tokenizer;
-use crate::validator::{Evaluator, RoundGame, curvature, mean_of};
-use crate::{TrainerError, pseudo_gradient};
+use sinter_trainer::config::{DataConfig, IncentiveConfig, RunConfig};
+use sinter_trainer::data::{Dataset, ShardSampler};
+use sinter_trainer::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
+use sinter_trainer::model::Llama;
+use sinter_trainer::outer::{outer_lr, outer_step};
+use sinter_trainer::params::{ParamLayout, flatten, load};
+use sinter_trainer::tokenizer::Tokenizer;
+use sinter_trainer::valuation::{Evaluator, RoundGame, curvature, mean_of};
+use sinter_trainer::{TrainerError, pseudo_gradient};
 
 /// How a simulated peer behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,16 +77,6 @@ impl std::str::FromStr for Role {
         }
     }
 }
-
-/// The six peers of experiment 1.
-pub const EXPERIMENT_ONE: [Role; 6] = [
-    Role::Shakespeare,
-    Role::Shakespeare,
-    Role::Shakespeare,
-    Role::Milton,
-    Role::Lazy,
-    Role::Copycat,
-];
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -217,7 +207,7 @@ fn err(e: LedgerError) -> TrainerError {
 
 /// Sends extrinsics in the next block; a refusal here is a bug in the experiment.
 fn block(
-    ledger: &mut Ledger,
+    ledger: &mut Replica,
     author: &Keypair,
     pending: Vec<Extrinsic>,
 ) -> Result<(), TrainerError> {
@@ -310,7 +300,7 @@ fn genesis<B: AutodiffBackend>(
 }
 
 /// A peer's commitment to its frame for `round`.
-fn commit_contribution(ledger: &Ledger, key: &Keypair, round: usize, frame: &[u8]) -> Extrinsic {
+fn commit_contribution(ledger: &Replica, key: &Keypair, round: usize, frame: &[u8]) -> Extrinsic {
     ledger.sign(
         key,
         Call::CommitContribution {
@@ -359,7 +349,7 @@ pub fn run<B: AutodiffBackend>(
     let validator = dev_key("validator");
     let owner = dev_key("owner");
     let genesis = genesis(&validator, &owner, &peers, incentives);
-    let mut ledger = Ledger::create(&options.ledger, genesis).map_err(err)?;
+    let mut ledger = Replica::create(&options.ledger, genesis).map_err(err)?;
     let uid = |i: usize| (i + 1) as u16;
 
     let start_loss = evaluator.loss(&global);

@@ -1,4 +1,5 @@
-//! Incentives inside a multi-process run (`launch run` with an `[incentives.ledger]`).
+//! Incentives inside a multi-process run (`launch run` with an `[incentives.ledger]`),
+//! through the [`Ledger`] interface only: the same code serves any chain.
 //!
 //! Every peer commits `blake2_256` of its whole contribution (its encoded shards, in shard
 //! order) to the ledger before the all-reduce reveals any of it, and offers the contribution
@@ -20,145 +21,28 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::Rng;
 use serde::Serialize;
 use sinter_comms::group::Group;
 use sinter_comms::net::PeerId;
 use sinter_kernels::RayonKernels;
-use sinter_mechanism::ledger::extrinsic::{Call, blake2_256, weights_commitment};
-use sinter_mechanism::ledger::keys::AccountId;
-use sinter_mechanism::ledger::state::State;
+use sinter_mechanism::Ledger;
+use sinter_mechanism::ledger::extrinsic::{blake2_256, weights_commitment};
+use sinter_mechanism::ledger::interface::{
+    ContributionRecord, Metagraph, NeuronInfo, WeightsReveal, wait_until,
+};
 use sinter_mechanism::score::{ScoringConfig, filter_round, to_u16_row, value_round};
 use sinter_mechanism::shapley::Coalitions;
 
+use super::contribution::{contribution_blob, dequantize};
+use super::identity::uid_of;
+use crate::config::{DataConfig, RunConfig};
+use crate::data::Dataset;
+use crate::inner::eval_model;
+use crate::model::Llama;
 use crate::params::ParamLayout;
-use crate::pseudo_gradient;
-use crate::validator::{Evaluator, RoundGame};
-
-/// What a peer of a run asks of the ledger. `launch` implements it over the run's own
-/// connections: the author's peer authors blocks, every peer keeps a verified replica.
-pub trait LedgerLink: Send + Sync {
-    /// This peer's hotkey.
-    fn hotkey(&self) -> AccountId;
-    /// Signs `call` with the hotkey and submits it to the author; the reason if refused.
-    fn submit(&self, call: Call) -> Result<(), String>;
-    /// The replica's state now.
-    fn state(&self) -> State;
-    /// Seconds between blocks.
-    fn block_secs(&self) -> f64;
-    /// The subnet the ledger's weights are for.
-    fn netuid(&self) -> u16;
-    /// The ledger's genesis hash.
-    fn genesis_hash(&self) -> [u8; 32];
-}
-
-/// What a peer's identity key signs to say that `hotkey` speaks for it on this ledger.
-fn serve_message(genesis_hash: &[u8; 32], hotkey: &AccountId) -> Vec<u8> {
-    parity_scale_codec::Encode::encode(&("sinter-serve", genesis_hash, hotkey.0))
-}
-
-/// The address a peer serves on the ledger: `<addr>/p2p/<peer id>#<signature>`, the
-/// signature by the peer's identity key over the hotkey, so that no other hotkey can claim
-/// the peer's contributions.
-pub fn served_address(
-    key: &sinter_comms::net::Keypair,
-    addr: Option<&sinter_comms::net::Multiaddr>,
-    genesis_hash: &[u8; 32],
-    hotkey: &AccountId,
-) -> String {
-    let peer = key.public().to_peer_id();
-    let signature = sinter_comms::net::key::sign(key, &serve_message(genesis_hash, hotkey));
-    let addr = addr
-        .map(|a| {
-            let mut a = a.clone();
-            if matches!(a.iter().last(), Some(sinter_comms::net::Protocol::P2p(_))) {
-                a.pop();
-            }
-            a.to_string()
-        })
-        .unwrap_or_default();
-    format!(
-        "{addr}/p2p/{peer}#{}",
-        sinter_mechanism::ledger::keys::hex(&signature)
-    )
-}
-
-/// The ledger uid that serves `peer` with a valid signature of the peer's identity key over
-/// the uid's hotkey (see [`served_address`]); a neuron merely naming the peer id is ignored.
-pub fn uid_of(state: &State, genesis_hash: &[u8; 32], peer: &PeerId) -> Option<u16> {
-    let suffix = format!("/p2p/{peer}");
-    state
-        .neurons
-        .iter()
-        .find(|n| {
-            let Some((addr, signature)) = n.address.as_deref().and_then(|a| a.rsplit_once('#'))
-            else {
-                return false;
-            };
-            addr.ends_with(&suffix)
-                && sinter_mechanism::ledger::keys::decode_hex(signature).is_some_and(|signature| {
-                    sinter_comms::net::key::verify(
-                        peer,
-                        &serve_message(genesis_hash, &n.hotkey),
-                        &signature,
-                    )
-                })
-        })
-        .map(|n| n.uid)
-}
-
-/// A contribution as one blob: the number of parts, then each part's length and bytes
-/// (little-endian `u32`s).
-pub fn contribution_blob(parts: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + parts.iter().map(|p| 4 + p.len()).sum::<usize>());
-    out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
-    for part in parts {
-        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        out.extend_from_slice(part);
-    }
-    out
-}
-
-/// The parts of a [`contribution_blob`].
-fn contribution_parts(blob: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let mut rest = blob;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        if rest.len() < n {
-            return Err("contribution ends early".into());
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
-    };
-    let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
-    let count = word(take(4)?);
-    if count > 1 << 16 {
-        return Err(format!("contribution claims {count} parts"));
-    }
-    let mut parts = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = word(take(4)?);
-        parts.push(take(len)?);
-    }
-    Ok(parts)
-}
-
-/// A member's whole pseudo-gradient from its contribution blob, shard by shard.
-fn dequantize(layout: &ParamLayout, blob: &[u8]) -> Result<Vec<f32>, String> {
-    let parts = contribution_parts(blob)?;
-    if parts.is_empty() || parts.iter().all(|p| p.is_empty()) {
-        return Err("an empty contribution".into());
-    }
-    let bounds = pseudo_gradient::shard_bounds(layout, parts.len());
-    let mut delta = vec![0.0f32; layout.len()];
-    for (k, part) in parts.iter().enumerate() {
-        let slots = &layout.slots[bounds[k].clone()];
-        pseudo_gradient::accumulate_frame(&RayonKernels, slots, part, &mut delta, 1.0)
-            .map_err(|e| format!("shard {k}: {e}"))?;
-    }
-    Ok(delta)
-}
+use crate::valuation::{Evaluator, RoundGame};
 
 /// One member's score totals over the run, as this validator measured them.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -173,25 +57,6 @@ pub struct MemberScore {
     pub rounds: usize,
     /// `(round, reason)` for each round it was filtered out or had no usable contribution.
     pub rejected: Vec<(u64, String)>,
-}
-
-/// A neuron on this peer's ledger replica at the end of the run.
-#[derive(Debug, Clone, Serialize)]
-pub struct NeuronRow {
-    /// Its uid.
-    pub uid: u16,
-    /// Its hotkey (SS58).
-    pub hotkey: String,
-    /// The address it serves (`…/p2p/<peer id>`).
-    pub address: Option<String>,
-    /// Its stake.
-    pub stake: u64,
-    /// Incentive at the last epoch (0–1).
-    pub incentive: f64,
-    /// Dividends at the last epoch (0–1).
-    pub dividends: f64,
-    /// Emission credited over the ledger's life.
-    pub emission: u64,
 }
 
 /// The incentive part of a peer's `summary.json`.
@@ -220,7 +85,7 @@ pub struct IncentiveSummary {
     /// Epochs run.
     pub epochs: u64,
     /// The metagraph at the end.
-    pub neurons: Vec<NeuronRow>,
+    pub neurons: Vec<NeuronInfo>,
 }
 
 /// What a validator scores one round from.
@@ -250,7 +115,7 @@ pub struct Scoring<B: Backend> {
     /// The validator's loss on its own batches.
     pub evaluator: Evaluator<B>,
     /// The ledger.
-    pub link: Arc<dyn LedgerLink>,
+    pub ledger: Arc<dyn Ledger>,
     /// The run's group (contributions are offered and fetched through it).
     pub group: Group,
     /// The runtime the network runs on.
@@ -263,12 +128,48 @@ pub struct Scoring<B: Backend> {
     pub seed: u64,
 }
 
+impl<B: Backend> Scoring<B> {
+    /// What a peer of the run described by `config` scores with: the validator's own
+    /// validation batches (`incentives.validator_batches`) on the model's current weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_run<AB: AutodiffBackend<InnerBackend = B>>(
+        config: &RunConfig,
+        dataset: &Dataset,
+        model: &Llama<AB>,
+        device: &B::Device,
+        ledger: Arc<dyn Ledger>,
+        group: &Group,
+        runtime: &tokio::runtime::Handle,
+        layout: &ParamLayout,
+    ) -> Self {
+        let data = DataConfig {
+            validation_batches: config.incentives.validator_batches,
+            ..config.data.clone()
+        };
+        let batches = dataset.validation_windows(&data, config.model.context, config.run.seed);
+        Self {
+            evaluator: Evaluator::new(
+                eval_model(model),
+                batches,
+                data.validation_batch_size,
+                device.clone(),
+            ),
+            ledger,
+            group: group.clone(),
+            runtime: runtime.clone(),
+            layout: layout.clone(),
+            scoring: config.incentives.scoring.clone(),
+            seed: config.run.seed,
+        }
+    }
+}
+
 /// One peer's part in a run's incentives: its commitments and, with stake, its scoring.
 pub struct RunIncentives<B: Backend> {
     context: Arc<Scoring<B>>,
     pending: Option<JoinHandle<Scored>>,
     /// Weights committed (their hash) and waiting to be revealed.
-    reveal: Option<([u8; 32], Call)>,
+    reveal: Option<([u8; 32], WeightsReveal)>,
     /// Per uid, the weights of rounds scored since the last commitment: a row waits while
     /// the previous one is unrevealed, and the next commitment carries every round since.
     unsent: BTreeMap<u16, f64>,
@@ -295,15 +196,16 @@ impl<B: Backend> RunIncentives<B> {
         }
     }
 
-    fn my_uid(&self, state: &State) -> Option<u16> {
-        state.uid(&self.context.link.hotkey())
+    fn me<'m>(&self, metagraph: &'m Metagraph) -> Option<&'m NeuronInfo> {
+        metagraph
+            .uid(&self.context.ledger.hotkey())
+            .and_then(|u| metagraph.neuron(u))
     }
 
     /// Whether this peer holds stake (and so validates).
     pub fn is_validator(&self) -> bool {
-        let state = self.context.link.state();
-        self.my_uid(&state)
-            .is_some_and(|u| state.neurons[u as usize].stake > 0)
+        self.me(&self.context.ledger.metagraph())
+            .is_some_and(|n| n.stake > 0)
     }
 
     /// Commits this peer's contribution to `round` and offers it to validators; to be called
@@ -315,11 +217,7 @@ impl<B: Backend> RunIncentives<B> {
         }
         let hash = blake2_256(&blob);
         self.context.group.offer_contribution(round, blob.clone());
-        if let Err(why) = self
-            .context
-            .link
-            .submit(Call::CommitContribution { round, hash })
-        {
+        if let Err(why) = self.context.ledger.commit_contribution(round, hash) {
             tracing::warn!(round, %why, "contribution not committed: validators will not score it");
         }
         blob
@@ -415,12 +313,12 @@ impl<B: Backend> RunIncentives<B> {
             return;
         }
         let salt: Vec<u16> = (0..4).map(|_| rand::rng().random()).collect();
-        let link = &self.context.link;
-        let hash = weights_commitment(&link.hotkey(), link.netuid(), &uids, &values, &salt, 0);
-        match link.submit(Call::CommitWeights { hash }) {
+        let ledger = &self.context.ledger;
+        let hash = weights_commitment(&ledger.hotkey(), ledger.netuid(), &uids, &values, &salt, 0);
+        match ledger.commit_weights(hash) {
             Ok(()) => {
                 self.unsent.clear();
-                let reveal = Call::RevealWeights {
+                let reveal = WeightsReveal {
                     uids,
                     values,
                     salt,
@@ -434,85 +332,86 @@ impl<B: Backend> RunIncentives<B> {
 
     /// Reveals the committed weights once their commitment is in a block.
     fn reveal_pending(&mut self) {
-        let Some((hash, call)) = self.reveal.take() else {
+        let Some((hash, reveal)) = self.reveal.take() else {
             return;
         };
-        let link = &self.context.link;
-        let state = link.state();
-        let committed = self
-            .my_uid(&state)
-            .and_then(|u| state.commits.get(&u))
-            .is_some_and(|c| c.hash == sinter_mechanism::ledger::keys::hex(&hash));
-        if !committed {
-            self.reveal = Some((hash, call));
+        let ledger = &self.context.ledger;
+        if ledger.committed_weights() != Some(hash) {
+            self.reveal = Some((hash, reveal));
             return;
         }
-        if let Err(why) = link.submit(call) {
+        if let Err(why) = ledger.reveal_weights(&reveal) {
             tracing::warn!(%why, "weights not revealed");
         }
     }
 
     /// Ends the run: scores the last round, commits and (once the commitment is in a block)
-    /// reveals its weights, and summarizes.
-    pub fn finish(mut self) -> IncentiveSummary {
+    /// reveals its weights, and summarizes. `last` is the last round this peer contributed to
+    /// with its members: a peer that does not validate stays until the validators among them
+    /// have fetched its contribution (a few blocks at most).
+    pub fn finish(mut self, last: Option<(u64, Vec<PeerId>)>) -> IncentiveSummary {
         self.collect();
-        let link = self.context.link.clone();
-        if !self.is_validator() {
-            // Validators fetch the last round's contribution from here.
-            std::thread::sleep(Duration::from_secs_f64(2.0 * link.block_secs() + 1.0));
+        let ledger = self.context.ledger.clone();
+        let block = ledger.block_time();
+        if !self.is_validator()
+            && let Some((round, members)) = last
+        {
+            let metagraph = ledger.metagraph();
+            let genesis_hash = ledger.genesis_hash();
+            let me = self.context.group.me();
+            let validators: Vec<PeerId> = members
+                .into_iter()
+                .filter(|m| *m != me)
+                .filter(|m| {
+                    uid_of(&metagraph, &genesis_hash, m)
+                        .and_then(|u| metagraph.neuron(u))
+                        .is_some_and(|n| n.stake > 0)
+                })
+                .collect();
+            let limit = 2 * block + Duration::from_secs(1);
+            let group = &self.context.group;
+            if !self
+                .context
+                .runtime
+                .block_on(group.wait_contribution_fetched(round, &validators, limit))
+            {
+                tracing::info!(
+                    round,
+                    "not every validator fetched this peer's last contribution"
+                );
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs_f64(4.0 * link.block_secs() + 2.0);
-        while (self.reveal.is_some() || !self.unsent.is_empty()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
+        let limit = 4 * block + Duration::from_secs(2);
+        wait_until(ledger.as_ref(), limit, || {
             self.reveal_pending();
             if self.reveal.is_none() {
                 self.commit_weights();
             }
-        }
-        let state = link.state();
-        let uid = self.my_uid(&state);
-        let share = |v: u16| v as f64 / u16::MAX as f64;
+            self.reveal.is_none() && self.unsent.is_empty()
+        });
+        let metagraph = ledger.metagraph();
+        let me = self.me(&metagraph);
         IncentiveSummary {
-            hotkey: link.hotkey().ss58(),
-            uid,
-            validator: uid.is_some_and(|u| state.neurons[u as usize].stake > 0),
+            hotkey: ledger.hotkey().ss58(),
+            uid: me.map(|n| n.uid),
+            validator: me.is_some_and(|n| n.stake > 0),
             rounds_scored: self.rounds_scored,
             scores: self.scores,
             scoring_secs: self.scoring_secs,
             scoring_stall_secs: self.stall_secs,
             training_secs: self.training_secs,
             scoring_cost: self.scoring_secs / self.training_secs.max(1e-9),
-            blocks: state.block,
-            epochs: state.epochs,
-            neurons: state
-                .neurons
-                .iter()
-                .map(|n| NeuronRow {
-                    uid: n.uid,
-                    hotkey: n.hotkey.ss58(),
-                    address: n.address.clone(),
-                    stake: n.stake,
-                    incentive: share(n.incentive),
-                    dividends: share(n.dividends),
-                    emission: n.total_emission,
-                })
-                .collect(),
+            blocks: metagraph.block,
+            epochs: metagraph.epochs,
+            neurons: metagraph.neurons,
         }
     }
 
     /// This peer's incentive (0–1) and emission so far, for its heartbeats.
     pub fn standing(&self) -> (Option<f64>, Option<u64>) {
-        let state = self.context.link.state();
-        match self.my_uid(&state) {
-            Some(u) => {
-                let n = &state.neurons[u as usize];
-                (
-                    Some(n.incentive as f64 / u16::MAX as f64),
-                    Some(n.total_emission),
-                )
-            }
-            None => (None, None),
-        }
+        let metagraph = self.context.ledger.metagraph();
+        let me = self.me(&metagraph);
+        (me.map(|n| n.incentive), me.map(|n| n.emission))
     }
 }
 
@@ -534,13 +433,13 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
         });
         futures::future::join_all(fetches).await
     });
-    let state = commitments(context, job.round, &job.members);
+    let (metagraph, committed) = commitments(context, job.round, &job.members);
     let n = job.members.len();
-    let genesis_hash = context.link.genesis_hash();
+    let genesis_hash = context.ledger.genesis_hash();
     let uids: Vec<Option<u16>> = job
         .members
         .iter()
-        .map(|m| uid_of(&state, &genesis_hash, m))
+        .map(|m| uid_of(&metagraph, &genesis_hash, m))
         .collect();
     let mut rejected: Vec<Option<String>> = vec![None; n];
     let mut deltas = Vec::new();
@@ -549,10 +448,9 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
     for (j, blob) in blobs.into_iter().enumerate() {
         let usable = (|| {
             let uid = uids[j].ok_or("not registered on the ledger (or serving another address)")?;
-            let commitment = state
-                .contributions
+            let commitment = committed
                 .iter()
-                .find(|c| c.round == job.round && c.uid == uid)
+                .find(|c| c.uid == uid)
                 .ok_or_else(|| format!("no commitment for round {}", job.round))?;
             let blob = blob?;
             if blake2_256(&blob) != commitment.hash {
@@ -615,79 +513,27 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
     }
 }
 
-/// The replica's state once every registered member's commitment to `round` is in a block
-/// (or a few blocks have passed: a member that never committed is scored zero).
-fn commitments<B: Backend>(context: &Scoring<B>, round: u64, members: &[PeerId]) -> State {
-    let link = &context.link;
-    let genesis_hash = link.genesis_hash();
-    let deadline = Instant::now() + Duration::from_secs_f64(3.0 * link.block_secs() + 2.0);
-    loop {
-        let state = link.state();
-        let all_in = members.iter().all(|m| {
-            uid_of(&state, &genesis_hash, m).is_none_or(|uid| {
-                state
-                    .contributions
-                    .iter()
-                    .any(|c| c.round == round && c.uid == uid)
-            })
-        });
-        if all_in || Instant::now() >= deadline {
-            return state;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_hotkey_a_peer_signed_for_gets_its_contributions() {
-        use sinter_mechanism::ledger::keys::Keypair as Hotkey;
-        use sinter_mechanism::ledger::state::{Genesis, GenesisNeuron};
-        let (honest, thief) = (
-            Hotkey::from_secret("//Honest").unwrap(),
-            Hotkey::from_secret("//Thief").unwrap(),
-        );
-        let genesis: Genesis = serde_json::from_value(serde_json::json!({
-            "author": honest.account(),
-            "neurons": [
-                GenesisNeuron { hotkey: thief.account(), coldkey: thief.account(), stake: 0 },
-                GenesisNeuron { hotkey: honest.account(), coldkey: honest.account(), stake: 0 },
-            ],
-        }))
-        .unwrap();
-        let genesis_hash = genesis.hash();
-        let mut state = State::genesis(&genesis);
-        let peer_key = sinter_comms::net::Keypair::generate_ed25519();
-        let peer = peer_key.public().to_peer_id();
-        let addr: sinter_comms::net::Multiaddr = format!("/ip4/10.0.0.2/tcp/4001/p2p/{peer}")
-            .parse()
-            .unwrap();
-        let honest_address =
-            served_address(&peer_key, Some(&addr), &genesis_hash, &honest.account());
-        assert!(honest_address.starts_with(&format!("/ip4/10.0.0.2/tcp/4001/p2p/{peer}#")));
-        // uid 0 claims the peer id bare, then with the honest hotkey's signature copied.
-        state.neurons[0].address = Some(format!("/ip4/10.0.0.9/tcp/1/p2p/{peer}"));
-        assert_eq!(uid_of(&state, &genesis_hash, &peer), None);
-        state.neurons[0].address = Some(honest_address.clone());
-        state.neurons[1].address = Some(honest_address);
-        assert_eq!(uid_of(&state, &genesis_hash, &peer), Some(1));
-        // A signature for another ledger does not count either.
-        let other = served_address(&peer_key, Some(&addr), &[7u8; 32], &honest.account());
-        state.neurons[1].address = Some(other);
-        assert_eq!(uid_of(&state, &genesis_hash, &peer), None);
-    }
-
-    #[test]
-    fn contribution_blobs_round_trip_and_refuse_truncation() {
-        let parts = vec![vec![1u8, 2, 3], Vec::new(), vec![9u8; 300]];
-        let blob = contribution_blob(&parts);
-        let back = contribution_parts(&blob).unwrap();
-        assert_eq!(back, parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        for cut in [0, 3, 9, blob.len() - 1] {
-            assert!(contribution_parts(&blob[..cut]).is_err(), "cut at {cut}");
-        }
-    }
+/// The metagraph and the commitments to `round` once every registered member's commitment is
+/// in a block (or a few blocks have passed: a member that never committed is scored zero).
+fn commitments<B: Backend>(
+    context: &Scoring<B>,
+    round: u64,
+    members: &[PeerId],
+) -> (Metagraph, Vec<ContributionRecord>) {
+    let ledger = context.ledger.as_ref();
+    let genesis_hash = ledger.genesis_hash();
+    let all_in = || {
+        let metagraph = ledger.metagraph();
+        let committed = ledger.contributions(round);
+        members.iter().all(|m| {
+            uid_of(&metagraph, &genesis_hash, m)
+                .is_none_or(|uid| committed.iter().any(|c| c.uid == uid))
+        })
+    };
+    wait_until(
+        ledger,
+        3 * ledger.block_time() + Duration::from_secs(2),
+        all_in,
+    );
+    (ledger.metagraph(), ledger.contributions(round))
 }

@@ -6,8 +6,8 @@
 
 use serde::Serialize;
 
-use crate::MechanismError;
-use crate::consensus::{Hyperparams, run_epoch};
+use sinter_mechanism::MechanismError;
+use sinter_mechanism::consensus::{Hyperparams, run_epoch};
 
 /// Honest validators, cabal validators, honest miners, cabal miners.
 const HONEST_VALIDATORS: usize = 6;
@@ -91,7 +91,7 @@ pub fn simulate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::Consensus;
+    use sinter_mechanism::consensus::Consensus;
 
     fn check(consensus: Consensus) -> Vec<CabalEpoch> {
         let params = Hyperparams {

@@ -1,0 +1,315 @@
+//! Forming each round's group: every peer sends `Ready` with its state's hash; the leader
+//! (the lowest live peer id among the last round's members) waits for the expected members,
+//! announces the group with their state hashes, and the members agree on the state most hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use super::messages::{Header, Reply};
+use super::{Group, GroupError, READY_REPEAT, RETRY, Shared, State};
+
+/// A round's group as announced by its leader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Formed {
+    /// The round.
+    pub round: u64,
+    /// The members, sorted by peer id.
+    pub members: Vec<PeerId>,
+    /// Each member's state hash at the start of the round (none: joining).
+    pub states: Vec<Option<String>>,
+}
+
+impl Formed {
+    /// The state hash most members hold (ties broken by the hash, so everyone agrees) and the
+    /// members holding it.
+    pub fn agreed_state(&self) -> Option<(String, Vec<PeerId>)> {
+        let mut holders: BTreeMap<&String, Vec<PeerId>> = BTreeMap::new();
+        for (m, s) in self.members.iter().zip(&self.states) {
+            if let Some(s) = s {
+                holders.entry(s).or_default().push(*m);
+            }
+        }
+        holders
+            .into_iter()
+            .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))
+            .map(|(s, peers)| (s.clone(), peers))
+    }
+}
+
+impl Shared {
+    /// A peer is ready for `round` with the state hashed `held` (none: a newcomer).
+    pub(super) fn on_ready(
+        &self,
+        state: &mut State,
+        peer: PeerId,
+        round: u64,
+        held: Option<String>,
+        addrs: Vec<String>,
+    ) -> Reply {
+        if round.saturating_add(1) < state.round {
+            return self.reject(state, peer, &format!("round {round} is over"));
+        }
+        state.addrs.insert(peer, addrs);
+        match held {
+            // A newcomer: the leader of this round or any later one takes it in.
+            None => {
+                state.joiners.entry(peer).or_insert(round);
+            }
+            held => {
+                state.ready.entry(round).or_default().insert(peer, held);
+                if state.led.contains(&round) {
+                    state.announce.push((peer, round));
+                }
+            }
+        }
+        Reply::Ok
+    }
+
+    /// A round's group, announced by its leader.
+    pub(super) fn on_group(
+        &self,
+        state: &mut State,
+        peer: PeerId,
+        round: u64,
+        members: Vec<String>,
+        states: Vec<Option<String>>,
+        addrs: Vec<Vec<String>>,
+    ) -> Reply {
+        match members
+            .iter()
+            .map(|m| m.parse())
+            .collect::<Result<Vec<PeerId>, _>>()
+        {
+            Err(_) => self.reject(state, peer, "unparsable member id"),
+            Ok(members) if members.len() != states.len() => {
+                self.reject(state, peer, "one state per member expected")
+            }
+            Ok(members) if !members.contains(&peer) => self.reject(
+                state,
+                peer,
+                "a group is announced by its leader, a member of it",
+            ),
+            Ok(members) => {
+                state.under_way = true;
+                // Every member is live as of the announcement (its heartbeats may not
+                // have reached this peer yet) and reachable at the given addresses.
+                for (m, a) in members.iter().zip(addrs) {
+                    state.joiners.remove(m);
+                    if *m != self.me {
+                        state.last_seen.entry(*m).or_insert_with(Instant::now);
+                        if !a.is_empty() {
+                            state.addrs.insert(*m, a);
+                        }
+                        state.introduce.push(*m);
+                    }
+                }
+                state.groups.entry(round).or_insert(Formed {
+                    round,
+                    members,
+                    states,
+                });
+                Reply::Ok
+            }
+        }
+    }
+}
+
+impl Group {
+    /// The leader of `round`: the lowest live peer id among the last round's members (at the
+    /// first round, or when none of them is left, among all live peers).
+    fn leader(&self, state: &State, round: u64) -> PeerId {
+        let live = self.shared.live(state);
+        round
+            .checked_sub(1)
+            .and_then(|r| state.groups.get(&r))
+            .and_then(|g| g.members.iter().filter(|m| live.contains(m)).min())
+            .copied()
+            .unwrap_or_else(|| *live.first().expect("this peer is always live"))
+    }
+
+    /// Agrees with the other peers on the members of `round`. `state` is the hash of this
+    /// peer's state at the start of the round; `None` for a peer joining, which never leads,
+    /// is taken into the first group formed from `round` on (whose round the result says),
+    /// and fetches the agreed state then ([`Group::fetch_state`]).
+    pub async fn form(&self, round: u64, state: Option<String>) -> Result<Formed, GroupError> {
+        let me = self.me();
+        let ceiling = self.shared.settings.round_ceiling;
+        let joining = state.is_none();
+        {
+            let mut s = self.shared.lock();
+            s.round = round;
+            s.stats.round = round;
+            s.ready.entry(round).or_default().insert(me, state.clone());
+        }
+        let ready = Header::Ready {
+            run: self.shared.settings.run.clone(),
+            round,
+            state,
+            addrs: self.shared.lock().my_addrs.clone(),
+        };
+        let started = Instant::now();
+        let mut next_ready = Instant::now();
+        loop {
+            let (leader, live) = {
+                let s = self.shared.lock();
+                (self.leader(&s, round), self.shared.live(&s))
+            };
+            if !joining && leader == me {
+                return self.lead(round).await;
+            }
+            // Every live peer hears the Ready, so that whoever leads (also after a failover)
+            // has it; it is repeated now and then, since a lost announcement is resent on a
+            // repeated Ready.
+            if Instant::now() >= next_ready {
+                let sends = live
+                    .iter()
+                    .filter(|p| **p != me)
+                    .map(|p| async { (*p, self.ask(*p, &ready, &[]).await) });
+                let mut leader_heard = joining;
+                for (peer, result) in futures::future::join_all(sends).await {
+                    match result {
+                        Ok(_) => leader_heard |= peer == leader,
+                        Err(e) => tracing::debug!(%peer, error = %e, round, "ready not delivered"),
+                    }
+                }
+                next_ready = Instant::now()
+                    + match (leader_heard, joining) {
+                        (false, _) => RETRY,
+                        (true, true) => Duration::from_secs(1),
+                        (true, false) => READY_REPEAT,
+                    };
+            }
+            let wait = next_ready.saturating_duration_since(Instant::now());
+            let group = self
+                .wait_for(wait, |shared, state| {
+                    if joining {
+                        return state
+                            .groups
+                            .range(round..)
+                            .find(|(_, g)| g.members.contains(&me))
+                            .map(|(_, g)| Some(g.clone()));
+                    }
+                    if let Some(group) = state.groups.get(&round) {
+                        return Some(Some(group.clone()));
+                    }
+                    // A leader that stops answering heartbeats is replaced.
+                    (!joining && !shared.is_live(state, &leader)).then_some(None)
+                })
+                .await;
+            match group {
+                Some(Some(group)) if group.members.contains(&me) => return Ok(group),
+                Some(Some(_)) => return Err(GroupError::NotInGroup { round }),
+                Some(None) => {
+                    tracing::warn!(%leader, round, "leader went silent; electing the next");
+                    self.shared.lock().gone.insert(leader);
+                }
+                None if started.elapsed() < ceiling => {}
+                None => {
+                    return Err(GroupError::Deadline {
+                        round,
+                        what: "the group announcement".into(),
+                        secs: ceiling.as_secs(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// As leader: waits until the last round's live members are ready (at the first round,
+    /// every live peer), then announces everyone ready and live, newcomers included.
+    async fn lead(&self, round: u64) -> Result<Formed, GroupError> {
+        let me = self.me();
+        self.wait_for(self.shared.settings.round_ceiling, |shared, state| {
+            let live = shared.live(state);
+            let expected: BTreeSet<PeerId> =
+                match round.checked_sub(1).and_then(|r| state.groups.get(&r)) {
+                    Some(previous) => previous
+                        .members
+                        .iter()
+                        .filter(|m| live.contains(m))
+                        .copied()
+                        .collect(),
+                    None => live,
+                };
+            let ready = state.ready.get(&round);
+            expected
+                .iter()
+                .all(|p| ready.is_some_and(|r| r.contains_key(p)))
+                .then_some(())
+        })
+        .await;
+        let formed = {
+            let mut state = self.shared.lock();
+            let mut ready: BTreeMap<PeerId, Option<String>> =
+                state.ready.get(&round).cloned().unwrap_or_default();
+            for (joiner, from) in &state.joiners {
+                if *from <= round {
+                    ready.entry(*joiner).or_insert(None);
+                }
+            }
+            let (members, states): (Vec<PeerId>, Vec<Option<String>>) = ready
+                .into_iter()
+                .filter(|(p, _)| self.shared.is_live(&state, p))
+                .unzip();
+            for m in &members {
+                state.joiners.remove(m);
+            }
+            state.led.insert(round);
+            state.under_way = true;
+            state
+                .groups
+                .entry(round)
+                .or_insert(Formed {
+                    round,
+                    members,
+                    states,
+                })
+                .clone()
+        };
+        let sends = formed
+            .members
+            .iter()
+            .filter(|m| **m != me)
+            .map(|m| self.announce(*m, round));
+        futures::future::join_all(sends).await;
+        Ok(formed)
+    }
+
+    /// Sends round `round`'s group to `to`, retrying a few times (a member that never hears
+    /// it asks again with a repeated `Ready`).
+    pub(super) async fn announce(&self, to: PeerId, round: u64) {
+        let (group, addrs) = {
+            let state = self.shared.lock();
+            let Some(group) = state.groups.get(&round).cloned() else {
+                return;
+            };
+            let addrs = group
+                .members
+                .iter()
+                .map(|m| match *m == self.me() {
+                    true => state.my_addrs.clone(),
+                    false => state.addrs.get(m).cloned().unwrap_or_default(),
+                })
+                .collect();
+            (group, addrs)
+        };
+        let header = Header::Group {
+            run: self.shared.settings.run.clone(),
+            round,
+            members: group.members.iter().map(|m| m.to_string()).collect(),
+            states: group.states,
+            addrs,
+        };
+        for attempt in 1..=3 {
+            match self.ask(to, &header, &[]).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(peer = %to, error = %e, round, attempt, "group announcement failed");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+}

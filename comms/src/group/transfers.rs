@@ -1,0 +1,315 @@
+//! What a peer offers others to fetch, and fetching it: the run's state (for joiners), its
+//! own contributions (for validators) and checkpoints (blobs served from disk). Each is a
+//! blob with a Merkle manifest, fetched in verified chunks from every holder at once
+//! ([`crate::transfer`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+use super::messages::{Header, Reply};
+use super::{Group, GroupError, Shared, State};
+use crate::transfer::{self, Manifest, chunk_size_for};
+
+/// The state this peer offers to joiners: the run's state at the start of `round`.
+pub(super) struct Offer {
+    round: u64,
+    blob: Arc<Vec<u8>>,
+    manifest: std::sync::OnceLock<Manifest>,
+    /// The chunks each peer fetched.
+    fetched: Mutex<BTreeMap<PeerId, BTreeSet<u32>>>,
+}
+
+impl Offer {
+    fn new(round: u64, blob: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            round,
+            blob: Arc::new(blob),
+            manifest: std::sync::OnceLock::new(),
+            fetched: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn manifest(&self) -> &Manifest {
+        self.manifest
+            .get_or_init(|| Manifest::of(&self.blob, chunk_size_for(self.blob.len())))
+    }
+}
+
+/// Answers for an offered blob of `round` (`what`: the state, a contribution): its manifest,
+/// or chunk `index`.
+pub(super) fn serve_offer(
+    offer: Option<&Arc<Offer>>,
+    round: u64,
+    index: Option<u32>,
+    what: &str,
+) -> Reply {
+    match offer {
+        Some(offer) if offer.round == round => {
+            let manifest = offer.manifest();
+            match index {
+                None => Reply::json(manifest),
+                Some(i) if (i as usize) < manifest.chunks.len() => {
+                    Reply::Data(offer.blob[manifest.range(i as usize)].to_vec())
+                }
+                Some(i) => Reply::Refused(format!("no chunk {i} of the {what} of round {round}")),
+            }
+        }
+        other => Reply::Refused(format!(
+            "no {what} for round {round} here (offering {})",
+            other.map_or("none".into(), |o| format!("round {}", o.round))
+        )),
+    }
+}
+
+/// Rounds of this peer's own contributions kept for validators.
+pub(super) const CONTRIBUTIONS_KEPT: usize = 4;
+
+/// Blobs (checkpoints) a peer serves by Merkle root, from disk.
+pub trait BlobSource: Send + Sync {
+    /// The manifest of the blob with `root`, or of the newest one when `root` is `None`.
+    fn manifest(&self, root: Option<&str>) -> Option<Manifest>;
+    /// Chunk `index` of the blob with `root`.
+    fn chunk(&self, root: &str, index: usize) -> Option<Vec<u8>>;
+}
+
+pub(super) fn serve_blob(source: Option<&dyn BlobSource>, header: Header) -> Reply {
+    let Some(source) = source else {
+        return Reply::Refused("this peer serves no checkpoints".into());
+    };
+    match header {
+        Header::BlobManifest { root, .. } => match source.manifest(root.as_deref()) {
+            Some(manifest) => Reply::json(&manifest),
+            None => Reply::Refused(match root {
+                Some(root) => format!("no checkpoint with root {root} here"),
+                None => "no checkpoint here yet".into(),
+            }),
+        },
+        Header::BlobChunk { root, index, .. } => {
+            // With `SINTER_FAULT_ABORT_SERVING_BLOB=1`, a donor dies in the middle of a transfer.
+            #[cfg(feature = "fault-injection")]
+            super::faults::fault_point(
+                "SINTER_FAULT_ABORT_SERVING_BLOB",
+                "1",
+                "serving a checkpoint chunk",
+            );
+            match source.chunk(&root, index as usize) {
+                Some(data) => Reply::Data(data),
+                None => Reply::Refused(format!("no chunk {index} of {root} here")),
+            }
+        }
+        _ => unreachable!("only blob requests come here"),
+    }
+}
+
+impl Offer {
+    /// Whether `peer` has fetched every chunk.
+    fn fetched_by(&self, peer: &PeerId) -> bool {
+        let chunks = self.manifest().chunks.len();
+        self.fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|got| got.len() >= chunks)
+    }
+}
+
+impl Shared {
+    /// Serves this peer's own contribution to `round` (its manifest, or chunk `index`),
+    /// noting which chunks `peer` fetched.
+    pub(super) fn serve_contribution(
+        &self,
+        state: &State,
+        peer: PeerId,
+        round: u64,
+        index: Option<u32>,
+    ) -> Reply {
+        let offer = state.contributions.get(&round);
+        let reply = serve_offer(offer, round, index, "contribution");
+        if let (Some(offer), Some(index), Reply::Data(_)) = (offer, index, &reply) {
+            offer
+                .fetched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(peer)
+                .or_default()
+                .insert(index);
+        }
+        reply
+    }
+}
+
+impl Group {
+    /// Offers the run's state at the start of `round` to peers that fetch it (replacing the
+    /// previous offer).
+    pub fn offer_state(&self, round: u64, blob: Vec<u8>) {
+        self.shared.lock().offer = Some(Offer::new(round, blob));
+    }
+
+    /// Offers this peer's own contribution to `round` to validators (the last few rounds are
+    /// kept).
+    pub fn offer_contribution(&self, round: u64, blob: Vec<u8>) {
+        let mut state = self.shared.lock();
+        state.contributions.insert(round, Offer::new(round, blob));
+        while state.contributions.len() > CONTRIBUTIONS_KEPT {
+            state.contributions.pop_first();
+        }
+    }
+
+    /// Fetches `peer`'s own contribution to `round`, chunk by chunk, each chunk verified.
+    pub async fn fetch_contribution(
+        &self,
+        round: u64,
+        peer: PeerId,
+    ) -> Result<Vec<u8>, GroupError> {
+        let run = &self.shared.settings.run;
+        let (_, blob, _) = self
+            .fetch(
+                &[peer],
+                &format!("{peer}'s contribution to round {round}"),
+                Header::ContributionManifest {
+                    run: run.clone(),
+                    round,
+                },
+                |_, index| Header::ContributionChunk {
+                    run: run.clone(),
+                    round,
+                    index,
+                },
+            )
+            .await?;
+        Ok(blob)
+    }
+
+    /// Waits until each of `peers` has fetched all of this peer's contribution to `round`,
+    /// for at most `limit`; whether they all did.
+    pub async fn wait_contribution_fetched(
+        &self,
+        round: u64,
+        peers: &[PeerId],
+        limit: Duration,
+    ) -> bool {
+        self.wait_for(limit, |_, state| {
+            let offer = state.contributions.get(&round)?;
+            peers.iter().all(|p| offer.fetched_by(p)).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
+    /// Serves blobs (checkpoints) from `source` to peers that ask.
+    pub fn serve_blobs(&self, source: Arc<dyn BlobSource>) {
+        self.shared.lock().blobs = Some(source);
+    }
+
+    /// Fetches the state of `round` from `donors`: each is asked for its manifest, the one most
+    /// agree on is fetched in chunks from all of them at once, each chunk verified. Returns
+    /// the blob and how many chunks each donor delivered.
+    pub async fn fetch_state(
+        &self,
+        round: u64,
+        donors: &[PeerId],
+    ) -> Result<(Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+        let run = &self.shared.settings.run;
+        let (_, blob, delivered) = self
+            .fetch(
+                donors,
+                &format!("the state of round {round}"),
+                Header::StateManifest {
+                    run: run.clone(),
+                    round,
+                },
+                |_, index| Header::StateChunk {
+                    run: run.clone(),
+                    round,
+                    index,
+                },
+            )
+            .await?;
+        Ok((blob, delivered))
+    }
+
+    /// Fetches a served blob (a checkpoint) from `donors` the same way: the one with `root`,
+    /// or the newest most donors agree on. Returns its manifest, bytes and who delivered what.
+    pub async fn fetch_blob(
+        &self,
+        donors: &[PeerId],
+        root: Option<String>,
+    ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+        let run = &self.shared.settings.run;
+        let what = root
+            .as_ref()
+            .map_or("a checkpoint".to_owned(), |r| format!("checkpoint {r}"));
+        self.fetch(
+            donors,
+            &what,
+            Header::BlobManifest {
+                run: run.clone(),
+                root,
+            },
+            |root, index| Header::BlobChunk {
+                run: run.clone(),
+                root: root.to_owned(),
+                index,
+            },
+        )
+        .await
+    }
+
+    /// Asks every donor for a manifest, takes the one most agree on and fetches its chunks
+    /// from all of its holders at once, each verified (`transfer::fetch`).
+    async fn fetch(
+        &self,
+        donors: &[PeerId],
+        what: &str,
+        ask_manifest: Header,
+        ask_chunk: impl Fn(&str, u32) -> Header,
+    ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+        let asks = donors.iter().map(|d| {
+            let header = &ask_manifest;
+            async move {
+                let manifest = self.ask(*d, header, &[]).await.and_then(|(_, data)| {
+                    serde_json::from_slice::<Manifest>(&data).map_err(|e| GroupError::Refused {
+                        peer: *d,
+                        reason: format!("unreadable manifest: {e}"),
+                    })
+                });
+                (*d, manifest)
+            }
+        });
+        let mut offers = Vec::new();
+        let mut last = String::from("no donors");
+        for (donor, manifest) in futures::future::join_all(asks).await {
+            match manifest {
+                Ok(m) => offers.push((donor, m)),
+                Err(e) => {
+                    tracing::warn!(%donor, error = %e, what, "no manifest from donor");
+                    last = e.to_string();
+                }
+            }
+        }
+        let (manifest, holders) =
+            transfer::agreed_manifest(&offers).ok_or(transfer::TransferError::NoOffer {
+                what: what.to_owned(),
+                last,
+            })?;
+        tracing::info!(
+            what,
+            bytes = manifest.total_len,
+            chunks = manifest.chunks.len(),
+            donors = holders.len(),
+            root = %&manifest.root[..16],
+            "fetching"
+        );
+        let root = manifest.root.clone();
+        let get = |peer: PeerId, index: usize| {
+            let header = ask_chunk(&root, index as u32);
+            async move { self.ask(peer, &header, &[]).await.map(|(_, data)| data) }
+        };
+        let (blob, delivered) = transfer::fetch(&manifest, &holders, get).await?;
+        self.shared.lock().bytes_received += manifest.total_len;
+        Ok((manifest, blob, delivered))
+    }
+}

@@ -1,0 +1,155 @@
+//! `launch ledger …`: the embedded ledger from the command line — show and verify a ledger
+//! file, one consensus epoch from JSON, and the ledger over libp2p (`node`, `submit`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sinter_mechanism::ledger::extrinsic::Call;
+use sinter_mechanism::ledger::interface::Metagraph;
+use sinter_mechanism::ledger::keys::AccountId;
+use sinter_mechanism::ledger::state::Genesis;
+use sinter_mechanism::ledger::{self, wallet};
+use sinter_trainer::ledger_net::node::{self, Node, NodeOptions};
+
+use crate::ConfigFileError;
+use crate::cli::{LedgerNodeArgs, SubmitArgs, SubmitCall};
+use crate::peer::{Addresses, multiaddr, runtime};
+
+/// `launch ledger show`.
+pub fn show(file: &Path, json: bool) -> Result<()> {
+    let (verification, state) = ledger::inspect(file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        println!(
+            "{}: block {}, {} epochs, {} contributions committed, {} checkpoints recorded",
+            file.display(),
+            state.block,
+            state.epochs,
+            state.contributions_total,
+            state.checkpoints.len()
+        );
+        crate::report::print_neurons(&Metagraph::of_state(&state).neurons);
+    }
+    if !verification.is_clean() {
+        eprintln!(
+            "warning: this is the state after block {}; run `launch ledger verify {}`",
+            verification.blocks,
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// `launch ledger verify`.
+pub fn verify(file: &Path, json: bool) -> Result<()> {
+    let v = ledger::verify(file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{}: {} blocks, {} extrinsics and {} epochs checked (genesis {}, head {})",
+            file.display(),
+            v.blocks,
+            v.extrinsics,
+            v.epochs,
+            &v.genesis[..16],
+            &v.head[..16]
+        );
+    }
+    if let Some((number, why)) = &v.first_bad {
+        bail!(
+            "{}: block {number} is bad: {why}. Blocks after it were not checked; restore the file from a replica",
+            file.display()
+        );
+    }
+    if let Some(number) = v.torn_block {
+        bail!(
+            "{}: block {number} was cut short while being written (a crash); it was never committed, and the ledger drops it when it next opens for writing",
+            file.display()
+        );
+    }
+    if !json {
+        println!("  ok: every hash, signature, extrinsic and epoch checks out");
+    }
+    Ok(())
+}
+
+/// `launch ledger epoch`.
+pub fn epoch(file: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let input: sinter_mechanism::yuma::EpochInput = serde_json::from_str(&text)
+        .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
+    let output = input
+        .run()
+        .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+fn read_genesis(path: &Path) -> Result<Genesis> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ConfigFileError(format!("{}: {e}", path.display())).into())
+}
+
+/// `launch ledger node`.
+pub fn node(args: LedgerNodeArgs) -> Result<()> {
+    let genesis = read_genesis(&args.genesis)?;
+    let author = args
+        .author_key
+        .as_deref()
+        .map(wallet::read_key_file)
+        .transpose()?;
+    let addresses = Addresses::parse(&args.listen, &[], &args.bootstrap)?;
+    let options = NodeOptions {
+        genesis,
+        path: args.ledger,
+        author,
+        listen: addresses.listen,
+        bootstrap: addresses.bootstrap,
+        block_time: Duration::from_secs_f64(args.block_secs.max(0.1)),
+    };
+    let height = runtime()?.block_on(async move {
+        let node = Node::start(options).await?;
+        if let Some(warning) = &node.warning {
+            tracing::warn!("{warning}");
+        }
+        println!("peer id {}", node.peer_id);
+        for addr in &node.listening {
+            println!("listening on {addr}");
+        }
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        node.run(stop).await
+    })?;
+    println!("stopped at block {height}");
+    Ok(())
+}
+
+/// `launch ledger submit`.
+pub fn submit(args: SubmitArgs) -> Result<()> {
+    let genesis = read_genesis(&args.genesis)?;
+    let key = wallet::read_key_file(&args.key)?;
+    let call = match args.call {
+        SubmitCall::Register { hotkey } => Call::Register {
+            hotkey: AccountId::parse(&hotkey)?,
+        },
+        SubmitCall::AddStake { hotkey, amount } => Call::AddStake {
+            hotkey: AccountId::parse(&hotkey)?,
+            amount,
+        },
+        SubmitCall::Serve { address } => Call::Serve {
+            address: address.into_bytes(),
+        },
+    };
+    let name = call.name();
+    let node = multiaddr(&args.node, "--node")?;
+    let nonce = runtime()?.block_on(node::submit(&genesis, node, &key, call))?;
+    println!("{name} accepted (nonce {nonce}): in the next block");
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! [`Ledger`]: everything a run and its validators ask of a chain — register, serve an
+//! address, stake, commit contributions, commit and reveal weights, read the metagraph, wait
+//! for the next block. The embedded ledger over a run's connections is one implementation
+//! (`sinter_trainer::peer::ledger`); Bittensor's subtensor is to be the second. A run and a
+//! validator hold a `dyn Ledger` and do not know which one they talk to.
+//!
+//! Calls return once the chain has accepted the transaction for a coming block; `register`
+//! and `serve` return once it is in a block. What is in a block is read back with
+//! [`Ledger::metagraph`], [`Ledger::contributions`] and [`Ledger::committed_weights`], and
+//! [`wait_until`] waits for it block by block, not by sleeping.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::extrinsic::Hash;
+use super::keys::AccountId;
+use super::state::State;
+
+/// Why a call to the chain did not go through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The chain's rules refused it (a bad nonce, too little balance, not registered, …).
+    #[error("{call} refused: {reason}")]
+    Refused {
+        /// The call.
+        call: &'static str,
+        /// The chain's reason.
+        reason: String,
+    },
+    /// The chain could not be reached, or did not answer in time.
+    #[error("{call}: {why}")]
+    Unavailable {
+        /// The call.
+        call: &'static str,
+        /// What happened.
+        why: String,
+    },
+    /// The call cannot be made with the keys at hand (e.g. registering without a coldkey).
+    #[error("{call}: {why}")]
+    Keys {
+        /// The call.
+        call: &'static str,
+        /// What is missing.
+        why: String,
+    },
+}
+
+/// One uid as the chain shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NeuronInfo {
+    /// Its uid.
+    pub uid: u16,
+    /// The hotkey acting for it.
+    pub hotkey: AccountId,
+    /// The coldkey owning it.
+    pub coldkey: AccountId,
+    /// Its stake.
+    pub stake: u64,
+    /// The address it serves.
+    pub address: Option<String>,
+    /// Consensus at the last epoch (0–1).
+    pub consensus: f64,
+    /// Incentive at the last epoch (0–1).
+    pub incentive: f64,
+    /// Dividends at the last epoch (0–1).
+    pub dividends: f64,
+    /// Validator trust at the last epoch (0–1).
+    pub validator_trust: f64,
+    /// Emission credited over its life.
+    pub emission: u64,
+    /// Whether the last epoch gave it a validator permit.
+    pub validator_permit: bool,
+    /// Block its weights were last set at.
+    pub last_update: u64,
+}
+
+/// The subnet's neurons at a block.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metagraph {
+    /// The block read.
+    pub block: u64,
+    /// Epochs run so far.
+    pub epochs: u64,
+    /// Every uid, in uid order.
+    pub neurons: Vec<NeuronInfo>,
+}
+
+impl Metagraph {
+    /// The uid `hotkey` acts for.
+    pub fn uid(&self, hotkey: &AccountId) -> Option<u16> {
+        self.neurons
+            .iter()
+            .find(|n| n.hotkey == *hotkey)
+            .map(|n| n.uid)
+    }
+
+    /// The neuron with `uid`.
+    pub fn neuron(&self, uid: u16) -> Option<&NeuronInfo> {
+        self.neurons.get(uid as usize).filter(|n| n.uid == uid)
+    }
+
+    /// The embedded ledger's state as a metagraph.
+    pub fn of_state(state: &State) -> Self {
+        let share = |v: u16| f64::from(v) / f64::from(u16::MAX);
+        Self {
+            block: state.block,
+            epochs: state.epochs,
+            neurons: state
+                .neurons
+                .iter()
+                .map(|n| NeuronInfo {
+                    uid: n.uid,
+                    hotkey: n.hotkey,
+                    coldkey: n.coldkey,
+                    stake: n.stake,
+                    address: n.address.clone(),
+                    consensus: share(n.consensus),
+                    incentive: share(n.incentive),
+                    dividends: share(n.dividends),
+                    validator_trust: share(n.validator_trust),
+                    emission: n.total_emission,
+                    validator_permit: n.validator_permit,
+                    last_update: n.weights_set_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A contribution commitment that is in a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContributionRecord {
+    /// Who committed.
+    pub uid: u16,
+    /// Hash of the contribution's bytes.
+    pub hash: Hash,
+    /// Order among all commitments (earlier is smaller): the first to commit an update wrote it.
+    pub sequence: u64,
+}
+
+/// Weights to reveal: what the commitment hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightsReveal {
+    /// Target uids.
+    pub uids: Vec<u16>,
+    /// Their weights (`u16`, any scale).
+    pub values: Vec<u16>,
+    /// The salt hashed into the commitment.
+    pub salt: Vec<u16>,
+    /// The weights version key.
+    pub version_key: u64,
+}
+
+/// What a run asks of a chain. Every method may block the calling thread for a few blocks at
+/// most; none is called from an async task.
+pub trait Ledger: Send + Sync {
+    /// The hotkey this peer signs with.
+    fn hotkey(&self) -> AccountId;
+    /// The subnet the run's weights are for.
+    fn netuid(&self) -> u16;
+    /// The chain's genesis hash: what a peer's identity binding to its hotkey is signed over.
+    fn genesis_hash(&self) -> Hash;
+    /// About how long a block takes.
+    fn block_time(&self) -> Duration;
+    /// Registers the hotkey (its coldkey pays), unless it is already; its uid once in a block.
+    fn register(&self) -> Result<u16, CallError>;
+    /// Publishes the address the hotkey serves at; returns once it is in a block.
+    fn serve(&self, address: &str) -> Result<(), CallError>;
+    /// Moves `amount` from the coldkey's balance to the hotkey's stake.
+    fn add_stake(&self, amount: u64) -> Result<(), CallError>;
+    /// Commits to the hash of this peer's contribution to `round`.
+    fn commit_contribution(&self, round: u64, hash: Hash) -> Result<(), CallError>;
+    /// The contribution commitments to `round` that are in a block, in chain order.
+    fn contributions(&self, round: u64) -> Vec<ContributionRecord>;
+    /// Commits to weights (the chain's commitment hash of a [`WeightsReveal`]).
+    fn commit_weights(&self, hash: Hash) -> Result<(), CallError>;
+    /// This hotkey's weights commitment that is in a block and not yet revealed.
+    fn committed_weights(&self) -> Option<Hash>;
+    /// Reveals committed weights.
+    fn reveal_weights(&self, reveal: &WeightsReveal) -> Result<(), CallError>;
+    /// The subnet's neurons now.
+    fn metagraph(&self) -> Metagraph;
+    /// The newest block's number.
+    fn height(&self) -> u64;
+    /// Waits until a block after `height` arrives (its number), or `limit` passes (`None`).
+    fn wait_for_block(&self, height: u64, limit: Duration) -> Option<u64>;
+}
+
+/// Waits, block by block, until `done` holds or `limit` passes; whether it held.
+pub fn wait_until(ledger: &dyn Ledger, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let height = ledger.height();
+        if done() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || ledger.wait_for_block(height, left).is_none() {
+            return done();
+        }
+    }
+}

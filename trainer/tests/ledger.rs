@@ -1,0 +1,219 @@
+//! The `Ledger` interface's behaviour, checked through the trait alone, against the embedded
+//! ledger of a run: two real libp2p peers on loopback in one process, one authoring blocks,
+//! the other a replica that registers, serves, stakes, commits a contribution and commits and
+//! reveals weights through the author. `behaves_as_a_ledger` is the suite a second
+//! implementation (subtensor) runs too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sinter_comms::group::{Group, GroupSettings};
+use sinter_comms::net::{self, NetConfig};
+use sinter_mechanism::Ledger;
+use sinter_mechanism::ledger::extrinsic::weights_commitment;
+use sinter_mechanism::ledger::interface::{CallError, WeightsReveal, wait_until};
+use sinter_mechanism::ledger::keys::Keypair;
+use sinter_mechanism::ledger::state::Genesis;
+use sinter_mechanism::ledger::wallet::Wallet;
+use sinter_trainer::ledger_net::RunLedger;
+
+const BLOCK: Duration = Duration::from_millis(200);
+
+/// What any implementation of the interface must do for a freshly funded, unregistered
+/// hotkey whose coldkey can pay the burn and the stake.
+fn behaves_as_a_ledger(ledger: &dyn Ledger) {
+    let limit = 10 * ledger.block_time() + Duration::from_secs(5);
+    // Blocks arrive, and waiting for one is waiting, not polling.
+    let height = ledger.height();
+    let next = ledger
+        .wait_for_block(height, limit)
+        .expect("a block within the limit");
+    assert!(next > height);
+
+    // Registering twice is the same uid; serving shows in the metagraph.
+    let hotkey = ledger.hotkey();
+    let uid = ledger.register().expect("registers");
+    assert_eq!(ledger.register().expect("registered already"), uid);
+    assert_eq!(ledger.metagraph().uid(&hotkey), Some(uid));
+    ledger.serve("/ip4/127.0.0.1/tcp/9/p2p/x").expect("serves");
+    let served = ledger.metagraph();
+    assert_eq!(
+        served.neuron(uid).and_then(|n| n.address.as_deref()),
+        Some("/ip4/127.0.0.1/tcp/9/p2p/x")
+    );
+
+    // Stake and a contribution commitment reach a block.
+    ledger.add_stake(50).expect("stakes");
+    assert!(wait_until(ledger, limit, || ledger
+        .metagraph()
+        .neuron(uid)
+        .is_some_and(|n| n.stake == 50)));
+    let contribution = [7u8; 32];
+    ledger
+        .commit_contribution(3, contribution)
+        .expect("commits a contribution");
+    assert!(wait_until(ledger, limit, || !ledger
+        .contributions(3)
+        .is_empty()));
+    let committed = ledger.contributions(3);
+    assert_eq!(committed.len(), 1);
+    assert_eq!((committed[0].uid, committed[0].hash), (uid, contribution));
+    assert!(ledger.contributions(4).is_empty());
+
+    // Weights: committed, then revealed; a reveal that does not match is refused.
+    let reveal = WeightsReveal {
+        uids: vec![0, uid],
+        values: vec![u16::MAX, 1],
+        salt: vec![1, 2, 3, 4],
+        version_key: 0,
+    };
+    let hash = weights_commitment(
+        &hotkey,
+        ledger.netuid(),
+        &reveal.uids,
+        &reveal.values,
+        &reveal.salt,
+        reveal.version_key,
+    );
+    assert_eq!(ledger.committed_weights(), None);
+    ledger.commit_weights(hash).expect("commits weights");
+    assert!(wait_until(ledger, limit, || ledger.committed_weights() == Some(hash)));
+    let forged = WeightsReveal {
+        values: vec![1, u16::MAX],
+        ..reveal.clone()
+    };
+    match ledger.reveal_weights(&forged) {
+        Err(CallError::Refused { call, .. }) => assert_eq!(call, "reveal_weights"),
+        other => panic!("a forged reveal was not refused: {other:?}"),
+    }
+    ledger.reveal_weights(&reveal).expect("reveals");
+    assert!(wait_until(ledger, limit, || ledger
+        .committed_weights()
+        .is_none()));
+    let last_update = ledger.metagraph().neuron(uid).map(|n| n.last_update);
+    assert!(last_update > Some(0), "{last_update:?}");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A peer of a run: network, group, and its ledger replica with `wallet`.
+fn peer(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    name: &str,
+    genesis: &Genesis,
+    wallet: Wallet,
+    bootstrap: Option<net::Multiaddr>,
+) -> (Arc<RunLedger>, net::Multiaddr) {
+    let settings = GroupSettings {
+        run: "ledger-test-run-0000".into(),
+        config: serde_json::json!({}),
+        heartbeat: Duration::from_millis(200),
+        peer_timeout: Duration::from_secs(5),
+        round_ceiling: Duration::from_secs(30),
+    };
+    let (group, addr) = runtime.block_on(async {
+        let mut config = NetConfig::new(
+            net::Keypair::generate_ed25519(),
+            "sinter/run/ledger-test".into(),
+        );
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        let (client, events, event_loop) = net::start(config).await.unwrap();
+        tokio::spawn(event_loop.run());
+        let group = Group::start(client.clone(), events, settings);
+        if let Some(addr) = bootstrap {
+            let other = client.dial(addr).await.unwrap();
+            group.hello(other).await.unwrap();
+        }
+        let addr = client.listen_addrs().await.unwrap().remove(0);
+        (group, addr)
+    });
+    let path = dir.join(format!("{name}.sntr"));
+    let ledger = RunLedger::start(
+        &path,
+        genesis.clone(),
+        BLOCK,
+        wallet,
+        group,
+        runtime.handle().clone(),
+    )
+    .unwrap();
+    (ledger, addr)
+}
+
+#[test]
+fn the_embedded_ledger_of_a_run_behaves_as_a_ledger() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let author = Keypair::from_secret("//Author").unwrap();
+    let (cold, hot) = (
+        Keypair::from_secret("//MinerCold").unwrap(),
+        Keypair::from_secret("//MinerHot").unwrap(),
+    );
+    let genesis: Genesis = serde_json::from_value(serde_json::json!({
+        "author": author.account(),
+        "tempo": 1000,
+        "burn": 100,
+        "balances": [{"account": cold.account(), "balance": 1000}],
+        "neurons": [{"hotkey": author.account(), "coldkey": author.account(), "stake": 1000}],
+    }))
+    .unwrap();
+    let (_author, author_addr) = peer(
+        &runtime,
+        dir.path(),
+        "author",
+        &genesis,
+        Wallet {
+            hotkey: author,
+            coldkey: None,
+        },
+        None,
+    );
+    let (miner, _) = peer(
+        &runtime,
+        dir.path(),
+        "miner",
+        &genesis,
+        Wallet {
+            hotkey: hot,
+            coldkey: Some(cold),
+        },
+        Some(author_addr),
+    );
+    behaves_as_a_ledger(miner.as_ref());
+}
+
+#[test]
+fn a_hotkey_without_its_coldkey_cannot_register_and_says_why() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let author = Keypair::from_secret("//Author").unwrap();
+    let genesis: Genesis = serde_json::from_value(serde_json::json!({
+        "author": author.account(),
+    }))
+    .unwrap();
+    let (ledger, _) = peer(
+        &runtime,
+        dir.path(),
+        "lonely",
+        &genesis,
+        Wallet {
+            hotkey: Keypair::from_secret("//Lonely").unwrap(),
+            coldkey: None,
+        },
+        None,
+    );
+    match ledger.register() {
+        Err(CallError::Keys { call, why }) => {
+            assert_eq!(call, "register");
+            assert!(why.contains("coldkey"), "{why}");
+        }
+        other => panic!("expected a missing-coldkey error, got {other:?}"),
+    }
+}
