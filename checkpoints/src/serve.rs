@@ -28,8 +28,17 @@ impl Served {
         }
     }
 
+    /// The manifest of the checkpoint in `dir`, if it reads and names only plain files.
     fn read_manifest(dir: &Path) -> Option<DirManifest> {
-        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).ok()?).ok()
+        let manifest: DirManifest =
+            serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).ok()?).ok()?;
+        match manifest.check_names() {
+            Ok(()) => Some(manifest),
+            Err(why) => {
+                tracing::warn!(dir = %dir.display(), %why, "not serving this checkpoint");
+                None
+            }
+        }
     }
 
     /// The checkpoint with `root`, or the newest.
@@ -150,5 +159,77 @@ mod tests {
         let mut bad = blob.clone();
         bad[150_000] ^= 1;
         assert!(Checkpoint::from_fetched(&chunks, &bad).is_err());
+    }
+
+    /// A donor's checkpoint whose index names a file outside the directory.
+    fn hostile(name: &str) -> (Manifest, Vec<u8>) {
+        let files = vec![FileEntry {
+            name: name.into(),
+            len: 3,
+        }];
+        let mut blob = serde_json::to_vec(&files).unwrap();
+        blob.extend_from_slice(b"pwn");
+        (Manifest::of(&blob, 1 << 20), blob)
+    }
+
+    #[test]
+    fn a_fetched_checkpoint_naming_paths_outside_its_directory_is_refused_and_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        for name in [
+            "../../../escaped-1",
+            "/tmp/escaped-2",
+            "sub/file",
+            "..",
+            ".hidden",
+            "",
+            "manifest.json",
+            "a\\b",
+            "caf\u{e9}.json",
+            &"x".repeat(101),
+        ] {
+            let (chunks, blob) = hostile(name);
+            let err = Checkpoint::from_fetched(&chunks, &blob)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a plain file name"), "{name:?}: {err}");
+            assert!(
+                err.contains(&format!("{name:?}")),
+                "names the offender: {err}"
+            );
+            // Even a checkpoint built in memory with such a name is not written.
+            let mut c = Checkpoint::default();
+            c.add(name, b"pwn".to_vec());
+            assert!(c.write(&out, "round-000001").is_err(), "{name:?}");
+        }
+        assert!(!dir.path().join("escaped-1").exists());
+        assert!(!out.join("round-000001").exists());
+        let mut twice = Checkpoint::default();
+        twice.add("a.json", b"1".to_vec());
+        twice.add("a.json", b"2".to_vec());
+        assert!(
+            twice
+                .write(&out, "round-000001")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_on_disk_whose_manifest_names_outside_files_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Checkpoint::default();
+        c.add("a.json", b"{}".to_vec());
+        let manifest = c.write(dir.path(), "round-000001").unwrap();
+        let served = Served::new(dir.path());
+        assert!(served.manifest(Some(manifest.root())).is_some());
+        let path = dir.path().join("round-000001").join(MANIFEST);
+        let mut tampered = manifest.clone();
+        tampered.files[0].name = "../../etc/passwd".into();
+        std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();
+        assert!(served.manifest(None).is_none());
+        assert!(served.chunk(manifest.root(), 0).is_none());
+        assert!(store::verify(&dir.path().join("round-000001")).is_err());
     }
 }

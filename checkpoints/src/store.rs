@@ -69,6 +69,41 @@ impl DirManifest {
     }
 }
 
+/// Longest file name a checkpoint may hold.
+const MAX_NAME: usize = 100;
+
+/// Refuses file names that are not plain names inside the checkpoint directory: only ASCII
+/// letters, digits, `_`, `-` and `.`, not starting with `.`, at most 100 bytes, none twice,
+/// and not the manifest's own. Every name that comes from a donor, a manifest on disk or the
+/// trainer is checked here before it becomes a path.
+pub fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        let plain = !name.is_empty()
+            && name.len() <= MAX_NAME
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !plain || name == MANIFEST || name == LATEST {
+            return Err(format!(
+                "file name {name:?} is not a plain file name of a checkpoint"
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(format!("file name {name:?} appears twice"));
+        }
+    }
+    Ok(())
+}
+
+impl DirManifest {
+    /// Checks the file names (see [`check_names`]).
+    pub fn check_names(&self) -> Result<(), String> {
+        check_names(self.files.iter().map(|f| f.name.as_str()))
+    }
+}
+
 fn index_bytes(files: &[FileEntry]) -> Vec<u8> {
     serde_json::to_vec(files).expect("file entries serialise")
 }
@@ -168,6 +203,7 @@ impl Checkpoint {
     /// Rebuilds a checkpoint from a fetched blob, checked against `manifest`.
     pub fn from_blob(manifest: &DirManifest, blob: &[u8]) -> Result<Self, CheckpointError> {
         let bad = |reason: String| CheckpointError::invalid("<fetched>", reason);
+        manifest.check_names().map_err(bad)?;
         let blob_manifest = Manifest::of(blob, manifest.chunks.chunk_size as usize);
         if blob_manifest != manifest.chunks {
             return Err(bad(format!(
@@ -195,6 +231,9 @@ impl Checkpoint {
     /// Writes the checkpoint as `parent/name` atomically and returns its manifest (the
     /// directory appears complete or not at all).
     pub fn write(&self, parent: &Path, name: &str) -> Result<DirManifest, CheckpointError> {
+        check_names(self.files.iter().map(|(n, _)| n.as_str()))
+            .and_then(|()| check_names([name]))
+            .map_err(|why| CheckpointError::invalid(parent.join(name), why))?;
         std::fs::create_dir_all(parent).map_err(CheckpointError::io(parent))?;
         let target = parent.join(name);
         let partial = parent.join(format!("{name}{PARTIAL}"));
@@ -308,14 +347,11 @@ pub fn verify(dir: &Path) -> Result<(DirManifest, Verification), CheckpointError
         root: manifest.root().to_owned(),
         ..Default::default()
     };
+    manifest
+        .check_names()
+        .map_err(|why| CheckpointError::invalid(dir, format!("{MANIFEST}: {why}")))?;
     let mut blob = manifest.index();
     for f in &manifest.files {
-        if f.name.contains('/') || f.name.starts_with('.') {
-            return Err(CheckpointError::invalid(
-                dir,
-                format!("bad file name {:?}", f.name),
-            ));
-        }
         let mut bytes = match std::fs::read(dir.join(&f.name)) {
             Ok(b) => b,
             Err(e) => {

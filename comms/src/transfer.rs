@@ -134,11 +134,10 @@ impl Manifest {
         }
         let mut leaves = Vec::with_capacity(self.chunks.len());
         for (i, h) in self.chunks.iter().enumerate() {
-            let bytes: Option<Vec<u8>> = (0..h.len())
-                .step_by(2)
-                .map(|j| h.get(j..j + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-                .collect();
-            match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            match hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
                 Some(leaf) => leaves.push(leaf),
                 None => return bad(format!("chunk {i}: {h:?} is not a SHA-256 in hex")),
             }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// The control socket of the peer using `key`.
@@ -35,11 +35,12 @@ impl Drop for ControlSocket {
 pub fn listen(key: &Path, stop: Arc<AtomicBool>) -> Result<ControlSocket> {
     let path = socket_path(key);
     if UnixStream::connect(&path).is_ok() {
-        bail!(
-            "another peer is running with key {} (it answers on {}); give this one its own --key",
+        return Err(crate::ConfigFileError(format!(
+            "another peer is running with key {} (it answers on {}); give this one its own --key FILE",
             key.display(),
             path.display()
-        );
+        ))
+        .into());
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)

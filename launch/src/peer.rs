@@ -131,6 +131,10 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     let key_path = args.key.clone().unwrap_or_else(default_key);
     let key = net::key::load_or_create(&key_path)?;
     let runtime = runtime()?;
+    // First of all: a second process with this key (the default one, say) stops here, saying
+    // so, before it dials the first as itself.
+    let stop = Arc::new(AtomicBool::new(false));
+    let _control = runtime.block_on(async { control::listen(&key_path, stop.clone()) })?;
     let resume = args
         .resume
         .as_deref()
@@ -157,8 +161,6 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
         group.serve_blobs(Arc::new(Served::new(dir)));
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let _control = runtime.block_on(async { control::listen(&key_path, stop.clone()) })?;
     {
         let stop = stop.clone();
         runtime.spawn(async move {

@@ -144,6 +144,30 @@ fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
 }
 
 /// A config of `rounds` rounds of 4 steps among three workers, evaluated only at the end.
+#[test]
+fn a_second_peer_with_the_same_key_is_told_to_give_it_its_own_before_it_joins() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = long_config(dir.path(), 200);
+    let first = Peer::start(dir.path(), "p1", &config, &[]);
+    let addr = first.address();
+    let key = dir.path().join("p1").join("peer.key");
+    let second = common::launch(&[
+        "run",
+        config.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &addr,
+    ]);
+    let text = common::text(&second);
+    assert_eq!(second.status.code(), Some(2), "{text}");
+    assert!(text.contains("give this one its own --key"), "{text}");
+    assert!(!text.contains("local peer id"), "{text}");
+}
+
 fn long_config(dir: &Path, rounds: usize) -> PathBuf {
     let config = dir.join("small.toml");
     let text = common::small_config(4 * rounds, 3, 4)

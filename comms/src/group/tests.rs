@@ -79,3 +79,38 @@ fn untrusted_requests_are_refused_with_a_reason_and_counted() {
     assert_eq!(group.lock().shards[&(3, Stage::Contribution, 0)].len(), 1);
     assert!(!group.lock().last_seen.contains_key(&outsider));
 }
+
+#[test]
+fn the_largest_round_numbers_from_the_wire_are_refused_or_kept_without_a_panic() {
+    let group = shared();
+    let member = peer();
+    group.lock().round = 5;
+    let ready = |round: u64, state: Option<String>| {
+        encode_request(
+            &Header::Ready {
+                run: "run-a".into(),
+                round,
+                state,
+                addrs: Vec::new(),
+            },
+            &[],
+        )
+    };
+    for round in [u64::MAX, u64::MAX - 1] {
+        assert!(matches!(
+            group.on_request(member, &ready(round, Some("h".into()))),
+            Reply::Ok
+        ));
+        assert!(matches!(
+            group.on_request(member, &ready(round, None)),
+            Reply::Ok
+        ));
+        assert!(matches!(
+            group.on_request(member, &shard("run-a", round)),
+            Reply::Ok
+        ));
+    }
+    // Old rounds are still refused.
+    assert!(refused(group.on_request(member, &ready(1, None))).contains("is over"));
+    assert!(refused(group.on_request(member, &shard("run-a", 1))).contains("is over"));
+}

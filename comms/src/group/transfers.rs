@@ -178,6 +178,7 @@ impl Group {
                     round,
                     index,
                 },
+                None,
             )
             .await?;
         Ok(blob)
@@ -226,13 +227,14 @@ impl Group {
                     round,
                     index,
                 },
+                None,
             )
             .await?;
         Ok((blob, delivered))
     }
 
-    /// Fetches a served blob (a checkpoint) from `donors` the same way: the one with `root`,
-    /// or the newest most donors agree on. Returns its manifest, bytes and who delivered what.
+    /// Fetches a served blob (a checkpoint) from `donors` the same way: the one with `root`
+    /// (a donor offering another is ignored), or the newest most donors agree on. Returns its manifest, bytes and who delivered what.
     pub async fn fetch_blob(
         &self,
         donors: &[PeerId],
@@ -247,13 +249,14 @@ impl Group {
             &what,
             Header::BlobManifest {
                 run: run.clone(),
-                root,
+                root: root.clone(),
             },
             |root, index| Header::BlobChunk {
                 run: run.clone(),
                 root: root.to_owned(),
                 index,
             },
+            root.as_deref(),
         )
         .await
     }
@@ -266,6 +269,7 @@ impl Group {
         what: &str,
         ask_manifest: Header,
         ask_chunk: impl Fn(&str, u32) -> Header,
+        expected_root: Option<&str>,
     ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
         let asks = donors.iter().map(|d| {
             let header = &ask_manifest;
@@ -283,6 +287,10 @@ impl Group {
         let mut last = String::from("no donors");
         for (donor, manifest) in futures::future::join_all(asks).await {
             match manifest {
+                Ok(m) if expected_root.is_some_and(|r| r != m.root) => {
+                    tracing::warn!(%donor, offered = %m.root, what, "donor offers another root than asked; ignored");
+                    last = format!("{donor} offered root {} instead", m.root);
+                }
                 Ok(m) => offers.push((donor, m)),
                 Err(e) => {
                     tracing::warn!(%donor, error = %e, what, "no manifest from donor");

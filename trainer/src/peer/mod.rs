@@ -352,7 +352,7 @@ pub fn run_peer<B: AutodiffBackend>(
         evals.push(point);
     }
     let mut round = if joining {
-        group.run_progress().round as usize + 1
+        (group.run_progress().round as usize).saturating_add(1)
     } else {
         state.round as usize
     };
@@ -383,7 +383,9 @@ pub fn run_peer<B: AutodiffBackend>(
             }
             Err(GroupError::NotInGroup { .. }) => {
                 // Too late for this round: join the next one, fetching its state.
-                round = round.max(group.run_progress().round as usize) + 1;
+                round = round
+                    .max(group.run_progress().round as usize)
+                    .saturating_add(1);
                 tracing::info!(round, "left out of a round; joining the next");
                 joining = true;
                 continue;
