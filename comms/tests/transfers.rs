@@ -77,7 +77,7 @@ async fn a_fetch_by_root_ignores_donors_offering_another_root() {
     // Asked for the honest root, the liar (and a second copy of its offer) cannot outvote it.
     let root = wanted.manifest.root.clone();
     let (manifest, blob, delivered) = fetcher
-        .fetch_blob(&[liar_id, honest_id, liar_id], Some(root.clone()))
+        .fetch_blob(&[liar_id, honest_id, liar_id], Some(root.clone()), 1 << 20)
         .await
         .unwrap();
     assert_eq!(manifest.root, root);
@@ -86,9 +86,17 @@ async fn a_fetch_by_root_ignores_donors_offering_another_root() {
 
     // Only the liar: nothing is fetched, and the error says why.
     let err = fetcher
-        .fetch_blob(&[liar_id], Some(root))
+        .fetch_blob(&[liar_id], Some(root.clone()), 1 << 20)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("instead"), "{err}");
+
+    // A blob larger than the fetch can need is refused before a byte is allocated for it.
+    let err = fetcher
+        .fetch_blob(&[honest_id], Some(root), 4096)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("over the 4096"), "{err}");
 }

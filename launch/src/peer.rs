@@ -381,7 +381,9 @@ pub fn fetch_checkpoint(
             "none of the --from peers could be reached"
         );
         let started = std::time::Instant::now();
-        let (manifest, blob, delivered) = group.fetch_blob(&donors, root).await?;
+        let (manifest, blob, delivered) = group
+            .fetch_blob(&donors, root, sinter_trainer::checkpoint::max_len(config))
+            .await?;
         anyhow::Ok((manifest, blob, delivered, started.elapsed().as_secs_f64()))
     })?;
     let written = crate::checkpoints::write_fetched(&manifest, &blob, out)?;

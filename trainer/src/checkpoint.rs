@@ -169,6 +169,14 @@ pub struct Snapshot {
     pub workers: Vec<WorkerState>,
 }
 
+/// The most bytes a checkpoint of a run of `config` can take: the global parameters and the
+/// outer momentum, each worker's AdamW moments and error-feedback residual, and room for the
+/// metadata. A fetch refuses a donor's offer of more before allocating for it.
+pub fn max_len(config: &RunConfig) -> u64 {
+    let params = config.model.param_count() as u64;
+    params * 4 * (2 + 3 * config.outer.workers as u64) + (64 << 20)
+}
+
 fn inner_file(worker: usize) -> String {
     format!("inner-{worker}.safetensors")
 }

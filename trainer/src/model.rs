@@ -109,6 +109,20 @@ impl ModelConfig {
         self.d_model / self.n_heads
     }
 
+    /// How many parameters [`ModelConfig::init`] makes: what sizes from the network are
+    /// checked against before anything is allocated.
+    pub fn param_count(&self) -> usize {
+        let (d, kv) = (self.d_model, self.n_kv_heads * self.head_dim());
+        let attention = d * self.n_heads * self.head_dim() * 2 + d * kv * 2;
+        let layer = attention + 3 * d * self.ffn_hidden + 2 * d;
+        let head = if self.tie_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
+        self.vocab_size * d + self.n_layers * layer + d + head
+    }
+
     /// Builds a freshly initialised model (normal(0, `init_std`) weights, unit norms).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
         let std = self.init_std;
@@ -423,5 +437,27 @@ mod tests {
             &device,
         ));
         assert_eq!(logits.dims(), [1, 2, 32]);
+    }
+
+    #[test]
+    fn the_parameter_count_is_what_init_makes() {
+        let base = ModelConfig::default();
+        let variants = [
+            base.clone(),
+            ModelConfig {
+                tie_embeddings: !base.tie_embeddings,
+                ..base.clone()
+            },
+            ModelConfig {
+                n_kv_heads: base.n_heads / 2,
+                ffn_hidden: 3 * base.d_model,
+                ..base.clone()
+            },
+            tiny(2),
+        ];
+        for config in variants {
+            let model: Llama<B> = config.init(&Default::default());
+            assert_eq!(crate::params::flatten(&model).0.len(), config.param_count());
+        }
     }
 }

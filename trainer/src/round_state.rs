@@ -42,7 +42,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// Longest header a state may carry (it holds four numbers).
+const MAX_HEADER: usize = 1024;
+
 impl RoundState {
+    /// The most bytes a state of `params` parameters can take: a fetch refuses a donor's
+    /// offer of more before allocating for it.
+    pub fn max_len(params: usize) -> u64 {
+        (MAGIC.len() + 4 + MAX_HEADER + 8 * params) as u64
+    }
+
     /// The state as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let header = serde_json::to_vec(&Header {

@@ -158,11 +158,13 @@ impl Group {
         }
     }
 
-    /// Fetches `peer`'s own contribution to `round`, chunk by chunk, each chunk verified.
+    /// Fetches `peer`'s own contribution to `round`, chunk by chunk, each chunk verified; an
+    /// offer of more than `max_bytes` is refused before anything is allocated for it.
     pub async fn fetch_contribution(
         &self,
         round: u64,
         peer: PeerId,
+        max_bytes: u64,
     ) -> Result<Vec<u8>, GroupError> {
         let run = &self.shared.settings.run;
         let (_, blob, _) = self
@@ -179,6 +181,7 @@ impl Group {
                     index,
                 },
                 None,
+                max_bytes,
             )
             .await?;
         Ok(blob)
@@ -207,11 +210,13 @@ impl Group {
 
     /// Fetches the state of `round` from `donors`: each is asked for its manifest, the one most
     /// agree on is fetched in chunks from all of them at once, each chunk verified. Returns
-    /// the blob and how many chunks each donor delivered.
+    /// the blob and how many chunks each donor delivered. Offers of more than `max_bytes` are
+    /// ignored.
     pub async fn fetch_state(
         &self,
         round: u64,
         donors: &[PeerId],
+        max_bytes: u64,
     ) -> Result<(Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
         let run = &self.shared.settings.run;
         let (_, blob, delivered) = self
@@ -228,17 +233,20 @@ impl Group {
                     index,
                 },
                 None,
+                max_bytes,
             )
             .await?;
         Ok((blob, delivered))
     }
 
     /// Fetches a served blob (a checkpoint) from `donors` the same way: the one with `root`
-    /// (a donor offering another is ignored), or the newest most donors agree on. Returns its manifest, bytes and who delivered what.
+    /// (a donor offering another is ignored), or the newest most donors agree on, of at most
+    /// `max_bytes`. Returns its manifest, bytes and who delivered what.
     pub async fn fetch_blob(
         &self,
         donors: &[PeerId],
         root: Option<String>,
+        max_bytes: u64,
     ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
         let run = &self.shared.settings.run;
         let what = root
@@ -257,6 +265,7 @@ impl Group {
                 index,
             },
             root.as_deref(),
+            max_bytes,
         )
         .await
     }
@@ -270,6 +279,7 @@ impl Group {
         ask_manifest: Header,
         ask_chunk: impl Fn(&str, u32) -> Header,
         expected_root: Option<&str>,
+        max_bytes: u64,
     ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
         let asks = donors.iter().map(|d| {
             let header = &ask_manifest;
@@ -290,6 +300,13 @@ impl Group {
                 Ok(m) if expected_root.is_some_and(|r| r != m.root) => {
                     tracing::warn!(%donor, offered = %m.root, what, "donor offers another root than asked; ignored");
                     last = format!("{donor} offered root {} instead", m.root);
+                }
+                Ok(m) if m.total_len > max_bytes => {
+                    tracing::warn!(%donor, bytes = m.total_len, max_bytes, what, "donor offers more bytes than this can need; ignored");
+                    last = format!(
+                        "{donor} offered {} bytes, over the {max_bytes} {what} can take",
+                        m.total_len
+                    );
                 }
                 Ok(m) => offers.push((donor, m)),
                 Err(e) => {

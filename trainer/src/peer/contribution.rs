@@ -7,6 +7,13 @@ use sinter_kernels::RayonKernels;
 use crate::params::ParamLayout;
 use crate::pseudo_gradient;
 
+/// The most bytes a contribution of `parts` frames for a model of `params` parameters can
+/// take: f32 values (no quantization) with zstd's worst-case growth, and room for each frame's
+/// header. A validator refuses a member's offer of more before allocating for it.
+pub fn max_contribution_len(params: usize, parts: usize) -> u64 {
+    (4 * params + params / 64 + parts * (64 << 10) + (1 << 20)) as u64
+}
+
 /// A contribution as one blob: the number of parts, then each part's length and bytes
 /// (little-endian `u32`s).
 pub fn contribution_blob(parts: &[Vec<u8>]) -> Vec<u8> {

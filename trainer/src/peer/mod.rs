@@ -130,7 +130,7 @@ fn fetch_agreed_state(
     params: usize,
 ) -> Result<(RoundState, Vec<u8>), TrainerError> {
     let (blob, donors) = runtime
-        .block_on(group.fetch_state(round, holders))
+        .block_on(group.fetch_state(round, holders, RoundState::max_len(params)))
         .map_err(group_error)?;
     let got = sha256_hex(&blob);
     if got != agreed {

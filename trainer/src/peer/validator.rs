@@ -35,7 +35,7 @@ use sinter_mechanism::ledger::interface::{
 use sinter_mechanism::score::{ScoringConfig, filter_round, to_u16_row, value_round};
 use sinter_mechanism::shapley::Coalitions;
 
-use super::contribution::{contribution_blob, dequantize};
+use super::contribution::{contribution_blob, dequantize, max_contribution_len};
 use super::identity::uid_of;
 use crate::config::{DataConfig, RunConfig};
 use crate::data::Dataset;
@@ -420,13 +420,15 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
     let started = Instant::now();
     let group = &context.group;
     let me = group.me();
+    let parts = job.members.len() * super::SHARDS_PER_MEMBER;
+    let max_len = max_contribution_len(context.layout.len(), parts);
     let blobs: Vec<Result<Vec<u8>, String>> = context.runtime.block_on(async {
         let fetches = job.members.iter().map(|m| async {
             if *m == me {
                 Ok(job.own.clone())
             } else {
                 group
-                    .fetch_contribution(job.round, *m)
+                    .fetch_contribution(job.round, *m, max_len)
                     .await
                     .map_err(|e| format!("fetching its contribution: {e}"))
             }
