@@ -78,10 +78,7 @@ pub fn verify(file: &Path, json: bool) -> Result<()> {
 
 /// `launch ledger epoch`.
 pub fn epoch(file: &Path) -> Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let input: sinter_mechanism::yuma::EpochInput = serde_json::from_str(&text)
-        .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
+    let input: sinter_mechanism::yuma::EpochInput = read_json(file)?;
     let output = input
         .run()
         .map_err(|e| ConfigFileError(format!("{}: {e}", file.display())))?;
@@ -89,7 +86,8 @@ pub fn epoch(file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_genesis(path: &Path) -> Result<Genesis> {
+/// A JSON input file; malformed is a bad argument (exit 2) naming the file.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text)
@@ -98,7 +96,7 @@ fn read_genesis(path: &Path) -> Result<Genesis> {
 
 /// `launch ledger node`.
 pub fn node(args: LedgerNodeArgs) -> Result<()> {
-    let genesis = read_genesis(&args.genesis)?;
+    let genesis: Genesis = read_json(&args.genesis)?;
     let author = args
         .author_key
         .as_deref()
@@ -133,7 +131,7 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
 
 /// `launch ledger submit`.
 pub fn submit(args: SubmitArgs) -> Result<()> {
-    let genesis = read_genesis(&args.genesis)?;
+    let genesis: Genesis = read_json(&args.genesis)?;
     let key = wallet::read_key_file(&args.key)?;
     let call = match args.call {
         SubmitCall::Register { hotkey } => Call::Register {

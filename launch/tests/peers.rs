@@ -143,7 +143,6 @@ fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
     assert_eq!(hashes[0], hashes[1]);
 }
 
-/// A config of `rounds` rounds of 4 steps among three workers, evaluated only at the end.
 #[test]
 fn a_second_peer_with_the_same_key_is_told_to_give_it_its_own_before_it_joins() {
     let _serial = common::peers::serial();
@@ -168,6 +167,7 @@ fn a_second_peer_with_the_same_key_is_told_to_give_it_its_own_before_it_joins() 
     assert!(!text.contains("local peer id"), "{text}");
 }
 
+/// A config of `rounds` rounds of 4 steps among three workers, evaluated only at the end.
 fn long_config(dir: &Path, rounds: usize) -> PathBuf {
     let config = dir.join("small.toml");
     let text = common::small_config(4 * rounds, 3, 4)
