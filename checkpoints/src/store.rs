@@ -59,7 +59,7 @@ impl DirManifest {
             names.push(MANIFEST.to_owned());
         }
         for f in &self.files {
-            let end = at + f.len as usize;
+            let end = at.saturating_add(usize::try_from(f.len).unwrap_or(usize::MAX));
             if range.start < end && range.end > at {
                 names.push(f.name.clone());
             }
@@ -204,6 +204,7 @@ impl Checkpoint {
     pub fn from_blob(manifest: &DirManifest, blob: &[u8]) -> Result<Self, CheckpointError> {
         let bad = |reason: String| CheckpointError::invalid("<fetched>", reason);
         manifest.check_names().map_err(bad)?;
+        manifest.chunks.check().map_err(|e| bad(e.to_string()))?;
         let blob_manifest = Manifest::of(blob, manifest.chunks.chunk_size as usize);
         if blob_manifest != manifest.chunks {
             return Err(bad(format!(
@@ -218,12 +219,14 @@ impl Checkpoint {
         let mut at = index.len();
         let mut files = Vec::new();
         for f in &manifest.files {
-            let end = at + f.len as usize;
-            let bytes = blob
-                .get(at..end)
+            let end = usize::try_from(f.len)
+                .ok()
+                .and_then(|len| at.checked_add(len));
+            let bytes = end
+                .and_then(|end| blob.get(at..end))
                 .ok_or_else(|| bad(format!("{} runs past the end", f.name)))?;
             files.push((f.name.clone(), bytes.to_vec()));
-            at = end;
+            at += bytes.len();
         }
         Ok(Self { files })
     }

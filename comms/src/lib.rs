@@ -23,3 +23,14 @@ pub mod transfer;
 pub mod wire;
 
 pub use wire::{CodecLimits, TensorPayload, TensorSet, WireError, WireTensor, decode, encode};
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A fresh random peer id.
+    pub(crate) fn peer() -> libp2p::PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+}

@@ -113,8 +113,11 @@ impl Manifest {
 
     /// Byte range of chunk `index` in the blob.
     pub fn range(&self, index: usize) -> std::ops::Range<usize> {
-        let start = index as u64 * self.chunk_size;
-        start as usize..(start + self.chunk_size).min(self.total_len) as usize
+        let start = (index as u64)
+            .saturating_mul(self.chunk_size)
+            .min(self.total_len);
+        let end = start.saturating_add(self.chunk_size).min(self.total_len);
+        start as usize..end as usize
     }
 
     /// Checks that the chunk count fits the length and the root fits the chunk hashes.
@@ -158,12 +161,13 @@ impl Manifest {
         if data.len() != range.len() {
             return Err(format!("{} bytes, expected {}", data.len(), range.len()));
         }
+        let expected = self
+            .chunks
+            .get(index)
+            .ok_or_else(|| format!("no chunk {index} of {}", self.chunks.len()))?;
         let got = hex::encode(sha256(data));
-        if got != self.chunks[index] {
-            return Err(format!(
-                "SHA-256 {got}, the manifest says {}",
-                self.chunks[index]
-            ));
+        if got != *expected {
+            return Err(format!("SHA-256 {got}, the manifest says {expected}"));
         }
         Ok(())
     }
@@ -298,11 +302,7 @@ where
 mod tests {
     use super::*;
 
-    fn peer() -> PeerId {
-        libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id()
-    }
+    use crate::testing::peer;
 
     #[test]
     fn merkle_root_pairs_and_carries_odd_nodes() {

@@ -54,6 +54,7 @@ async fn peer(bootstrap: Option<net::Multiaddr>) -> (Group, net::Multiaddr, net:
             heartbeat: Duration::from_millis(200),
             peer_timeout: Duration::from_secs(5),
             round_ceiling: Duration::from_secs(30),
+            limits: Default::default(),
         },
     );
     if let Some(addr) = bootstrap {

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sinter_comms::group::GroupLimits;
+use sinter_comms::net::PeerLimits;
 
 /// sinter: many machines train one model. DiLoCo workers take local steps on their own
 /// shards and exchange int8 pseudo-gradients a few hundred times less often than
@@ -555,12 +557,54 @@ pub struct RunArgs {
     /// The wallets directory (default: ~/.sinter/wallets).
     #[arg(long, value_name = "DIR", env = "SINTER_WALLETS")]
     pub wallets: Option<PathBuf>,
+    /// Limits on other peers.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Config overrides.
     #[command(flatten)]
     pub outer: OuterOverrides,
     /// Output options.
     #[command(flatten)]
     pub out: OutArgs,
+}
+
+/// What a peer puts up with from others (README, "Security model"). Requests over a limit
+/// are refused; a peer refused `--ban-after` times within a minute is disconnected and
+/// refused for the rest of the run.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits on other peers")]
+pub struct LimitArgs {
+    /// Requests (and gossip messages) one peer may send per second; twice as many pass in a
+    /// burst.
+    #[arg(long, value_name = "N", default_value_t = PeerLimits::default().requests_per_sec,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_sec: u32,
+    /// Requests of one peer being answered at once.
+    #[arg(long, value_name = "N", default_value_t = PeerLimits::default().max_in_flight,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_in_flight: u32,
+    /// Refusals of one peer within a minute after which it is banned.
+    #[arg(long, value_name = "N", default_value_t = GroupLimits::default().ban_after,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ban_after: u32,
+    /// Largest state, contribution or checkpoint one fetch may bring into memory, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = GroupLimits::default().max_transfer_bytes >> 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_transfer_mib: u64,
+}
+
+impl LimitArgs {
+    /// The limits these flags set.
+    pub fn group_limits(&self) -> GroupLimits {
+        GroupLimits {
+            requests: PeerLimits {
+                requests_per_sec: self.max_requests_per_sec,
+                max_in_flight: self.max_requests_in_flight,
+            },
+            ban_after: self.ban_after,
+            max_transfer_bytes: self.max_transfer_mib.saturating_mul(1 << 20),
+        }
+    }
 }
 
 /// `launch leave`.

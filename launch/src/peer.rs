@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use sinter_checkpoints::serve::Served;
-use sinter_comms::group::{Group, GroupSettings};
+use sinter_comms::group::{Group, GroupLimits, GroupSettings};
 use sinter_comms::net::{self, Multiaddr, NetConfig};
 use sinter_kernels::Kernels;
 use sinter_mechanism::Ledger;
@@ -67,13 +67,18 @@ fn run_topic(settings: &GroupSettings) -> String {
 }
 
 /// A run's group settings.
-fn group_settings(config: &RunConfig, round_ceiling: Duration) -> Result<GroupSettings> {
+fn group_settings(
+    config: &RunConfig,
+    round_ceiling: Duration,
+    limits: GroupLimits,
+) -> Result<GroupSettings> {
     Ok(GroupSettings {
         run: config.hash(),
         config: serde_json::to_value(config)?,
         heartbeat: Duration::from_millis(500),
         peer_timeout: Duration::from_secs(5),
         round_ceiling,
+        limits,
     })
 }
 
@@ -87,6 +92,7 @@ fn join_network(
     topic: String,
 ) -> Result<(Group, Vec<Multiaddr>)> {
     let mut net_config = NetConfig::new(key, topic);
+    net_config.limits = settings.limits.requests;
     net_config.listen = addresses.listen;
     net_config.bootstrap = addresses.bootstrap.clone();
     net_config.external = addresses.external.clone();
@@ -140,7 +146,11 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
         .as_deref()
         .map(|dir| crate::checkpoints::snapshot(dir, &config))
         .transpose()?;
-    let settings = group_settings(&config, Duration::from_secs(args.round_ceiling))?;
+    let settings = group_settings(
+        &config,
+        Duration::from_secs(args.round_ceiling),
+        args.limits.group_limits(),
+    )?;
     let topic = run_topic(&settings);
     let wallet = ledger_wallet(&config, &args)?;
     let identity = key.clone();
@@ -297,6 +307,7 @@ pub fn bench_allreduce(
         heartbeat: Duration::from_millis(500),
         peer_timeout: Duration::from_secs(5),
         round_ceiling: Duration::from_secs(600),
+        limits: GroupLimits::default(),
     };
     let topic = run_topic(&settings);
     let (group, _) = join_network(
@@ -335,7 +346,7 @@ const CHECKPOINT_TOPIC: &str = "sinter/checkpoints";
 pub fn serve_checkpoints(dir: &std::path::Path, listen: &[String]) -> Result<()> {
     let config = crate::checkpoints::run_config(dir)?;
     let runtime = runtime()?;
-    let settings = group_settings(&config, Duration::from_secs(600))?;
+    let settings = group_settings(&config, Duration::from_secs(600), GroupLimits::default())?;
     let (group, _) = join_network(
         &runtime,
         net::Keypair::generate_ed25519(),
@@ -357,7 +368,7 @@ pub fn fetch_checkpoint(
     out: &std::path::Path,
 ) -> Result<()> {
     let runtime = runtime()?;
-    let settings = group_settings(config, Duration::from_secs(600))?;
+    let settings = group_settings(config, Duration::from_secs(600), GroupLimits::default())?;
     let addrs = Addresses::parse(&[], &[], from)?;
     let (manifest, blob, delivered, secs) = runtime.block_on(async {
         let (client, events, event_loop) = net::start(NetConfig::new(
@@ -475,6 +486,12 @@ pub fn status(args: StatusArgs) -> Result<()> {
             status.rejected.get(peer).copied().unwrap_or(0),
             p.incentive.map_or("-".into(), |i| format!("{i:.4}")),
             p.emission.map_or("-".into(), |e| e.to_string()),
+        );
+    }
+    for peer in &status.banned {
+        println!(
+            "banned: {peer} ({} requests refused)",
+            status.rejected.get(peer).copied().unwrap_or(0)
         );
     }
     Ok(())

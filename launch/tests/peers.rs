@@ -444,6 +444,7 @@ fn a_rogue_member_is_refused_with_reasons_and_the_run_goes_on() {
                 heartbeat: Duration::from_millis(500),
                 peer_timeout: Duration::from_secs(5),
                 round_ceiling: Duration::from_secs(60),
+                limits: Default::default(),
             },
         );
         let p1 = client.dial(addr.parse().unwrap()).await.unwrap();

@@ -142,4 +142,29 @@ mod tests {
         assert!(err(&nan.to_bytes(), 3).contains("value 4 is NaN"));
         assert_ne!(sha256_hex(&bytes), sha256_hex(&nan.to_bytes()));
     }
+
+    proptest::proptest! {
+        /// A fetched state is hostile bytes: arbitrary ones, or a valid state with a byte
+        /// changed or cut short, are refused or read without a panic; what reads is finite.
+        #[test]
+        fn hostile_states_are_refused_without_a_panic(
+            global in proptest::collection::vec(-1e3f32..1e3, 0..16),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+            cut in proptest::prelude::any::<usize>(),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let params = global.len();
+            let state = RoundState { round: 1, step: 2, tokens: 3, momentum: global.clone(), global };
+            let bytes = state.to_bytes();
+            let mut flipped = bytes.clone();
+            let i = flip.0 % flipped.len();
+            flipped[i] ^= flip.1.max(1);
+            for candidate in [&flipped[..], &bytes[..cut % (bytes.len() + 1)], &noise[..]] {
+                if let Ok(read) = RoundState::from_bytes(candidate, params) {
+                    proptest::prop_assert!(read.global.iter().chain(&read.momentum).all(|v| v.is_finite()));
+                }
+            }
+            proptest::prop_assert_eq!(RoundState::from_bytes(&bytes, params).unwrap(), state);
+        }
+    }
 }

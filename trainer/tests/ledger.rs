@@ -117,6 +117,7 @@ fn peer(
         heartbeat: Duration::from_millis(200),
         peer_timeout: Duration::from_secs(5),
         round_ceiling: Duration::from_secs(30),
+        limits: Default::default(),
     };
     let (group, addr) = runtime.block_on(async {
         let mut config = NetConfig::new(

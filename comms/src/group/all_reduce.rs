@@ -62,17 +62,61 @@ impl Shared {
         if round.saturating_add(1) < state.round || state.completed.is_some_and(|c| round <= c) {
             return self.reject(state, peer, &format!("round {round} is over (replay?)"));
         }
-        if let Some(group) = state.groups.get(&round)
-            && !group.members.contains(&peer)
-        {
-            return self.reject(state, peer, &format!("not a member of round {round}"));
+        if round > state.round.saturating_add(1) {
+            return self.offence(
+                state,
+                peer,
+                &format!(
+                    "round {round} is ahead of this peer's round {}",
+                    state.round
+                ),
+            );
+        }
+        match state.groups.get(&round) {
+            Some(group) if !group.members.contains(&peer) => {
+                return self.reject(state, peer, &format!("not a member of round {round}"));
+            }
+            Some(_) => {}
+            // Before this peer has the round's group: a member of the newest group it knows
+            // (running a round ahead) or a newcomer it has heard from, holding at most what
+            // one transfer may bring.
+            None => {
+                if let Some((_, newest)) = state.groups.last_key_value()
+                    && !newest.members.contains(&peer)
+                    && !state.joiners.contains_key(&peer)
+                {
+                    return self.reject(
+                        state,
+                        peer,
+                        &format!(
+                            "sent round {round} before its group, and is not a member of round {}",
+                            newest.round
+                        ),
+                    );
+                }
+                let early: u64 = state
+                    .shards
+                    .iter()
+                    .filter(|((r, _, _), _)| !state.groups.contains_key(r))
+                    .filter_map(|(_, arrivals)| arrivals.get(&peer))
+                    .map(|a| a.frame.len() as u64)
+                    .sum();
+                let cap = self.settings.limits.max_transfer_bytes;
+                if early.saturating_add(frame.len() as u64) > cap {
+                    return self.offence(
+                        state,
+                        peer,
+                        &format!("over {cap} bytes sent ahead of a group this peer has"),
+                    );
+                }
+            }
         }
         let Ok(contributors) = contributors
             .iter()
             .map(|c| c.parse())
             .collect::<Result<Vec<PeerId>, _>>()
         else {
-            return self.reject(state, peer, "unparsable contributor id");
+            return self.offence(state, peer, "unparsable contributor id");
         };
         let arrivals = state.shards.entry((round, stage, shard)).or_default();
         if arrivals.contains_key(&peer) {

@@ -82,16 +82,19 @@ impl Shared {
             .map(|m| m.parse())
             .collect::<Result<Vec<PeerId>, _>>()
         {
-            Err(_) => self.reject(state, peer, "unparsable member id"),
+            Err(_) => self.offence(state, peer, "unparsable member id"),
             Ok(members) if members.len() != states.len() => {
-                self.reject(state, peer, "one state per member expected")
+                self.offence(state, peer, "one state per member expected")
             }
-            Ok(members) if !members.contains(&peer) => self.reject(
+            Ok(members) if !members.contains(&peer) => self.offence(
                 state,
                 peer,
                 "a group is announced by its leader, a member of it",
             ),
             Ok(members) => {
+                if let Err(reason) = self.may_lead(state, round, peer, &members, &states) {
+                    return self.offence(state, peer, &reason);
+                }
                 state.under_way = true;
                 // Every member is live as of the announcement (its heartbeats may not
                 // have reached this peer yet) and reachable at the given addresses.
@@ -105,6 +108,10 @@ impl Shared {
                         state.introduce.push(*m);
                     }
                 }
+                if members.contains(&self.me) {
+                    // A newcomer taken into a later round than it asked for is in that round.
+                    state.round = state.round.max(round);
+                }
                 state.groups.entry(round).or_insert(Formed {
                     round,
                     members,
@@ -116,17 +123,93 @@ impl Shared {
     }
 }
 
-impl Group {
+impl Shared {
     /// The leader of `round`: the lowest live peer id among the last round's members (at the
-    /// first round, or when none of them is left, among all live peers).
+    /// first round, or when none of them is left, among all live peers but newcomers).
     fn leader(&self, state: &State, round: u64) -> PeerId {
-        let live = self.shared.live(state);
+        let live = self.live(state);
         round
             .checked_sub(1)
             .and_then(|r| state.groups.get(&r))
             .and_then(|g| g.members.iter().filter(|m| live.contains(m)).min())
             .copied()
-            .unwrap_or_else(|| *live.first().expect("this peer is always live"))
+            .unwrap_or_else(|| self.established(state).first().copied().unwrap_or(self.me))
+    }
+
+    /// Live peers other than newcomers waiting to join: those that lead and are waited for
+    /// when no earlier group says who is in the run (a newcomer never leads, and one that
+    /// asked for a far round must not hold up this one).
+    fn established(&self, state: &State) -> BTreeSet<PeerId> {
+        let mut live = self.live(state);
+        live.retain(|p| *p == self.me || !state.joiners.contains_key(p));
+        live
+    }
+
+    /// Whether `announcer` may announce round `round`'s group, as this peer sees the run.
+    ///
+    /// Knowing the last round's group, only its lowest member this peer still sees live may
+    /// (or, when none is, the lowest live peer): a peer ahead of the announcer that this peer
+    /// still sees live makes the announcement a forgery, or a failover this peer has not
+    /// noticed yet, which the new leader's re-announcement settles once it has (a member
+    /// waiting for its group repeats its `Ready`, and a leader answers that with the group).
+    /// Without the last round's group (the first round, or a newcomer) the announcer must be
+    /// the lowest member it names that holds a state: a newcomer then trusts the first group
+    /// that takes it in (README, "Security model").
+    fn may_lead(
+        &self,
+        state: &State,
+        round: u64,
+        announcer: PeerId,
+        members: &[PeerId],
+        states: &[Option<String>],
+    ) -> Result<(), String> {
+        let Some(previous) = round.checked_sub(1).and_then(|r| state.groups.get(&r)) else {
+            // A member learns the last round's group before the next is announced; only a
+            // newcomer (waiting for any group from its round on) takes one on less.
+            let joining = state
+                .ready
+                .get(&state.round)
+                .and_then(|r| r.get(&self.me))
+                .is_some_and(Option::is_none);
+            if round > state.round && !joining {
+                return Err(format!(
+                    "round {round}'s group announced before this peer knows round {}'s",
+                    round - 1
+                ));
+            }
+            // The leader is then the lowest live peer, which is the lowest member holding a
+            // state (a newcomer ahead of it holds none).
+            let lowest_holder = members
+                .iter()
+                .zip(states)
+                .filter(|(_, s)| s.is_some())
+                .map(|(m, _)| m)
+                .min();
+            return match lowest_holder == Some(&announcer) {
+                true => Ok(()),
+                false => Err(format!(
+                    "round {round}'s group is announced by its leader, the lowest member holding a state"
+                )),
+            };
+        };
+        let previous_live = previous.members.iter().any(|m| self.is_live(state, m));
+        let expected = self.leader(state, round);
+        let leads = match previous.members.contains(&announcer) {
+            true => !previous_live || announcer <= expected,
+            false => !previous_live && announcer <= expected,
+        };
+        match leads {
+            true => Ok(()),
+            false => Err(format!(
+                "round {round}'s group is announced by its leader, {expected} as this peer sees it"
+            )),
+        }
+    }
+}
+
+impl Group {
+    fn leader(&self, state: &State, round: u64) -> PeerId {
+        self.shared.leader(state, round)
     }
 
     /// Agrees with the other peers on the members of `round`. `state` is the hash of this
@@ -204,6 +287,9 @@ impl Group {
                 Some(None) => {
                     tracing::warn!(%leader, round, "leader went silent; electing the next");
                     self.shared.lock().gone.insert(leader);
+                    // The next leader may have announced already and been refused (this peer
+                    // still saw the old one live): a `Ready` now brings the announcement again.
+                    next_ready = Instant::now();
                 }
                 None if started.elapsed() < ceiling => {}
                 None => {
@@ -222,7 +308,7 @@ impl Group {
     async fn lead(&self, round: u64) -> Result<Formed, GroupError> {
         let me = self.me();
         self.wait_for(self.shared.settings.round_ceiling, |shared, state| {
-            let live = shared.live(state);
+            let live = shared.established(state);
             let expected: BTreeSet<PeerId> =
                 match round.checked_sub(1).and_then(|r| state.groups.get(&r)) {
                     Some(previous) => previous

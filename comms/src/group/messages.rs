@@ -208,6 +208,9 @@ pub struct GroupStatus {
     pub peers: BTreeMap<String, PeerStats>,
     /// Requests refused, per peer.
     pub rejected: BTreeMap<String, u64>,
+    /// Peers banned for the rest of the run.
+    #[serde(default)]
+    pub banned: Vec<String>,
 }
 
 /// What a peer says about the run when a newcomer introduces itself.

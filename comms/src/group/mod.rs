@@ -29,13 +29,18 @@
 //!
 //! Every request names the run and the round; requests for another run, from a peer outside
 //! the round's group, for an old round, or repeating one already received are refused with a
-//! reason and counted per peer.
+//! reason and counted per peer. Requests no honest peer sends (malformed, forged, oversized,
+//! over the network layer's limits) are offences: a peer with [`GroupLimits::ban_after`] of
+//! them within a minute is banned — disconnected, refused for the rest of the run, and never
+//! again counted live.
 
 mod all_reduce;
 mod exchange;
 mod extension;
 mod faults;
 mod formation;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod membership;
 mod messages;
 mod status;
@@ -121,7 +126,38 @@ pub struct GroupSettings {
     pub peer_timeout: Duration,
     /// The longest any step of a round may wait for others (the ceiling on deadlines).
     pub round_ceiling: Duration,
+    /// When to ban a peer, and how much one transfer may bring.
+    pub limits: GroupLimits,
 }
+
+/// What this peer puts up with from others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupLimits {
+    /// Each peer's requests per second and in flight (enforced by the network layer: give
+    /// them to [`crate::net::NetConfig::limits`]).
+    pub requests: crate::net::PeerLimits,
+    /// Offences (requests no honest peer sends) of one peer within a minute after which it
+    /// is banned.
+    pub ban_after: u32,
+    /// Largest state, contribution or checkpoint one fetch may bring (held in memory); the
+    /// run's own size limits apply below it.
+    pub max_transfer_bytes: u64,
+}
+
+impl Default for GroupLimits {
+    /// 100 offences a minute (an honest peer commits none, bar a refused announcement in a
+    /// failover); 8 GiB.
+    fn default() -> Self {
+        Self {
+            requests: crate::net::PeerLimits::default(),
+            ban_after: 100,
+            max_transfer_bytes: 8 << 30,
+        }
+    }
+}
+
+/// The window in which refusals count towards a ban.
+const OFFENCE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Pause before retrying a request to a peer that is live but not reachable yet.
 pub(super) const RETRY: Duration = Duration::from_millis(300);
@@ -158,6 +194,12 @@ struct State {
     shards: HashMap<all_reduce::ShardKey, BTreeMap<PeerId, Arrival>>,
     round: u64,
     rejected: BTreeMap<PeerId, u64>,
+    /// Per peer, the start of its current minute of refusals and how many it has had in it.
+    offences: HashMap<PeerId, (Instant, u32)>,
+    /// Peers refused for the rest of the run.
+    banned: BTreeSet<PeerId>,
+    /// Peers to ban at the network layer.
+    ban: Vec<PeerId>,
     bytes_received: u64,
     /// Peers that said they leave (heartbeats still in flight do not bring them back).
     left: BTreeSet<PeerId>,
@@ -182,6 +224,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// A group's state and handlers without a network (tests and fuzzing).
+    #[cfg(any(test, feature = "fuzzing"))]
+    fn detached(me: PeerId, settings: GroupSettings) -> Self {
+        Self {
+            me,
+            settings,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -190,6 +243,7 @@ impl Shared {
         *peer == self.me
             || (!state.gone.contains(peer)
                 && !state.left.contains(peer)
+                && !state.banned.contains(peer)
                 && state
                     .last_seen
                     .get(peer)
@@ -207,19 +261,42 @@ impl Shared {
         live
     }
 
+    /// Refuses a request, counting it for `launch status`: a stale or misdirected one that an
+    /// honest peer may send (an old round, a replay after a retry, another run's config).
     fn reject(&self, state: &mut State, peer: PeerId, reason: &str) -> Reply {
         tracing::warn!(%peer, reason, "request refused");
         *state.rejected.entry(peer).or_default() += 1;
         Reply::Refused(reason.to_string())
     }
 
+    /// Refuses a request no honest peer sends (malformed, forged, oversized, over a limit):
+    /// counted towards a ban, which comes at [`GroupLimits::ban_after`] within a minute.
+    fn offence(&self, state: &mut State, peer: PeerId, reason: &str) -> Reply {
+        let reply = self.reject(state, peer, reason);
+        let now = Instant::now();
+        let (since, count) = state.offences.entry(peer).or_insert((now, 0));
+        if now.duration_since(*since) > OFFENCE_WINDOW {
+            (*since, *count) = (now, 0);
+        }
+        *count = count.saturating_add(1);
+        if *count >= self.settings.limits.ban_after && state.banned.insert(peer) {
+            tracing::warn!(%peer, offences = *count, "peer banned for the rest of the run");
+            state.offences.remove(&peer);
+            state.ban.push(peer);
+        }
+        reply
+    }
+
     /// Handles one incoming request and says what to answer.
     fn on_request(&self, peer: PeerId, data: &[u8]) -> Reply {
         let mut state = self.lock();
+        if state.banned.contains(&peer) {
+            return Reply::Refused("banned from this run".into());
+        }
         state.bytes_received += data.len() as u64;
         let (header, frame) = match decode_request(data) {
             Ok(parsed) => parsed,
-            Err(reason) => return self.reject(&mut state, peer, &reason),
+            Err(reason) => return self.offence(&mut state, peer, &reason),
         };
         let run = header.run().map(str::to_owned);
         // A Hello from another run is answered with the differing fields.
@@ -337,21 +414,8 @@ impl Group {
                         if responder.respond(reply, answer.encode()).await.is_err() {
                             return;
                         }
-                        let (announce, introduce) = {
-                            let mut state = inbox.lock();
-                            (
-                                std::mem::take(&mut state.announce),
-                                std::mem::take(&mut state.introduce),
-                            )
-                        };
-                        for (to, round) in announce {
-                            let group = group();
-                            tokio::spawn(async move { group.announce(to, round).await });
-                        }
-                        for peer in introduce {
-                            group().connect(peer).await;
-                        }
                     }
+                    NetEvent::Gossip { peer, .. } if inbox.lock().banned.contains(&peer) => {}
                     NetEvent::Gossip { peer, data } if data.first() == Some(&EXTENSION_GOSSIP) => {
                         let extension = inbox.lock().extension.clone();
                         if let Some(extension) = extension {
@@ -386,7 +450,7 @@ impl Group {
                     }
                     NetEvent::Refused { peer, reason } => {
                         let mut state = inbox.lock();
-                        inbox.reject(&mut state, peer, &reason);
+                        inbox.offence(&mut state, peer, &reason);
                     }
                     NetEvent::Disconnected(peer) => {
                         let mut state = inbox.lock();
@@ -395,6 +459,26 @@ impl Group {
                         drop(state);
                         inbox.changed.notify_waiters();
                     }
+                }
+                // What handling the event left to do: announcements to resend, peers to
+                // dial, peers to ban.
+                let (announce, introduce, ban) = {
+                    let mut state = inbox.lock();
+                    (
+                        std::mem::take(&mut state.announce),
+                        std::mem::take(&mut state.introduce),
+                        std::mem::take(&mut state.ban),
+                    )
+                };
+                for (to, round) in announce {
+                    let group = group();
+                    tokio::spawn(async move { group.announce(to, round).await });
+                }
+                for peer in introduce {
+                    group().connect(peer).await;
+                }
+                for peer in ban {
+                    let _ = responder.ban(peer).await;
                 }
             }
         });
@@ -443,6 +527,11 @@ impl Group {
     /// Requests refused so far, per peer.
     pub fn rejected_counts(&self) -> BTreeMap<PeerId, u64> {
         self.shared.lock().rejected.clone()
+    }
+
+    /// Peers banned for the rest of the run.
+    pub fn banned_peers(&self) -> BTreeSet<PeerId> {
+        self.shared.lock().banned.clone()
     }
 
     /// Sends a request; returns the bytes sent and the data answered (empty for a plain Ok).

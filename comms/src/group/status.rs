@@ -33,6 +33,7 @@ impl Shared {
                 .iter()
                 .map(|(p, c)| (p.to_string(), *c))
                 .collect(),
+            banned: state.banned.iter().map(|p| p.to_string()).collect(),
         }
     }
 }

@@ -1,45 +1,46 @@
 //! The group's refusals of untrusted requests, without sockets.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use tokio::sync::Notify;
 
 use super::formation::Formed;
 use super::messages::{Header, Reply, Stage, encode_request};
-use super::{GroupSettings, Shared, State};
+use super::{GroupSettings, Shared};
 
-fn peer() -> PeerId {
-    libp2p::identity::Keypair::generate_ed25519()
-        .public()
-        .to_peer_id()
-}
+use crate::testing::peer;
 
 fn shared() -> Shared {
-    Shared {
-        me: peer(),
-        settings: GroupSettings {
+    shared_as(peer())
+}
+
+fn shared_as(me: PeerId) -> Shared {
+    Shared::detached(
+        me,
+        GroupSettings {
             run: "run-a".into(),
             config: serde_json::json!({}),
             heartbeat: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(5),
             round_ceiling: Duration::from_secs(60),
+            limits: Default::default(),
         },
-        state: Mutex::new(State::default()),
-        changed: Notify::new(),
-    }
+    )
 }
 
 fn shard(run: &str, round: u64) -> Vec<u8> {
+    shard_with(run, round, 0, b"frame")
+}
+
+fn shard_with(run: &str, round: u64, shard: u32, frame: &[u8]) -> Vec<u8> {
     let header = Header::Shard {
         run: run.into(),
         round,
-        shard: 0,
+        shard,
         stage: Stage::Contribution,
         contributors: Vec::new(),
     };
-    encode_request(&header, b"frame")
+    encode_request(&header, frame)
 }
 
 fn refused(reply: Reply) -> String {
@@ -105,12 +106,162 @@ fn the_largest_round_numbers_from_the_wire_are_refused_or_kept_without_a_panic()
             group.on_request(member, &ready(round, None)),
             Reply::Ok
         ));
-        assert!(matches!(
-            group.on_request(member, &shard("run-a", round)),
-            Reply::Ok
-        ));
+        assert!(refused(group.on_request(member, &shard("run-a", round))).contains("ahead"));
     }
     // Old rounds are still refused.
     assert!(refused(group.on_request(member, &ready(1, None))).contains("is over"));
     assert!(refused(group.on_request(member, &shard("run-a", 1))).contains("is over"));
+}
+
+fn announcement(round: u64, members: &[PeerId], states: Vec<Option<String>>) -> Vec<u8> {
+    let header = Header::Group {
+        run: "run-a".into(),
+        round,
+        members: members.iter().map(|m| m.to_string()).collect(),
+        states,
+        addrs: vec![Vec::new(); members.len()],
+    };
+    encode_request(&header, &[])
+}
+
+/// Four peers sorted by id, and a group (as the highest of them) whose round 3 had them all,
+/// every one live.
+fn after_round_three() -> (Shared, Vec<PeerId>) {
+    let mut peers: Vec<PeerId> = (0..4).map(|_| peer()).collect();
+    peers.sort();
+    let group = shared_as(peers[3]);
+    {
+        let mut state = group.lock();
+        state.round = 4;
+        state.groups.insert(
+            3,
+            Formed {
+                round: 3,
+                members: peers.clone(),
+                states: vec![Some("s".into()); 4],
+            },
+        );
+        for p in &peers[..3] {
+            state.last_seen.insert(*p, Instant::now());
+        }
+    }
+    (group, peers)
+}
+
+#[test]
+fn only_the_rounds_leader_announces_its_group() {
+    let (group, peers) = after_round_three();
+    let held = || vec![Some("s".to_string()); 4];
+    // The second-lowest member leaves the leader out: refused while the leader is live.
+    let forged = announcement(4, &peers[1..], vec![Some("s".into()); 3]);
+    assert!(refused(group.on_request(peers[1], &forged)).contains("announced by its leader"));
+    // An outsider naming itself and the members.
+    let outsider = peer();
+    let mut with_outsider = peers.clone();
+    with_outsider.push(outsider);
+    with_outsider.sort();
+    let forged = announcement(4, &with_outsider, vec![Some("s".into()); 5]);
+    assert!(refused(group.on_request(outsider, &forged)).contains("announced by its leader"));
+    assert!(!group.lock().groups.contains_key(&4));
+    assert_eq!(group.lock().rejected[&peers[1]], 1);
+    assert_eq!(group.lock().rejected[&outsider], 1);
+    // The leader's own announcement is taken.
+    assert!(matches!(
+        group.on_request(peers[0], &announcement(4, &peers, held())),
+        Reply::Ok
+    ));
+    assert_eq!(group.lock().groups[&4].members, peers);
+}
+
+#[test]
+fn after_the_leader_goes_the_next_member_announces() {
+    let (group, peers) = after_round_three();
+    let next = announcement(4, &peers[1..], vec![Some("s".into()); 3]);
+    assert!(refused(group.on_request(peers[1], &next)).contains("announced by its leader"));
+    // This peer notices the leader has gone; the next one's announcement (sent again when this
+    // peer repeats its Ready) now counts.
+    group.lock().gone.insert(peers[0]);
+    assert!(matches!(group.on_request(peers[1], &next), Reply::Ok));
+    assert_eq!(group.lock().groups[&4].members, peers[1..]);
+}
+
+#[test]
+fn without_the_last_group_the_lowest_member_holding_a_state_leads() {
+    let mut peers: Vec<PeerId> = (0..3).map(|_| peer()).collect();
+    peers.sort();
+    let joiner = shared_as(peers[2]);
+    // A newcomer that asked for round 5 takes the first group that has it, from round 5 on.
+    joiner.lock().round = 5;
+    joiner
+        .lock()
+        .ready
+        .entry(5)
+        .or_default()
+        .insert(peers[2], None);
+    let states = vec![Some("s".into()), Some("s".into()), None];
+    // Peers[1] holds a state too, but peers[0] leads.
+    assert!(
+        refused(joiner.on_request(peers[1], &announcement(7, &peers, states.clone())))
+            .contains("lowest member holding a state")
+    );
+    assert!(matches!(
+        joiner.on_request(peers[0], &announcement(7, &peers, states)),
+        Reply::Ok
+    ));
+}
+
+#[test]
+fn shards_ahead_of_a_known_group_come_only_from_its_members_and_are_capped() {
+    let (group, peers) = after_round_three();
+    let outsider = peer();
+    let big = |run: &str, round: u64, n: usize| shard_with(run, round, 0, &vec![0u8; n]);
+    group.lock().round = 4;
+    // Round 4's group is not known yet: a member of round 3 may send, an outsider may not.
+    assert!(matches!(
+        group.on_request(peers[1], &big("run-a", 4, 10)),
+        Reply::Ok
+    ));
+    assert!(
+        refused(group.on_request(outsider, &big("run-a", 4, 10)))
+            .contains("not a member of round 3")
+    );
+    // Nothing past the next round, and no more than one transfer's worth ahead of the group.
+    assert!(refused(group.on_request(peers[1], &big("run-a", 6, 10))).contains("ahead"));
+    let cap = group.settings.limits.max_transfer_bytes;
+    group.lock().shards.clear();
+    let mut limited = shared_as(group.me);
+    limited.settings.limits.max_transfer_bytes = 100;
+    *limited.lock() = std::mem::take(&mut *group.lock());
+    assert!(matches!(
+        limited.on_request(peers[1], &big("run-a", 4, 60)),
+        Reply::Ok
+    ));
+    let reason = refused(limited.on_request(peers[1], &shard_with("run-a", 4, 1, &[0u8; 60])));
+    assert!(reason.contains("over 100 bytes"), "{reason}");
+    assert!(cap > 100);
+}
+
+#[test]
+fn a_member_takes_no_group_ahead_of_the_last_one_it_knows() {
+    let mut peers: Vec<PeerId> = (0..3).map(|_| peer()).collect();
+    peers.sort();
+    let member = shared_as(peers[2]);
+    member
+        .lock()
+        .ready
+        .entry(0)
+        .or_default()
+        .insert(peers[2], Some("s".into()));
+    // In round 0 and waiting for its group: a group for round 1, whoever announces it, is not
+    // to be believed before round 0's.
+    let states = vec![Some("s".into()); 3];
+    let reason = refused(member.on_request(peers[0], &announcement(1, &peers, states.clone())));
+    assert!(
+        reason.contains("before this peer knows round 0's"),
+        "{reason}"
+    );
+    assert!(matches!(
+        member.on_request(peers[0], &announcement(0, &peers, states)),
+        Reply::Ok
+    ));
 }

@@ -23,7 +23,7 @@ pub(super) struct Offer {
 }
 
 impl Offer {
-    fn new(round: u64, blob: Vec<u8>) -> Arc<Self> {
+    pub(super) fn new(round: u64, blob: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
             round,
             blob: Arc::new(blob),
@@ -300,6 +300,14 @@ impl Group {
                 Ok(m) if expected_root.is_some_and(|r| r != m.root) => {
                     tracing::warn!(%donor, offered = %m.root, what, "donor offers another root than asked; ignored");
                     last = format!("{donor} offered root {} instead", m.root);
+                }
+                Ok(m) if m.total_len > self.shared.settings.limits.max_transfer_bytes => {
+                    let cap = self.shared.settings.limits.max_transfer_bytes;
+                    tracing::warn!(%donor, bytes = m.total_len, cap, what, "offer over this peer's limit per transfer; ignored");
+                    last = format!(
+                        "{donor} offered {} bytes, over this peer's limit of {cap} bytes per transfer (raise --max-transfer-mib)",
+                        m.total_len
+                    );
                 }
                 Ok(m) if m.total_len > max_bytes => {
                     tracing::warn!(%donor, bytes = m.total_len, max_bytes, what, "donor offers more bytes than this can need; ignored");

@@ -29,8 +29,16 @@ where
             format!("{what} of {len} bytes exceeds the limit of {max} bytes"),
         ));
     }
-    let mut data = vec![0u8; len];
-    io.read_exact(&mut data).await?;
+    // Grown as bytes arrive, not allocated on the sender's word: a peer that announces the
+    // largest frame and sends nothing holds no memory here.
+    let mut data = Vec::new();
+    io.take(len as u64).read_to_end(&mut data).await?;
+    if data.len() < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{what} ended after {} of its {len} bytes", data.len()),
+        ));
+    }
     Ok(data)
 }
 

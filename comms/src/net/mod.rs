@@ -3,10 +3,13 @@
 //! libp2p's file-sharing example. Transport: tcp + noise + yamux (quic with the `quic`
 //! feature). Behaviours: identify, ping, Kademlia (seeded with the bootstrap list),
 //! gossipsub for small control messages on one topic per run, and request-response for
-//! everything that carries tensors, with size limits and timeouts chosen for that.
+//! everything that carries tensors, with size limits and timeouts chosen for that. Each
+//! peer's requests are limited ([`PeerLimits`]) and a banned peer is disconnected and refused
+//! (libp2p's block list).
 
 mod codec;
 pub mod key;
+mod limits;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,13 +19,14 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{FrameCodec, PROTOCOL};
 pub use libp2p::identity::Keypair;
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
+pub use limits::PeerLimits;
 
 /// What can go wrong in the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +94,8 @@ pub struct NetConfig {
     /// How long an unused connection stays open (libp2p's 10 s default would drop group
     /// members between rounds).
     pub idle_timeout: Duration,
+    /// What each peer may ask of this one.
+    pub limits: PeerLimits,
 }
 
 impl NetConfig {
@@ -106,6 +112,7 @@ impl NetConfig {
             max_response_bytes: 32 << 20,
             request_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(3600),
+            limits: PeerLimits::default(),
         }
     }
 }
@@ -129,8 +136,9 @@ pub enum NetEvent {
         /// The bytes.
         data: Vec<u8>,
     },
-    /// A peer's request was refused before reaching the application (oversized or
-    /// truncated frame).
+    /// A peer's request (or gossip) was refused before reaching the application: an
+    /// oversized or truncated frame, or over the peer's [`PeerLimits`]. Reported while the
+    /// application keeps up; a flood is dropped without a report for each message.
     Refused {
         /// The peer.
         peer: PeerId,
@@ -145,10 +153,11 @@ pub enum NetEvent {
 
 /// The channel an incoming request is answered on.
 #[derive(Debug)]
-pub struct Responder(ResponseChannel<Vec<u8>>);
+pub struct Responder(ResponseChannel<Vec<u8>>, PeerId);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
@@ -179,6 +188,9 @@ enum Command {
     AddAddress {
         peer: PeerId,
         addr: Multiaddr,
+    },
+    Ban {
+        peer: PeerId,
     },
 }
 
@@ -240,6 +252,11 @@ impl Client {
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::AddAddress { peer, addr }).await
     }
+
+    /// Disconnects `peer` and refuses it from now on (its connections, requests and gossip).
+    pub async fn ban(&self, peer: PeerId) -> Result<(), NetError> {
+        self.send(Command::Ban { peer }).await
+    }
 }
 
 /// Owns the swarm; run it with [`EventLoop::run`] on a task of its own.
@@ -252,6 +269,7 @@ pub struct EventLoop {
     pending_dials: HashMap<libp2p::swarm::ConnectionId, PendingDial>,
     listen_addrs: Vec<Multiaddr>,
     external: Vec<Multiaddr>,
+    budgets: limits::Budgets,
 }
 
 /// A dial waiting for its connection: the address (for the error message) and the reply.
@@ -293,6 +311,7 @@ pub async fn start(
                 .build()
                 .map_err(|e| e.to_string())?;
             Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/sinter/id/1".into(), key.public())
                         .with_hide_listen_addrs(!config.external.is_empty()),
@@ -363,6 +382,7 @@ pub async fn start(
         pending_dials: HashMap::new(),
         listen_addrs,
         external: config.external.clone(),
+        budgets: limits::Budgets::new(config.limits),
     };
     for addr in &config.external {
         event_loop.swarm.add_external_address(addr.clone());
@@ -403,6 +423,21 @@ impl EventLoop {
         }
     }
 
+    /// Tells the application about a refusal if it has room; never waits, so that a flood
+    /// cannot stall the swarm on a full queue.
+    fn report_refusal(&mut self, peer: PeerId, reason: String) {
+        tracing::debug!(%peer, %reason, "refused before the application");
+        let _ = self.events.try_send(NetEvent::Refused { peer, reason });
+    }
+
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.swarm
+            .behaviour()
+            .blocked
+            .blocked_peers()
+            .contains(peer)
+    }
+
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
@@ -438,6 +473,7 @@ impl EventLoop {
                     tracing::warn!(peer = %peer_id, %cause, "connection closed by an error");
                 }
                 if num_established == 0 {
+                    self.budgets.forget_idle();
                     self.deliver(NetEvent::Disconnected(peer_id)).await;
                 }
             }
@@ -469,6 +505,12 @@ impl EventLoop {
                 ..
             })) => {
                 if let Some(peer) = message.source {
+                    if self.is_banned(&peer) {
+                        return;
+                    }
+                    if let Err(reason) = self.budgets.admit_gossip(peer) {
+                        return self.report_refusal(peer, format!("gossip {reason}"));
+                    }
                     self.deliver(NetEvent::Gossip {
                         peer,
                         data: message.data,
@@ -492,10 +534,17 @@ impl EventLoop {
                     },
                 ..
             } => {
+                if self.is_banned(&peer) {
+                    return;
+                }
+                // Dropping the channel fails the request at the requester.
+                if let Err(reason) = self.budgets.admit_request(peer) {
+                    return self.report_refusal(peer, reason);
+                }
                 self.deliver(NetEvent::Request {
                     peer,
                     data: request,
-                    reply: Responder(channel),
+                    reply: Responder(channel, peer),
                 })
                 .await;
             }
@@ -574,6 +623,7 @@ impl EventLoop {
                 self.pending_requests.insert(id, reply);
             }
             Command::Respond { reply, data } => {
+                self.budgets.answered(reply.1);
                 if self
                     .swarm
                     .behaviour_mut()
@@ -602,6 +652,11 @@ impl EventLoop {
                     .kad
                     .add_address(&peer, addr.clone());
                 self.swarm.add_peer_address(peer, addr);
+            }
+            Command::Ban { peer } => {
+                if self.swarm.behaviour_mut().blocked.block_peer(peer) {
+                    tracing::warn!(%peer, "peer banned: disconnected and refused from now on");
+                }
             }
         }
     }

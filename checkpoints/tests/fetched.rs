@@ -1,0 +1,66 @@
+//! A fetched checkpoint is hostile bytes (the fuzz target `checkpoint_manifest` runs this for
+//! longer): a valid checkpoint's blob with a byte changed, cut short or followed by more, or
+//! a file index that lies about names and lengths, is refused with a typed error or rebuilt
+//! exactly; nothing panics, and no accepted name is a path.
+
+use proptest::prelude::*;
+use sinter_checkpoints::Checkpoint;
+use sinter_comms::transfer::Manifest;
+
+fn checkpoint(sizes: &[usize]) -> Checkpoint {
+    let mut c = Checkpoint::default();
+    for (i, n) in sizes.iter().enumerate() {
+        c.add(format!("part{i}.safetensors"), vec![i as u8; *n]);
+    }
+    c
+}
+
+proptest! {
+    #[test]
+    fn damaged_blobs_are_refused_or_rebuilt_exactly(
+        sizes in prop::collection::vec(0usize..300, 1..4),
+        flip in any::<(usize, u8)>(),
+        cut in any::<usize>(),
+    ) {
+        let c = checkpoint(&sizes);
+        let blob = c.blob();
+        let mut flipped = blob.clone();
+        let i = flip.0 % flipped.len();
+        flipped[i] ^= flip.1.max(1);
+        let cut = &blob[..cut % blob.len()];
+        for candidate in [&flipped[..], cut] {
+            // Against the donor's (honest-looking) manifest of what it sent.
+            let chunks = Manifest::of(candidate, 64);
+            if let Ok((back, manifest)) = Checkpoint::from_fetched(&chunks, candidate) {
+                prop_assert!(manifest.check_names().is_ok());
+                prop_assert_eq!(back.blob(), candidate.to_vec());
+            }
+            // Against the manifest of the real one: refused.
+            prop_assert!(Checkpoint::from_fetched(&Manifest::of(&blob, 64), candidate).is_err());
+        }
+        let (back, _) = Checkpoint::from_fetched(&Manifest::of(&blob, 64), &blob).unwrap();
+        prop_assert_eq!(back, c);
+    }
+
+    #[test]
+    fn lying_file_indexes_are_refused_without_a_panic(
+        name in prop_oneof![
+            Just("../escaped".to_string()),
+            Just("/etc/passwd".to_string()),
+            Just("a/b".to_string()),
+            Just("运行🦀.safetensors".to_string()),
+            "\\PC{0,20}",
+        ],
+        len in prop_oneof![Just(u64::MAX), Just(u64::MAX / 2), any::<u64>(), 0u64..64],
+        rest in prop::collection::vec(any::<u8>(), 0..128),
+        chunk_size in prop_oneof![Just(0u64), Just(u64::MAX), 1u64..128],
+    ) {
+        let index = serde_json::json!([{"name": name, "len": len}]);
+        let mut blob = serde_json::to_vec(&index).unwrap();
+        blob.extend_from_slice(&rest);
+        let mut chunks = Manifest::of(&blob, 64);
+        let _ = Checkpoint::from_fetched(&chunks, &blob);
+        chunks.chunk_size = chunk_size;
+        prop_assert!(chunk_size == 64 || Checkpoint::from_fetched(&chunks, &blob).is_err());
+    }
+}
