@@ -228,6 +228,12 @@ impl Checkpoint {
             files.push((f.name.clone(), bytes.to_vec()));
             at += bytes.len();
         }
+        if at != blob.len() {
+            return Err(bad(format!(
+                "{} bytes after the last file",
+                blob.len() - at
+            )));
+        }
         Ok(Self { files })
     }
 

@@ -15,6 +15,20 @@ fn checkpoint(sizes: &[usize]) -> Checkpoint {
     c
 }
 
+#[test]
+fn bytes_after_the_last_file_are_refused() {
+    // Found by the fuzz target: an index of no files followed by bytes was accepted, and the
+    // checkpoint rebuilt without them (so with another root than the one fetched).
+    let blob = b"[][\x00e";
+    let err = Checkpoint::from_fetched(&Manifest::of(blob, 64), blob)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3 bytes after the last file"), "{err}");
+    let mut blob = checkpoint(&[10, 20]).blob();
+    blob.push(0);
+    assert!(Checkpoint::from_fetched(&Manifest::of(&blob, 64), &blob).is_err());
+}
+
 proptest! {
     #[test]
     fn damaged_blobs_are_refused_or_rebuilt_exactly(
