@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use libp2p::PeerId;
+use sinter_comms::group::fuzzing::Handler;
 use sinter_comms::group::{Arrival, Group, GroupLimits, GroupSettings, Reduction};
 use sinter_comms::net::{self, Client, Multiaddr, NetConfig, PeerLimits};
 
@@ -134,16 +135,9 @@ async fn rounds(group: Group, seed: f32) -> Vec<(Vec<PeerId>, Vec<f32>)> {
     out
 }
 
-/// A request as a hostile peer writes it: any JSON (or any bytes) as the header.
-fn raw(header: &[u8], frame: &[u8]) -> Vec<u8> {
-    let mut out = (header.len() as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(header);
-    out.extend_from_slice(frame);
-    out
-}
-
+/// A request whose header is any JSON a hostile peer likes.
 fn json(value: serde_json::Value) -> Vec<u8> {
-    raw(&serde_json::to_vec(&value).unwrap(), &[])
+    Handler::request(&serde_json::to_vec(&value).unwrap(), &[])
 }
 
 /// Everything the hostile peer sends each honest peer, given the honest peers' ids.
@@ -168,14 +162,14 @@ fn attacks(honest: &[PeerId], me: PeerId, round: u64) -> Vec<Vec<u8>> {
         ),
         // Unicode and non-UTF-8 strings.
         json(serde_json::json!({"StateManifest": {"run": "运行🦀\u{202e}", "round": round}})),
-        raw(b"{\"Leave\":{\"run\":\"\xff\xfe\"}}", &[]),
+        Handler::request(b"{\"Leave\":{\"run\":\"\xff\xfe\"}}", &[]),
         // Roots and chunks that do not exist, with odd and oversized names.
         json(serde_json::json!({"BlobChunk": {"run": RUN, "root": long, "index": u32::MAX}})),
         json(serde_json::json!({"StateChunk": {"run": RUN, "round": round, "index": u32::MAX}})),
         json(serde_json::json!({"ContributionChunk": {"run": RUN, "round": u64::MAX, "index": 0}})),
         // Headers that lie about their length, or are not JSON at all.
         vec![0xff, 0xff, 0xff, 0x7f, b'{'],
-        raw(b"\x00\x01garbage", &[0u8; 1000]),
+        Handler::request(b"\x00\x01garbage", &[0u8; 1000]),
     ]
 }
 

@@ -569,8 +569,9 @@ pub struct RunArgs {
 }
 
 /// What a peer puts up with from others (README, "Security model"). Requests over a limit
-/// are refused; a peer refused `--ban-after` times within a minute is disconnected and
-/// refused for the rest of the run.
+/// are refused; a peer with `--ban-after` offences (requests no honest peer sends: malformed,
+/// forged, oversized, over a limit) within a minute is disconnected and refused for the rest
+/// of the run.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Limits on other peers")]
 pub struct LimitArgs {
@@ -583,7 +584,8 @@ pub struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = PeerLimits::default().max_in_flight,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_requests_in_flight: u32,
-    /// Refusals of one peer within a minute after which it is banned.
+    /// Offences of one peer within a minute after which it is banned (stale requests, such as
+    /// an old round's, are refused but are not offences).
     #[arg(long, value_name = "N", default_value_t = GroupLimits::default().ban_after,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ban_after: u32,

@@ -208,10 +208,6 @@ impl Shared {
 }
 
 impl Group {
-    fn leader(&self, state: &State, round: u64) -> PeerId {
-        self.shared.leader(state, round)
-    }
-
     /// Agrees with the other peers on the members of `round`. `state` is the hash of this
     /// peer's state at the start of the round; `None` for a peer joining, which never leads,
     /// is taken into the first group formed from `round` on (whose round the result says),
@@ -237,7 +233,7 @@ impl Group {
         loop {
             let (leader, live) = {
                 let s = self.shared.lock();
-                (self.leader(&s, round), self.shared.live(&s))
+                (self.shared.leader(&s, round), self.shared.live(&s))
             };
             if !joining && leader == me {
                 return self.lead(round).await;

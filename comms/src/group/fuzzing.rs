@@ -77,11 +77,9 @@ impl Handler {
         !matches!(self.shared.on_request(peer, data), Reply::Refused(_))
     }
 
-    /// Encodes a request as peers send it: the header's length, the header, the frame.
+    /// Encodes a request as peers send it, whatever bytes its header holds: the header's
+    /// length, the header, the frame.
     pub fn request(header: &[u8], frame: &[u8]) -> Vec<u8> {
-        let mut out = (header.len() as u32).to_le_bytes().to_vec();
-        out.extend_from_slice(header);
-        out.extend_from_slice(frame);
-        out
+        super::messages::frame_request(header, frame)
     }
 }

@@ -148,10 +148,18 @@ impl Header {
 pub(super) const MAX_HEADER: usize = 64 * 1024;
 
 pub(super) fn encode_request(header: &Header, frame: &[u8]) -> Vec<u8> {
-    let json = serde_json::to_vec(header).expect("headers serialise");
-    let mut out = Vec::with_capacity(4 + json.len() + frame.len());
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    out.extend_from_slice(&json);
+    frame_request(
+        &serde_json::to_vec(header).expect("headers serialise"),
+        frame,
+    )
+}
+
+/// A request as it travels: the header's length (u32, little-endian), the header's bytes,
+/// the frame. Whatever `header` holds (tests and fuzzing send any bytes).
+pub(super) fn frame_request(header: &[u8], frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + header.len() + frame.len());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(header);
     out.extend_from_slice(frame);
     out
 }

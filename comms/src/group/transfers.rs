@@ -295,14 +295,14 @@ impl Group {
         });
         let mut offers = Vec::new();
         let mut last = String::from("no donors");
+        let cap = self.shared.settings.limits.max_transfer_bytes;
         for (donor, manifest) in futures::future::join_all(asks).await {
             match manifest {
                 Ok(m) if expected_root.is_some_and(|r| r != m.root) => {
                     tracing::warn!(%donor, offered = %m.root, what, "donor offers another root than asked; ignored");
                     last = format!("{donor} offered root {} instead", m.root);
                 }
-                Ok(m) if m.total_len > self.shared.settings.limits.max_transfer_bytes => {
-                    let cap = self.shared.settings.limits.max_transfer_bytes;
+                Ok(m) if m.total_len > cap => {
                     tracing::warn!(%donor, bytes = m.total_len, cap, what, "offer over this peer's limit per transfer; ignored");
                     last = format!(
                         "{donor} offered {} bytes, over this peer's limit of {cap} bytes per transfer (raise --max-transfer-mib)",
