@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test sinter: a Vulkan loader
 # and Mesa's software Vulkan driver (lavapipe), on which the CubeCL kernels run in tests
-# when there is no GPU. Safe to run again; does nothing when everything is there.
+# when there is no GPU, and nftables, whose masquerade makes the NAT routers of the
+# network-namespace tests. Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
 have_lavapipe() {
@@ -9,13 +10,17 @@ have_lavapipe() {
     ldconfig -p | grep 'libvulkan\.so\.1' >/dev/null && ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1
 }
 
-if ! have_lavapipe; then
-    echo "setup: installing mesa-vulkan-drivers and libvulkan1 (software Vulkan for the GPU kernels' tests)"
+missing=()
+have_lavapipe || missing+=(mesa-vulkan-drivers libvulkan1)
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]} (software Vulkan for the GPU kernels' tests; nftables for the NAT tests)"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 have_lavapipe || { echo "setup: Vulkan (lavapipe) still missing" >&2; exit 1; }
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || { echo "setup: nft (nftables) still missing" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 echo "setup: ok ($(cargo --version))"

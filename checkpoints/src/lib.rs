@@ -11,10 +11,12 @@
 //! | [`tensors`] | named `f32` tensors ↔ safetensors bytes |
 //! | [`store`] | atomic writes (temporary directory, fsync, rename), `latest`, keep-K, load, verify |
 //! | [`serve`] | serving a checkpoints directory to peers by root; rebuilding a fetched one |
+//! | [`fetched`] | a fetched checkpoint's blob on disk: checked, then copied out into a directory |
 //! | [`writer`] | a background writer: training goes on while a snapshot is written |
 //! | [`hf`] | export to a Hugging Face LLaMA checkpoint |
 #![warn(missing_docs)]
 
+pub mod fetched;
 pub mod hf;
 pub mod serve;
 pub mod store;

@@ -102,9 +102,28 @@ impl DirManifest {
     pub fn check_names(&self) -> Result<(), String> {
         check_names(self.files.iter().map(|f| f.name.as_str()))
     }
+
+    /// Where each file lies in a blob of `total_len` bytes (offset, length): after the index,
+    /// one after another, the last ending exactly at the blob's end.
+    pub(crate) fn layout(&self, total_len: u64) -> Result<Vec<(u64, u64)>, String> {
+        let mut at = self.index().len() as u64;
+        let mut spans = Vec::with_capacity(self.files.len());
+        for f in &self.files {
+            let end = at
+                .checked_add(f.len)
+                .filter(|end| *end <= total_len)
+                .ok_or_else(|| format!("{} runs past the end", f.name))?;
+            spans.push((at, f.len));
+            at = end;
+        }
+        match total_len.saturating_sub(at) {
+            0 => Ok(spans),
+            extra => Err(format!("{extra} bytes after the last file")),
+        }
+    }
 }
 
-fn index_bytes(files: &[FileEntry]) -> Vec<u8> {
+pub(crate) fn index_bytes(files: &[FileEntry]) -> Vec<u8> {
     serde_json::to_vec(files).expect("file entries serialise")
 }
 
@@ -127,6 +146,56 @@ fn fault_at(point: &str, name: &str) {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
+}
+
+/// Writes a checkpoint directory `parent/name` atomically: `write_file(i, path)` writes (and
+/// fsyncs) the manifest's file `i` at `path` inside the temporary directory; then come the
+/// manifest, the renames and `latest`, each made durable in turn.
+pub(crate) fn write_dir(
+    parent: &Path,
+    name: &str,
+    manifest: &DirManifest,
+    mut write_file: impl FnMut(usize, &Path) -> Result<(), CheckpointError>,
+) -> Result<(), CheckpointError> {
+    manifest
+        .check_names()
+        .and_then(|()| check_names([name]))
+        .map_err(|why| CheckpointError::invalid(parent.join(name), why))?;
+    std::fs::create_dir_all(parent).map_err(CheckpointError::io(parent))?;
+    let target = parent.join(name);
+    let partial = parent.join(format!("{name}{PARTIAL}"));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(CheckpointError::io(&partial))?;
+    }
+    std::fs::create_dir(&partial).map_err(CheckpointError::io(&partial))?;
+    fault_at("before_tensors", name);
+    for (i, file) in manifest.files.iter().enumerate() {
+        write_file(i, &partial.join(&file.name))?;
+    }
+    let text = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
+    write_synced(&partial.join(MANIFEST), &text, name)?;
+    sync_dir(&partial)?;
+    fault_at("before_rename", name);
+    // Rewriting a name (a resumed run in the same directory) keeps the old copy until the
+    // new one is in place; `latest` falls back to it if a crash comes in between.
+    let replaced = parent.join(format!("{name}{REPLACED}"));
+    if target.exists() {
+        if replaced.exists() {
+            std::fs::remove_dir_all(&replaced).map_err(CheckpointError::io(&replaced))?;
+        }
+        std::fs::rename(&target, &replaced).map_err(CheckpointError::io(&target))?;
+    }
+    std::fs::rename(&partial, &target).map_err(CheckpointError::io(&target))?;
+    sync_dir(parent)?;
+    if replaced.exists() {
+        std::fs::remove_dir_all(&replaced).map_err(CheckpointError::io(&replaced))?;
+    }
+    fault_at("before_latest", name);
+    let tmp = parent.join(format!("{LATEST}{PARTIAL}"));
+    write_synced(&tmp, name.as_bytes(), name)?;
+    std::fs::rename(&tmp, parent.join(LATEST)).map_err(CheckpointError::io(parent))?;
+    sync_dir(parent)?;
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
@@ -212,72 +281,29 @@ impl Checkpoint {
                 blob_manifest.root, manifest.chunks.root
             )));
         }
-        let index = manifest.index();
-        if !blob.starts_with(&index) {
+        if !blob.starts_with(&manifest.index()) {
             return Err(bad("the index does not match the manifest's files".into()));
         }
-        let mut at = index.len();
-        let mut files = Vec::new();
-        for f in &manifest.files {
-            let end = usize::try_from(f.len)
-                .ok()
-                .and_then(|len| at.checked_add(len));
-            let bytes = end
-                .and_then(|end| blob.get(at..end))
-                .ok_or_else(|| bad(format!("{} runs past the end", f.name)))?;
-            files.push((f.name.clone(), bytes.to_vec()));
-            at += bytes.len();
-        }
-        if at != blob.len() {
-            return Err(bad(format!(
-                "{} bytes after the last file",
-                blob.len() - at
-            )));
-        }
+        let spans = manifest.layout(blob.len() as u64).map_err(bad)?;
+        let files = manifest
+            .files
+            .iter()
+            .zip(spans)
+            .map(|(f, (at, len))| {
+                let bytes = &blob[at as usize..(at + len) as usize];
+                (f.name.clone(), bytes.to_vec())
+            })
+            .collect();
         Ok(Self { files })
     }
 
     /// Writes the checkpoint as `parent/name` atomically and returns its manifest (the
     /// directory appears complete or not at all).
     pub fn write(&self, parent: &Path, name: &str) -> Result<DirManifest, CheckpointError> {
-        check_names(self.files.iter().map(|(n, _)| n.as_str()))
-            .and_then(|()| check_names([name]))
-            .map_err(|why| CheckpointError::invalid(parent.join(name), why))?;
-        std::fs::create_dir_all(parent).map_err(CheckpointError::io(parent))?;
-        let target = parent.join(name);
-        let partial = parent.join(format!("{name}{PARTIAL}"));
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(CheckpointError::io(&partial))?;
-        }
-        std::fs::create_dir(&partial).map_err(CheckpointError::io(&partial))?;
         let manifest = self.manifest();
-        fault_at("before_tensors", name);
-        for (file, bytes) in &self.files {
-            write_synced(&partial.join(file), bytes, name)?;
-        }
-        let text = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
-        write_synced(&partial.join(MANIFEST), &text, name)?;
-        sync_dir(&partial)?;
-        fault_at("before_rename", name);
-        // Rewriting a name (a resumed run in the same directory) keeps the old copy until the
-        // new one is in place; `latest` falls back to it if a crash comes in between.
-        let replaced = parent.join(format!("{name}{REPLACED}"));
-        if target.exists() {
-            if replaced.exists() {
-                std::fs::remove_dir_all(&replaced).map_err(CheckpointError::io(&replaced))?;
-            }
-            std::fs::rename(&target, &replaced).map_err(CheckpointError::io(&target))?;
-        }
-        std::fs::rename(&partial, &target).map_err(CheckpointError::io(&target))?;
-        sync_dir(parent)?;
-        if replaced.exists() {
-            std::fs::remove_dir_all(&replaced).map_err(CheckpointError::io(&replaced))?;
-        }
-        fault_at("before_latest", name);
-        let tmp = parent.join(format!("{LATEST}{PARTIAL}"));
-        write_synced(&tmp, name.as_bytes(), name)?;
-        std::fs::rename(&tmp, parent.join(LATEST)).map_err(CheckpointError::io(parent))?;
-        sync_dir(parent)?;
+        write_dir(parent, name, &manifest, |i, path| {
+            write_synced(path, &self.files[i].1, name)
+        })?;
         Ok(manifest)
     }
 

@@ -1,11 +1,40 @@
 //! A fetched checkpoint is hostile bytes (the fuzz target `checkpoint_manifest` runs this for
 //! longer): a valid checkpoint's blob with a byte changed, cut short or followed by more, or
 //! a file index that lies about names and lengths, is refused with a typed error or rebuilt
-//! exactly; nothing panics, and no accepted name is a path.
+//! exactly; nothing panics, and no accepted name is a path. The blob fetched to disk (what
+//! `launch checkpoint fetch` writes out) gets the same verdict as the blob in memory.
+
+use std::os::unix::fs::FileExt;
 
 use proptest::prelude::*;
-use sinter_checkpoints::Checkpoint;
+use sinter_checkpoints::fetched::FetchedBlob;
+use sinter_checkpoints::{Checkpoint, CheckpointError, DirManifest};
 use sinter_comms::transfer::Manifest;
+
+/// The blob as a fetch leaves it on disk, opened: its manifest, or why it is refused.
+fn on_disk(chunks: &Manifest, blob: &[u8]) -> Result<DirManifest, CheckpointError> {
+    let file = tempfile::tempfile().unwrap();
+    file.write_all_at(blob, 0).unwrap();
+    FetchedBlob::open(file, chunks).map(|f| f.manifest().clone())
+}
+
+/// Both ways of taking a fetched blob agree: both refuse it, or both accept the same.
+fn agree(chunks: &Manifest, blob: &[u8]) -> Result<(), TestCaseError> {
+    match (
+        Checkpoint::from_fetched(chunks, blob),
+        on_disk(chunks, blob),
+    ) {
+        (Ok((_, memory)), Ok(disk)) => prop_assert_eq!(memory, disk),
+        (Err(_), Err(_)) => {}
+        (memory, disk) => prop_assert!(
+            false,
+            "in memory {:?}, on disk {:?}",
+            memory.map(|m| m.1),
+            disk
+        ),
+    }
+    Ok(())
+}
 
 fn checkpoint(sizes: &[usize]) -> Checkpoint {
     let mut c = Checkpoint::default();
@@ -49,8 +78,10 @@ proptest! {
                 prop_assert!(manifest.check_names().is_ok());
                 prop_assert_eq!(back.blob(), candidate.to_vec());
             }
+            agree(&chunks, candidate)?;
             // Against the manifest of the real one: refused.
             prop_assert!(Checkpoint::from_fetched(&Manifest::of(&blob, 64), candidate).is_err());
+            prop_assert!(on_disk(&Manifest::of(&blob, 64), candidate).is_err());
         }
         let (back, _) = Checkpoint::from_fetched(&Manifest::of(&blob, 64), &blob).unwrap();
         prop_assert_eq!(back, c);
@@ -73,8 +104,9 @@ proptest! {
         let mut blob = serde_json::to_vec(&index).unwrap();
         blob.extend_from_slice(&rest);
         let mut chunks = Manifest::of(&blob, 64);
-        let _ = Checkpoint::from_fetched(&chunks, &blob);
+        agree(&chunks, &blob)?;
         chunks.chunk_size = chunk_size;
         prop_assert!(chunk_size == 64 || Checkpoint::from_fetched(&chunks, &blob).is_err());
+        prop_assert!(chunk_size == 64 || on_disk(&chunks, &blob).is_err());
     }
 }

@@ -4,10 +4,11 @@
 //! Merkle root, which is the blob's identity. A fetcher asks every donor for its manifest,
 //! keeps the root most donors agree on, then pulls chunks from all donors holding that root in
 //! parallel, checking each chunk against the manifest. A chunk that fails its hash, or a donor
-//! that stops answering, sends the chunk back to the queue for another donor; the fetch fails
-//! only when no donor is left.
+//! that stops answering, sends the chunk back to the queue for another donor; a donor slow to
+//! answer has its last chunks asked of the others too; the fetch fails only when no donor is
+//! left.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Mutex;
 
@@ -39,6 +40,9 @@ pub enum TransferError {
         /// The last donor's answer.
         last: String,
     },
+    /// A verified chunk could not be stored (a full disk, say).
+    #[error("storing the fetched bytes: {0}")]
+    Write(String),
     /// Every donor failed before the blob was complete.
     #[error("no donor left with {missing} of {chunks} chunks still missing (last error: {last})")]
     NoDonors {
@@ -193,13 +197,77 @@ pub fn agreed_manifest(offers: &[(PeerId, Manifest)]) -> Option<(Manifest, Vec<P
         .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.root.cmp(&a.0.root)))
 }
 
+/// Where a fetch puts verified chunks: memory for a run's state, a file for a checkpoint (so
+/// that a large one never sits in memory whole).
+pub trait Sink: Sync {
+    /// Stores `data` at `offset` of the blob.
+    fn put(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
+}
+
+impl Sink for Mutex<Vec<u8>> {
+    fn put(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut blob = self.lock().unwrap_or_else(|p| p.into_inner());
+        let at = usize::try_from(offset).map_err(std::io::Error::other)?;
+        blob.get_mut(at..at.saturating_add(data.len()))
+            .ok_or_else(|| std::io::Error::other("a chunk past the blob's end"))?
+            .copy_from_slice(data);
+        Ok(())
+    }
+}
+
+impl Sink for std::fs::File {
+    fn put(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, data, offset)
+    }
+}
+
 /// How many chunk requests each donor has in flight at once.
 const IN_FLIGHT_PER_DONOR: usize = 2;
 
-/// Fetches the blob described by `manifest` from `donors`: `get(peer, index)` asks one donor
-/// for one chunk. Chunks are spread over the donors, each verified; a failing donor is
-/// dropped and its chunks go to the others. Returns the blob and, per donor, the chunks it
-/// delivered.
+/// Where a fetch stands, shared by its workers.
+struct Progress {
+    /// Chunks nobody is fetching.
+    queue: VecDeque<usize>,
+    /// Chunks being fetched, and from whom.
+    in_flight: BTreeMap<usize, BTreeSet<PeerId>>,
+    /// Chunks in the blob.
+    completed: Vec<bool>,
+    done: usize,
+    delivered: BTreeMap<PeerId, usize>,
+    last_error: String,
+    /// Why storing a chunk failed, which ends the fetch.
+    write_error: Option<String>,
+}
+
+impl Progress {
+    /// The next chunk for `donor`: a queued one, or else — the queue empty — one another
+    /// donor is still fetching and this one has not tried (a slow or stalling donor, say one
+    /// that trickles its answer, then delays the fetch by one chunk's time, not its timeout).
+    fn next_for(&mut self, donor: PeerId) -> Option<usize> {
+        let index = self.queue.pop_front().or_else(|| {
+            self.in_flight
+                .iter()
+                .filter(|(_, holders)| !holders.contains(&donor))
+                .min_by_key(|(_, holders)| holders.len())
+                .map(|(index, _)| *index)
+        })?;
+        self.in_flight.entry(index).or_default().insert(donor);
+        Some(index)
+    }
+
+    /// `donor` is no longer fetching `index`.
+    fn release(&mut self, index: usize, donor: &PeerId) {
+        if let Some(holders) = self.in_flight.get_mut(&index) {
+            holders.remove(donor);
+            if holders.is_empty() {
+                self.in_flight.remove(&index);
+            }
+        }
+    }
+}
+
+/// Fetches the blob described by `manifest` from `donors` into memory ([`fetch_into`]).
+/// Returns the blob and, per donor, the chunks it delivered.
 pub async fn fetch<F, Fut, E>(
     manifest: &Manifest,
     donors: &[PeerId],
@@ -211,31 +279,62 @@ where
     E: std::fmt::Display,
 {
     manifest.check()?;
-    let chunks = manifest.chunks.len();
-    let queue = Mutex::new((0..chunks).collect::<VecDeque<usize>>());
     let blob = Mutex::new(vec![0u8; manifest.total_len as usize]);
-    let done = Mutex::new(0usize);
-    let delivered = Mutex::new(BTreeMap::<PeerId, usize>::new());
-    let last_error = Mutex::new(String::from("none"));
+    let delivered = fetch_into(manifest, donors, get, &blob).await?;
+    Ok((
+        blob.into_inner().unwrap_or_else(|p| p.into_inner()),
+        delivered,
+    ))
+}
+
+/// Fetches the blob described by `manifest` from `donors` into `sink`: `get(peer, index)`
+/// asks one donor for one chunk. Chunks are spread over the donors, each verified; a failing
+/// donor is dropped and its chunks go to the others; once every chunk is asked for, idle
+/// donors also ask for those still outstanding elsewhere, and the first verified answer
+/// counts. Returns, per donor, the chunks it delivered.
+pub async fn fetch_into<F, Fut, E>(
+    manifest: &Manifest,
+    donors: &[PeerId],
+    get: F,
+    sink: &dyn Sink,
+) -> Result<BTreeMap<PeerId, usize>, TransferError>
+where
+    F: Fn(PeerId, usize) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, E>>,
+    E: std::fmt::Display,
+{
+    manifest.check()?;
+    let chunks = manifest.chunks.len();
+    let progress = Mutex::new(Progress {
+        queue: (0..chunks).collect(),
+        in_flight: BTreeMap::new(),
+        completed: vec![false; chunks],
+        done: 0,
+        delivered: BTreeMap::new(),
+        last_error: String::from("none"),
+        write_error: None,
+    });
+    let lock = || progress.lock().unwrap_or_else(|p| p.into_inner());
+    let over = |p: &Progress| p.done == chunks || p.write_error.is_some();
     // Told whenever a chunk is done or given back.
     let changed = tokio::sync::Notify::new();
-    // One worker per (donor, slot): takes chunks from the queue until it is empty or the
-    // donor fails. A worker that finds the queue empty while others still hold chunks waits
-    // for them, so that a chunk given back by a failing donor is picked up.
+    // One worker per (donor, slot): takes chunks until all are done or the donor fails. A
+    // worker with nothing to take waits for a change (a chunk given back by a failing donor).
     let worker = |donor: PeerId| {
-        let (queue, blob, done, delivered, last_error, changed) =
-            (&queue, &blob, &done, &delivered, &last_error, &changed);
-        let get = &get;
+        let (changed, get, lock, over) = (&changed, &get, &lock, &over);
         async move {
             loop {
                 let notified = changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                let Some(index) = next else {
-                    if *done.lock().unwrap_or_else(|p| p.into_inner()) == chunks {
+                let next = {
+                    let mut progress = lock();
+                    if over(&progress) {
                         return;
                     }
+                    progress.next_for(donor)
+                };
+                let Some(index) = next else {
                     notified.await;
                     continue;
                 };
@@ -243,17 +342,23 @@ where
                     Ok(data) => manifest.verify_chunk(index, &data).map(|()| data),
                     Err(e) => Err(e.to_string()),
                 };
+                let mut progress = lock();
+                progress.release(index, &donor);
                 match outcome {
                     Ok(data) => {
-                        blob.lock().unwrap_or_else(|p| p.into_inner())[manifest.range(index)]
-                            .copy_from_slice(&data);
-                        *done.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                        if !progress.completed[index] {
+                            let offset = manifest.range(index).start as u64;
+                            match sink.put(offset, &data) {
+                                Ok(()) => {
+                                    progress.completed[index] = true;
+                                    progress.done += 1;
+                                    *progress.delivered.entry(donor).or_default() += 1;
+                                }
+                                Err(e) => progress.write_error = Some(e.to_string()),
+                            }
+                        }
+                        drop(progress);
                         changed.notify_waiters();
-                        *delivered
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(donor)
-                            .or_default() += 1;
                     }
                     Err(reason) => {
                         let error = TransferError::BadChunk {
@@ -262,11 +367,11 @@ where
                             reason,
                         };
                         tracing::warn!(error = %error, "dropping the donor; its chunk goes to another");
-                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = error.to_string();
-                        queue
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push_back(index);
+                        progress.last_error = error.to_string();
+                        if !progress.completed[index] && !progress.in_flight.contains_key(&index) {
+                            progress.queue.push_back(index);
+                        }
+                        drop(progress);
                         changed.notify_waiters();
                         return;
                     }
@@ -274,28 +379,39 @@ where
             }
         }
     };
-    // Workers of a failed donor return; the others keep going. When every worker has
-    // returned, either all chunks are in or no donor is left.
     let workers = donors
         .iter()
         .flat_map(|d| std::iter::repeat_n(*d, IN_FLIGHT_PER_DONOR))
         .map(|d| Box::pin(worker(d)));
     let mut workers: futures::stream::FuturesUnordered<_> = workers.collect();
-    use futures::StreamExt;
-    while workers.next().await.is_some() {}
+    // Until every chunk is in (the workers still waiting on a slow donor are then dropped,
+    // and their requests with them) or every worker has returned (no donor left).
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if over(&lock()) {
+            break;
+        }
+        use futures::StreamExt;
+        tokio::select! {
+            finished = workers.next() => if finished.is_none() { break },
+            _ = notified => {}
+        }
+    }
     drop(workers);
-    let missing = chunks - *done.lock().unwrap_or_else(|p| p.into_inner());
-    if missing > 0 {
+    let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = progress.write_error {
+        return Err(TransferError::Write(e));
+    }
+    if progress.done < chunks {
         return Err(TransferError::NoDonors {
-            missing,
+            missing: chunks - progress.done,
             chunks,
-            last: last_error.into_inner().unwrap_or_else(|p| p.into_inner()),
+            last: progress.last_error,
         });
     }
-    Ok((
-        blob.into_inner().unwrap_or_else(|p| p.into_inner()),
-        delivered.into_inner().unwrap_or_else(|p| p.into_inner()),
-    ))
+    Ok(progress.delivered)
 }
 
 #[cfg(test)]
@@ -380,5 +496,32 @@ mod tests {
             matches!(err, TransferError::NoDonors { missing: 10, .. }),
             "{err}"
         );
+    }
+
+    /// A donor that trickles its answers (here: one chunk in ten minutes, the request
+    /// timeout) costs the fetch one chunk's time: the others ask for its chunks too.
+    #[tokio::test]
+    async fn a_stalling_donor_does_not_hold_the_fetch_until_its_timeout() {
+        let blob: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let manifest = Manifest::of(&blob, 1000);
+        let (honest, staller) = (peer(), peer());
+        let get = |donor: PeerId, index: usize| {
+            let data = blob[manifest.range(index)].to_vec();
+            async move {
+                let delay = match donor == staller {
+                    true => std::time::Duration::from_secs(600),
+                    false => std::time::Duration::from_millis(10),
+                };
+                tokio::time::sleep(delay).await;
+                Ok::<_, &str>(data)
+            }
+        };
+        let started = std::time::Instant::now();
+        let (got, delivered) = fetch(&manifest, &[staller, honest], get).await.unwrap();
+        assert_eq!(got, blob);
+        assert_eq!(delivered.get(&honest), Some(&10));
+        assert!(!delivered.contains_key(&staller));
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
     }
 }

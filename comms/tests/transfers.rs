@@ -76,18 +76,27 @@ async fn a_fetch_by_root_ignores_donors_offering_another_root() {
     let liar_id = client.dial(liar_addr).await.unwrap();
 
     // Asked for the honest root, the liar (and a second copy of its offer) cannot outvote it.
+    // The chunks go straight to a file, as `launch checkpoint fetch` has them.
     let root = wanted.manifest.root.clone();
-    let (manifest, blob, delivered) = fetcher
-        .fetch_blob(&[liar_id, honest_id, liar_id], Some(root.clone()), 1 << 20)
+    let file = tempfile::tempfile().unwrap();
+    let (manifest, delivered) = fetcher
+        .fetch_blob(
+            &[liar_id, honest_id, liar_id],
+            Some(root.clone()),
+            1 << 20,
+            &file,
+        )
         .await
         .unwrap();
     assert_eq!(manifest.root, root);
+    let mut blob = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut blob).unwrap();
     assert_eq!(blob, wanted.blob);
     assert!(!delivered.contains_key(&liar_id), "{delivered:?}");
 
     // Only the liar: nothing is fetched, and the error says why.
     let err = fetcher
-        .fetch_blob(&[liar_id], Some(root.clone()), 1 << 20)
+        .fetch_blob(&[liar_id], Some(root.clone()), 1 << 20, &file)
         .await
         .unwrap_err()
         .to_string();
@@ -95,7 +104,7 @@ async fn a_fetch_by_root_ignores_donors_offering_another_root() {
 
     // A blob larger than the fetch can need is refused before a byte is allocated for it.
     let err = fetcher
-        .fetch_blob(&[honest_id], Some(root), 4096)
+        .fetch_blob(&[honest_id], Some(root), 4096, &file)
         .await
         .unwrap_err()
         .to_string();

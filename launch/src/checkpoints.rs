@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use sinter_checkpoints::fetched::FetchedBlob;
 use sinter_checkpoints::store::{self, Checkpoint};
 use sinter_comms::transfer::Manifest;
 use sinter_trainer::checkpoint::{Meta, Snapshot};
@@ -71,15 +72,15 @@ pub fn run_config(dir: &Path) -> Result<RunConfig> {
     Ok(RunConfig::parse(&meta.config, &path)?)
 }
 
-/// Writes a fetched checkpoint (checked against its manifest) as
+/// Writes a fetched checkpoint (its blob on disk, checked against its manifest) as
 /// `out/checkpoints/round-NNNNNN`, named `latest` there; returns its directory.
-pub fn write_fetched(chunks: &Manifest, blob: &[u8], out: &Path) -> Result<PathBuf> {
-    let (checkpoint, _) = Checkpoint::from_fetched(chunks, blob)?;
-    let meta: Meta = serde_json::from_slice(checkpoint.require("meta.json", out)?)
+pub fn write_fetched(blob: std::fs::File, chunks: &Manifest, out: &Path) -> Result<PathBuf> {
+    let fetched = FetchedBlob::open(blob, chunks)?;
+    let meta: Meta = serde_json::from_slice(&fetched.read("meta.json", 1 << 20)?)
         .context("the fetched checkpoint's meta.json")?;
     let parent = out.join("checkpoints");
     let name = sinter_trainer::checkpoint::name(meta.round);
-    checkpoint.write(&parent, &name)?;
+    fetched.write(&parent, &name)?;
     Ok(parent.join(name))
 }
 

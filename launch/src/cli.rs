@@ -33,13 +33,20 @@ pub enum Command {
 launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/4001 --key out/p1/peer.key --out out/p1\n  \
 launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstrap /ip4/127.0.0.1/tcp/4001 --key out/p2/peer.key --out out/p2\n  \
 (and a third like the second). Every peer must use the same config and overrides: the run is identified by the config's hash.")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask the peer running on this machine with a key file to leave its run: it finishes
     /// the current round, tells the group and exits 0.
     Leave(LeaveArgs),
     /// Show a run's group as one of its peers sees it: members, rounds, losses, bytes, round
-    /// times.
+    /// times, and how it reaches each (direct, hole-punched or relayed).
     Status(StatusArgs),
+    /// Run a relay alone (circuit relay v2): peers behind NATs listen through it
+    /// (`launch run --relay ADDR`), meet over it and punch holes to each other; where hole
+    /// punching fails their traffic goes through it. Runs until Ctrl-C.
+    #[command(after_help = "Example, on a machine others can reach at 203.0.113.7:
+  launch relay --listen /ip4/0.0.0.0/tcp/4001 --key relay.key --external /ip4/203.0.113.7/tcp/4001
+  launch run CONFIG --relay /ip4/203.0.113.7/tcp/4001/p2p/PEER_ID --bootstrap …")]
+    Relay(RelayArgs),
     /// Train one worker alone (no DiLoCo): the single-machine baseline.
     Train(TrainArgs),
     /// Print the validation loss of saved weights.
@@ -532,9 +539,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// Address to tell other peers instead of the listen address (behind port forwarding,
-    /// a NAT or a proxy). Repeatable.
+    /// a NAT or a proxy). Rarely needed: a peer behind a NAT finds out by itself (AutoNAT)
+    /// and is reached through relays and hole punching. Repeatable.
     #[arg(long, value_name = "MULTIADDR")]
     pub external: Vec<String>,
+    /// A relay to be reached through, e.g. one that `launch relay` runs
+    /// (/ip4/IP/tcp/PORT/p2p/PEER_ID); listened through at once. Without it, a peer that
+    /// finds itself behind a NAT uses its bootstrap peers as relays. Repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub relay: Vec<String>,
+    /// Circuits this peer relays at once for NATed peers of the run until they connect
+    /// directly (0: relay nothing).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub relay_circuits: usize,
     /// Stop after the run's round N (counted from the run's start).
     #[arg(long, value_name = "N")]
     pub max_rounds: Option<usize>,
@@ -698,4 +715,33 @@ pub struct GenerateArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// `launch relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on. Repeatable.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        default_value = "/ip4/0.0.0.0/tcp/4001"
+    )]
+    pub listen: Vec<String>,
+    /// The relay's key file (ed25519), created on first start: the same file keeps the same
+    /// peer id, so the address peers were given stays valid across restarts.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Address to tell peers instead of the listen address (a public address of this
+    /// machine). Repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external: Vec<String>,
+    /// Circuits relayed at once.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_circuits: usize,
+    /// MiB one circuit may carry before it is closed (0: no limit).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub max_circuit_mib: u64,
+    /// Minutes one circuit may stay open (peers open a new one when it closes).
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub max_circuit_minutes: u64,
 }

@@ -11,6 +11,7 @@ mod incentives;
 mod ledger;
 mod peer;
 mod progress;
+mod relay;
 mod report;
 mod wallet;
 
@@ -96,10 +97,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => {
             let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
-            peer::run(config, args)
+            peer::run(config, *args)
         }
         Command::Leave(args) => peer::leave(args),
         Command::Status(args) => peer::status(args),
+        Command::Relay(args) => relay::run(args),
         Command::Train(args) => {
             let mut config = load_config(&args.config, &args.out)?;
             config.outer.workers = 1;

@@ -42,6 +42,7 @@ pub struct Addresses {
     pub(crate) listen: Vec<Multiaddr>,
     pub(crate) external: Vec<Multiaddr>,
     pub(crate) bootstrap: Vec<Multiaddr>,
+    pub(crate) relays: Vec<Multiaddr>,
 }
 
 impl Addresses {
@@ -56,7 +57,22 @@ impl Addresses {
             listen: parse(listen, "--listen")?,
             external: parse(external, "--external")?,
             bootstrap: parse(bootstrap, "--bootstrap")?,
+            relays: Vec::new(),
         })
+    }
+
+    /// Adds the `--relay` flags, each of which must name its peer.
+    pub fn with_relays(mut self, relays: &[String]) -> Result<Self> {
+        for relay in relays {
+            let addr = multiaddr(relay, "--relay")?;
+            if !matches!(addr.iter().last(), Some(net::Protocol::P2p(_))) {
+                anyhow::bail!(
+                    "--relay {relay}: a relay address must end in /p2p/PEER_ID (`launch relay` prints its full address)"
+                );
+            }
+            self.relays.push(addr);
+        }
+        Ok(self)
     }
 }
 
@@ -90,12 +106,15 @@ fn join_network(
     settings: GroupSettings,
     addresses: Addresses,
     topic: String,
+    relay_circuits: usize,
 ) -> Result<(Group, Vec<Multiaddr>)> {
     let mut net_config = NetConfig::new(key, topic);
     net_config.limits = settings.limits.requests;
     net_config.listen = addresses.listen;
     net_config.bootstrap = addresses.bootstrap.clone();
     net_config.external = addresses.external.clone();
+    net_config.relays = addresses.relays.clone();
+    net_config.relay_service.max_circuits = relay_circuits;
     runtime.block_on(async {
         let (client, events, event_loop) = net::start(net_config).await?;
         tokio::spawn(event_loop.run());
@@ -133,7 +152,8 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Runs `launch run`.
 pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
-    let addresses = Addresses::parse(&args.listen, &args.external, &args.bootstrap)?;
+    let addresses = Addresses::parse(&args.listen, &args.external, &args.bootstrap)?
+        .with_relays(&args.relay)?;
     let key_path = args.key.clone().unwrap_or_else(default_key);
     let key = net::key::load_or_create(&key_path)?;
     let runtime = runtime()?;
@@ -154,7 +174,14 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     let topic = run_topic(&settings);
     let wallet = ledger_wallet(&config, &args)?;
     let identity = key.clone();
-    let (group, reachable) = join_network(&runtime, key, settings, addresses, topic)?;
+    let (group, reachable) = join_network(
+        &runtime,
+        key,
+        settings,
+        addresses,
+        topic,
+        args.relay_circuits,
+    )?;
     let ledger = wallet
         .map(|wallet| {
             let peer = JoiningPeer {
@@ -316,6 +343,7 @@ pub fn bench_allreduce(
         settings,
         addresses,
         topic,
+        net::RelayService::peer_default().max_circuits,
     )?;
     let report = runtime.block_on(async {
         let live = group.wait_for_peers(peers, Duration::from_secs(120)).await;
@@ -353,6 +381,7 @@ pub fn serve_checkpoints(dir: &std::path::Path, listen: &[String]) -> Result<()>
         settings,
         Addresses::parse(listen, &[], &[])?,
         CHECKPOINT_TOPIC.into(),
+        0,
     )?;
     group.serve_blobs(Arc::new(Served::new(dir)));
     tracing::info!(dir = %dir.display(), "serving checkpoints; Ctrl-C to stop");
@@ -370,7 +399,12 @@ pub fn fetch_checkpoint(
     let runtime = runtime()?;
     let settings = group_settings(config, Duration::from_secs(600), GroupLimits::default())?;
     let addrs = Addresses::parse(&[], &[], from)?;
-    let (manifest, blob, delivered, secs) = runtime.block_on(async {
+    // The chunks go to a file beside the output, never all into memory; it is removed
+    // once the checkpoint is written out of it (or the fetch fails).
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let blob_path = out.join("checkpoint-fetch.partial");
+    let blob = PartialFile::create(&blob_path)?;
+    let (manifest, delivered, secs) = runtime.block_on(async {
         let (client, events, event_loop) = net::start(NetConfig::new(
             net::Keypair::generate_ed25519(),
             CHECKPOINT_TOPIC.into(),
@@ -392,17 +426,24 @@ pub fn fetch_checkpoint(
             "none of the --from peers could be reached"
         );
         let started = std::time::Instant::now();
-        let (manifest, blob, delivered) = group
-            .fetch_blob(&donors, root, sinter_trainer::checkpoint::max_len(config))
+        let (manifest, delivered) = group
+            .fetch_blob(
+                &donors,
+                root,
+                sinter_trainer::checkpoint::max_len(config),
+                &blob.file,
+            )
             .await?;
-        anyhow::Ok((manifest, blob, delivered, started.elapsed().as_secs_f64()))
+        anyhow::Ok((manifest, delivered, started.elapsed().as_secs_f64()))
     })?;
-    let written = crate::checkpoints::write_fetched(&manifest, &blob, out)?;
+    let file = blob.file.try_clone().context("the fetched blob's file")?;
+    let written = crate::checkpoints::write_fetched(file, &manifest, out)?;
+    drop(blob);
+    let bytes = manifest.total_len;
     println!(
-        "fetched checkpoint {} ({} bytes in {secs:.3} s, {:.1} Mbit/s) into {}",
+        "fetched checkpoint {} ({bytes} bytes in {secs:.3} s, {:.1} Mbit/s) into {}",
         manifest.root,
-        blob.len(),
-        blob.len() as f64 * 8.0 / secs / 1e6,
+        bytes as f64 * 8.0 / secs / 1e6,
         written.display()
     );
     for (peer, chunks) in delivered {
@@ -428,8 +469,9 @@ pub fn status(args: StatusArgs) -> Result<()> {
         .context("starting the async runtime")?;
     let status = runtime.block_on(async {
         let key = net::Keypair::generate_ed25519();
-        let (client, mut events, event_loop) =
-            net::start(NetConfig::new(key, "sinter/status".into())).await?;
+        let mut config = NetConfig::new(key, "sinter/status".into());
+        config.relay_service.max_circuits = 0;
+        let (client, mut events, event_loop) = net::start(config).await?;
         tokio::spawn(event_loop.run());
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         let peer = client
@@ -450,14 +492,16 @@ pub fn status(args: StatusArgs) -> Result<()> {
     }
     let round = status.peers.values().map(|p| p.round).max().unwrap_or(0);
     println!(
-        "run {} as seen by {}: {} members, round {round}",
+        "run {} as seen by {} (reachable: {}): {} members, round {round}",
         status.run.chars().take(16).collect::<String>(),
         status.peer,
+        status.reachability,
         status.members.len()
     );
     println!(
-        "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>14}",
+        "{:<54} {:<21} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>14}",
         "peer (* member)",
+        "connection",
         "round",
         "step",
         "val loss",
@@ -474,9 +518,15 @@ pub fn status(args: StatusArgs) -> Result<()> {
         } else {
             " "
         };
+        let connection = match status.routes.get(peer) {
+            Some(route) => route.as_str(),
+            None if *peer == status.peer => "(answering)",
+            None => "-",
+        };
         println!(
-            "{:<54} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8.2} {:>7} {:>9} {:>14}",
+            "{:<54} {:<21} {:>6} {:>7} {:>9} {:>10} {:>10} {:>8.2} {:>7} {:>9} {:>14}",
             format!("{peer} {member}"),
+            connection,
             p.round,
             p.step,
             p.val_loss.map_or("-".into(), |l| format!("{l:.4}")),
@@ -581,5 +631,33 @@ impl BackendJob for PeerJob {
             );
         }
         Ok(())
+    }
+}
+
+/// A scratch file removed when dropped, whatever happened.
+struct PartialFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl PartialFile {
+    fn create(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

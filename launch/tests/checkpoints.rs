@@ -387,3 +387,48 @@ fn peers_resume_a_run_from_their_checkpoints() {
         root_of(&resumed_dir.join("p3/checkpoints/round-000006"))
     );
 }
+
+/// Found by the fault campaign: a peer killed and restarted with `--resume` after the run
+/// had moved past its checkpoint waited for a group of its old round that never came, then
+/// trained alone once the others finished — with other parameters. It now joins the run
+/// where it is, fetching the group's state.
+#[test]
+fn a_peer_resumed_from_a_stale_checkpoint_joins_the_run_where_it_is() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("long.toml");
+    let text = common::small_config(4 * 40, 3, 4) + "\n[checkpoint]\nevery_rounds = 1\n";
+    std::fs::write(&config, text).unwrap();
+    let first = Peer::start(dir.path(), "p1", &config, &[]);
+    let addr = first.address();
+    let second = Peer::start(dir.path(), "p2", &config, &["--bootstrap", &addr]);
+    let mut third = Peer::start(dir.path(), "p3", &config, &["--bootstrap", &addr]);
+    common::peers::wait_for_round(dir.path(), "p3", 3);
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    common::peers::wait_for_round(dir.path(), "p1", 10);
+    let stale = dir.path().join("p3/checkpoints");
+    let again = Peer::start(
+        dir.path(),
+        "p3-again",
+        &config,
+        &["--bootstrap", &addr, "--resume", s(&stale)],
+    );
+    let mut hashes = Vec::new();
+    for (peer, name) in [(first, "p1"), (second, "p2"), (again, "p3-again")] {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["last_round"], 40, "{name}: {summary}");
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+        if name == "p3-again" {
+            let joined = summary["joined_at_round"].as_u64().expect("joined mid-run");
+            assert!(joined > 10, "{summary}");
+        }
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    let log = std::fs::read_to_string(dir.path().join("p3-again.log")).unwrap();
+    assert!(
+        log.contains("the run is past the checkpoint's round"),
+        "{log}"
+    );
+}

@@ -2,7 +2,9 @@
 //! link (`scripts/topology.sh`: veth + bridge + tc tbf), reached through a proxy that adds
 //! 20 ms each way (40 ms round trip) and, for 1 % of the chunks it forwards, a 200 ms stall —
 //! what a lost segment costs a TCP connection (`netem` does not exist on these kernels).
-//! Needs root for `ip netns`; `SINTER_SKIP_NETNS=1` skips it where that is impossible.
+//! And peers behind NATs (`scripts/nat-topology.sh`: nftables masquerade in router
+//! namespaces) that join with only `--bootstrap`, punch holes or train through relays.
+//! Needs root for `ip netns`; `SINTER_SKIP_NETNS=1` skips them where that is impossible.
 
 mod common;
 
@@ -21,32 +23,57 @@ const HOSTS: usize = 4;
 /// Bytes the proxies forwarded.
 static FORWARDED: AtomicU64 = AtomicU64::new(0);
 
-/// The namespaces and links of `scripts/topology.sh`, torn down when dropped.
-struct Topology;
+/// Network namespaces made by one of the topology scripts, torn down when dropped.
+struct Topology {
+    script: &'static str,
+    counts: Vec<String>,
+}
 
 impl Topology {
-    fn up(hosts: usize, mbit: u32) -> Topology {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/topology.sh");
-        let out = Command::new(&script)
-            .args(["up", &hosts.to_string(), &mbit.to_string()])
+    /// `scripts/SCRIPT up COUNTS… MBIT` (with `env`), which must succeed.
+    fn up(script: &'static str, counts: &[usize], mbit: u32, env: &[(&str, &str)]) -> Topology {
+        let topology = Topology {
+            script,
+            counts: counts.iter().map(|c| c.to_string()).collect(),
+        };
+        let out = Command::new(topology.path())
+            .arg("up")
+            .args(&topology.counts)
+            .arg(mbit.to_string())
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "scripts/topology.sh up failed (it needs root for ip netns; SINTER_SKIP_NETNS=1 skips this test): {}",
+            "scripts/{script} up failed (it needs root for ip netns, and nftables from scripts/setup.sh; SINTER_SKIP_NETNS=1 skips these tests): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Topology
+        topology
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts")
+            .join(self.script)
     }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/topology.sh");
-        let _ = Command::new(script)
-            .args(["down", &HOSTS.to_string()])
+        let _ = Command::new(self.path())
+            .arg("down")
+            .args(&self.counts)
             .output();
     }
+}
+
+/// Whether the network-namespace tests are to be skipped (`SINTER_SKIP_NETNS=1`).
+fn skipped() -> bool {
+    let skip = std::env::var("SINTER_SKIP_NETNS").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("SINTER_SKIP_NETNS=1: skipping a network-namespace test");
+    }
+    skip
 }
 
 /// A small deterministic generator for the proxy's losses.
@@ -123,11 +150,11 @@ fn proxy(listen: &str, target: String, delay: Duration, loss: f64) {
 
 #[test]
 fn four_peers_in_namespaces_over_shaped_delayed_lossy_links_end_bit_identical() {
-    if std::env::var("SINTER_SKIP_NETNS").is_ok_and(|v| v == "1") {
-        eprintln!("SINTER_SKIP_NETNS=1: skipping the network-namespace test");
+    if skipped() {
         return;
     }
-    let _topology = Topology::up(HOSTS, 50);
+    let _serial = common::peers::serial();
+    let _topology = Topology::up("topology.sh", &[HOSTS], 50, &[]);
     for i in 1..=HOSTS {
         proxy(
             &format!("10.77.0.254:{}", 5000 + i),
@@ -182,5 +209,109 @@ fn four_peers_in_namespaces_over_shaped_delayed_lossy_links_end_bit_identical() 
     assert!(
         forwarded >= sent,
         "proxies forwarded {forwarded} bytes of {sent} sent"
+    );
+}
+
+/// `ip netns exec NS`, to prefix a command with.
+fn netns(ns: &str) -> [&str; 4] {
+    ["ip", "netns", "exec", ns]
+}
+
+/// Three peers behind home NATs and one reachable peer train together, each NATed peer given
+/// only `--bootstrap` (the third also a `launch relay`): two behind port-preserving NATs
+/// punch a hole to each other, the third, behind a symmetric NAT where hole punching cannot
+/// work, trains through relays; all end bit-identical, and `launch status` of a NATed peer,
+/// asked through a relay, says how it reaches each.
+#[test]
+fn peers_behind_nats_join_with_only_bootstrap_punch_holes_or_relay_and_end_bit_identical() {
+    if skipped() {
+        return;
+    }
+    let _serial = common::peers::serial();
+    let _topology = Topology::up("nat-topology.sh", &[2, 3], 50, &[("SYMMETRIC", "3")]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, common::small_config(48, 4, 4)).unwrap();
+
+    let relay_key = dir.path().join("relay.key");
+    let relay = Peer::spawn(
+        &netns("sinter-pub1"),
+        dir.path(),
+        "relay",
+        &[
+            "relay",
+            "--listen",
+            "/ip4/10.78.0.1/tcp/4001",
+            "--key",
+            relay_key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let relay_addr = relay.printed("relay address ");
+    let public = Peer::start_in(
+        &netns("sinter-pub2"),
+        dir.path(),
+        "public",
+        &config,
+        &["--listen", "/ip4/10.78.0.2/tcp/4001"],
+        &[],
+    );
+    let public_id = public.printed("peer id ");
+    let bootstrap = "/ip4/10.78.0.2/tcp/4001";
+    let natted: Vec<(Peer, String, String)> = (1..=3)
+        .map(|i| {
+            let name = format!("nat{i}");
+            let mut args = vec![
+                "--listen",
+                "/ip4/0.0.0.0/tcp/4001",
+                "--bootstrap",
+                bootstrap,
+            ];
+            if i == 3 {
+                args.extend(["--relay", &relay_addr]);
+            }
+            let ns = format!("sinter-lan{i}");
+            let peer = Peer::start_in(&netns(&ns), dir.path(), &name, &config, &args, &[]);
+            let id = peer.printed("peer id ");
+            (peer, name, id)
+        })
+        .collect();
+
+    // Asked through the public peer's relay, the first NATed peer says how it reaches the
+    // others once it has trained a round with them.
+    common::peers::wait_for_round(dir.path(), "nat1", 1);
+    let through_relay = format!(
+        "{bootstrap}/p2p/{public_id}/p2p-circuit/p2p/{}",
+        natted[0].2
+    );
+    let out = common::launch(&["status", "--peer", &through_relay, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let route = |peer: &str| status["routes"][peer].as_str().unwrap_or("none").to_owned();
+    assert_eq!(status["reachability"], "private (behind a NAT)", "{status}");
+    assert_eq!(route(&public_id), "direct", "{status}");
+    assert_eq!(route(&natted[1].2), "direct (hole-punched)", "{status}");
+    assert_eq!(route(&natted[2].2), "relayed", "{status}");
+
+    let mut hashes = Vec::new();
+    let everyone = std::iter::once((public, "public".to_owned()))
+        .chain(natted.into_iter().map(|(peer, name, _)| (peer, name)));
+    for (peer, name) in everyone {
+        let (status, summary) = peer.wait(dir.path(), &name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["rounds"], 12, "{name}: {summary}");
+        assert_eq!(summary["workers"], 4, "{name}: {summary}");
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    // The symmetric-NAT peer reserved a slot on the relay it was given.
+    let relay_log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap();
+    assert!(
+        relay_log.contains("relay: slot reserved"),
+        "the relay reserved no slot:\n{relay_log}"
     );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::faults::crash_point;
 use super::messages::{Header, Reply, Stage};
-use super::{Group, GroupError, RETRY, Shared, State};
+use super::{Group, GroupError, REACH_LIMIT, RETRY, Shared, State};
 use libp2p::PeerId;
 
 /// One shard as it arrived.
@@ -74,7 +74,7 @@ impl Shared {
         }
         match state.groups.get(&round) {
             Some(group) if !group.members.contains(&peer) => {
-                return self.reject(state, peer, &format!("not a member of round {round}"));
+                return self.reject(state, peer, &not_a_member(round));
             }
             Some(_) => {}
             // Before this peer has the round's group: a member of the newest group it knows
@@ -176,7 +176,7 @@ impl Group {
         let owner = |state: &State, k: usize| -> PeerId {
             (0..n)
                 .map(|i| members[(k + i) % n])
-                .find(|m| self.shared.is_live(state, m))
+                .find(|m| self.shared.in_round(state, round, m))
                 .unwrap_or(me)
         };
         let mut sent_to: Vec<Option<PeerId>> = vec![None; shards];
@@ -273,7 +273,7 @@ impl Group {
                             (reduced
                                 || members.iter().all(|m| {
                                     got.is_some_and(|g| g.contains_key(m))
-                                        || !shared.is_live(state, m)
+                                        || !shared.in_round(state, round, m)
                                 }))
                             .then_some(())
                         })
@@ -382,6 +382,7 @@ impl Group {
             state.all_reduce_times.pop_front();
         }
         state.shards.retain(|(r, _, _), _| *r > round);
+        state.outside.retain(|(r, _)| *r > round);
         state.ready.retain(|r, _| *r > round);
         state.groups.retain(|r, _| *r + 1 >= round);
         let bytes_received = state.bytes_received - received_before;
@@ -393,19 +394,20 @@ impl Group {
     }
 
     /// Sends a request, retrying while `to` is live (a peer heard of by gossip may not be
-    /// connected yet), at most 20 times.
+    /// reachable yet), for at most [`REACH_LIMIT`], with pauses growing from [`RETRY`] to 3 s.
     pub(super) async fn deliver(
         &self,
         to: PeerId,
         header: &Header,
         frame: &[u8],
     ) -> Result<u64, GroupError> {
-        let mut attempt = 0;
+        let started = tokio::time::Instant::now();
+        let (mut pause, mut attempt) = (RETRY, 0u32);
         loop {
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             match self.ask(to, header, frame).await {
                 Ok((bytes, _)) => return Ok(bytes),
-                Err(GroupError::Net(e)) if attempt < 20 => {
+                Err(GroupError::Net(e)) if started.elapsed() < REACH_LIMIT => {
                     let live = {
                         let state = self.shared.lock();
                         self.shared.is_live(&state, &to)
@@ -414,7 +416,18 @@ impl Group {
                         return Err(GroupError::Net(e));
                     }
                     tracing::debug!(peer = %to, error = %e, attempt, "request failed; retrying");
-                    tokio::time::sleep(RETRY).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 3 / 2).min(Duration::from_secs(3));
+                }
+                Err(GroupError::Refused { peer, reason }) => {
+                    if let Header::Shard { round, .. } = header
+                        && reason == not_a_member(*round)
+                    {
+                        tracing::warn!(%peer, round, "a member holds another group for this round; it is out of the round");
+                        self.shared.lock().outside.insert((*round, peer));
+                        self.shared.changed.notify_waiters();
+                    }
+                    return Err(GroupError::Refused { peer, reason });
                 }
                 Err(e) => return Err(e),
             }
@@ -467,4 +480,10 @@ impl Group {
             .insert(arrival.from, arrival);
         self.shared.changed.notify_waiters();
     }
+}
+
+/// The refusal of a shard from a peer outside this peer's group for `round`; a member that
+/// gets it knows the refuser is in another group for the round.
+fn not_a_member(round: u64) -> String {
+    format!("not a member of round {round}")
 }

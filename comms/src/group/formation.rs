@@ -49,7 +49,7 @@ impl Shared {
         addrs: Vec<String>,
     ) -> Reply {
         if round.saturating_add(1) < state.round {
-            return self.reject(state, peer, &format!("round {round} is over"));
+            return self.reject(state, peer, &round_is_over(round));
         }
         state.addrs.insert(peer, addrs);
         match held {
@@ -250,6 +250,14 @@ impl Group {
                 for (peer, result) in futures::future::join_all(sends).await {
                     match result {
                         Ok(_) => leader_heard |= peer == leader,
+                        // The leader is rounds ahead: this round formed and ended without
+                        // this peer (it lost touch at the time), which joins the next one.
+                        Err(GroupError::Refused { reason, .. })
+                            if !joining && peer == leader && reason == round_is_over(round) =>
+                        {
+                            tracing::warn!(%leader, round, "the run moved on without this peer; joining it where it is");
+                            return Err(GroupError::NotInGroup { round });
+                        }
                         Err(e) => tracing::debug!(%peer, error = %e, round, "ready not delivered"),
                     }
                 }
@@ -394,4 +402,9 @@ impl Group {
             }
         }
     }
+}
+
+/// The refusal of a `Ready` for a round this peer has left behind.
+fn round_is_over(round: u64) -> String {
+    format!("round {round} is over")
 }

@@ -219,6 +219,13 @@ pub struct GroupStatus {
     /// Peers banned for the rest of the run.
     #[serde(default)]
     pub banned: Vec<String>,
+    /// Whether others can dial the answering peer (AutoNAT's finding).
+    #[serde(default)]
+    pub reachability: String,
+    /// How the answering peer reaches each connected peer: `direct`, `direct (hole-punched)`
+    /// or `relayed`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
 }
 
 /// What a peer says about the run when a newcomer introduces itself.

@@ -161,6 +161,10 @@ const OFFENCE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Pause before retrying a request to a peer that is live but not reachable yet.
 pub(super) const RETRY: Duration = Duration::from_millis(300);
+/// How long a request to a live peer is retried: a peer behind a NAT is heard of by gossip
+/// at once but reachable only once it has found itself private and reserved a relay slot
+/// (AutoNAT's dial-back times out after 10 s).
+pub(super) const REACH_LIMIT: Duration = Duration::from_secs(60);
 /// How often a member waiting for its group repeats its `Ready` (a joiner: every second).
 pub(super) const READY_REPEAT: Duration = Duration::from_secs(5);
 /// How long a leaving peer tries to say so.
@@ -172,6 +176,9 @@ struct State {
     connected: BTreeSet<PeerId>,
     dialled: HashMap<PeerId, Instant>,
     gone: BTreeSet<PeerId>,
+    /// Members of a round's group that refused this peer as a member of that round: they hold
+    /// another group for it (they lost touch at its forming), so they are out of the round.
+    outside: BTreeSet<(u64, PeerId)>,
     /// Per round, who said it is ready, with its state hash.
     ready: BTreeMap<u64, BTreeMap<PeerId, Option<String>>>,
     /// How long the last few all-reduces took here.
@@ -219,6 +226,8 @@ struct State {
 struct Shared {
     me: PeerId,
     settings: GroupSettings,
+    /// How peers are reached (for status).
+    routes: crate::net::Routes,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -230,6 +239,7 @@ impl Shared {
         Self {
             me,
             settings,
+            routes: Default::default(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
         }
@@ -248,6 +258,12 @@ impl Shared {
                     .last_seen
                     .get(peer)
                     .is_some_and(|t| t.elapsed() < self.settings.peer_timeout))
+    }
+
+    /// Whether `peer` takes part in round `round`'s all-reduce: live, and not in another
+    /// group for that round.
+    fn in_round(&self, state: &State, round: u64, peer: &PeerId) -> bool {
+        self.is_live(state, peer) && !state.outside.contains(&(round, *peer))
     }
 
     fn live(&self, state: &State) -> BTreeSet<PeerId> {
@@ -394,6 +410,7 @@ impl Group {
         let shared = Arc::new(Shared {
             me: client.peer_id(),
             settings,
+            routes: client.routes(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
         });

@@ -34,6 +34,13 @@ impl Shared {
                 .map(|(p, c)| (p.to_string(), *c))
                 .collect(),
             banned: state.banned.iter().map(|p| p.to_string()).collect(),
+            reachability: self.routes.reachability().to_string(),
+            routes: self
+                .routes
+                .best()
+                .into_iter()
+                .map(|(p, r)| (p.to_string(), r.to_string()))
+                .collect(),
         }
     }
 }

@@ -167,8 +167,8 @@ impl Group {
         max_bytes: u64,
     ) -> Result<Vec<u8>, GroupError> {
         let run = &self.shared.settings.run;
-        let (_, blob, _) = self
-            .fetch(
+        let (blob, _) = self
+            .fetch_to_memory(
                 &[peer],
                 &format!("{peer}'s contribution to round {round}"),
                 Header::ContributionManifest {
@@ -180,7 +180,6 @@ impl Group {
                     round,
                     index,
                 },
-                None,
                 max_bytes,
             )
             .await?;
@@ -219,68 +218,88 @@ impl Group {
         max_bytes: u64,
     ) -> Result<(Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
         let run = &self.shared.settings.run;
-        let (_, blob, delivered) = self
-            .fetch(
-                donors,
-                &format!("the state of round {round}"),
-                Header::StateManifest {
-                    run: run.clone(),
-                    round,
-                },
-                |_, index| Header::StateChunk {
-                    run: run.clone(),
-                    round,
-                    index,
-                },
-                None,
-                max_bytes,
-            )
-            .await?;
-        Ok((blob, delivered))
-    }
-
-    /// Fetches a served blob (a checkpoint) from `donors` the same way: the one with `root`
-    /// (a donor offering another is ignored), or the newest most donors agree on, of at most
-    /// `max_bytes`. Returns its manifest, bytes and who delivered what.
-    pub async fn fetch_blob(
-        &self,
-        donors: &[PeerId],
-        root: Option<String>,
-        max_bytes: u64,
-    ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
-        let run = &self.shared.settings.run;
-        let what = root
-            .as_ref()
-            .map_or("a checkpoint".to_owned(), |r| format!("checkpoint {r}"));
-        self.fetch(
+        self.fetch_to_memory(
             donors,
-            &what,
-            Header::BlobManifest {
+            &format!("the state of round {round}"),
+            Header::StateManifest {
                 run: run.clone(),
-                root: root.clone(),
+                round,
             },
-            |root, index| Header::BlobChunk {
+            |_, index| Header::StateChunk {
                 run: run.clone(),
-                root: root.to_owned(),
+                round,
                 index,
             },
-            root.as_deref(),
             max_bytes,
         )
         .await
     }
 
-    /// Asks every donor for a manifest, takes the one most agree on and fetches its chunks
-    /// from all of its holders at once, each verified (`transfer::fetch`).
-    async fn fetch(
+    /// The agreed offer of `donors` ([`Group::agreed_offer`]), fetched into memory.
+    async fn fetch_to_memory(
         &self,
         donors: &[PeerId],
         what: &str,
         ask_manifest: Header,
         ask_chunk: impl Fn(&str, u32) -> Header,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+        let (manifest, holders) = self
+            .agreed_offer(donors, what, ask_manifest, None, max_bytes)
+            .await?;
+        let blob = Mutex::new(vec![0u8; manifest.total_len as usize]);
+        let delivered = self
+            .fetch_chunks(&manifest, &holders, ask_chunk, &blob)
+            .await?;
+        Ok((
+            blob.into_inner().unwrap_or_else(|p| p.into_inner()),
+            delivered,
+        ))
+    }
+
+    /// Fetches a served blob (a checkpoint) from `donors` the same way, into `sink` (a file:
+    /// a checkpoint may be larger than memory): the one with `root` (a donor offering another
+    /// is ignored), or the newest most donors agree on, of at most `max_bytes`. Returns its
+    /// manifest and who delivered what.
+    pub async fn fetch_blob(
+        &self,
+        donors: &[PeerId],
+        root: Option<String>,
+        max_bytes: u64,
+        sink: &dyn transfer::Sink,
+    ) -> Result<(Manifest, BTreeMap<PeerId, usize>), GroupError> {
+        let run = &self.shared.settings.run;
+        let what = root
+            .as_ref()
+            .map_or("a checkpoint".to_owned(), |r| format!("checkpoint {r}"));
+        let ask_manifest = Header::BlobManifest {
+            run: run.clone(),
+            root: root.clone(),
+        };
+        let (manifest, holders) = self
+            .agreed_offer(donors, &what, ask_manifest, root.as_deref(), max_bytes)
+            .await?;
+        let ask_chunk = |root: &str, index| Header::BlobChunk {
+            run: run.clone(),
+            root: root.to_owned(),
+            index,
+        };
+        let delivered = self
+            .fetch_chunks(&manifest, &holders, ask_chunk, sink)
+            .await?;
+        Ok((manifest, delivered))
+    }
+
+    /// Asks every donor for a manifest and returns the one most agree on (with `expected_root`
+    /// if given, of at most `max_bytes` and this peer's limit per transfer) and its holders.
+    async fn agreed_offer(
+        &self,
+        donors: &[PeerId],
+        what: &str,
+        ask_manifest: Header,
         expected_root: Option<&str>,
         max_bytes: u64,
-    ) -> Result<(Manifest, Vec<u8>, BTreeMap<PeerId, usize>), GroupError> {
+    ) -> Result<(Manifest, Vec<PeerId>), GroupError> {
         let asks = donors.iter().map(|d| {
             let header = &ask_manifest;
             async move {
@@ -336,13 +355,24 @@ impl Group {
             root = %&manifest.root[..16],
             "fetching"
         );
-        let root = manifest.root.clone();
+        Ok((manifest, holders))
+    }
+
+    /// Fetches `manifest`'s chunks from `holders` into `sink`, each verified
+    /// (`transfer::fetch_into`).
+    async fn fetch_chunks(
+        &self,
+        manifest: &Manifest,
+        holders: &[PeerId],
+        ask_chunk: impl Fn(&str, u32) -> Header,
+        sink: &dyn transfer::Sink,
+    ) -> Result<BTreeMap<PeerId, usize>, GroupError> {
         let get = |peer: PeerId, index: usize| {
-            let header = ask_chunk(&root, index as u32);
+            let header = ask_chunk(&manifest.root, index as u32);
             async move { self.ask(peer, &header, &[]).await.map(|(_, data)| data) }
         };
-        let (blob, delivered) = transfer::fetch(&manifest, &holders, get).await?;
+        let delivered = transfer::fetch_into(manifest, holders, get, sink).await?;
         self.shared.lock().bytes_received += manifest.total_len;
-        Ok((manifest, blob, delivered))
+        Ok(delivered)
     }
 }

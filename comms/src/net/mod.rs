@@ -5,11 +5,13 @@
 //! gossipsub for small control messages on one topic per run, and request-response for
 //! everything that carries tensors, with size limits and timeouts chosen for that. Each
 //! peer's requests are limited ([`PeerLimits`]) and a banned peer is disconnected and refused
-//! (libp2p's block list).
+//! (libp2p's block list). Peers behind NATs are reached through relays and hole punching
+//! ([`nat`]).
 
 mod codec;
 pub mod key;
 mod limits;
+pub mod nat;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,8 +20,8 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Swarm, allow_block_list, identify, noise, ping, tcp, yamux};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{Swarm, allow_block_list, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{FrameCodec, PROTOCOL};
@@ -27,6 +29,7 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use limits::PeerLimits;
+pub use nat::{Reachability, RelayService, Route, Routes};
 
 /// What can go wrong in the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +84,14 @@ pub struct NetConfig {
     /// Peers to dial at start; with or without a `/p2p/<peer id>` suffix.
     pub bootstrap: Vec<Multiaddr>,
     /// Addresses to tell others instead of the listen addresses (behind port forwarding, a
-    /// NAT or a proxy). Empty: the listen addresses.
+    /// NAT or a proxy). Empty: the listen addresses, the relayed ones and those AutoNAT
+    /// confirmed.
     pub external: Vec<Multiaddr>,
+    /// Relays to listen through at once (each ending in `/p2p/<peer id>`); bootstrap peers
+    /// also serve as relays once AutoNAT finds this peer private.
+    pub relays: Vec<Multiaddr>,
+    /// What this peer relays for others.
+    pub relay_service: RelayService,
     /// The gossip topic of the run (one per run).
     pub topic: String,
     /// Largest request (a tensor shard) accepted or sent.
@@ -107,6 +116,8 @@ impl NetConfig {
             listen: Vec::new(),
             bootstrap: Vec::new(),
             external: Vec::new(),
+            relays: Vec::new(),
+            relay_service: RelayService::peer_default(),
             topic,
             max_request_bytes: 256 << 20,
             max_response_bytes: 32 << 20,
@@ -163,6 +174,10 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     frames: request_response::Behaviour<FrameCodec>,
+    autonat: autonat::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
 }
 
 enum Command {
@@ -199,6 +214,7 @@ enum Command {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    routes: Routes,
 }
 
 impl Client {
@@ -257,6 +273,11 @@ impl Client {
     pub async fn ban(&self, peer: PeerId) -> Result<(), NetError> {
         self.send(Command::Ban { peer }).await
     }
+
+    /// How each connected peer is reached, and whether this one is reachable.
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
+    }
 }
 
 /// Owns the swarm; run it with [`EventLoop::run`] on a task of its own.
@@ -270,6 +291,13 @@ pub struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     external: Vec<Multiaddr>,
     budgets: limits::Budgets,
+    routes: Routes,
+    /// Bootstrap addresses without `/p2p/…`: the peers dialled there may serve as relays.
+    bootstrap: Vec<Multiaddr>,
+    relays: HashMap<PeerId, nat::RelaySlot>,
+    /// Relayed connections replaced by punched holes: when each is to be closed (`None`:
+    /// being closed), so that their closing is not reported as an error.
+    closing: HashMap<libp2p::swarm::ConnectionId, Option<std::time::Instant>>,
 }
 
 /// A dial waiting for its connection: the address (for the error message) and the reply.
@@ -301,7 +329,9 @@ pub async fn start(
     #[cfg(feature = "quic")]
     let builder = builder.with_quic();
     let mut swarm = builder
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
@@ -329,12 +359,26 @@ pub async fn start(
                         .with_request_timeout(config.request_timeout)
                         .with_max_concurrent_streams(64),
                 ),
+                autonat: autonat::Behaviour::new(peer_id, nat::autonat_config()),
+                relay_client,
+                relay: Toggle::from(
+                    (config.relay_service.max_circuits > 0)
+                        .then(|| relay::Behaviour::new(peer_id, config.relay_service.config())),
+                ),
+                dcutr: dcutr::Behaviour::new(peer_id),
             })
         })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    if let Some(relay) = swarm.behaviour_mut().relay.as_mut() {
+        // Fixed now, while there is no connection: libp2p-relay 0.22 re-announces a changed
+        // status to every connection, its relayed ones too, whose handler then panics
+        // (`either.rs: unreachable`) and leaves the connection hung. The status changes
+        // whenever this peer's confirmed external addresses do, as a relay reservation does.
+        relay.set_status(Some(relay::Status::Enable));
+    }
     let topic = IdentTopic::new(config.topic.clone());
     swarm
         .behaviour_mut()
@@ -383,7 +427,15 @@ pub async fn start(
         listen_addrs,
         external: config.external.clone(),
         budgets: limits::Budgets::new(config.limits),
+        routes: Routes::default(),
+        bootstrap: config.bootstrap.iter().map(nat::bare).collect(),
+        relays: HashMap::new(),
+        closing: Default::default(),
     };
+    for addr in &config.relays {
+        event_loop.add_relay(addr).map_err(NetError::Setup)?;
+    }
+    event_loop.reserve_relays();
     for addr in &config.external {
         event_loop.swarm.add_external_address(addr.clone());
     }
@@ -399,6 +451,7 @@ pub async fn start(
     let client = Client {
         commands: commands_tx,
         peer_id: config.key.public().to_peer_id(),
+        routes: event_loop.routes.clone(),
     };
     Ok((client, events_rx, event_loop))
 }
@@ -406,9 +459,11 @@ pub async fn start(
 impl EventLoop {
     /// Runs until every [`Client`] is dropped.
     pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
+                _ = tick.tick() => self.close_replaced(),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => return,
@@ -446,15 +501,28 @@ impl EventLoop {
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| *a != address);
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let reason = match reason {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.on_listener_closed(listener_id, &reason);
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
                 num_established,
+                endpoint,
                 ..
             } => {
                 if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
+                self.on_connection(peer_id, connection_id, &endpoint);
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
@@ -465,11 +533,14 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
-                if let Some(cause) = cause {
+                self.on_connection_closed(peer_id, connection_id);
+                let on_purpose = self.closing.remove(&connection_id).is_some();
+                if let Some(cause) = cause.filter(|_| !on_purpose) {
                     tracing::warn!(peer = %peer_id, %cause, "connection closed by an error");
                 }
                 if num_established == 0 {
@@ -519,6 +590,12 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Frames(event)) => self.on_frames(event).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.on_relay_service(event),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.on_relay_client(event)
+            }
             _ => {}
         }
     }
@@ -636,14 +713,25 @@ impl EventLoop {
             }
             Command::ListenAddrs { reply } => {
                 let me = *self.swarm.local_peer_id();
-                let told = match self.external.is_empty() {
-                    true => &self.listen_addrs,
-                    false => &self.external,
+                let told: Vec<Multiaddr> = match self.external.is_empty() {
+                    true => self
+                        .listen_addrs
+                        .iter()
+                        .chain(self.swarm.external_addresses())
+                        .cloned()
+                        .collect(),
+                    false => self.external.clone(),
                 };
-                let addrs = told
-                    .iter()
-                    .map(|a| a.clone().with(Protocol::P2p(me)))
-                    .collect();
+                let mut addrs: Vec<Multiaddr> = Vec::new();
+                for addr in told {
+                    let addr = match addr.iter().last() {
+                        Some(Protocol::P2p(_)) => addr,
+                        _ => addr.with(Protocol::P2p(me)),
+                    };
+                    if !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
                 let _ = reply.send(addrs);
             }
             Command::AddAddress { peer, addr } => {

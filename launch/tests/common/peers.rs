@@ -110,6 +110,20 @@ impl Peer {
         Peer { child, out, lines }
     }
 
+    /// The rest of the first line the peer prints that starts with `prefix` (lines before it
+    /// are passed over).
+    pub fn printed(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("the peer printed no {prefix:?} line"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_owned();
+            }
+        }
+    }
+
     /// The first address the peer prints.
     pub fn address(&self) -> String {
         self.addresses(1).remove(0)

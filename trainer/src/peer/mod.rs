@@ -324,10 +324,21 @@ pub fn run_peer<B: AutodiffBackend>(
                 config.hash()
             )));
         }
-        state = snapshot.round_state();
-        model = load(model, &state.global, device);
-        joining = false;
-        tracing::info!(round = state.round, "resuming from a checkpoint");
+        let progress = group.run_progress();
+        if progress.under_way && progress.round > snapshot.meta.round {
+            // The run moved on while this peer was away: its checkpoint is stale, and the
+            // group's current state is fetched as any newcomer's would be.
+            tracing::info!(
+                checkpoint_round = snapshot.meta.round,
+                run_round = progress.round,
+                "the run is past the checkpoint's round: joining it where it is"
+            );
+        } else {
+            state = snapshot.round_state();
+            model = load(model, &state.global, device);
+            joining = false;
+            tracing::info!(round = state.round, "resuming from a checkpoint");
+        }
     }
     let mut incentives = options.ledger.clone().map(|ledger| {
         RunIncentives::new(Scoring::for_run(
