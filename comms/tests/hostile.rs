@@ -135,6 +135,16 @@ async fn rounds(group: Group, seed: f32) -> Vec<(Vec<PeerId>, Vec<f32>)> {
     out
 }
 
+/// This process's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
 /// A request whose header is any JSON a hostile peer likes.
 fn json(value: serde_json::Value) -> Vec<u8> {
     Handler::request(&serde_json::to_vec(&value).unwrap(), &[])
@@ -195,6 +205,7 @@ async fn hostile_peer_is_refused_counted_and_banned_while_the_honest_finish_iden
         hostile.dial(addr).await.unwrap();
     }
 
+    let peak_before = peak_rss_kib();
     let runs = [(a.clone(), 1.0), (b.clone(), 2.0), (c.clone(), 3.0)]
         .map(|(g, seed)| tokio::spawn(rounds(g, seed)));
 
@@ -232,6 +243,13 @@ async fn hostile_peer_is_refused_counted_and_banned_while_the_honest_finish_iden
         .map(|r| r.unwrap())
         .collect();
     attack.await.unwrap();
+    // Memory stayed bounded: nothing was allocated on the attacker's word (its frames claim
+    // up to 2 GiB, its strings 60 kB each, its floods thousands of requests).
+    let grown_mib = (peak_rss_kib() - peak_before) / 1024;
+    assert!(
+        grown_mib < 256,
+        "the honest peers' process grew by {grown_mib} MiB under attack"
+    );
 
     // Every round: the three honest peers, no one else, and the same bits everywhere.
     for (round, per_peer) in (0..ROUNDS as usize).map(|r| (r, results.iter().map(move |p| &p[r]))) {
