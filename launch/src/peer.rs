@@ -405,7 +405,7 @@ pub fn fetch_checkpoint(
     let blob_path = out.join("checkpoint-fetch.partial");
     let blob = PartialFile::create(&blob_path)?;
     let (manifest, delivered, secs) = runtime.block_on(async {
-        let (client, events, event_loop) = net::start(NetConfig::new(
+        let (client, events, event_loop) = net::start(NetConfig::client(
             net::Keypair::generate_ed25519(),
             CHECKPOINT_TOPIC.into(),
         ))
@@ -469,9 +469,8 @@ pub fn status(args: StatusArgs) -> Result<()> {
         .context("starting the async runtime")?;
     let status = runtime.block_on(async {
         let key = net::Keypair::generate_ed25519();
-        let mut config = NetConfig::new(key, "sinter/status".into());
-        config.relay_service.max_circuits = 0;
-        let (client, mut events, event_loop) = net::start(config).await?;
+        let (client, mut events, event_loop) =
+            net::start(NetConfig::client(key, "sinter/status".into())).await?;
         tokio::spawn(event_loop.run());
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         let peer = client

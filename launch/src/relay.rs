@@ -20,7 +20,7 @@ pub fn run(args: RelayArgs) -> Result<()> {
     config.relay_service = RelayService {
         max_circuits: args.max_circuits.max(1),
         max_circuit_bytes: args.max_circuit_mib.saturating_mul(1 << 20),
-        max_circuit_duration: Duration::from_secs(args.max_circuit_minutes.max(1) * 60),
+        max_circuit_duration: Duration::from_secs(args.max_circuit_minutes.clamp(1, 1 << 32) * 60),
     };
     runtime()?.block_on(async {
         let (client, mut events, event_loop) = net::start(config).await?;

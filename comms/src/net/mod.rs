@@ -126,6 +126,14 @@ impl NetConfig {
             limits: PeerLimits::default(),
         }
     }
+
+    /// A short-lived client (`launch status`, a checkpoint fetch): sinter's defaults, and
+    /// relaying nothing for others.
+    pub fn client(key: Keypair, topic: String) -> Self {
+        let mut config = Self::new(key, topic);
+        config.relay_service.max_circuits = 0;
+        config
+    }
 }
 
 /// Something the network delivers to the application.
