@@ -212,6 +212,74 @@ fn four_peers_in_namespaces_over_shaped_delayed_lossy_links_end_bit_identical() 
     );
 }
 
+/// A peer whose link is cut until the run splits (each side takes the other for gone and
+/// trains on as a group of its own) rejoins the others once the link is back: its group of one yields to the larger group, it fetches the run's state,
+/// and all four end bit-identical.
+#[test]
+fn a_peer_cut_off_until_the_run_splits_rejoins_and_all_end_bit_identical() {
+    if skipped() {
+        return;
+    }
+    let _serial = common::peers::serial();
+    let _topology = Topology::up("topology.sh", &[HOSTS], 50, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    // 150 rounds of 40 steps: the run goes on well after the link is back.
+    std::fs::write(&config, common::small_config(6000, HOSTS, 40)).unwrap();
+    let peers: Vec<(Peer, String)> = (1..=HOSTS)
+        .map(|i| {
+            let listen = format!("/ip4/10.77.0.{i}/tcp/4001");
+            let mut args = vec!["--listen", &listen];
+            if i > 1 {
+                args.extend(["--bootstrap", "/ip4/10.77.0.1/tcp/4001"]);
+            }
+            let name = format!("p{i}");
+            let ns = format!("sinter-p{i}");
+            let peer = Peer::start_in(&netns(&ns), dir.path(), &name, &config, &args, &[]);
+            if i == 1 {
+                let _ = peer.address();
+            }
+            (peer, name)
+        })
+        .collect();
+    common::peers::wait_for_round(dir.path(), "p4", 2);
+    let link = |state: &str| {
+        let out = Command::new("ip")
+            .args(["link", "set", "sinter-v4", state])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    link("down");
+    // The link stays down until the run has split: p4 trains alone.
+    let log = dir.path().join("p4.log");
+    common::eventually("p4 training alone", Duration::from_secs(90), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("members=1") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    link("up");
+    let mut hashes = Vec::new();
+    for (peer, name) in peers {
+        let (status, summary) = peer.wait(dir.path(), &name);
+        assert!(status.success(), "{name}: {summary}");
+        if name == "p4" {
+            assert!(summary["joined_at_round"].as_u64().is_some(), "{summary}");
+        } else {
+            assert_eq!(summary["rounds"], 150, "{name}: {summary}");
+        }
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}
+
 /// `ip netns exec NS`, to prefix a command with.
 fn netns(ns: &str) -> [&str; 4] {
     ["ip", "netns", "exec", ns]

@@ -5,6 +5,7 @@
 //! shards it did not reach.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::faults::crash_point;
@@ -166,11 +167,26 @@ impl Group {
         let started = Instant::now();
         let received_before = self.shared.lock().bytes_received;
         let bytes_sent = std::sync::atomic::AtomicU64::new(0);
-        let count = |result: Result<u64, GroupError>, what: &str, k: usize| match result {
+        let undelivered: Mutex<Vec<Undelivered>> = Mutex::new(Vec::new());
+        // Counts what was sent; keeps what could not be (its target unreachable) to resend
+        // once the target is back in the round.
+        let count = |sent: Sent, result: Result<u64, GroupError>| match result {
             Ok(bytes) => {
                 bytes_sent.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(error = %e, round, shard = k, "{what} not delivered"),
+            Err(e) => {
+                let what = match sent.header {
+                    Header::Shard {
+                        stage: Stage::Reduced,
+                        ..
+                    } => "reduced shard",
+                    _ => "contribution",
+                };
+                tracing::warn!(error = %e, round, shard = sent.k, to = %sent.to, "{what} not delivered");
+                if matches!(e, GroupError::Net(_)) {
+                    lock(&undelivered).push(sent.keep());
+                }
+            }
         };
         // Owner of shard k: member k mod N, or the next live member after it in the ring.
         let owner = |state: &State, k: usize| -> PeerId {
@@ -217,6 +233,28 @@ impl Group {
                 }
             }
             let (parts, count) = (&parts, &count);
+            let redeliver = async {
+                let due: Vec<Undelivered> = {
+                    let state = self.shared.lock();
+                    let mut list = lock(&undelivered);
+                    let (due, rest) = std::mem::take(&mut *list)
+                        .into_iter()
+                        .partition(|u| self.shared.in_round(&state, round, &u.to));
+                    *list = rest;
+                    due
+                };
+                // A contribution whose shard has another owner now is resent to it above.
+                let sends = due
+                    .into_iter()
+                    .filter(|u| u.reduced || owners[u.k] == u.to)
+                    .map(|u| async move {
+                        let result = self.deliver(u.to, &u.header, &u.frame).await;
+                        (u, result)
+                    });
+                for (u, result) in futures::future::join_all(sends).await {
+                    count(u.sent(), result);
+                }
+            };
             let forward = async {
                 for (k, held) in &forwards {
                     let header = Header::Shard {
@@ -229,9 +267,12 @@ impl Group {
                     let sends = members
                         .iter()
                         .filter(|m| **m != me && **m != held.from)
-                        .map(|m| self.deliver(*m, &header, &held.frame));
-                    for result in futures::future::join_all(sends).await {
-                        count(result, "forwarded reduced shard", *k);
+                        .map(|m| {
+                            let sent = Sent::new(*m, &header, &held.frame, *k);
+                            async { (self.deliver(*m, &header, &held.frame).await, sent) }
+                        });
+                    for (result, sent) in futures::future::join_all(sends).await {
+                        count(sent, result);
                     }
                 }
             };
@@ -245,11 +286,8 @@ impl Group {
                             stage: Stage::Contribution,
                             contributors: Vec::new(),
                         };
-                        count(
-                            self.deliver(*target, &header, &parts[k]).await,
-                            "contribution",
-                            k,
-                        );
+                        let result = self.deliver(*target, &header, &parts[k]).await;
+                        count(Sent::new(*target, &header, &parts[k], k), result);
                     }
                 });
                 futures::future::join_all(per_owner).await;
@@ -329,20 +367,27 @@ impl Group {
                             .map(|c| c.to_string())
                             .collect(),
                     };
-                    let sends = members
-                        .iter()
-                        .filter(|m| **m != me)
-                        .map(|m| self.deliver(*m, &header, &reduction.frame));
-                    for result in futures::future::join_all(sends).await {
-                        count(result, "reduced shard", k);
+                    let sends = members.iter().filter(|m| **m != me).map(|m| {
+                        let sent = Sent::new(*m, &header, &reduction.frame, k);
+                        async { (self.deliver(*m, &header, &reduction.frame).await, sent) }
+                    });
+                    for (result, sent) in futures::future::join_all(sends).await {
+                        count(sent, result);
                     }
                 }
             };
-            futures::join!(forward, send, reduce_mine);
+            futures::join!(redeliver, forward, send, reduce_mine);
             reduced_by_me.extend(mine);
             // Wait for every shard; stop waiting for one whose owner has died.
             let progress = self
-                .wait_for(ceiling, |_, state| {
+                .wait_for(ceiling, |shared, state| {
+                    // A peer this one could not reach is back: resend what it missed.
+                    if lock(&undelivered)
+                        .iter()
+                        .any(|u| shared.in_round(state, round, &u.to))
+                    {
+                        return Some(false);
+                    }
                     let mut missing = 0;
                     for (k, previous_owner) in owners.iter().enumerate() {
                         if state
@@ -353,7 +398,7 @@ impl Group {
                             continue;
                         }
                         if owner(state, k) != *previous_owner {
-                            return Some(false); // an owner died: resend and retry
+                            return Some(false); // an owner left the round: resend, retry
                         }
                         missing += 1;
                     }
@@ -405,16 +450,21 @@ impl Group {
         let (mut pause, mut attempt) = (RETRY, 0u32);
         loop {
             attempt = attempt.saturating_add(1);
+            let live = {
+                let state = self.shared.lock();
+                self.shared.is_live(&state, &to)
+            };
+            // A peer gone silent (its link cut) is not waited on request by request: what it
+            // missed is resent once it is heard from again.
+            if !live {
+                return Err(GroupError::Net(crate::net::NetError::Request {
+                    peer: to,
+                    reason: "not heard from within the peer timeout".into(),
+                }));
+            }
             match self.ask(to, header, frame).await {
                 Ok((bytes, _)) => return Ok(bytes),
                 Err(GroupError::Net(e)) if started.elapsed() < REACH_LIMIT => {
-                    let live = {
-                        let state = self.shared.lock();
-                        self.shared.is_live(&state, &to)
-                    };
-                    if !live {
-                        return Err(GroupError::Net(e));
-                    }
                     tracing::debug!(peer = %to, error = %e, attempt, "request failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 3 / 2).min(Duration::from_secs(3));
@@ -486,4 +536,60 @@ impl Group {
 /// gets it knows the refuser is in another group for the round.
 fn not_a_member(round: u64) -> String {
     format!("not a member of round {round}")
+}
+
+/// A shard (contribution or reduced) sent to a peer, as the send's outcome is counted.
+struct Sent<'a> {
+    to: PeerId,
+    header: &'a Header,
+    frame: &'a [u8],
+    k: usize,
+}
+
+impl<'a> Sent<'a> {
+    fn new(to: PeerId, header: &'a Header, frame: &'a [u8], k: usize) -> Self {
+        Self {
+            to,
+            header,
+            frame,
+            k,
+        }
+    }
+
+    /// A copy to resend later.
+    fn keep(&self) -> Undelivered {
+        Undelivered {
+            to: self.to,
+            header: self.header.clone(),
+            frame: self.frame.to_vec(),
+            k: self.k,
+            reduced: matches!(
+                self.header,
+                Header::Shard {
+                    stage: Stage::Reduced,
+                    ..
+                }
+            ),
+        }
+    }
+}
+
+/// A shard that could not be delivered (its target was unreachable), kept to resend once the
+/// target is back in the round.
+struct Undelivered {
+    to: PeerId,
+    header: Header,
+    frame: Vec<u8>,
+    k: usize,
+    reduced: bool,
+}
+
+impl Undelivered {
+    fn sent(&self) -> Sent<'_> {
+        Sent::new(self.to, &self.header, &self.frame, self.k)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

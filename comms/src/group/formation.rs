@@ -211,7 +211,9 @@ impl Group {
     /// Agrees with the other peers on the members of `round`. `state` is the hash of this
     /// peer's state at the start of the round; `None` for a peer joining, which never leads,
     /// is taken into the first group formed from `round` on (whose round the result says),
-    /// and fetches the agreed state then ([`Group::fetch_state`]).
+    /// and fetches the agreed state then ([`Group::fetch_state`]). Fails with
+    /// [`GroupError::NotInGroup`] when this peer is left out of the round, or when its group
+    /// is outranked by a larger one of the run (a split healing): it joins the run then.
     pub async fn form(&self, round: u64, state: Option<String>) -> Result<Formed, GroupError> {
         let me = self.me();
         let ceiling = self.shared.settings.round_ceiling;
@@ -235,6 +237,9 @@ impl Group {
                 let s = self.shared.lock();
                 (self.shared.leader(&s, round), self.shared.live(&s))
             };
+            if !joining && self.shared.outranked(&self.shared.lock()) {
+                return Err(outranked(round));
+            }
             if !joining && leader == me {
                 return self.lead(round).await;
             }
@@ -276,19 +281,23 @@ impl Group {
                             .groups
                             .range(round..)
                             .find(|(_, g)| g.members.contains(&me))
-                            .map(|(_, g)| Some(g.clone()));
+                            .map(|(_, g)| Heard::Group(g.clone()));
                     }
                     if let Some(group) = state.groups.get(&round) {
-                        return Some(Some(group.clone()));
+                        return Some(Heard::Group(group.clone()));
+                    }
+                    if shared.outranked(state) {
+                        return Some(Heard::Outranked);
                     }
                     // A leader that stops answering heartbeats is replaced.
-                    (!joining && !shared.is_live(state, &leader)).then_some(None)
+                    (!shared.is_live(state, &leader)).then_some(Heard::LeaderSilent)
                 })
                 .await;
             match group {
-                Some(Some(group)) if group.members.contains(&me) => return Ok(group),
-                Some(Some(_)) => return Err(GroupError::NotInGroup { round }),
-                Some(None) => {
+                Some(Heard::Group(group)) if group.members.contains(&me) => return Ok(group),
+                Some(Heard::Group(_)) => return Err(GroupError::NotInGroup { round }),
+                Some(Heard::Outranked) => return Err(outranked(round)),
+                Some(Heard::LeaderSilent) => {
                     tracing::warn!(%leader, round, "leader went silent; electing the next");
                     self.shared.lock().gone.insert(leader);
                     // The next leader may have announced already and been refused (this peer
@@ -311,25 +320,32 @@ impl Group {
     /// every live peer), then announces everyone ready and live, newcomers included.
     async fn lead(&self, round: u64) -> Result<Formed, GroupError> {
         let me = self.me();
-        self.wait_for(self.shared.settings.round_ceiling, |shared, state| {
-            let live = shared.established(state);
-            let expected: BTreeSet<PeerId> =
-                match round.checked_sub(1).and_then(|r| state.groups.get(&r)) {
-                    Some(previous) => previous
-                        .members
-                        .iter()
-                        .filter(|m| live.contains(m))
-                        .copied()
-                        .collect(),
-                    None => live,
-                };
-            let ready = state.ready.get(&round);
-            expected
-                .iter()
-                .all(|p| ready.is_some_and(|r| r.contains_key(p)))
-                .then_some(())
-        })
-        .await;
+        let yields = self
+            .wait_for(self.shared.settings.round_ceiling, |shared, state| {
+                if shared.outranked(state) {
+                    return Some(true);
+                }
+                let live = shared.established(state);
+                let expected: BTreeSet<PeerId> =
+                    match round.checked_sub(1).and_then(|r| state.groups.get(&r)) {
+                        Some(previous) => previous
+                            .members
+                            .iter()
+                            .filter(|m| live.contains(m))
+                            .copied()
+                            .collect(),
+                        None => live,
+                    };
+                let ready = state.ready.get(&round);
+                expected
+                    .iter()
+                    .all(|p| ready.is_some_and(|r| r.contains_key(p)))
+                    .then_some(false)
+            })
+            .await;
+        if yields == Some(true) {
+            return Err(outranked(round));
+        }
         let formed = {
             let mut state = self.shared.lock();
             let mut ready: BTreeMap<PeerId, Option<String>> =
@@ -402,6 +418,22 @@ impl Group {
             }
         }
     }
+}
+
+/// What a member waiting for its round's group hears.
+enum Heard {
+    /// The group, announced.
+    Group(Formed),
+    /// The leader went silent.
+    LeaderSilent,
+    /// A larger group of the run is in sight (see `healing`).
+    Outranked,
+}
+
+/// Leaving this peer's group for a larger one in sight (see `healing`): it joins the run.
+fn outranked(round: u64) -> GroupError {
+    tracing::warn!(round, "a larger group of this run is in sight; joining it");
+    GroupError::NotInGroup { round }
 }
 
 /// The refusal of a `Ready` for a round this peer has left behind.

@@ -16,7 +16,7 @@ pub enum Stage {
     Reduced,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) enum Header {
     Hello {
         run: String,
@@ -253,6 +253,9 @@ pub(super) struct Heartbeat {
     pub(super) addrs: Vec<String>,
     pub(super) stats: PeerStats,
     pub(super) under_way: bool,
+    /// The group the sender is in, by its lowest member (healing a split run).
+    #[serde(default)]
+    pub(super) group: Option<String>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! | `messages` | the request header and reply, decoded with limits |
 //! | `membership` | introductions, heartbeats, connections, leaving |
 //! | `formation` | each round's leader and group, the agreed state |
+//! | `healing` | a run split by a cut link becoming one again |
 //! | `all_reduce` | the pipelined reduce-scatter + all-gather |
 //! | `transfers` | state, contributions and checkpoints offered and fetched in chunks |
 //! | `extension` | a protocol riding on the run's connections (the ledger) |
@@ -41,6 +42,7 @@ mod faults;
 mod formation;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod healing;
 mod membership;
 mod messages;
 mod status;
@@ -221,6 +223,10 @@ struct State {
     extension: Option<Arc<dyn Extension>>,
     stats: PeerStats,
     peer_stats: BTreeMap<PeerId, PeerStats>,
+    /// The group each peer says it is in (by its lowest member), from its heartbeats.
+    peer_groups: BTreeMap<PeerId, PeerId>,
+    /// Since when a group outranking this peer's has been in sight.
+    outranked_since: Option<Instant>,
 }
 
 struct Shared {
@@ -260,10 +266,14 @@ impl Shared {
                     .is_some_and(|t| t.elapsed() < self.settings.peer_timeout))
     }
 
-    /// Whether `peer` takes part in round `round`'s all-reduce: live, and not in another
-    /// group for that round.
+    /// Whether `peer` takes part in round `round`'s all-reduce: live, not in another group
+    /// for that round, and not past it. A member whose heartbeat says it is in a later round
+    /// has finished this one: whatever it sent arrived, and what it could not deliver (its
+    /// link was down) it will never send again, so its shards pass to the next owner.
     fn in_round(&self, state: &State, round: u64, peer: &PeerId) -> bool {
-        self.is_live(state, peer) && !state.outside.contains(&(round, *peer))
+        self.is_live(state, peer)
+            && !state.outside.contains(&(round, *peer))
+            && state.peer_stats.get(peer).is_none_or(|s| s.round <= round)
     }
 
     fn live(&self, state: &State) -> BTreeSet<PeerId> {
@@ -454,6 +464,10 @@ impl Group {
                                 state.under_way |= beat.under_way;
                                 state.newest_round = state.newest_round.max(beat.stats.round);
                                 state.peer_stats.insert(peer, beat.stats);
+                                match beat.group.and_then(|g| g.parse().ok()) {
+                                    Some(key) => state.peer_groups.insert(peer, key),
+                                    None => state.peer_groups.remove(&peer),
+                                };
                                 state.addrs.insert(peer, beat.addrs);
                             }
                             // Gossip may reach us through another peer: connect directly,
@@ -511,12 +525,14 @@ impl Group {
                 let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
                 beats.lock().my_addrs = addrs.clone();
                 let beat = {
-                    let state = beats.lock();
+                    let mut state = beats.lock();
+                    beats.watch_for_split(&mut state);
                     Heartbeat {
                         run: beats.settings.run.clone(),
                         addrs,
                         stats: state.stats.clone(),
                         under_way: state.under_way,
+                        group: beats.group_key(&state).map(|k| k.to_string()),
                     }
                 };
                 let data = serde_json::to_vec(&beat).expect("heartbeats serialise");

@@ -254,3 +254,83 @@ fn a_member_takes_no_group_ahead_of_the_last_one_it_knows() {
         Reply::Ok
     ));
 }
+
+/// Four live peers sorted by id, seen by `peers[me]`, whose newest group (round 7) is `mine`;
+/// every other peer's heartbeat names the group `says[i]` (by its lowest member).
+fn split(me: usize, mine: &[usize], says: [usize; 4]) -> (Shared, Vec<PeerId>) {
+    let mut peers: Vec<PeerId> = (0..4).map(|_| peer()).collect();
+    peers.sort();
+    let group = shared_as(peers[me]);
+    {
+        let mut state = group.lock();
+        let members: Vec<PeerId> = mine.iter().map(|i| peers[*i]).collect();
+        let states = vec![Some("s".into()); members.len()];
+        state.groups.insert(
+            7,
+            Formed {
+                round: 7,
+                members,
+                states,
+            },
+        );
+        for (i, p) in peers.iter().enumerate().filter(|(i, _)| *i != me) {
+            state.last_seen.insert(*p, Instant::now());
+            state.peer_groups.insert(*p, peers[says[i]]);
+        }
+    }
+    (group, peers)
+}
+
+#[test]
+fn a_peer_split_off_alone_yields_to_the_rest_but_the_rest_does_not_yield_to_it() {
+    // Peer 2 was cut off and led a group of itself; the other three formed theirs.
+    let (alone, peers) = split(2, &[2], [0, 0, 2, 0]);
+    assert_eq!(alone.larger_group(&alone.lock()), Some(peers[0]));
+    let (rest, _) = split(0, &[0, 1, 3], [0, 0, 2, 0]);
+    assert_eq!(rest.larger_group(&rest.lock()), None);
+    // The same with the lowest peer cut off: size counts before the key.
+    let (lowest, peers) = split(0, &[0], [0, 1, 1, 1]);
+    assert_eq!(lowest.larger_group(&lowest.lock()), Some(peers[1]));
+    let (rest, _) = split(1, &[1, 2, 3], [0, 1, 1, 1]);
+    assert_eq!(rest.larger_group(&rest.lock()), None);
+}
+
+#[test]
+fn of_two_groups_as_large_the_one_with_the_higher_key_yields() {
+    let (high, peers) = split(2, &[2, 3], [0, 0, 2, 2]);
+    assert_eq!(high.larger_group(&high.lock()), Some(peers[0]));
+    let (low, _) = split(0, &[0, 1], [0, 0, 2, 2]);
+    assert_eq!(low.larger_group(&low.lock()), None);
+}
+
+#[test]
+fn only_live_peers_outside_the_group_count_for_a_live_group_outside_it() {
+    // Members of this peer's own group still naming the old one (a failover under way) and
+    // peers naming a group whose key is gone or inside this group do not count.
+    let (member, peers) = split(1, &[1, 2], [0, 1, 0, 1]);
+    {
+        let mut state = member.lock();
+        state.gone.insert(peers[0]);
+    }
+    assert_eq!(member.larger_group(&member.lock()), None);
+    // A liar alone outside, claiming a group of itself: one peer is no larger than two.
+    let (member, _) = split(1, &[1, 2], [0, 1, 1, 3]);
+    member.lock().gone.insert(peers[0]);
+    assert_eq!(member.larger_group(&member.lock()), None);
+}
+
+#[test]
+fn a_peer_yields_only_once_a_larger_group_stays_in_sight_for_a_peer_timeout() {
+    let (alone, _) = split(2, &[2], [0, 0, 2, 0]);
+    let mut state = alone.lock();
+    alone.watch_for_split(&mut state);
+    assert!(!alone.outranked(&state), "at first sight");
+    state.outranked_since = Some(Instant::now() - Duration::from_secs(6));
+    alone.watch_for_split(&mut state);
+    assert!(alone.outranked(&state));
+    // Once it is gone from sight, the clock starts again.
+    state.peer_groups.clear();
+    alone.watch_for_split(&mut state);
+    assert!(!alone.outranked(&state));
+    assert!(state.outranked_since.is_none());
+}
