@@ -90,6 +90,8 @@ class Campaign:
     def prepare(self):
         """Wallets for four peers and a genesis in which p1 authors blocks and validates."""
         self.out.mkdir(parents=True, exist_ok=True)
+        # The wallets' coldkeys are encrypted; these are test wallets with a known password.
+        os.environ.setdefault("SINTER_COLDKEY_PASSWORD", "fault campaign")
         keys = {}
         for p in range(1, PEERS + 1):
             name = f"p{p}"

@@ -19,6 +19,8 @@ if [ -z "${LAUNCH:-}" ]; then cargo build -p launch "${features[@]}"; fi
 launch="${LAUNCH:-${CARGO_TARGET_DIR:-target}/debug/launch}"
 mkdir -p "$out"
 wallets="$out/wallets"
+# Test wallets: their coldkeys are encrypted with a known password.
+export SINTER_COLDKEY_PASSWORD="${SINTER_COLDKEY_PASSWORD:-ledger run}"
 for p in p1 p2 p3; do "$launch" wallet new --name "$p" --dir "$wallets" >/dev/null; done
 key() { "$launch" wallet show --name "$1" --dir "$wallets" | sed -n "s/^$2: //p"; }
 {

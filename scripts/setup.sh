@@ -2,7 +2,8 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test sinter: a Vulkan loader
 # and Mesa's software Vulkan driver (lavapipe), on which the CubeCL kernels run in tests
 # when there is no GPU, and nftables, whose masquerade makes the NAT routers of the
-# network-namespace tests. Safe to run again; does nothing when everything is there.
+# network-namespace tests; and, in a venv under ~/.cache/sinter, Bittensor's wallet, which the
+# wallet tests compare with. Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
 have_lavapipe() {
@@ -23,4 +24,11 @@ fi
 have_lavapipe || { echo "setup: Vulkan (lavapipe) still missing" >&2; exit 1; }
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || { echo "setup: nft (nftables) still missing" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+# Bittensor's own wallet, which the wallet tests check sinter's files against (both ways).
+venv="$HOME/.cache/sinter/btwallet-venv"
+if [ -z "${SINTER_SKIP_PYTHON:-}" ] && ! "$venv/bin/python" -c "import bittensor_wallet" 2>/dev/null; then
+    echo "setup: installing bittensor-wallet into $venv (the wallet tests compare with it)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q bittensor-wallet==4.1.1
+fi
 echo "setup: ok ($(cargo --version))"

@@ -360,9 +360,14 @@ pub enum ScoreArg {
 /// `launch wallet …`.
 #[derive(Debug, Subcommand)]
 pub enum WalletCommand {
-    /// Creates a coldkey and a hotkey and prints their mnemonics once: write them down.
+    /// Creates a wallet in Bittensor's format: a coldkey (encrypted with a password from
+    /// SINTER_COLDKEY_PASSWORD or a prompt) and a hotkey; prints their addresses and, once,
+    /// their mnemonics: write them down.
+    #[command(
+        after_help = "Example:\n  launch wallet new --name alice --hotkey miner\n  (files: ~/.bittensor/wallets/alice/coldkey, coldkeypub.txt, hotkeys/miner, hotkeys/minerpub.txt)"
+    )]
     New(WalletArgs),
-    /// Restores a wallet's key from its mnemonic (read from stdin).
+    /// Restores a wallet's key from its mnemonic (read from stdin); a coldkey is encrypted.
     Import {
         #[command(flatten)]
         wallet: WalletArgs,
@@ -370,8 +375,26 @@ pub enum WalletCommand {
         #[arg(long, value_enum, default_value = "coldkey")]
         key: KeyArg,
     },
-    /// Prints a wallet's accounts (SS58), never its secrets.
-    Show(WalletArgs),
+    /// Prints a wallet's addresses (SS58) from its public files, never its secrets.
+    Show {
+        #[command(flatten)]
+        wallet: WalletArgs,
+        /// As JSON: {"coldkey": SS58, "hotkey": SS58}.
+        #[arg(long)]
+        json: bool,
+        /// Also decrypt the coldkey (checks the password; exit 1 when wrong).
+        #[arg(long)]
+        unlock: bool,
+    },
+    /// Rewrites a wallet of sinter's first format (DIR/coldkey and DIR/hotkey) in Bittensor's,
+    /// under --wallet-path, --name and --hotkey; the old files are left as they are.
+    Convert {
+        #[command(flatten)]
+        wallet: WalletArgs,
+        /// The old wallet's directory (e.g. ~/.sinter/wallets/NAME).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
 }
 
 /// Which wallet key.
@@ -383,14 +406,23 @@ pub enum KeyArg {
     Hotkey,
 }
 
-/// Where a wallet lives.
-#[derive(Debug, Args)]
+/// Where a wallet lives (Bittensor's layout: WALLET_PATH/NAME/coldkey,
+/// WALLET_PATH/NAME/hotkeys/HOTKEY).
+#[derive(Debug, Clone, Args)]
 pub struct WalletArgs {
     /// The wallet's name.
     #[arg(long, default_value = "default")]
     pub name: String,
-    /// The wallets directory (default: ~/.sinter/wallets).
-    #[arg(long, value_name = "DIR", env = "SINTER_WALLETS")]
+    /// The hotkey's name.
+    #[arg(long, default_value = "default")]
+    pub hotkey: String,
+    /// The wallets directory (default: ~/.bittensor/wallets).
+    #[arg(
+        long = "wallet-path",
+        visible_alias = "dir",
+        value_name = "DIR",
+        env = "SINTER_WALLETS"
+    )]
     pub dir: Option<PathBuf>,
 }
 
@@ -566,13 +598,22 @@ pub struct RunArgs {
     /// group has moved on, the peer takes the group's state as a joiner would.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// The wallet (from `launch wallet new`) whose hotkey this peer signs ledger extrinsics
-    /// with; needed when the config has an `[incentives.ledger]`. A hotkey not in the
-    /// ledger's genesis is registered with the wallet's coldkey, which pays the burn.
+    /// The wallet (Bittensor's format, from `launch wallet new` or Bittensor's tools) whose
+    /// hotkey this peer signs ledger extrinsics with; needed when the config has an
+    /// `[incentives.ledger]`. A hotkey not in the ledger's genesis is registered with the
+    /// wallet's coldkey, which pays the burn (its password from SINTER_COLDKEY_PASSWORD).
     #[arg(long, value_name = "NAME")]
     pub wallet: Option<String>,
-    /// The wallets directory (default: ~/.sinter/wallets).
-    #[arg(long, value_name = "DIR", env = "SINTER_WALLETS")]
+    /// The wallet's hotkey.
+    #[arg(long = "hotkey", value_name = "HOTKEY", default_value = "default")]
+    pub wallet_hotkey: String,
+    /// The wallets directory (default: ~/.bittensor/wallets).
+    #[arg(
+        long = "wallet-path",
+        visible_alias = "wallets",
+        value_name = "DIR",
+        env = "SINTER_WALLETS"
+    )]
     pub wallets: Option<PathBuf>,
     /// Limits on other peers.
     #[command(flatten)]

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use sinter_mechanism::ledger;
 use sinter_mechanism::ledger::extrinsic::Call;
 use sinter_mechanism::ledger::interface::Metagraph;
 use sinter_mechanism::ledger::keys::AccountId;
 use sinter_mechanism::ledger::state::Genesis;
-use sinter_mechanism::ledger::{self, wallet};
 use sinter_trainer::ledger_net::node::{self, Node, NodeOptions};
 
 use crate::ConfigFileError;
@@ -100,7 +100,7 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
     let author = args
         .author_key
         .as_deref()
-        .map(wallet::read_key_file)
+        .map(crate::wallet::read_key)
         .transpose()?;
     let addresses = Addresses::parse(&args.listen, &[], &args.bootstrap)?;
     let options = NodeOptions {
@@ -132,7 +132,7 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
 /// `launch ledger submit`.
 pub fn submit(args: SubmitArgs) -> Result<()> {
     let genesis: Genesis = read_json(&args.genesis)?;
-    let key = wallet::read_key_file(&args.key)?;
+    let key = crate::wallet::read_key(&args.key)?;
     let call = match args.call {
         SubmitCall::Register { hotkey } => Call::Register {
             hotkey: AccountId::parse(&hotkey)?,

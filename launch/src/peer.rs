@@ -248,11 +248,13 @@ fn ledger_wallet(config: &RunConfig, args: &RunArgs) -> Result<Option<Wallet>> {
             "this run keeps a ledger ([incentives.ledger]): pass --wallet NAME (make one with `launch wallet new --name NAME`)".into(),
         )
     })?;
-    let dir = crate::wallet::dir(&crate::cli::WalletArgs {
+    let path = crate::wallet::path(&crate::cli::WalletArgs {
         name,
+        hotkey: args.wallet_hotkey.clone(),
         dir: args.wallets.clone(),
     })?;
-    Ok(Some(Wallet::read(&dir)?))
+    let password = crate::wallet::coldkey_password_if_set();
+    Ok(Some(Wallet::read(&path, password.as_deref())?))
 }
 
 /// This peer as the ledger sees it when it joins.

@@ -173,32 +173,90 @@ fn a_crash_in_the_middle_of_a_block_write_loses_no_committed_block() {
 
 #[cfg(unix)]
 #[test]
-fn wallets_keep_keys_private_and_restore_from_their_mnemonic() {
+fn wallets_in_bittensors_format_keep_keys_private_lock_the_coldkey_and_restore_from_mnemonics() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let wallets = s(dir.path());
-    let new = launch(&["wallet", "new", "--name", "alice", "--dir", wallets]);
+    let alice = [
+        "--wallet-path",
+        wallets,
+        "--name",
+        "alice",
+        "--hotkey",
+        "miner",
+    ];
+    let new = launch(&[&["wallet", "new"], &alice[..]].concat());
     assert!(new.status.success(), "{}", text(&new));
     let printed = String::from_utf8_lossy(&new.stdout).into_owned();
-    let coldkey = dir.path().join("alice/coldkey");
-    let mode = std::fs::metadata(&coldkey).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
+    for file in [
+        "coldkey",
+        "coldkeypub.txt",
+        "hotkeys/miner",
+        "hotkeys/minerpub.txt",
+    ] {
+        let path = dir.path().join("alice").join(file);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let coldkey = std::fs::read(dir.path().join("alice/coldkey")).unwrap();
+    assert!(coldkey.starts_with(b"$NACL"), "the coldkey is encrypted");
     let phrase = printed
         .lines()
         .find(|l| l.contains("mnemonic"))
         .and_then(|l| l.split(": ").nth(1))
         .unwrap()
         .to_owned();
-    let show = launch(&["wallet", "show", "--name", "alice", "--dir", wallets]);
-    let shown = String::from_utf8_lossy(&show.stdout).into_owned();
-    let account = shown.lines().next().unwrap().to_owned();
-    assert!(printed.contains(&account), "{printed}\n{shown}");
-    assert!(!shown.contains(&phrase), "show never prints secrets");
+    let show = launch(&[&["wallet", "show", "--json"], &alice[..]].concat());
+    assert!(show.status.success(), "{}", text(&show));
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let account = shown["coldkey"].as_str().unwrap().to_owned();
+    assert!(
+        printed.contains(&format!("coldkey: {account}")),
+        "{printed}"
+    );
+    assert!(printed.contains(&format!("hotkey: {}", shown["hotkey"].as_str().unwrap())));
+    assert!(!text(&show).contains(&phrase), "show never prints secrets");
+
+    // --unlock checks the password: exit 1 when it is wrong, saying so.
+    let unlock = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_launch"))
+            .args([&["wallet", "show", "--unlock"], &alice[..]].concat())
+            .env("SINTER_COLDKEY_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let good = unlock(common::PASSWORD);
+    assert!(good.status.success(), "{}", text(&good));
+    let wrong = unlock("not it");
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(text(&wrong).contains("wrong password"), "{}", text(&wrong));
+    let missing = launch(&[
+        "wallet",
+        "show",
+        "--wallet-path",
+        wallets,
+        "--name",
+        "nobody",
+    ]);
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    assert!(
+        text(&missing).contains(wallets),
+        "names where it looked: {}",
+        text(&missing)
+    );
 
     // Importing the coldkey's mnemonic elsewhere gives the same account.
     let import = |phrase: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
-            .args(["wallet", "import", "--name", "restored", "--dir", wallets])
+            .args([
+                "wallet",
+                "import",
+                "--wallet-path",
+                wallets,
+                "--name",
+                "restored",
+            ])
+            .env("SINTER_COLDKEY_PASSWORD", common::PASSWORD)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -220,6 +278,36 @@ fn wallets_keep_keys_private_and_restore_from_their_mnemonic() {
     // Keys are never overwritten.
     let again = import(&phrase);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+
+    // A wallet of sinter's first format converts with one command.
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    for (name, phrase) in [("coldkey", phrase.as_str()), ("hotkey", "//Bob")] {
+        let body = serde_json::json!({ "secret_phrase": phrase });
+        std::fs::write(old.join(name), body.to_string()).unwrap();
+    }
+    let convert = launch(&[
+        "wallet",
+        "convert",
+        "--from",
+        s(&old),
+        "--wallet-path",
+        wallets,
+        "--name",
+        "converted",
+    ]);
+    assert!(convert.status.success(), "{}", text(&convert));
+    let shown = launch(&[
+        "wallet",
+        "show",
+        "--json",
+        "--wallet-path",
+        wallets,
+        "--name",
+        "converted",
+    ]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["coldkey"], account.as_str());
 }
 
 #[test]
@@ -317,7 +405,7 @@ fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks
     )
     .unwrap();
     let author_ledger = dir.path().join("author.ledger");
-    let author_key = dir.path().join("author/hotkey");
+    let author_key = dir.path().join("author/hotkeys/default");
     let (_author, address) = ledger_node(&[
         "--genesis",
         s(&genesis),
@@ -351,7 +439,7 @@ fn extrinsics_reach_the_author_over_libp2p_and_a_late_replica_follows_its_blocks
     assert!(out.status.success(), "{}", text(&out));
     // Only the hotkey's coldkey may stake on it: refused with the reason, exit 1.
     let out = submit(
-        "miner/hotkey",
+        "miner/hotkeys/default",
         &["add-stake", "--hotkey", &miner, "--amount", "5"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -166,28 +166,7 @@ impl Group {
         let deadline = self.deadline();
         let started = Instant::now();
         let received_before = self.shared.lock().bytes_received;
-        let bytes_sent = std::sync::atomic::AtomicU64::new(0);
-        let undelivered: Mutex<Vec<Undelivered>> = Mutex::new(Vec::new());
-        // Counts what was sent; keeps what could not be (its target unreachable) to resend
-        // once the target is back in the round.
-        let count = |sent: Sent, result: Result<u64, GroupError>| match result {
-            Ok(bytes) => {
-                bytes_sent.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => {
-                let what = match sent.header {
-                    Header::Shard {
-                        stage: Stage::Reduced,
-                        ..
-                    } => "reduced shard",
-                    _ => "contribution",
-                };
-                tracing::warn!(error = %e, round, shard = sent.k, to = %sent.to, "{what} not delivered");
-                if matches!(e, GroupError::Net(_)) {
-                    lock(&undelivered).push(sent.keep());
-                }
-            }
-        };
+        let outbox = Outbox::default();
         // Owner of shard k: member k mod N, or the next live member after it in the ring.
         let owner = |state: &State, k: usize| -> PeerId {
             (0..n)
@@ -232,28 +211,18 @@ impl Group {
                     queues.entry(owners[k]).or_default().push(k);
                 }
             }
-            let (parts, count) = (&parts, &count);
+            let (parts, outbox) = (&parts, &outbox);
             let redeliver = async {
-                let due: Vec<Undelivered> = {
+                let due = {
                     let state = self.shared.lock();
-                    let mut list = lock(&undelivered);
-                    let (due, rest) = std::mem::take(&mut *list)
-                        .into_iter()
-                        .partition(|u| self.shared.in_round(&state, round, &u.to));
-                    *list = rest;
-                    due
+                    outbox.due(|p| self.shared.in_round(&state, round, p))
                 };
                 // A contribution whose shard has another owner now is resent to it above.
                 let sends = due
-                    .into_iter()
+                    .iter()
                     .filter(|u| u.reduced || owners[u.k] == u.to)
-                    .map(|u| async move {
-                        let result = self.deliver(u.to, &u.header, &u.frame).await;
-                        (u, result)
-                    });
-                for (u, result) in futures::future::join_all(sends).await {
-                    count(u.sent(), result);
-                }
+                    .map(|u| outbox.send(self, round, u.to, &u.header, &u.frame, u.k));
+                futures::future::join_all(sends).await;
             };
             let forward = async {
                 for (k, held) in &forwards {
@@ -267,13 +236,8 @@ impl Group {
                     let sends = members
                         .iter()
                         .filter(|m| **m != me && **m != held.from)
-                        .map(|m| {
-                            let sent = Sent::new(*m, &header, &held.frame, *k);
-                            async { (self.deliver(*m, &header, &held.frame).await, sent) }
-                        });
-                    for (result, sent) in futures::future::join_all(sends).await {
-                        count(sent, result);
-                    }
+                        .map(|m| outbox.send(self, round, *m, &header, &held.frame, *k));
+                    futures::future::join_all(sends).await;
                 }
             };
             let send = async {
@@ -286,8 +250,9 @@ impl Group {
                             stage: Stage::Contribution,
                             contributors: Vec::new(),
                         };
-                        let result = self.deliver(*target, &header, &parts[k]).await;
-                        count(Sent::new(*target, &header, &parts[k], k), result);
+                        outbox
+                            .send(self, round, *target, &header, &parts[k], k)
+                            .await;
                     }
                 });
                 futures::future::join_all(per_owner).await;
@@ -367,13 +332,11 @@ impl Group {
                             .map(|c| c.to_string())
                             .collect(),
                     };
-                    let sends = members.iter().filter(|m| **m != me).map(|m| {
-                        let sent = Sent::new(*m, &header, &reduction.frame, k);
-                        async { (self.deliver(*m, &header, &reduction.frame).await, sent) }
-                    });
-                    for (result, sent) in futures::future::join_all(sends).await {
-                        count(sent, result);
-                    }
+                    let sends = members
+                        .iter()
+                        .filter(|m| **m != me)
+                        .map(|m| outbox.send(self, round, *m, &header, &reduction.frame, k));
+                    futures::future::join_all(sends).await;
                 }
             };
             futures::join!(redeliver, forward, send, reduce_mine);
@@ -382,10 +345,7 @@ impl Group {
             let progress = self
                 .wait_for(ceiling, |shared, state| {
                     // A peer this one could not reach is back: resend what it missed.
-                    if lock(&undelivered)
-                        .iter()
-                        .any(|u| shared.in_round(state, round, &u.to))
-                    {
+                    if outbox.waiting_for(|p| shared.in_round(state, round, p)) {
                         return Some(false);
                     }
                     let mut missing = 0;
@@ -433,7 +393,7 @@ impl Group {
         let bytes_received = state.bytes_received - received_before;
         Ok(AllReduced {
             shards: reduced,
-            bytes_sent: bytes_sent.into_inner(),
+            bytes_sent: outbox.bytes_sent.into_inner(),
             bytes_received,
         })
     }
@@ -450,21 +410,16 @@ impl Group {
         let (mut pause, mut attempt) = (RETRY, 0u32);
         loop {
             attempt = attempt.saturating_add(1);
-            let live = {
-                let state = self.shared.lock();
-                self.shared.is_live(&state, &to)
-            };
-            // A peer gone silent (its link cut) is not waited on request by request: what it
-            // missed is resent once it is heard from again.
-            if !live {
-                return Err(GroupError::Net(crate::net::NetError::Request {
-                    peer: to,
-                    reason: "not heard from within the peer timeout".into(),
-                }));
-            }
             match self.ask(to, header, frame).await {
                 Ok((bytes, _)) => return Ok(bytes),
                 Err(GroupError::Net(e)) if started.elapsed() < REACH_LIMIT => {
+                    let live = {
+                        let state = self.shared.lock();
+                        self.shared.is_live(&state, &to)
+                    };
+                    if !live {
+                        return Err(GroupError::Net(e));
+                    }
                     tracing::debug!(peer = %to, error = %e, attempt, "request failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 3 / 2).min(Duration::from_secs(3));
@@ -538,44 +493,18 @@ fn not_a_member(round: u64) -> String {
     format!("not a member of round {round}")
 }
 
-/// A shard (contribution or reduced) sent to a peer, as the send's outcome is counted.
-struct Sent<'a> {
-    to: PeerId,
-    header: &'a Header,
-    frame: &'a [u8],
-    k: usize,
+/// What this peer sends in one all-reduce: the bytes delivered, and what could not be
+/// (its target unreachable), kept to resend once the target is back in the round. After one
+/// failed delivery to a peer, its other shards wait with it instead of each timing out.
+#[derive(Default)]
+struct Outbox {
+    bytes_sent: std::sync::atomic::AtomicU64,
+    undelivered: Mutex<Vec<Undelivered>>,
+    /// Peers a delivery to failed in this round, until they are back.
+    unreachable: Mutex<BTreeSet<PeerId>>,
 }
 
-impl<'a> Sent<'a> {
-    fn new(to: PeerId, header: &'a Header, frame: &'a [u8], k: usize) -> Self {
-        Self {
-            to,
-            header,
-            frame,
-            k,
-        }
-    }
-
-    /// A copy to resend later.
-    fn keep(&self) -> Undelivered {
-        Undelivered {
-            to: self.to,
-            header: self.header.clone(),
-            frame: self.frame.to_vec(),
-            k: self.k,
-            reduced: matches!(
-                self.header,
-                Header::Shard {
-                    stage: Stage::Reduced,
-                    ..
-                }
-            ),
-        }
-    }
-}
-
-/// A shard that could not be delivered (its target was unreachable), kept to resend once the
-/// target is back in the round.
+/// A shard (contribution or reduced) that could not be delivered.
 struct Undelivered {
     to: PeerId,
     header: Header,
@@ -584,9 +513,68 @@ struct Undelivered {
     reduced: bool,
 }
 
-impl Undelivered {
-    fn sent(&self) -> Sent<'_> {
-        Sent::new(self.to, &self.header, &self.frame, self.k)
+impl Outbox {
+    /// Delivers shard `k` to `to` (see [`Group::deliver`]), or keeps it for later.
+    async fn send(
+        &self,
+        group: &Group,
+        round: u64,
+        to: PeerId,
+        header: &Header,
+        frame: &[u8],
+        k: usize,
+    ) {
+        let reduced = matches!(
+            header,
+            Header::Shard {
+                stage: Stage::Reduced,
+                ..
+            }
+        );
+        let keep = || Undelivered {
+            to,
+            header: header.clone(),
+            frame: frame.to_vec(),
+            k,
+            reduced,
+        };
+        if lock(&self.unreachable).contains(&to) {
+            lock(&self.undelivered).push(keep());
+            return;
+        }
+        match group.deliver(to, header, frame).await {
+            Ok(bytes) => {
+                self.bytes_sent
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                let what = if reduced {
+                    "reduced shard"
+                } else {
+                    "contribution"
+                };
+                tracing::warn!(error = %e, round, shard = k, to = %to, "{what} not delivered");
+                if matches!(e, GroupError::Net(_)) {
+                    lock(&self.unreachable).insert(to);
+                    lock(&self.undelivered).push(keep());
+                }
+            }
+        }
+    }
+
+    /// Whether a peer something waits for is back (`back` says who is).
+    fn waiting_for(&self, back: impl Fn(&PeerId) -> bool) -> bool {
+        lock(&self.undelivered).iter().any(|u| back(&u.to))
+    }
+
+    /// Takes what waits for the peers that are back, which are reachable again.
+    fn due(&self, back: impl Fn(&PeerId) -> bool) -> Vec<Undelivered> {
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *lock(&self.undelivered))
+            .into_iter()
+            .partition(|u| back(&u.to));
+        *lock(&self.undelivered) = rest;
+        lock(&self.unreachable).retain(|p| !back(p));
+        due
     }
 }
 

@@ -237,11 +237,20 @@ impl Group {
                 let s = self.shared.lock();
                 (self.shared.leader(&s, round), self.shared.live(&s))
             };
-            if !joining && self.shared.outranked(&self.shared.lock()) {
-                return Err(outranked(round));
+            if !joining {
+                self.yield_to_larger_group(round).await?;
             }
             if !joining && leader == me {
-                return self.lead(round).await;
+                if !self.shared.minority_waits(&self.shared.lock(), round) {
+                    return self.lead(round).await;
+                }
+                // Cut off from most of the group: wait for it to come back (or for the wait
+                // to end) before leading a group of the few.
+                self.wait_for(Duration::from_secs(1), |shared, state| {
+                    (!shared.minority_waits(state, round)).then_some(())
+                })
+                .await;
+                continue;
             }
             // Every live peer hears the Ready, so that whoever leads (also after a failover)
             // has it; it is repeated now and then, since a lost announcement is resent on a
@@ -313,6 +322,29 @@ impl Group {
                     });
                 }
             }
+        }
+    }
+
+    /// A group that sees a larger one of the run (see `healing`) starts no round until it is
+    /// sure, a peer timeout later, and then leaves to join it; a group racing through rounds
+    /// alone would otherwise end the run before it heals.
+    async fn yield_to_larger_group(&self, round: u64) -> Result<(), GroupError> {
+        if self.shared.larger_group(&self.shared.lock()).is_none() {
+            return Ok(());
+        }
+        let sure = self
+            .wait_for(
+                self.shared.settings.peer_timeout * 2,
+                |shared, state| match (shared.outranked(state), shared.larger_group(state)) {
+                    (true, _) => Some(true),
+                    (false, None) => Some(false),
+                    (false, Some(_)) => None,
+                },
+            )
+            .await;
+        match sure {
+            Some(true) => Err(outranked(round)),
+            _ => Ok(()),
         }
     }
 

@@ -9,6 +9,12 @@
 //!
 //! Only peers this one sees live, outside its own group, are counted, each once, for the
 //! group it names: a group is as large as the live peers that say they are in it.
+//!
+//! Splits are also made rarer: a minority of the last round's group (fewer than half of it
+//! live, or exactly half without its lowest member) leads no round while some of the others
+//! went silent recently without closing their connections or saying they leave (a cut link
+//! looks like that; a crash closes its connections). It waits for them for up to
+//! [`MINORITY_WAIT`] peer timeouts, then goes on alone.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -17,6 +23,9 @@ use std::time::Instant;
 use libp2p::PeerId;
 
 use super::{Shared, State};
+
+/// How many peer timeouts a minority waits for the silent rest of its group.
+pub(super) const MINORITY_WAIT: u32 = 6;
 
 impl Shared {
     /// The key of the newest group this peer is in: its lowest member.
@@ -51,6 +60,32 @@ impl Shared {
             .into_iter()
             .find(|(key, size)| (*size, Reverse(*key)) > (my_size, Reverse(my_key)))
             .map(|(key, _)| key)
+    }
+
+    /// Whether this peer, about to lead round `round`, is in a minority of the last round's
+    /// group that should wait for the others (see the module docs).
+    pub(super) fn minority_waits(&self, state: &State, round: u64) -> bool {
+        let Some(previous) = round.checked_sub(1).and_then(|r| state.groups.get(&r)) else {
+            return false;
+        };
+        let live = self.live(state);
+        let here = previous.members.iter().filter(|m| live.contains(m)).count();
+        let lowest_here = previous
+            .members
+            .iter()
+            .min()
+            .is_some_and(|m| live.contains(m));
+        let n = previous.members.len();
+        let minority = 2 * here < n || (2 * here == n && !lowest_here);
+        let wait = self.settings.peer_timeout * MINORITY_WAIT;
+        minority
+            && previous.members.iter().any(|m| {
+                !live.contains(m)
+                    && !state.left.contains(m)
+                    && !state.closed.contains(m)
+                    && !state.banned.contains(m)
+                    && state.last_seen.get(m).is_some_and(|t| t.elapsed() < wait)
+            })
     }
 
     /// Notes since when a larger group has been in sight (called on every heartbeat).

@@ -227,6 +227,9 @@ struct State {
     peer_groups: BTreeMap<PeerId, PeerId>,
     /// Since when a group outranking this peer's has been in sight.
     outranked_since: Option<Instant>,
+    /// Peers whose last connection closed (a crash or an exit, unlike a cut link, which goes
+    /// silent), until heard from again.
+    closed: BTreeSet<PeerId>,
 }
 
 struct Shared {
@@ -460,6 +463,7 @@ impl Group {
                                 if !state.gone.contains(&peer) || state.connected.contains(&peer) {
                                     state.last_seen.insert(peer, Instant::now());
                                     state.gone.remove(&peer);
+                                    state.closed.remove(&peer);
                                 }
                                 state.under_way |= beat.under_way;
                                 state.newest_round = state.newest_round.max(beat.stats.round);
@@ -487,6 +491,7 @@ impl Group {
                         let mut state = inbox.lock();
                         state.connected.remove(&peer);
                         state.gone.insert(peer);
+                        state.closed.insert(peer);
                         drop(state);
                         inbox.changed.notify_waiters();
                     }

@@ -334,3 +334,60 @@ fn a_peer_yields_only_once_a_larger_group_stays_in_sight_for_a_peer_timeout() {
     assert!(!alone.outranked(&state));
     assert!(state.outranked_since.is_none());
 }
+
+#[test]
+fn a_minority_cut_off_waits_for_the_silent_rest_but_not_for_crashed_or_departed_peers() {
+    let stale = Instant::now() - Duration::from_secs(6);
+    // The highest peer of four alone after round 3: the others, seen `ago`, are `marked`.
+    let alone = |ago: Instant, mark: &dyn Fn(&mut super::State, PeerId)| {
+        let (group, peers) = after_round_three();
+        {
+            let mut state = group.lock();
+            for p in &peers[..3] {
+                state.last_seen.insert(*p, ago);
+                mark(&mut state, *p);
+            }
+        }
+        let waits = group.minority_waits(&group.lock(), 4);
+        waits
+    };
+    assert!(alone(stale, &|_, _| {}), "silent a moment ago: a cut link");
+    let long_ago = Instant::now() - Duration::from_secs(60);
+    assert!(
+        !alone(long_ago, &|_, _| {}),
+        "silent long enough: it goes on"
+    );
+    assert!(
+        !alone(stale, &|s, p| {
+            s.closed.insert(p);
+        }),
+        "crashed"
+    );
+    assert!(
+        !alone(stale, &|s, p| {
+            s.left.insert(p);
+        }),
+        "left"
+    );
+    // Half of the group: it goes on only with the lowest member.
+    let half = |silent: [usize; 2]| {
+        let (group, peers) = after_round_three();
+        for i in silent {
+            group.lock().last_seen.insert(peers[i], stale);
+        }
+        let waits = group.minority_waits(&group.lock(), 4);
+        waits
+    };
+    assert!(half([0, 1]), "peers 2 and 3, without the lowest, wait");
+    assert!(!half([1, 2]), "peers 0 and 3 go on");
+    // The majority never waits.
+    assert!(!half_of_three_silent_one(stale));
+}
+
+/// Three of four live (the highest peer's view, one other silent): a majority.
+fn half_of_three_silent_one(stale: Instant) -> bool {
+    let (group, peers) = after_round_three();
+    group.lock().last_seen.insert(peers[0], stale);
+    let waits = group.minority_waits(&group.lock(), 4);
+    waits
+}

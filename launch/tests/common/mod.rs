@@ -41,11 +41,16 @@ pub fn assert_loss_fell(summary: &serde_json::Value, name: &str) {
     assert!(last < initial, "{name}: loss {initial} -> {last}");
 }
 
+/// The coldkey password of the tests' wallets (SINTER_COLDKEY_PASSWORD of every `launch`).
+#[allow(dead_code)]
+pub const PASSWORD: &str = "test coldkey password";
+
 /// Runs `launch ARGS…` to completion.
 #[allow(dead_code)] // each test binary uses some of these
 pub fn launch(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_launch"))
         .args(args)
+        .env("SINTER_COLDKEY_PASSWORD", PASSWORD)
         .output()
         .expect("launch runs")
 }

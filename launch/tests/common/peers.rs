@@ -92,6 +92,7 @@ impl Peer {
             .envs(env.iter().copied())
             .args(args)
             .env("RUST_LOG", "info")
+            .env("SINTER_COLDKEY_PASSWORD", super::PASSWORD)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join(format!("{name}.log"))).unwrap(),

@@ -97,6 +97,25 @@ impl Keypair {
             .map_err(|e| LedgerError::Key(format!("not a mnemonic or secret URI: {e:?}")))
     }
 
+    /// The key a BIP-39 mnemonic names, with its 32-byte seed (Bittensor's `secretSeed`).
+    pub fn from_phrase(phrase: &str) -> Result<(Self, [u8; 32]), LedgerError> {
+        sr25519::Pair::from_phrase(phrase.trim(), None)
+            .map(|(pair, seed)| (Self(pair), seed))
+            .map_err(|e| LedgerError::Key(format!("not a mnemonic: {e:?}")))
+    }
+
+    /// The key from a 32-byte seed or a 64-byte secret key (Bittensor's `privateKey`).
+    pub fn from_seed_bytes(bytes: &[u8]) -> Result<Self, LedgerError> {
+        sr25519::Pair::from_seed_slice(bytes)
+            .map(Self)
+            .map_err(|e| LedgerError::Key(format!("not an sr25519 seed or secret key: {e:?}")))
+    }
+
+    /// The 64-byte secret key (key and nonce), as Bittensor's `privateKey`.
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        self.0.to_raw_vec()
+    }
+
     /// The account.
     pub fn account(&self) -> AccountId {
         AccountId(self.0.public().0)
@@ -105,6 +124,13 @@ impl Keypair {
     /// Signs `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).0
+    }
+}
+
+impl std::fmt::Debug for Keypair {
+    /// The account only: a key's secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keypair({})", self.account())
     }
 }
 

@@ -79,6 +79,18 @@ pub enum LedgerError {
     /// A wallet is missing, misnamed or unreadable.
     #[error("{0}")]
     Wallet(String),
+    /// An encrypted key did not open with the password given.
+    #[error("{path}: wrong password (or a damaged key file)")]
+    WrongPassword {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// An encrypted key was needed and no password was given.
+    #[error("{path} is encrypted: give its password (SINTER_COLDKEY_PASSWORD, or at the prompt)")]
+    Locked {
+        /// The key file.
+        path: PathBuf,
+    },
     /// A genesis or call that cannot work.
     #[error("{0}")]
     Invalid(String),

@@ -292,7 +292,7 @@ impl RunLedger {
         self.wallet.coldkey.as_ref().ok_or_else(|| CallError::Keys {
             call,
             why: format!(
-                "hotkey {} needs its coldkey, and the wallet has none",
+                "hotkey {} needs its coldkey, and the wallet has none unlocked (set SINTER_COLDKEY_PASSWORD to its password)",
                 self.hotkey()
             ),
         })
