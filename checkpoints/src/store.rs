@@ -188,7 +188,7 @@ pub(crate) fn write_dir(
     std::fs::rename(&partial, &target).map_err(CheckpointError::io(&target))?;
     sync_dir(parent)?;
     if replaced.exists() {
-        std::fs::remove_dir_all(&replaced).map_err(CheckpointError::io(&replaced))?;
+        remove_dir(&replaced)?;
     }
     fault_at("before_latest", name);
     let tmp = parent.join(format!("{LATEST}{PARTIAL}"));
@@ -483,10 +483,24 @@ pub fn prune(parent: &Path, prefix: &str, keep: usize) -> Result<(), CheckpointE
     let excess = complete.len().saturating_sub(keep.max(1));
     for path in complete.into_iter().take(excess) {
         if Some(&path) != latest.as_ref() {
-            std::fs::remove_dir_all(&path).map_err(CheckpointError::io(&path))?;
+            remove_dir(&path)?;
         }
     }
     Ok(())
+}
+
+/// Removes a checkpoint directory so that no crash leaves it half-removed under a complete
+/// checkpoint's name: it is renamed `NAME.partial` first (a name never read, and removed by
+/// the next prune), then deleted.
+fn remove_dir(path: &Path) -> Result<(), CheckpointError> {
+    let mut doomed = path.as_os_str().to_owned();
+    doomed.push(PARTIAL);
+    let doomed = std::path::PathBuf::from(doomed);
+    if doomed.exists() {
+        std::fs::remove_dir_all(&doomed).map_err(CheckpointError::io(&doomed))?;
+    }
+    std::fs::rename(path, &doomed).map_err(CheckpointError::io(path))?;
+    std::fs::remove_dir_all(&doomed).map_err(CheckpointError::io(&doomed))
 }
 
 #[cfg(test)]
@@ -556,7 +570,7 @@ mod tests {
     }
 
     #[test]
-    fn prune_keeps_the_newest_and_clears_partials() {
+    fn prune_keeps_the_newest_removes_through_partial_names_and_clears_partials() {
         let dir = tempfile::tempdir().unwrap();
         for r in 1..=4 {
             sample(r)
@@ -564,6 +578,8 @@ mod tests {
                 .unwrap();
         }
         std::fs::create_dir(dir.path().join("round-000005.partial")).unwrap();
+        // A prune interrupted earlier left its renamed directory: the next one clears it.
+        std::fs::create_dir(dir.path().join("round-000001.partial")).unwrap();
         prune(dir.path(), "round-", 2).unwrap();
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()

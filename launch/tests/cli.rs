@@ -69,7 +69,10 @@ fn a_run_with_a_ledger_needs_a_wallet_and_valid_accounts_exit_2_before_joining()
     assert!(run(&ledger, &[]).contains("pass --wallet NAME"));
     let wallets = dir.path().to_str().unwrap();
     let missing = run(&ledger, &["--wallet", "nobody", "--wallets", wallets]);
-    assert!(missing.contains("no hotkey in"), "{missing}");
+    assert!(
+        missing.contains("no hotkey at") && missing.contains("launch wallet new"),
+        "{missing}"
+    );
     let typo = run(&ledger.replace("author =", "auther ="), &[]);
     assert!(
         typo.contains("auther") && typo.contains("ledger.toml"),

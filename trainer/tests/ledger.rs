@@ -170,10 +170,7 @@ fn the_embedded_ledger_of_a_run_behaves_as_a_ledger() {
         dir.path(),
         "author",
         &genesis,
-        Wallet {
-            hotkey: author,
-            coldkey: None,
-        },
+        Wallet::with_keys(author, None),
         None,
     );
     let (miner, _) = peer(
@@ -181,10 +178,7 @@ fn the_embedded_ledger_of_a_run_behaves_as_a_ledger() {
         dir.path(),
         "miner",
         &genesis,
-        Wallet {
-            hotkey: hot,
-            coldkey: Some(cold),
-        },
+        Wallet::with_keys(hot, Some(cold)),
         Some(author_addr),
     );
     behaves_as_a_ledger(miner.as_ref());
@@ -204,10 +198,7 @@ fn a_hotkey_without_its_coldkey_cannot_register_and_says_why() {
         dir.path(),
         "lonely",
         &genesis,
-        Wallet {
-            hotkey: Keypair::from_secret("//Lonely").unwrap(),
-            coldkey: None,
-        },
+        Wallet::with_keys(Keypair::from_secret("//Lonely").unwrap(), None),
         None,
     );
     match ledger.register() {

@@ -348,8 +348,7 @@ fn a_minority_cut_off_waits_for_the_silent_rest_but_not_for_crashed_or_departed_
                 mark(&mut state, *p);
             }
         }
-        let waits = group.minority_waits(&group.lock(), 4);
-        waits
+        group.minority_waits(&group.lock(), 4)
     };
     assert!(alone(stale, &|_, _| {}), "silent a moment ago: a cut link");
     let long_ago = Instant::now() - Duration::from_secs(60);
@@ -375,8 +374,7 @@ fn a_minority_cut_off_waits_for_the_silent_rest_but_not_for_crashed_or_departed_
         for i in silent {
             group.lock().last_seen.insert(peers[i], stale);
         }
-        let waits = group.minority_waits(&group.lock(), 4);
-        waits
+        group.minority_waits(&group.lock(), 4)
     };
     assert!(half([0, 1]), "peers 2 and 3, without the lowest, wait");
     assert!(!half([1, 2]), "peers 0 and 3 go on");
@@ -388,6 +386,5 @@ fn a_minority_cut_off_waits_for_the_silent_rest_but_not_for_crashed_or_departed_
 fn half_of_three_silent_one(stale: Instant) -> bool {
     let (group, peers) = after_round_three();
     group.lock().last_seen.insert(peers[0], stale);
-    let waits = group.minority_waits(&group.lock(), 4);
-    waits
+    group.minority_waits(&group.lock(), 4)
 }

@@ -289,13 +289,18 @@ impl RunLedger {
     }
 
     fn coldkey(&self, call: &'static str) -> Result<&Keypair, CallError> {
-        self.wallet.coldkey.as_ref().ok_or_else(|| CallError::Keys {
-            call,
-            why: format!(
-                "hotkey {} needs its coldkey, and the wallet has none unlocked (set SINTER_COLDKEY_PASSWORD to its password)",
+        let keys = |why: String| CallError::Keys { call, why };
+        match self.wallet.coldkey() {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => Err(keys(format!(
+                "hotkey {} needs its coldkey, and the wallet has none",
                 self.hotkey()
-            ),
-        })
+            ))),
+            Err(e) => Err(keys(format!(
+                "hotkey {} needs its coldkey: {e} (set SINTER_COLDKEY_PASSWORD to its password)",
+                self.hotkey()
+            ))),
+        }
     }
 }
 

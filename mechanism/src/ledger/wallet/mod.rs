@@ -113,28 +113,56 @@ pub enum KeyRole {
     Hotkey,
 }
 
-/// A wallet's keys: the hotkey signs, the coldkey (when unlocked) pays registration and stake.
+/// A wallet's keys: the hotkey signs, the coldkey pays registration and stake. The coldkey
+/// is decrypted only when first needed (its key derivation takes a second and 512 MiB).
 pub struct Wallet {
     /// The hotkey.
     pub hotkey: Keypair,
-    /// The coldkey, when it was unlocked (or is a legacy unencrypted one).
-    pub coldkey: Option<Keypair>,
+    coldkey: Option<Coldkey>,
+}
+
+/// A coldkey on disk, with the password to open it, decrypted once.
+struct Coldkey {
+    file: PathBuf,
+    password: Option<String>,
+    key: std::sync::OnceLock<Keypair>,
 }
 
 impl Wallet {
-    /// Reads the hotkey and, given its password (or stored unencrypted), the coldkey; a
-    /// locked coldkey without a password is left out.
+    /// A wallet of keys in memory.
+    pub fn with_keys(hotkey: Keypair, coldkey: Option<Keypair>) -> Self {
+        let coldkey = coldkey.map(|key| Coldkey {
+            file: PathBuf::new(),
+            password: None,
+            key: key.into(),
+        });
+        Self { hotkey, coldkey }
+    }
+
+    /// Reads the hotkey, and notes the coldkey to open with `password` when needed.
     pub fn read(path: &WalletPath, password: Option<&str>) -> Result<Self, LedgerError> {
         let hotkey = read_key_file(&path.hotkey_source()?, None)?;
-        let coldkey = match path.coldkey_file() {
-            file if file.is_file() => match read_key_file(&file, password) {
-                Ok(key) => Some(key),
-                Err(LedgerError::Locked { .. }) => None,
-                Err(e) => return Err(e),
-            },
-            _ => None,
-        };
+        let coldkey = Some(path.coldkey_file())
+            .filter(|file| file.is_file())
+            .map(|file| Coldkey {
+                file,
+                password: password.map(str::to_owned),
+                key: std::sync::OnceLock::new(),
+            });
         Ok(Self { hotkey, coldkey })
+    }
+
+    /// The coldkey (none when the wallet has none), decrypted on first use; without its
+    /// password, [`LedgerError::Locked`].
+    pub fn coldkey(&self) -> Result<Option<&Keypair>, LedgerError> {
+        let Some(cold) = &self.coldkey else {
+            return Ok(None);
+        };
+        if let Some(key) = cold.key.get() {
+            return Ok(Some(key));
+        }
+        let key = read_key_file(&cold.file, cold.password.as_deref())?;
+        Ok(Some(cold.key.get_or_init(|| key)))
     }
 
     /// The hotkey's account.
@@ -364,9 +392,15 @@ mod tests {
         );
         let wallet = Wallet::read(&path, None).unwrap();
         assert_eq!(wallet.hotkey_account(), made.hotkey.0);
-        assert!(wallet.coldkey.is_none(), "locked without the password");
+        assert!(
+            matches!(wallet.coldkey(), Err(LedgerError::Locked { .. })),
+            "locked without the password"
+        );
         let unlocked = Wallet::read(&path, Some("pw")).unwrap();
-        assert_eq!(unlocked.coldkey.unwrap().account(), made.coldkey.0);
+        assert_eq!(
+            unlocked.coldkey().unwrap().unwrap().account(),
+            made.coldkey.0
+        );
         assert!(matches!(
             unlock_coldkey(&path, "wrong"),
             Err(LedgerError::WrongPassword { .. })
@@ -401,7 +435,7 @@ mod tests {
         }
         let wallet = Wallet::read(&path, None).unwrap();
         assert_eq!(wallet.hotkey_account(), hot.account());
-        assert_eq!(wallet.coldkey.unwrap().account(), cold.account());
+        assert_eq!(wallet.coldkey().unwrap().unwrap().account(), cold.account());
         assert_eq!(
             public_accounts(&path).unwrap(),
             (Some(cold.account()), Some(hot.account()))
@@ -410,7 +444,7 @@ mod tests {
         let to = WalletPath::new(Some(dir.path()), "new", "miner").unwrap();
         let accounts = convert_legacy(&path.dir(), &to, "pw").unwrap();
         assert_eq!(accounts, (cold.account(), hot.account()));
-        assert!(Wallet::read(&to, None).unwrap().coldkey.is_none());
+        assert!(Wallet::read(&to, None).unwrap().coldkey().is_err());
         assert_eq!(unlock_coldkey(&to, "pw").unwrap().account(), cold.account());
         assert_eq!(
             Wallet::read(&to, None).unwrap().hotkey_account(),
