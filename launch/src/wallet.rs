@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read};
 
 use anyhow::{Context, Result, bail};
 use sinter_mechanism::ledger::LedgerError;
-use sinter_mechanism::ledger::keys::Keypair;
+use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 use sinter_mechanism::ledger::wallet::{self, KeyRole, WalletPath};
 
 use crate::ConfigFileError;
@@ -124,8 +124,7 @@ pub fn run(command: WalletCommand) -> Result<()> {
                     )));
                 }
             }
-            let show =
-                |a: Option<_>| a.map(|a: sinter_mechanism::ledger::keys::AccountId| a.ss58());
+            let show = |a: Option<AccountId>| a.map(|a| a.ss58());
             if json {
                 let body = serde_json::json!({ "coldkey": show(coldkey), "hotkey": show(hotkey) });
                 println!("{body}");

@@ -398,6 +398,7 @@ impl Shared {
         if !matches!(reply, Reply::Refused(_)) && run.is_some() {
             state.last_seen.insert(peer, Instant::now());
             state.gone.remove(&peer);
+            state.closed.remove(&peer);
         }
         drop(state);
         self.changed.notify_waiters();

@@ -297,7 +297,7 @@ impl RunLedger {
                 self.hotkey()
             ))),
             Err(e) => Err(keys(format!(
-                "hotkey {} needs its coldkey: {e} (set SINTER_COLDKEY_PASSWORD to its password)",
+                "hotkey {} needs its coldkey: {e}",
                 self.hotkey()
             ))),
         }

@@ -152,9 +152,11 @@ impl KeyfileData {
                 path.display()
             )));
         };
-        if let Ok(named) = self.account(path)
-            && named != key.account()
-        {
+        // A file naming its account must name this key's (and name it readably).
+        let names_one = [&self.public_key, &self.account_id, &self.ss58_address]
+            .iter()
+            .any(|f| f.is_some());
+        if names_one && self.account(path)? != key.account() {
             return Err(LedgerError::Wallet(format!(
                 "{}: its secret is not the key of the account it names (damaged?)",
                 path.display()
@@ -287,6 +289,10 @@ mod tests {
         forged.ss58_address = data.ss58_address.clone();
         let e = forged.keypair(path).unwrap_err();
         assert!(e.to_string().contains("not the key of the account"), "{e}");
+        // An unreadable account is refused, not passed over.
+        let mut garbled = KeyfileData::parse(&data.to_json(), path).unwrap();
+        garbled.ss58_address = Some("5Not-an-address".into());
+        assert!(garbled.keypair(path).is_err());
         let public = KeyfileData::public(&key.account());
         assert_eq!(public.account(path).unwrap(), key.account());
         assert!(public.keypair(path).is_err());

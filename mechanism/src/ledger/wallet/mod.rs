@@ -182,7 +182,13 @@ pub struct NewWallet {
 /// Creates a wallet: a fresh coldkey (encrypted with `password`) and hotkey. Refuses to
 /// overwrite any key already there.
 pub fn create(path: &WalletPath, password: &str) -> Result<NewWallet, LedgerError> {
-    for file in [path.coldkey_file(), path.hotkey_file()] {
+    // All four checked first, so that no half-made wallet is left.
+    for file in [
+        path.coldkey_file(),
+        path.coldkeypub_file(),
+        path.hotkey_file(),
+        path.hotkeypub_file(),
+    ] {
         if file.exists() {
             return Err(exists(&file));
         }
