@@ -2,8 +2,9 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test sinter: a Vulkan loader
 # and Mesa's software Vulkan driver (lavapipe), on which the CubeCL kernels run in tests
 # when there is no GPU, and nftables, whose masquerade makes the NAT routers of the
-# network-namespace tests; and, in a venv under ~/.cache/sinter, Bittensor's wallet, which the
-# wallet tests compare with. Safe to run again; does nothing when everything is there.
+# network-namespace tests; in a venv under ~/.cache/sinter, Bittensor's wallet, which the
+# wallet tests compare with; and chopsticks (npm), which runs Bittensor's real runtime locally
+# for the chain tests. Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
 have_lavapipe() {
@@ -30,5 +31,12 @@ if [ -z "${SINTER_SKIP_PYTHON:-}" ] && ! "$venv/bin/python" -c "import bittensor
     echo "setup: installing bittensor-wallet into $venv (the wallet tests compare with it)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q bittensor-wallet==4.1.1
+fi
+# Chopsticks executes subtensor's runtime (from a chain spec) on this machine: the live chain tests.
+chopsticks="$HOME/.cache/sinter/chopsticks"
+if [ -z "${SINTER_SKIP_CHAIN:-}" ] && [ ! -x "$chopsticks/node_modules/.bin/chopsticks" ]; then
+    command -v npm >/dev/null || { echo "setup: npm (Node.js 20+) missing: install it, or set SINTER_SKIP_CHAIN=1 to skip the live chain tests" >&2; exit 1; }
+    echo "setup: installing chopsticks into $chopsticks (the live chain tests run subtensor's runtime with it)"
+    npm install --silent --no-audit --no-fund --prefix "$chopsticks" @acala-network/chopsticks@1.5.1
 fi
 echo "setup: ok ($(cargo --version))"

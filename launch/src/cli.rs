@@ -65,6 +65,13 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     /// (signs a peer's extrinsics), each in a file readable only by you.
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// Bittensor's chain (subtensor): register a hotkey, serve its address, stake, set or
+    /// commit weights, publish a commitment, read a subnet's metagraph.
+    #[command(
+        subcommand,
+        after_help = "Example, against a local node:\n  launch chain register --url ws://127.0.0.1:9944 --netuid 1 --name alice --hotkey miner --max-burn 1\n  launch chain metagraph --url ws://127.0.0.1:9944 --netuid 1 --json"
+    )]
+    Chain(ChainCommand),
     /// Contributions become emission: peers with roles (honest on Shakespeare or Milton, lazy,
     /// copycat) train a DiLoCo run, a validator scores every round (Byzantine filter,
     /// Shapley, Fisher) and commits weights to the embedded ledger, whose Yuma epochs pay
@@ -395,6 +402,97 @@ pub enum WalletCommand {
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
     },
+}
+
+/// `launch chain …`.
+#[derive(Debug, Subcommand)]
+pub enum ChainCommand {
+    /// Registers the wallet's hotkey on the subnet by burning TAO (`burned_register`, paid
+    /// by the coldkey); shows the burn first and refuses above --max-burn. Already registered
+    /// is not an error. Prints the uid.
+    Register {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The most TAO to burn (refuses when the subnet's burn is higher).
+        #[arg(long, value_name = "TAO")]
+        max_burn: Option<String>,
+    },
+    /// Publishes the address the hotkey serves at (`serve_axon`): where miners and peers are
+    /// found. The chain refuses loopback and private addresses.
+    Serve {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The IP address (v4 or v6).
+        #[arg(long)]
+        ip: std::net::IpAddr,
+        /// The port.
+        #[arg(long)]
+        port: u16,
+    },
+    /// Moves TAO from the coldkey's balance to the hotkey's stake on the subnet (`add_stake`).
+    Stake {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// How much, in TAO (e.g. 1.5).
+        #[arg(long, value_name = "TAO")]
+        amount: String,
+    },
+    /// Moves stake from the hotkey back to the coldkey (`remove_stake`).
+    Unstake {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// How much, in TAO.
+        #[arg(long, value_name = "TAO")]
+        amount: String,
+    },
+    /// Sets the hotkey's weights on the subnet: `set_weights`, or, when the subnet has
+    /// commit-reveal on, `commit_weights` then `reveal_weights` once the reveal window opens
+    /// (this waits for it). Weights are scaled so the largest is 65535.
+    Weights {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Target uids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        uids: Vec<u16>,
+        /// Their weights (any non-negative scale), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        weights: Vec<f64>,
+    },
+    /// Publishes up to 128 bytes for the hotkey on the subnet (`Commitments.set_commitment`),
+    /// e.g. the Merkle root of a run's contributions. Rate-limited by the pallet.
+    Commit {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The bytes, in hex (with or without 0x).
+        #[arg(long, value_name = "HEX")]
+        data: String,
+    },
+    /// The subnet's neurons: uid, hotkey, coldkey, stake, axon, consensus, incentive,
+    /// dividends, emission, validator permit, last update.
+    Metagraph {
+        /// The node's URL.
+        #[arg(long, default_value = "ws://127.0.0.1:9944", env = "SINTER_CHAIN_URL")]
+        url: String,
+        /// The subnet.
+        #[arg(long)]
+        netuid: u16,
+        /// As JSON: {"block", "netuid", "neurons": [{"uid", "hotkey", …}]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which chain, subnet and wallet a chain command uses.
+#[derive(Debug, Clone, Args)]
+pub struct ChainArgs {
+    /// The node's URL (ws:// for a local node, wss:// otherwise).
+    #[arg(long, default_value = "ws://127.0.0.1:9944", env = "SINTER_CHAIN_URL")]
+    pub url: String,
+    /// The subnet.
+    #[arg(long)]
+    pub netuid: u16,
+    #[command(flatten)]
+    pub wallet: WalletArgs,
 }
 
 /// Which wallet key.

@@ -3,6 +3,7 @@
 
 pub(crate) mod backend;
 mod bench;
+mod chain;
 mod checkpoints;
 mod cli;
 mod control;
@@ -61,6 +62,10 @@ fn main() -> ExitCode {
                     || matches!(
                         c.downcast_ref::<sinter_mechanism::ledger::LedgerError>(),
                         Some(sinter_mechanism::ledger::LedgerError::Wallet(_))
+                    )
+                    || matches!(
+                        c.downcast_ref::<sinter_mechanism::subtensor::ChainError>(),
+                        Some(sinter_mechanism::subtensor::ChainError::Invalid(_))
                     )
                     || matches!(
                         c.downcast_ref::<sinter_mechanism::ledger::interface::CallError>(),
@@ -141,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ledger(cli::LedgerCommand::Node(args)) => ledger::node(args),
         Command::Ledger(cli::LedgerCommand::Submit(args)) => ledger::submit(args),
         Command::Wallet(command) => wallet::run(command),
+        Command::Chain(command) => chain::run(command),
         Command::Incentives(args) => incentives::run(args),
         Command::Bench(BenchCommand::Cabal {
             epochs,

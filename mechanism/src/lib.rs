@@ -14,6 +14,7 @@
 //! | [`filter`] | Byzantine filtering of a round's pseudo-gradients, with reasons |
 //! | [`score`] | a validator's round: filter, Shapley and Fisher scores, weight row |
 //! | [`ledger`] | the [`Ledger`] interface every chain implements; the embedded signed, hash-chained ledger (extrinsics, blocks, state, epochs), its sans-IO sync protocol, wallets |
+//! | [`subtensor`] | Bittensor's chain through subxt: calls, reads, the metagraph |
 //! | [`cabal`] | experiment 2: a 40 % cabal against a 60 % honest majority |
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod ledger;
 pub mod papers;
 pub mod score;
 pub mod shapley;
+pub mod subtensor;
 pub mod yuma;
 
 pub use ledger::Ledger;

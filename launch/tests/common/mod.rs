@@ -1,5 +1,7 @@
 //! Helpers shared by the `launch` integration tests.
 
+#[allow(dead_code)] // only the chain tests start a chain
+pub mod chain;
 pub mod peers;
 
 use std::io::Read;

@@ -1,0 +1,276 @@
+//! `launch chain …` against Bittensor's real runtime (spec 218) running locally in
+//! chopsticks: register (with the burn shown and capped), serve an axon, stake and unstake,
+//! set weights directly and by commit-reveal, publish a commitment, read the metagraph; and
+//! the chain's refusals turned into messages that say what to do, with exit codes. One test:
+//! the chain takes half a minute to start.
+
+mod common;
+
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use common::chain::LocalChain;
+use common::{launch, text};
+use serde_json::{Value, json};
+
+const TAO: u64 = 1_000_000_000;
+
+struct Wallet {
+    args: Vec<String>,
+    coldkey: String,
+    hotkey: String,
+}
+
+fn wallet(dir: &std::path::Path, name: &str) -> Wallet {
+    let args: Vec<String> = [
+        "--wallet-path",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--hotkey",
+        "miner",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut new = vec!["wallet", "new"];
+    new.extend(args.iter().map(String::as_str));
+    assert!(launch(&new).status.success());
+    let mut show = vec!["wallet", "show", "--json"];
+    show.extend(args.iter().map(String::as_str));
+    let shown: Value = serde_json::from_slice(&launch(&show).stdout).unwrap();
+    Wallet {
+        args,
+        coldkey: shown["coldkey"].as_str().unwrap().into(),
+        hotkey: shown["hotkey"].as_str().unwrap().into(),
+    }
+}
+
+/// `launch chain COMMAND --url … --netuid 1 WALLET EXTRA…`, timed.
+fn chain_cmd(chain: &LocalChain, command: &str, wallet: &Wallet, extra: &[&str]) -> Output {
+    let mut args = vec!["chain", command, "--url", &chain.url, "--netuid", "1"];
+    args.extend(wallet.args.iter().map(String::as_str));
+    args.extend(extra);
+    let started = Instant::now();
+    let out = launch(&args);
+    eprintln!(
+        "launch chain {command} {extra:?}: {:.1?}, {}",
+        started.elapsed(),
+        out.status
+    );
+    out
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn failed(out: Output, code: i32, says: &[&str]) {
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{all}");
+    for s in says {
+        assert!(all.contains(s), "expected {s:?} in:\n{all}");
+    }
+}
+
+fn metagraph(chain: &LocalChain) -> Value {
+    let out = launch(&[
+        "chain",
+        "metagraph",
+        "--url",
+        &chain.url,
+        "--netuid",
+        "1",
+        "--json",
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+fn neuron<'a>(m: &'a Value, hotkey: &str) -> &'a Value {
+    m["neurons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["hotkey"] == hotkey)
+        .unwrap_or_else(|| panic!("{hotkey} not in {m}"))
+}
+
+#[test]
+fn a_wallet_registers_serves_stakes_weighs_and_commits_on_bittensors_runtime() {
+    let Some(chain) = LocalChain::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let alice = wallet(dir.path(), "alice");
+    let broke = wallet(dir.path(), "broke");
+    chain.fund(&alice.coldkey, 1_000_000 * TAO);
+    // Test settings on subnet 1: weights limited to one setting a block, and its pool priced 1:1 so that
+    // staked TAO becomes about as much stake.
+    chain.set_subnet("WeightsSetRateLimit", 1, json!(1));
+    chain.set_subnet("SubnetAlphaIn", 1, json!(29 * TAO));
+
+    // Register: the burn (1 TAO at genesis) is shown and capped; twice is not an error.
+    failed(
+        chain_cmd(&chain, "register", &alice, &["--max-burn", "0.5"]),
+        2,
+        &["burn (1 TAO) is above --max-burn (0.5 TAO)"],
+    );
+    failed(
+        chain_cmd(&chain, "register", &broke, &[]),
+        1,
+        &["has 0 TAO and the burn is 1 TAO: fund it with at least 1 TAO more"],
+    );
+    let registered = ok(chain_cmd(&chain, "register", &alice, &["--max-burn", "2"]));
+    assert!(
+        registered.contains(&format!("registered {} on subnet 1: uid 1", alice.hotkey)),
+        "{registered}"
+    );
+    let again = ok(chain_cmd(&chain, "register", &alice, &[]));
+    assert!(
+        again.contains("already registered on subnet 1: uid 1"),
+        "{again}"
+    );
+
+    // Serve: the chain refuses loopback, and says so; a routable address is stored.
+    failed(
+        chain_cmd(
+            &chain,
+            "serve",
+            &alice,
+            &["--ip", "127.0.0.1", "--port", "8091"],
+        ),
+        1,
+        &["InvalidIpAddress", "serve a public address"],
+    );
+    ok(chain_cmd(
+        &chain,
+        "serve",
+        &alice,
+        &["--ip", "10.1.2.3", "--port", "8091"],
+    ));
+
+    // Stake and unstake; unstaking more than there is says so.
+    ok(chain_cmd(&chain, "stake", &alice, &["--amount", "10"]));
+    let staked = neuron(&metagraph(&chain), &alice.hotkey)["stake"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        staked > 5 * TAO,
+        "10 TAO staked at about 1:1, stake {staked}"
+    );
+    // (Exact amounts cannot be compared: the subnet's emission adds to the stake every block.)
+    let unstaked = ok(chain_cmd(&chain, "unstake", &alice, &["--amount", "1"]));
+    assert!(unstaked.contains("unstaked 1 TAO"), "{unstaked}");
+    failed(
+        chain_cmd(&chain, "unstake", &alice, &["--amount", "1000"]),
+        1,
+        &["NotEnoughStakeToWithdraw", "less stake than that"],
+    );
+
+    // Weights, set directly (commit-reveal is off on subnet 1).
+    let set = ok(chain_cmd(
+        &chain,
+        "weights",
+        &alice,
+        &["--uids", "0,1", "--weights", "0.7,0.3"],
+    ));
+    assert!(
+        set.contains("set weights on subnet 1") && set.contains("values [65535, 28086]"),
+        "{set}"
+    );
+    failed(
+        chain_cmd(
+            &chain,
+            "weights",
+            &alice,
+            &["--uids", "0,7", "--weights", "1,1"],
+        ),
+        2,
+        &["uid 7 is not on subnet 1"],
+    );
+
+    // A commitment, then the pallet's rate limit, with the next allowed block.
+    let committed = ok(chain_cmd(
+        &chain,
+        "commit",
+        &alice,
+        &["--data", "0xdeadbeef"],
+    ));
+    assert!(committed.contains("committed 0xdeadbeef"), "{committed}");
+    failed(
+        chain_cmd(&chain, "commit", &alice, &["--data", "00"]),
+        1,
+        &[
+            "CommitmentSetRateLimitExceeded",
+            "the next allowed block is #",
+        ],
+    );
+
+    // The metagraph shows it all.
+    let m = metagraph(&chain);
+    assert_eq!(m["netuid"], 1);
+    let me = neuron(&m, &alice.hotkey);
+    assert_eq!(me["uid"], 1);
+    assert_eq!(me["coldkey"], alice.coldkey.as_str());
+    assert_eq!(me["axon"], json!({"ip": "10.1.2.3", "port": 8091}));
+    assert!(
+        me["last_update"].as_u64().unwrap() > 2,
+        "weights set after registration: {me}"
+    );
+    assert_eq!(m["neurons"][0]["axon"], Value::Null, "uid 0 never served");
+
+    // Commit-reveal on, with short epochs: `weights` commits, waits for the window (blocks
+    // made here on demand) and reveals.
+    chain.set_subnet("CommitRevealWeightsEnabled", 1, json!(true));
+    chain.set_subnet("Tempo", 1, json!(4));
+    let done = AtomicBool::new(false);
+    let revealed = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                chain.new_blocks(1);
+            }
+        });
+        let out = chain_cmd(
+            &chain,
+            "weights",
+            &alice,
+            &["--uids", "0", "--weights", "1"],
+        );
+        done.store(true, Ordering::Relaxed);
+        out
+    });
+    let revealed = ok(revealed);
+    assert!(
+        revealed.contains("committed weights on subnet 1"),
+        "{revealed}"
+    );
+    assert!(
+        revealed.contains("revealed weights on subnet 1"),
+        "{revealed}"
+    );
+
+    // A subnet that does not exist: a clear refusal, exit 2.
+    let out = launch(&["chain", "metagraph", "--url", &chain.url, "--netuid", "99"]);
+    failed(out, 2, &["no subnet 99"]);
+}
+
+#[test]
+fn an_unreachable_chain_says_where_it_looked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let out = launch(&["chain", "metagraph", "--url", &url, "--netuid", "1"]);
+    failed(
+        out,
+        1,
+        &[
+            &format!("cannot reach the chain at {url}"),
+            "is the node running",
+        ],
+    );
+}

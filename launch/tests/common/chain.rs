@@ -1,0 +1,154 @@
+//! A local Bittensor chain for the tests: chopsticks (installed by `scripts/setup.sh`)
+//! executing subtensor's real spec-218 runtime from the chain spec in
+//! `mechanism/tests/fixtures/subtensor/`, on a free loopback port, killed on drop. State is
+//! set with chopsticks' `dev_setStorage` and blocks made with `dev_newBlock`, over plain
+//! HTTP JSON-RPC.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running local chain.
+pub struct LocalChain {
+    child: Child,
+    port: u16,
+    /// Its WebSocket URL.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+fn chopsticks() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    PathBuf::from(home).join(".cache/sinter/chopsticks/node_modules/.bin/chopsticks")
+}
+
+impl LocalChain {
+    /// Starts the chain and waits until it answers; `None` when SINTER_SKIP_CHAIN is set.
+    pub fn start() -> Option<Self> {
+        if std::env::var_os("SINTER_SKIP_CHAIN").is_some() {
+            eprintln!("SINTER_SKIP_CHAIN is set: the live chain test does not run");
+            return None;
+        }
+        let bin = chopsticks();
+        assert!(
+            bin.exists(),
+            "{} missing: run scripts/setup.sh (it installs chopsticks), or set SINTER_SKIP_CHAIN=1",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("subtensor-spec218.raw.json");
+        let packed = std::fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../mechanism/tests/fixtures/subtensor/subtensor-spec218.raw.json.zst"),
+        )
+        .unwrap();
+        std::fs::write(&spec, zstd::decode_all(&packed[..]).unwrap()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("chain.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "genesis: {}\nport: {port}\nbuild-block-mode: Instant\n",
+                spec.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("chopsticks.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("chopsticks starts");
+        let chain = Self {
+            child,
+            port,
+            url: format!("ws://127.0.0.1:{port}"),
+            dir,
+        };
+        let started = Instant::now();
+        while chain.try_rpc("chain_getHeader", json!([])).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "chopsticks did not answer in 180 s; its log:\n{}",
+                chain.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!("local chain up in {:.0?}", started.elapsed());
+        Some(chain)
+    }
+
+    /// Chopsticks' output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("chopsticks.log")).unwrap_or_default()
+    }
+
+    fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
+        let body =
+            json!({"id": 1, "jsonrpc": "2.0", "method": method, "params": params}).to_string();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        // HTTP/1.0: the answer comes whole, not chunked, and the connection closes after it.
+        write!(
+            stream,
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        let (_, body) = answer.split_once("\r\n\r\n").ok_or("no HTTP body")?;
+        let value: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+        match value.get("error") {
+            Some(error) => Err(format!("{method}: {error}")),
+            None => Ok(value["result"].clone()),
+        }
+    }
+
+    /// Calls `method` over JSON-RPC; panics on an error answer.
+    pub fn rpc(&self, method: &str, params: Value) -> Value {
+        self.try_rpc(method, params).unwrap()
+    }
+
+    /// Sets storage with `dev_setStorage` (`{"Pallet": {"Entry": [[[keys…], value]]}}`).
+    pub fn set_storage(&self, changes: Value) {
+        self.rpc("dev_setStorage", json!([changes]));
+    }
+
+    /// Gives `account` (SS58) `rao` of free balance.
+    pub fn fund(&self, account: &str, rao: u64) {
+        self.set_storage(json!({"System": {"Account": [[[account], {"providers": 1, "data": {"free": rao.to_string()}}]]}}));
+    }
+
+    /// Sets `SubtensorModule.ENTRY[netuid]` to `value`.
+    pub fn set_subnet(&self, entry: &str, netuid: u16, value: Value) {
+        self.set_storage(json!({"SubtensorModule": {entry: [[[netuid], value]]}}));
+    }
+
+    /// Authors `count` blocks now.
+    pub fn new_blocks(&self, count: u32) {
+        self.rpc("dev_newBlock", json!([{"count": count}]));
+    }
+}
+
+impl Drop for LocalChain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
