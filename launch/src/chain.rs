@@ -322,7 +322,13 @@ fn set_weights(s: Session, uids: Vec<u16>, weights: Vec<f64>) -> Result<()> {
             commit.reveal_from,
             (BLOCK_TIME * u32::try_from(left).unwrap_or(u32::MAX)).as_secs()
         );
-        s.chain.wait_for_block(height, BLOCK_TIME * 10)?;
+        if s.chain.wait_for_block(height, BLOCK_TIME * 10)?.is_none() {
+            bail!(
+                "no new block for {} s while waiting to reveal: the chain looks stalled (the commitment expires after block #{})",
+                (BLOCK_TIME * 10).as_secs(),
+                commit.reveal_until
+            );
+        }
     }
     let revealed = s.submit(
         &Call::RevealWeights {

@@ -64,7 +64,7 @@ pub(super) async fn hyperparameters(at: &At, netuid: u16) -> Result<Hyperparamet
 pub fn epochs_by(block: u64, netuid: u16, tempo: u16) -> u64 {
     let period = u64::from(tempo) + 1;
     let shift = u64::from(netuid) + 1;
-    (block + shift) / period - shift / period
+    block.saturating_add(shift) / period - shift / period
 }
 
 #[derive(DecodeAsType)]
