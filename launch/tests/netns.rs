@@ -213,16 +213,12 @@ fn four_peers_in_namespaces_over_shaped_delayed_lossy_links_end_bit_identical() 
 }
 
 /// A peer whose link is cut for longer than the peer timeout: the other three go on without
-/// it, while it, a minority of its group that sees no crash (its connections stay open),
-/// waits for them instead of training alone; once the link is back it joins the run where it
-/// is, fetching the state, and all four end bit-identical.
-///
-/// Ignored in CI: how soon the peers hear each other again depends on the stalled TCP
-/// connections' retransmission backoff (after a 15–30 s outage the next retransmission can be
-/// 10–25 s away), so the run may end first; the fix is to redial a silent peer on a fresh
-/// connection (issue 14). Run it with `cargo test -p launch --test netns -- --ignored`.
+/// it, while it, a minority of its group that sees no crash (its connections stall, nobody
+/// closes them), waits for them instead of training alone; once the link is back it joins the run where it
+/// is, fetching the state, and all four end bit-identical. The stalled connections are dropped
+/// after `STALL_LIMIT` and redialled, so the peers hear each other as soon as the link is back
+/// instead of at TCP's next retransmission (up to two minutes away after a long cut).
 #[test]
-#[ignore = "recovery waits on TCP retransmission backoff; see the doc comment"]
 fn a_peer_cut_off_waits_for_the_majority_rejoins_it_and_all_end_bit_identical() {
     if skipped() {
         return;

@@ -48,16 +48,20 @@ impl Shared {
         held: Option<String>,
         addrs: Vec<String>,
     ) -> Reply {
-        if round.saturating_add(1) < state.round {
-            return self.reject(state, peer, &round_is_over(round));
-        }
-        state.addrs.insert(peer, addrs);
         match held {
-            // A newcomer: the leader of this round or any later one takes it in.
+            // A newcomer: the leader of this round or any later one takes it in. The run may
+            // have moved on while its `Ready` was on the way (rounds can take a fraction of a
+            // second): it is then taken into the next round that forms.
             None => {
-                state.joiners.entry(peer).or_insert(round);
+                state.addrs.insert(peer, addrs);
+                let from = round.max(state.round);
+                state.joiners.entry(peer).or_insert(from);
+            }
+            _ if round.saturating_add(1) < state.round => {
+                return self.reject(state, peer, &round_is_over(round));
             }
             held => {
+                state.addrs.insert(peer, addrs);
                 state.ready.entry(round).or_default().insert(peer, held);
                 if state.led.contains(&round) {
                     state.announce.push((peer, round));
@@ -237,6 +241,7 @@ impl Group {
                 let s = self.shared.lock();
                 (self.shared.leader(&s, round), self.shared.live(&s))
             };
+            tracing::trace!(round, %leader, live = live.len(), joining, "forming");
             if !joining {
                 self.yield_to_larger_group(round).await?;
             }
@@ -261,7 +266,9 @@ impl Group {
                     .filter(|p| **p != me)
                     .map(|p| async { (*p, self.ask(*p, &ready, &[]).await) });
                 let mut leader_heard = joining;
-                for (peer, result) in futures::future::join_all(sends).await {
+                let results = futures::future::join_all(sends).await;
+                tracing::trace!(round, answers = ?results, "ready sent");
+                for (peer, result) in results {
                     match result {
                         Ok(_) => leader_heard |= peer == leader,
                         // The leader is rounds ahead: this round formed and ended without
@@ -305,7 +312,7 @@ impl Group {
             match group {
                 Some(Heard::Group(group)) if group.members.contains(&me) => return Ok(group),
                 Some(Heard::Group(_)) => return Err(GroupError::NotInGroup { round }),
-                Some(Heard::Outranked) => return Err(outranked(round)),
+                Some(Heard::Outranked) => return Err(self.leave_for_larger_group(round)),
                 Some(Heard::LeaderSilent) => {
                     tracing::warn!(%leader, round, "leader went silent; electing the next");
                     self.shared.lock().gone.insert(leader);
@@ -323,6 +330,15 @@ impl Group {
                 }
             }
         }
+    }
+
+    /// Leaves this peer's group for a larger one in sight (see `healing`): it joins the run.
+    /// The sighting is spent: once in the group it joined, only a new one that lasts a peer
+    /// timeout moves it again (its members name their old group for a moment).
+    fn leave_for_larger_group(&self, round: u64) -> GroupError {
+        tracing::warn!(round, "a larger group of this run is in sight; joining it");
+        self.shared.lock().outranked_since = None;
+        GroupError::NotInGroup { round }
     }
 
     /// A group that sees a larger one of the run (see `healing`) starts no round until it is
@@ -343,7 +359,7 @@ impl Group {
             )
             .await;
         match sure {
-            Some(true) => Err(outranked(round)),
+            Some(true) => Err(self.leave_for_larger_group(round)),
             _ => Ok(()),
         }
     }
@@ -376,7 +392,7 @@ impl Group {
             })
             .await;
         if yields == Some(true) {
-            return Err(outranked(round));
+            return Err(self.leave_for_larger_group(round));
         }
         let formed = {
             let mut state = self.shared.lock();
@@ -460,12 +476,6 @@ enum Heard {
     LeaderSilent,
     /// A larger group of the run is in sight (see `healing`).
     Outranked,
-}
-
-/// Leaving this peer's group for a larger one in sight (see `healing`): it joins the run.
-fn outranked(round: u64) -> GroupError {
-    tracing::warn!(round, "a larger group of this run is in sight; joining it");
-    GroupError::NotInGroup { round }
 }
 
 /// The refusal of a `Ready` for a round this peer has left behind.

@@ -8,7 +8,10 @@
 //! yields and the run ends as one.
 //!
 //! Only peers this one sees live, outside its own group, are counted, each once, for the
-//! group it names: a group is as large as the live peers that say they are in it.
+//! group it names: a group is as large as the live peers that say they are in it. A member of
+//! this peer's last group that names another group is outside it: the rest of a group that
+//! went on without a peer cut off (even its lowest member, which then leads a group of one
+//! that nobody else is in) is a larger group to it.
 //!
 //! Splits are also made rarer: a minority of the last round's group (fewer than half of it
 //! live, or exactly half without its lowest member) leads no round while some of the others
@@ -48,8 +51,16 @@ impl Shared {
             .find(|g| g.members.contains(&self.me))?;
         let my_key = *mine.members.iter().min()?;
         let live = self.live(state);
-        let outside = |p: &PeerId| live.contains(p) && !mine.members.contains(p);
-        let my_size = mine.members.iter().filter(|m| live.contains(m)).count();
+        // A member of this peer's last group that names another group has left it for that
+        // one (the rest of a group went on without this peer while it was cut off).
+        let left = |p: &PeerId| state.peer_groups.get(p).is_some_and(|k| *k != my_key);
+        let in_mine = |p: &PeerId| mine.members.contains(p) && (*p == self.me || !left(p));
+        let outside = |p: &PeerId| live.contains(p) && !in_mine(p);
+        let my_size = mine
+            .members
+            .iter()
+            .filter(|m| live.contains(m) && in_mine(m))
+            .count();
         let mut others: BTreeMap<PeerId, usize> = BTreeMap::new();
         for (peer, key) in &state.peer_groups {
             if outside(peer) && outside(key) {

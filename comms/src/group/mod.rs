@@ -290,6 +290,25 @@ impl Shared {
         live
     }
 
+    /// Peers heard from within the time a minority waits for them, with no connection left
+    /// and none closed by them (their connections stalled: a cut link): to dial again.
+    fn lost(&self, state: &State) -> Vec<PeerId> {
+        let patience = self.settings.peer_timeout * healing::MINORITY_WAIT;
+        state
+            .last_seen
+            .iter()
+            .filter(|(peer, seen)| {
+                **peer != self.me
+                    && seen.elapsed() < patience
+                    && !state.connected.contains(peer)
+                    && !state.closed.contains(peer)
+                    && !state.left.contains(peer)
+                    && !state.banned.contains(peer)
+            })
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
     /// Refuses a request, counting it for `launch status`: a stale or misdirected one that an
     /// honest peer may send (an old round, a replay after a retry, another run's config).
     fn reject(&self, state: &mut State, peer: PeerId, reason: &str) -> Reply {
@@ -459,6 +478,7 @@ impl Group {
                         {
                             {
                                 let mut state = inbox.lock();
+                                tracing::trace!(%peer, round = beat.stats.round, "heartbeat");
                                 // Gossip relays old heartbeats: one from a peer whose last
                                 // connection closed proves nothing until it is reconnected.
                                 if !state.gone.contains(&peer) || state.connected.contains(&peer) {
@@ -487,6 +507,12 @@ impl Group {
                     NetEvent::Refused { peer, reason } => {
                         let mut state = inbox.lock();
                         inbox.offence(&mut state, peer, &reason);
+                    }
+                    NetEvent::Stalled(peer) => {
+                        // Silence, not a departure: the peer stays live until its timeout,
+                        // and the heartbeats dial it again.
+                        inbox.lock().connected.remove(&peer);
+                        inbox.changed.notify_waiters();
                     }
                     NetEvent::Disconnected(peer) => {
                         let mut state = inbox.lock();
@@ -521,6 +547,10 @@ impl Group {
         });
         let beats = shared.clone();
         let publisher = client.clone();
+        let redialler = Group {
+            shared: shared.clone(),
+            client: client.clone(),
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(beats.settings.heartbeat);
             loop {
@@ -544,6 +574,10 @@ impl Group {
                 let data = serde_json::to_vec(&beat).expect("heartbeats serialise");
                 if publisher.publish(data).await.is_err() {
                     return;
+                }
+                let lost = beats.lost(&beats.lock());
+                for peer in lost {
+                    redialler.connect(peer).await;
                 }
                 // Deadlines are checked by waiters when they wake; wake them regularly.
                 beats.changed.notify_waiters();

@@ -109,8 +109,37 @@ fn the_largest_round_numbers_from_the_wire_are_refused_or_kept_without_a_panic()
         assert!(refused(group.on_request(member, &shard("run-a", round))).contains("ahead"));
     }
     // Old rounds are still refused.
-    assert!(refused(group.on_request(member, &ready(1, None))).contains("is over"));
+    assert!(refused(group.on_request(member, &ready(1, Some("h".into())))).contains("is over"));
     assert!(refused(group.on_request(member, &shard("run-a", 1))).contains("is over"));
+}
+
+/// A newcomer whose `Ready` names a round the run has left behind (it moved on while the
+/// `Ready` was on the way) is taken into the next round that forms, not refused: refused, it
+/// asked for the same round again and again until the run ended without it.
+#[test]
+fn a_newcomer_asking_for_a_round_the_run_has_left_behind_joins_the_next_one() {
+    let group = shared();
+    let (newcomer, member) = (peer(), peer());
+    group.lock().round = 60;
+    let ready = |round: u64, state: Option<String>| {
+        encode_request(
+            &Header::Ready {
+                run: "run-a".into(),
+                round,
+                state,
+                addrs: Vec::new(),
+            },
+            &[],
+        )
+    };
+    assert!(matches!(
+        group.on_request(newcomer, &ready(42, None)),
+        Reply::Ok
+    ));
+    assert_eq!(group.lock().joiners.get(&newcomer), Some(&60));
+    // A member of an old round is still told it is over (it joins the run where it is).
+    assert!(refused(group.on_request(member, &ready(42, Some("h".into())))).contains("is over"));
+    assert!(!group.lock().joiners.contains_key(&member));
 }
 
 fn announcement(round: u64, members: &[PeerId], states: Vec<Option<String>>) -> Vec<u8> {
@@ -293,6 +322,18 @@ fn a_peer_split_off_alone_yields_to_the_rest_but_the_rest_does_not_yield_to_it()
     assert_eq!(lowest.larger_group(&lowest.lock()), Some(peers[1]));
     let (rest, _) = split(1, &[1, 2, 3], [0, 1, 1, 1]);
     assert_eq!(rest.larger_group(&rest.lock()), None);
+}
+
+/// The lowest peer, cut off after a round of all four, still has that round's group (it is its
+/// key) while the other three went on as a group of their own: to it they are a larger group,
+/// though they were all in its last one (else it waits to lead them until the run ends).
+#[test]
+fn the_rest_of_a_group_that_went_on_without_this_peer_is_a_larger_group_to_it() {
+    let (cut_off, peers) = split(0, &[0, 1, 2, 3], [0, 1, 1, 1]);
+    assert_eq!(cut_off.larger_group(&cut_off.lock()), Some(peers[1]));
+    // Its own last group's members still naming it are its group.
+    let (member, _) = split(0, &[0, 1, 2, 3], [0, 0, 0, 1]);
+    assert_eq!(member.larger_group(&member.lock()), None);
 }
 
 #[test]

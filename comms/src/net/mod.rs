@@ -12,6 +12,7 @@ mod codec;
 pub mod key;
 mod limits;
 pub mod nat;
+pub mod stall;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,7 +22,9 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
-use libp2p::{Swarm, allow_block_list, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
+use libp2p::{
+    Swarm, Transport, allow_block_list, autonat, dcutr, identify, noise, ping, relay, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{FrameCodec, PROTOCOL};
@@ -168,6 +171,10 @@ pub enum NetEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// The last connection to a peer went [`stall::STALL_LIMIT`] without its data acknowledged
+    /// and was dropped: a cut link or a vanished host, not a close (the peer may well be live;
+    /// dial it again).
+    Stalled(PeerId),
 }
 
 /// The channel an incoming request is answered on.
@@ -326,16 +333,24 @@ pub async fn start(
         max_request: config.max_request_bytes,
         max_response: config.max_response_bytes,
     };
-    let builder = libp2p::SwarmBuilder::with_existing_identity(config.key.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| setup(&e))?;
+    let builder = libp2p::SwarmBuilder::with_existing_identity(config.key.clone()).with_tokio();
     #[cfg(feature = "quic")]
     let builder = builder.with_quic();
+    // libp2p's `with_tcp`, with each socket's stall limit set.
+    let builder = builder
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .map(|stream, _| {
+                        stall::limit(&stream.0);
+                        stream
+                    })
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
+        .map_err(|e| setup(&e))?;
     let mut swarm = builder
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
@@ -548,12 +563,19 @@ impl EventLoop {
             } => {
                 self.on_connection_closed(peer_id, connection_id);
                 let on_purpose = self.closing.remove(&connection_id).is_some();
-                if let Some(cause) = cause.filter(|_| !on_purpose) {
+                let stalled = cause.as_ref().is_some_and(stall::is_stall);
+                if stalled {
+                    tracing::info!(peer = %peer_id, limit = ?stall::STALL_LIMIT, "connection stalled (a cut link?): dropped");
+                } else if let Some(cause) = cause.filter(|_| !on_purpose) {
                     tracing::warn!(peer = %peer_id, %cause, "connection closed by an error");
                 }
                 if num_established == 0 {
                     self.budgets.forget_idle();
-                    self.deliver(NetEvent::Disconnected(peer_id)).await;
+                    let event = match stalled {
+                        true => NetEvent::Stalled(peer_id),
+                        false => NetEvent::Disconnected(peer_id),
+                    };
+                    self.deliver(event).await;
                 }
             }
             SwarmEvent::OutgoingConnectionError {

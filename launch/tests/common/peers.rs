@@ -91,7 +91,10 @@ impl Peer {
             .args(before)
             .envs(env.iter().copied())
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SINTER_TEST_PEER_LOG").unwrap_or("info".into()),
+            )
             .env("SINTER_COLDKEY_PASSWORD", super::PASSWORD)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
