@@ -4,13 +4,19 @@
 //! oversized names, requests for roots and chunks that do not exist, and floods of requests
 //! and gossip. The honest peers finish every round with bit-identical results and the group
 //! they should have; the offender is counted, then banned by each of them, and refused.
+//! And a donor whose answers trickle in a byte a second (its link through a proxy that
+//! drips) does not hold up a fetch from it and an honest donor.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use sinter_comms::group::fuzzing::Handler;
-use sinter_comms::group::{Arrival, Group, GroupLimits, GroupSettings, Reduction};
+use sinter_comms::group::{Arrival, BlobSource, Group, GroupLimits, GroupSettings, Reduction};
 use sinter_comms::net::{self, Client, Multiaddr, NetConfig, PeerLimits};
+use sinter_comms::transfer::Manifest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RUN: &str = "hostile-test-run-000";
 const TOPIC: &str = "sinter/run/hostile-test";
@@ -49,9 +55,15 @@ async fn network(
 }
 
 async fn honest(bootstrap: Option<&Multiaddr>) -> (Group, Multiaddr) {
+    let (group, addr, _) = honest_with_client(bootstrap).await;
+    (group, addr)
+}
+
+/// An honest peer, with its network client (to dial by hand).
+async fn honest_with_client(bootstrap: Option<&Multiaddr>) -> (Group, Multiaddr, Client) {
     let (client, events, addr) = network(bootstrap).await;
     let group = Group::start(
-        client,
+        client.clone(),
         events,
         GroupSettings {
             run: RUN.into(),
@@ -62,7 +74,7 @@ async fn honest(bootstrap: Option<&Multiaddr>) -> (Group, Multiaddr) {
             limits: limits(),
         },
     );
-    (group, addr)
+    (group, addr, client)
 }
 
 fn to_bytes(values: &[f32]) -> Vec<u8> {
@@ -294,4 +306,106 @@ async fn hostile_peer_is_refused_counted_and_banned_while_the_honest_finish_iden
             .await;
         assert!(answer.is_err(), "a banned peer got an answer: {answer:?}");
     }
+}
+
+/// One blob, served whole.
+struct Served(Vec<u8>, Manifest);
+
+impl BlobSource for Served {
+    fn manifest(&self, root: Option<&str>) -> Option<Manifest> {
+        root.is_none_or(|r| r == self.1.root)
+            .then(|| self.1.clone())
+    }
+
+    fn chunk(&self, root: &str, index: usize) -> Option<Vec<u8>> {
+        (root == self.1.root).then(|| self.0.get(self.1.range(index)).map(<[u8]>::to_vec))?
+    }
+}
+
+/// A TCP proxy to `target` on loopback: what the target sends goes on at once until `drip` is
+/// set, then a byte a second. Returns the address to dial.
+async fn dripping_proxy(target: Multiaddr, drip: Arc<AtomicBool>) -> Multiaddr {
+    let port = target
+        .iter()
+        .find_map(|p| match p {
+            net::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                continue;
+            };
+            let (mut in_read, mut in_write) = inbound.into_split();
+            let (mut out_read, mut out_write) = outbound.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut in_read, &mut out_write).await });
+            let drip = drip.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = out_read.read(&mut buf).await {
+                    for piece in buf[..n].chunks(if drip.load(Ordering::Relaxed) { 1 } else { n }) {
+                        if in_write.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        if drip.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("/ip4/127.0.0.1/tcp/{}", addr.port())
+        .parse()
+        .unwrap()
+}
+
+/// A donor whose link drips its answers (a byte a second: the connection stays busy, no
+/// timeout of its own fires) and an honest donor serve the same checkpoint: the fetch takes
+/// the honest donor's manifest and chunks, and ends in seconds, not when the dripping
+/// answers would (minutes) or the request timeout (ten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_donor_whose_answers_trickle_does_not_hold_up_a_fetch() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let manifest = Manifest::of(&blob, 64 * 1024);
+    let (fetcher, fetcher_addr, client) = honest_with_client(None).await;
+    let (donor, _) = honest(Some(&fetcher_addr)).await;
+    let (dripper, dripper_addr) = honest(None).await;
+    for server in [&donor, &dripper] {
+        server.serve_blobs(Arc::new(Served(blob.clone(), manifest.clone())));
+    }
+    let drip = Arc::new(AtomicBool::new(false));
+    let proxied = dripping_proxy(dripper_addr, drip.clone()).await;
+    assert_eq!(client.dial(proxied).await.unwrap(), dripper.me());
+    assert_eq!(fetcher.wait_for_peers(3, Duration::from_secs(20)).await, 3);
+    drip.store(true, Ordering::Relaxed);
+
+    let sink = std::sync::Mutex::new(vec![0u8; blob.len()]);
+    let started = Instant::now();
+    let fetched = tokio::time::timeout(
+        Duration::from_secs(60),
+        fetcher.fetch_blob(
+            &[dripper.me(), donor.me()],
+            Some(manifest.root.clone()),
+            blob.len() as u64,
+            &sink,
+        ),
+    )
+    .await
+    .expect("the fetch waited on the dripping donor")
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(sink.into_inner().unwrap(), blob);
+    assert_eq!(fetched.0.root, manifest.root);
+    assert_eq!(fetched.1.get(&donor.me()), Some(&manifest.chunks.len()));
+    // The honest donor answers at once; the dripper's stream negotiation alone would time
+    // out only after libp2p's 10 s.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
 }

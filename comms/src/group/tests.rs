@@ -81,22 +81,24 @@ fn untrusted_requests_are_refused_with_a_reason_and_counted() {
     assert!(!group.lock().last_seen.contains_key(&outsider));
 }
 
+/// A `Ready` for `round` holding `state` (none: a newcomer).
+fn ready(round: u64, state: Option<String>) -> Vec<u8> {
+    encode_request(
+        &Header::Ready {
+            run: "run-a".into(),
+            round,
+            state,
+            addrs: Vec::new(),
+        },
+        &[],
+    )
+}
+
 #[test]
 fn the_largest_round_numbers_from_the_wire_are_refused_or_kept_without_a_panic() {
     let group = shared();
     let member = peer();
     group.lock().round = 5;
-    let ready = |round: u64, state: Option<String>| {
-        encode_request(
-            &Header::Ready {
-                run: "run-a".into(),
-                round,
-                state,
-                addrs: Vec::new(),
-            },
-            &[],
-        )
-    };
     for round in [u64::MAX, u64::MAX - 1] {
         assert!(matches!(
             group.on_request(member, &ready(round, Some("h".into()))),
@@ -121,17 +123,6 @@ fn a_newcomer_asking_for_a_round_the_run_has_left_behind_joins_the_next_one() {
     let group = shared();
     let (newcomer, member) = (peer(), peer());
     group.lock().round = 60;
-    let ready = |round: u64, state: Option<String>| {
-        encode_request(
-            &Header::Ready {
-                run: "run-a".into(),
-                round,
-                state,
-                addrs: Vec::new(),
-            },
-            &[],
-        )
-    };
     assert!(matches!(
         group.on_request(newcomer, &ready(42, None)),
         Reply::Ok

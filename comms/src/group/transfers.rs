@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use libp2p::PeerId;
 
 use super::messages::{Header, Reply};
@@ -66,6 +67,9 @@ pub(super) fn serve_offer(
 
 /// Rounds of this peer's own contributions kept for validators.
 pub(super) const CONTRIBUTIONS_KEPT: usize = 4;
+
+/// How long the other donors' manifests are waited for once one usable offer is in.
+const OFFER_GRACE: Duration = Duration::from_secs(2);
 
 /// Blobs (checkpoints) a peer serves by Merkle root, from disk.
 pub trait BlobSource: Send + Sync {
@@ -315,7 +319,26 @@ impl Group {
         let mut offers = Vec::new();
         let mut last = String::from("no donors");
         let cap = self.shared.settings.limits.max_transfer_bytes;
-        for (donor, manifest) in futures::future::join_all(asks).await {
+        let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
+        // Once one offer is usable the others get a moment more, not their request timeout:
+        // a donor that is slow, silent or trickling its answer holds no fetch up.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = pending.next();
+            let answer = match deadline {
+                None => next.await,
+                Some(at) => tokio::time::timeout_at(at, next).await.unwrap_or_else(|_| {
+                    tracing::info!(
+                        waiting = pending.len(),
+                        what,
+                        "going on without the slowest donors' manifests"
+                    );
+                    None
+                }),
+            };
+            let Some((donor, manifest)) = answer else {
+                break;
+            };
             match manifest {
                 Ok(m) if expected_root.is_some_and(|r| r != m.root) => {
                     tracing::warn!(%donor, offered = %m.root, what, "donor offers another root than asked; ignored");
@@ -335,7 +358,10 @@ impl Group {
                         m.total_len
                     );
                 }
-                Ok(m) => offers.push((donor, m)),
+                Ok(m) => {
+                    offers.push((donor, m));
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + OFFER_GRACE);
+                }
                 Err(e) => {
                     tracing::warn!(%donor, error = %e, what, "no manifest from donor");
                     last = e.to_string();
