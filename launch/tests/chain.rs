@@ -2,9 +2,12 @@
 //! chopsticks: register (with the burn shown and capped), serve an axon, stake and unstake,
 //! set weights directly and by commit-reveal, publish a commitment, read the metagraph; and
 //! the chain's refusals turned into messages that say what to do, with exit codes. One test:
-//! the chain takes half a minute to start.
+//! the chain takes half a minute to start. And the `Ledger` interface's suite against
+//! `ChainLedger` on the same runtime.
 
 mod common;
+#[path = "../../trainer/tests/suite/ledger.rs"]
+mod suite;
 
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -273,4 +276,56 @@ fn an_unreachable_chain_says_where_it_looked() {
             "is the node running",
         ],
     );
+}
+
+/// subtensor as a run's `Ledger`: the suite every implementation passes, on the real runtime
+/// (subnet 1 with commit-reveal on a 4-block tempo, commitments not rate-limited, a block
+/// every 200 ms).
+#[test]
+fn subtensor_behaves_as_a_ledger() {
+    use sinter_mechanism::ledger::wallet::{Wallet as Keys, WalletPath};
+    use sinter_mechanism::subtensor::{Chain, ledger::ChainLedger};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let Some(chain) = LocalChain::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bob = wallet(dir.path(), "bob");
+    chain.fund(&bob.coldkey, 1_000 * TAO);
+    chain.set_subnet("WeightsSetRateLimit", 1, json!(1));
+    chain.set_subnet("SubnetAlphaIn", 1, json!(29 * TAO));
+    chain.set_subnet("CommitRevealWeightsEnabled", 1, json!(true));
+    chain.set_subnet("Tempo", 1, json!(4));
+    let chain = Arc::new(chain);
+    let stop = Arc::new(AtomicBool::new(false));
+    let blocks = {
+        let (chain, stop) = (chain.clone(), stop.clone());
+        let hotkey = bob.hotkey.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // The runtime allows one commitment per 100 blocks: lifted for the test (as
+                // funding is), so that it takes seconds, not minutes.
+                chain.set_storage(json!({"Commitments": {"LastCommitment": [[[1, hotkey], 0]]}}));
+                chain.new_blocks(1);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let path = WalletPath::new(Some(dir.path()), "bob", "miner").unwrap();
+    let keys = Keys::read(&path, Some(common::PASSWORD)).unwrap();
+    let ledger = ChainLedger::new(
+        Chain::connect(&chain.url).unwrap(),
+        1,
+        keys,
+        Some(2 * TAO),
+        // What the suite's waits scale with.
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let started = Instant::now();
+    suite::behaves_as_a_ledger(&ledger, TAO);
+    eprintln!("the suite on subtensor: {:.1?}", started.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    blocks.join().unwrap();
 }

@@ -1,98 +1,25 @@
 //! The `Ledger` interface's behaviour, checked through the trait alone, against the embedded
 //! ledger of a run: two real libp2p peers on loopback in one process, one authoring blocks,
 //! the other a replica that registers, serves, stakes, commits a contribution and commits and
-//! reveals weights through the author. `behaves_as_a_ledger` is the suite a second
-//! implementation (subtensor) runs too.
+//! reveals weights through the author. `suite::behaves_as_a_ledger` is the suite that
+//! subtensor's implementation runs too (`launch/tests/chain.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sinter_comms::group::{Group, GroupSettings};
 use sinter_comms::net::{self, NetConfig};
+#[path = "suite/ledger.rs"]
+mod suite;
+
 use sinter_mechanism::Ledger;
-use sinter_mechanism::ledger::extrinsic::weights_commitment;
-use sinter_mechanism::ledger::interface::{CallError, WeightsReveal, wait_until};
+use sinter_mechanism::ledger::interface::CallError;
 use sinter_mechanism::ledger::keys::Keypair;
 use sinter_mechanism::ledger::state::Genesis;
 use sinter_mechanism::ledger::wallet::Wallet;
 use sinter_trainer::ledger_net::RunLedger;
 
 const BLOCK: Duration = Duration::from_millis(200);
-
-/// What any implementation of the interface must do for a freshly funded, unregistered
-/// hotkey whose coldkey can pay the burn and the stake.
-fn behaves_as_a_ledger(ledger: &dyn Ledger) {
-    let limit = 10 * ledger.block_time() + Duration::from_secs(5);
-    // Blocks arrive, and waiting for one is waiting, not polling.
-    let height = ledger.height();
-    let next = ledger
-        .wait_for_block(height, limit)
-        .expect("a block within the limit");
-    assert!(next > height);
-
-    // Registering twice is the same uid; serving shows in the metagraph.
-    let hotkey = ledger.hotkey();
-    let uid = ledger.register().expect("registers");
-    assert_eq!(ledger.register().expect("registered already"), uid);
-    assert_eq!(ledger.metagraph().uid(&hotkey), Some(uid));
-    ledger.serve("/ip4/127.0.0.1/tcp/9/p2p/x").expect("serves");
-    let served = ledger.metagraph();
-    assert_eq!(
-        served.neuron(uid).and_then(|n| n.address.as_deref()),
-        Some("/ip4/127.0.0.1/tcp/9/p2p/x")
-    );
-
-    // Stake and a contribution commitment reach a block.
-    ledger.add_stake(50).expect("stakes");
-    assert!(wait_until(ledger, limit, || ledger
-        .metagraph()
-        .neuron(uid)
-        .is_some_and(|n| n.stake == 50)));
-    let contribution = [7u8; 32];
-    ledger
-        .commit_contribution(3, contribution)
-        .expect("commits a contribution");
-    assert!(wait_until(ledger, limit, || !ledger
-        .contributions(3)
-        .is_empty()));
-    let committed = ledger.contributions(3);
-    assert_eq!(committed.len(), 1);
-    assert_eq!((committed[0].uid, committed[0].hash), (uid, contribution));
-    assert!(ledger.contributions(4).is_empty());
-
-    // Weights: committed, then revealed; a reveal that does not match is refused.
-    let reveal = WeightsReveal {
-        uids: vec![0, uid],
-        values: vec![u16::MAX, 1],
-        salt: vec![1, 2, 3, 4],
-        version_key: 0,
-    };
-    let hash = weights_commitment(
-        &hotkey,
-        ledger.netuid(),
-        &reveal.uids,
-        &reveal.values,
-        &reveal.salt,
-        reveal.version_key,
-    );
-    assert_eq!(ledger.committed_weights(), None);
-    ledger.commit_weights(hash).expect("commits weights");
-    assert!(wait_until(ledger, limit, || ledger.committed_weights() == Some(hash)));
-    let forged = WeightsReveal {
-        values: vec![1, u16::MAX],
-        ..reveal.clone()
-    };
-    match ledger.reveal_weights(&forged) {
-        Err(CallError::Refused { call, .. }) => assert_eq!(call, "reveal_weights"),
-        other => panic!("a forged reveal was not refused: {other:?}"),
-    }
-    ledger.reveal_weights(&reveal).expect("reveals");
-    assert!(wait_until(ledger, limit, || ledger
-        .committed_weights()
-        .is_none()));
-    let last_update = ledger.metagraph().neuron(uid).map(|n| n.last_update);
-    assert!(last_update > Some(0), "{last_update:?}");
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -181,7 +108,7 @@ fn the_embedded_ledger_of_a_run_behaves_as_a_ledger() {
         Wallet::with_keys(hot, Some(cold)),
         Some(author_addr),
     );
-    behaves_as_a_ledger(miner.as_ref());
+    suite::behaves_as_a_ledger(miner.as_ref(), 50);
 }
 
 #[test]

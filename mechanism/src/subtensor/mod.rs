@@ -15,7 +15,9 @@
 
 pub mod calls;
 pub mod errors;
+pub mod ledger;
 pub mod metagraph;
+pub mod record;
 pub mod units;
 
 use std::future::Future;
@@ -442,31 +444,37 @@ impl Chain {
         netuid: u16,
         hotkey: &AccountId,
     ) -> Result<Option<Commitment>, ChainError> {
-        use subxt::ext::scale_value::{Composite, Primitive, ValueDef};
-        let Some(registration): Option<subxt::dynamic::Value> =
-            self.read("Commitments", "CommitmentOf", (netuid, hotkey.0))?
-        else {
-            return Ok(None);
-        };
-        let field = |v: &subxt::dynamic::Value, name: &str| match &v.value {
-            ValueDef::Composite(Composite::Named(fields)) => fields
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone()),
-            _ => None,
-        };
-        let block = match field(&registration, "block").map(|b| b.value) {
-            Some(ValueDef::Primitive(Primitive::U128(b))) => u64::try_from(b).unwrap_or(u64::MAX),
-            _ => 0,
-        };
-        // info.fields is a BoundedVec of `Data`; sinter writes one `RawN` field.
-        let data = field(&registration, "info")
-            .and_then(|info| field(&info, "fields"))
-            .and_then(|fields| first_raw_bytes(&fields));
-        Ok(Some(Commitment {
-            block,
-            data: data.unwrap_or_default(),
-        }))
+        self.block_on(async { commitment_at(&self.at().await?, netuid, hotkey).await })
+    }
+
+    /// The commitments of `hotkeys` on `netuid`, read together at one block.
+    pub fn commitments(
+        &self,
+        netuid: u16,
+        hotkeys: &[AccountId],
+    ) -> Result<Vec<Option<Commitment>>, ChainError> {
+        self.block_on(async {
+            let at = self.at().await?;
+            futures::future::try_join_all(hotkeys.iter().map(|h| commitment_at(&at, netuid, h)))
+                .await
+        })
+    }
+
+    /// The block of `hotkey`'s last commitment on `netuid` (what the rate limit counts from).
+    pub fn last_commitment(
+        &self,
+        netuid: u16,
+        hotkey: &AccountId,
+    ) -> Result<Option<u64>, ChainError> {
+        self.read("Commitments", "LastCommitment", (netuid, hotkey.0))
+    }
+
+    /// The `Commitments` pallet's rate limit (a runtime constant): blocks between two
+    /// commitments of one hotkey.
+    pub fn commitment_rate_limit(&self) -> Result<u64, ChainError> {
+        self.block_on(async {
+            Ok(constant_u64(&self.at().await?, "Commitments", "RateLimit").unwrap_or(100))
+        })
     }
 
     /// The subnet's hyperparameters sinter uses.
@@ -481,6 +489,39 @@ impl Chain {
     ) -> Result<crate::ledger::interface::Metagraph, ChainError> {
         self.block_on(async { metagraph::read_metagraph(&self.at().await?, netuid).await })
     }
+}
+
+/// `hotkey`'s commitment on `netuid` at `at`.
+async fn commitment_at(
+    at: &At,
+    netuid: u16,
+    hotkey: &AccountId,
+) -> Result<Option<Commitment>, ChainError> {
+    use subxt::ext::scale_value::{Composite, Primitive, ValueDef};
+    let Some(registration): Option<subxt::dynamic::Value> =
+        read(at, "Commitments", "CommitmentOf", (netuid, hotkey.0)).await?
+    else {
+        return Ok(None);
+    };
+    let field = |v: &subxt::dynamic::Value, name: &str| match &v.value {
+        ValueDef::Composite(Composite::Named(fields)) => fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let block = match field(&registration, "block").map(|b| b.value) {
+        Some(ValueDef::Primitive(Primitive::U128(b))) => u64::try_from(b).unwrap_or(u64::MAX),
+        _ => 0,
+    };
+    // info.fields is a BoundedVec of `Data`; sinter writes one `RawN` field.
+    let data = field(&registration, "info")
+        .and_then(|info| field(&info, "fields"))
+        .and_then(|fields| first_raw_bytes(&fields));
+    Ok(Some(Commitment {
+        block,
+        data: data.unwrap_or_default(),
+    }))
 }
 
 fn call_netuid(call: &Call) -> u16 {

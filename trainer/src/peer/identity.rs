@@ -45,7 +45,9 @@ pub fn uid_of(metagraph: &Metagraph, genesis_hash: &[u8; 32], peer: &PeerId) -> 
             else {
                 return false;
             };
-            addr.ends_with(&suffix)
+            // Subtensor's record has no room for the peer id: a bare address (or none) with
+            // the signature is as good, since only this peer's key makes it verify.
+            (addr.ends_with(&suffix) || !addr.contains("/p2p/"))
                 && hex::decode(signature).is_ok_and(|signature| {
                     net::key::verify(peer, &serve_message(genesis_hash, &n.hotkey), &signature)
                 })
@@ -94,6 +96,17 @@ mod tests {
         metagraph.neurons[1].address = Some(other);
         assert_eq!(uid_of(&metagraph, &genesis_hash, &peer), None);
         metagraph.neurons[1].address = Some(format!("/p2p/{peer}#zz\u{e9}"));
+        assert_eq!(uid_of(&metagraph, &genesis_hash, &peer), None);
+        // On subtensor the record holds the signature alone (no peer id): it still binds,
+        // and only for the hotkey it was made for.
+        let signed = served_address(&peer_key, None, &genesis_hash, &honest.account());
+        let signature = signed.rsplit_once('#').unwrap().1;
+        metagraph.neurons[0].address = Some(format!("/ip4/10.0.0.9/tcp/1#{signature}"));
+        metagraph.neurons[1].address = Some(format!("/ip4/10.0.0.2/tcp/4001#{signature}"));
+        assert_eq!(uid_of(&metagraph, &genesis_hash, &peer), Some(1));
+        // Naming another peer id with it does not.
+        let other_peer = Keypair::generate_ed25519().public().to_peer_id();
+        metagraph.neurons[1].address = Some(format!("/p2p/{other_peer}#{signature}"));
         assert_eq!(uid_of(&metagraph, &genesis_hash, &peer), None);
     }
 }
