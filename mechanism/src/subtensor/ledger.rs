@@ -149,18 +149,7 @@ impl Inner {
     }
 
     fn coldkey(&self, call: &'static str) -> Result<&Keypair, CallError> {
-        let keys = |why: String| CallError::Keys { call, why };
-        match self.wallet.coldkey() {
-            Ok(Some(key)) => Ok(key),
-            Ok(None) => Err(keys(format!(
-                "hotkey {} needs its coldkey, and the wallet has none",
-                self.hotkey().account()
-            ))),
-            Err(e) => Err(keys(format!(
-                "hotkey {} needs its coldkey: {e}",
-                self.hotkey().account()
-            ))),
-        }
+        self.wallet.coldkey_for(call)
     }
 
     fn submit(&self, name: &'static str, call: Call, key: &Keypair) -> Result<u64, CallError> {

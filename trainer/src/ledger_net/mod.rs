@@ -289,18 +289,7 @@ impl RunLedger {
     }
 
     fn coldkey(&self, call: &'static str) -> Result<&Keypair, CallError> {
-        let keys = |why: String| CallError::Keys { call, why };
-        match self.wallet.coldkey() {
-            Ok(Some(key)) => Ok(key),
-            Ok(None) => Err(keys(format!(
-                "hotkey {} needs its coldkey, and the wallet has none",
-                self.hotkey()
-            ))),
-            Err(e) => Err(keys(format!(
-                "hotkey {} needs its coldkey: {e}",
-                self.hotkey()
-            ))),
-        }
+        self.wallet.coldkey_for(call)
     }
 }
 

@@ -165,6 +165,23 @@ impl Wallet {
         Ok(Some(cold.key.get_or_init(|| key)))
     }
 
+    /// The coldkey that `call` must be signed with, or why there is none (for the `Ledger`
+    /// interface).
+    pub fn coldkey_for(
+        &self,
+        call: &'static str,
+    ) -> Result<&Keypair, crate::ledger::interface::CallError> {
+        let keys = |why: String| crate::ledger::interface::CallError::Keys { call, why };
+        let hotkey = self.hotkey_account();
+        match self.coldkey() {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => Err(keys(format!(
+                "hotkey {hotkey} needs its coldkey, and the wallet has none"
+            ))),
+            Err(e) => Err(keys(format!("hotkey {hotkey} needs its coldkey: {e}"))),
+        }
+    }
+
     /// The hotkey's account.
     pub fn hotkey_account(&self) -> AccountId {
         self.hotkey.account()
