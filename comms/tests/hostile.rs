@@ -176,7 +176,7 @@ fn attacks(honest: &[PeerId], me: PeerId, round: u64) -> Vec<Vec<u8>> {
         // The largest round numbers, as a member's shard and as a newcomer.
         json(
             serde_json::json!({"Shard": {"run": RUN, "round": u64::MAX, "shard": u32::MAX,
-            "stage": "Contribution", "contributors": [long.clone()]}}),
+            "group": long.clone(), "stage": "Contribution", "contributors": [long.clone()]}}),
         ),
         json(
             serde_json::json!({"Ready": {"run": RUN, "round": u64::MAX, "state": null,

@@ -69,6 +69,7 @@ fn header() -> impl Strategy<Value = Vec<u8>> {
         "index",
         "root",
         "shard",
+        "group",
         "stage",
         "contributors",
         "extra",

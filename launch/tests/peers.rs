@@ -246,6 +246,39 @@ fn a_peer_joins_mid_run_while_its_donor_dies_and_contributes_from_the_next_round
     assert!(!fetched.contains(donor), "{fetched}");
 }
 
+/// A newcomer that arrives while the run trains its last round is taken into the closing
+/// group and leaves with the final state (before the closing group it waited for a round that
+/// never came, until its round ceiling).
+#[test]
+fn a_peer_arriving_in_the_last_round_leaves_with_the_final_state() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, common::small_config(24, 2, 4)).unwrap();
+    // The last of the six rounds takes 8 s longer, for the newcomer to arrive in.
+    let slow = [("SINTER_FAULT_SLOW_ROUND", "5:8")];
+    let ceiling = ["--round-ceiling", "60"];
+    let first = Peer::start_with(dir.path(), "p1", &config, &ceiling, &slow);
+    let addr = first.address();
+    let args = ["--bootstrap", addr.as_str(), "--round-ceiling", "60"];
+    let second = Peer::start_with(dir.path(), "p2", &config, &args, &slow);
+    wait_for_round(dir.path(), "p1", 5);
+    let late = Peer::start(dir.path(), "p3", &config, &args);
+    let mut hashes = Vec::new();
+    for (peer, name) in [(first, "p1"), (second, "p2"), (late, "p3")] {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["last_round"], 6, "{name}: {summary}");
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+        if name == "p3" {
+            assert_eq!(summary["joined_at_round"], 6, "{summary}");
+            assert_eq!(summary["rounds"], 0, "{summary}");
+            assert_eq!(summary["state_fetches"], serde_json::json!([6]));
+        }
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}
+
 #[test]
 fn a_member_whose_state_drifts_refetches_the_majority_state() {
     let _serial = common::peers::serial();
@@ -377,7 +410,7 @@ fn status_shows_the_group_and_leave_or_ctrl_c_exit_cleanly() {
 /// The wire form of a group request, written by hand as a rogue would.
 fn raw_shard(run: &str, round: u64, shard: u32, frame: &[u8]) -> Vec<u8> {
     let header = serde_json::json!({"Shard": {
-        "run": run, "round": round, "shard": shard,
+        "run": run, "round": round, "group": "a replay", "shard": shard,
         "stage": "Contribution", "contributors": []
     }});
     let json = serde_json::to_vec(&header).unwrap();

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::faults::crash_point;
+use super::formation::group_key;
 use super::messages::{Header, Reply, Stage};
 use super::{Group, GroupError, REACH_LIMIT, RETRY, Shared, State};
 use libp2p::PeerId;
@@ -57,6 +58,7 @@ impl Shared {
         round: u64,
         shard: u32,
         stage: Stage,
+        group: String,
         contributors: Vec<String>,
         frame: &[u8],
     ) -> Reply {
@@ -74,7 +76,12 @@ impl Shared {
             );
         }
         match state.groups.get(&round) {
-            Some(group) if !group.members.contains(&peer) => {
+            Some(formed) if !formed.members.contains(&peer) => {
+                return self.reject(state, peer, &not_a_member(round));
+            }
+            Some(formed) if group_key(round, &formed.members) != group => {
+                tracing::warn!(%peer, round, "a member holds another group for this round; it is out of the round");
+                state.outside.insert((round, peer));
                 return self.reject(state, peer, &not_a_member(round));
             }
             Some(_) => {}
@@ -127,6 +134,9 @@ impl Shared {
                 &format!("{stage:?} for shard {shard} of round {round} already received"),
             );
         }
+        if !state.groups.contains_key(&round) {
+            state.claimed.insert((round, peer), group);
+        }
         arrivals.insert(
             peer,
             Arrival {
@@ -136,6 +146,29 @@ impl Shared {
             },
         );
         Reply::Ok
+    }
+
+    /// Once this peer has round `round`'s group (named `key`): senders whose shards came
+    /// before it and named another group hold another group for the round, and are out of it
+    /// (what they sent is dropped).
+    pub(super) fn leave_out_other_groups(&self, round: u64, key: &str) {
+        let mut state = self.lock();
+        let others: Vec<PeerId> = state
+            .claimed
+            .iter()
+            .filter(|((r, _), claimed)| *r == round && claimed.as_str() != key)
+            .map(|((_, peer), _)| *peer)
+            .collect();
+        for peer in others {
+            tracing::warn!(%peer, round, "a member holds another group for this round; it is out of the round");
+            state.outside.insert((round, peer));
+            for ((r, _, _), arrivals) in state.shards.iter_mut() {
+                if *r == round {
+                    arrivals.remove(&peer);
+                }
+            }
+        }
+        state.claimed.retain(|(r, _), _| *r > round);
     }
 }
 
@@ -167,6 +200,9 @@ impl Group {
         let started = Instant::now();
         let received_before = self.shared.lock().bytes_received;
         let outbox = Outbox::default();
+        let key = group_key(round, members);
+        self.shared.leave_out_other_groups(round, &key);
+        let key = key.as_str();
         // Owner of shard k: member k mod N, or the next live member after it in the ring.
         let owner = |state: &State, k: usize| -> PeerId {
             (0..n)
@@ -229,6 +265,7 @@ impl Group {
                     let header = Header::Shard {
                         run: self.shared.settings.run.clone(),
                         round,
+                        group: key.into(),
                         shard: *k as u32,
                         stage: Stage::Reduced,
                         contributors: held.contributors.iter().map(|c| c.to_string()).collect(),
@@ -246,6 +283,7 @@ impl Group {
                         let header = Header::Shard {
                             run: self.shared.settings.run.clone(),
                             round,
+                            group: key.into(),
                             shard: k as u32,
                             stage: Stage::Contribution,
                             contributors: Vec::new(),
@@ -324,6 +362,7 @@ impl Group {
                     let header = Header::Shard {
                         run: self.shared.settings.run.clone(),
                         round,
+                        group: key.into(),
                         shard: k as u32,
                         stage: Stage::Reduced,
                         contributors: reduction

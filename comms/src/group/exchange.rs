@@ -21,6 +21,7 @@ impl Group {
         let header = Header::Shard {
             run: self.shared.settings.run.clone(),
             round,
+            group: super::formation::group_key(round, members),
             shard: index as u32,
             stage: Stage::Contribution,
             contributors: Vec::new(),

@@ -38,6 +38,20 @@ impl Formed {
     }
 }
 
+/// A short name for round `round`'s group of `members` (sorted): every all-reduce message
+/// carries its sender's, so that two members holding different groups for a round (two
+/// leaders' announcements crossed) find out at the first shard and leave each other out,
+/// instead of combining shards cut for different member counts.
+pub(super) fn group_key(round: u64, members: &[PeerId]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(round.to_le_bytes());
+    for m in members {
+        hash.update(m.to_bytes());
+    }
+    hex::encode(&hash.finalize()[..8])
+}
+
 impl Shared {
     /// A peer is ready for `round` with the state hashed `held` (none: a newcomer).
     pub(super) fn on_ready(

@@ -62,9 +62,12 @@ pub(super) enum Header {
         root: String,
         index: u32,
     },
+    /// A shard of `round`'s all-reduce, from a member holding the group named `group`
+    /// (`formation::group_key`).
     Shard {
         run: String,
         round: u64,
+        group: String,
         shard: u32,
         stage: Stage,
         contributors: Vec<String>,

@@ -181,6 +181,8 @@ struct State {
     /// Members of a round's group that refused this peer as a member of that round: they hold
     /// another group for it (they lost touch at its forming), so they are out of the round.
     outside: BTreeSet<(u64, PeerId)>,
+    /// The group named by shards that came before this peer had their round's group.
+    claimed: BTreeMap<(u64, PeerId), String>,
     /// Per round, who said it is ready, with its state hash.
     ready: BTreeMap<u64, BTreeMap<PeerId, Option<String>>>,
     /// How long the last few all-reduces took here.
@@ -410,9 +412,19 @@ impl Shared {
                 round,
                 shard,
                 stage,
+                group,
                 contributors,
                 ..
-            } => self.on_shard(&mut state, peer, round, shard, stage, contributors, frame),
+            } => self.on_shard(
+                &mut state,
+                peer,
+                round,
+                shard,
+                stage,
+                group,
+                contributors,
+                frame,
+            ),
         };
         if !matches!(reply, Reply::Refused(_)) && run.is_some() {
             state.last_seen.insert(peer, Instant::now());

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::formation::Formed;
+use super::formation::{Formed, group_key};
 use super::messages::{Header, Reply, Stage, encode_request};
 use super::{GroupSettings, Shared};
 
@@ -28,14 +28,16 @@ fn shared_as(me: PeerId) -> Shared {
     )
 }
 
-fn shard(run: &str, round: u64) -> Vec<u8> {
-    shard_with(run, round, 0, b"frame")
+/// A contribution to shard 0 of `round`, from a member holding the group named `group`.
+fn shard(run: &str, round: u64, group: &str) -> Vec<u8> {
+    shard_with(run, round, group, 0, b"frame")
 }
 
-fn shard_with(run: &str, round: u64, shard: u32, frame: &[u8]) -> Vec<u8> {
+fn shard_with(run: &str, round: u64, group: &str, shard: u32, frame: &[u8]) -> Vec<u8> {
     let header = Header::Shard {
         run: run.into(),
         round,
+        group: group.into(),
         shard,
         stage: Stage::Contribution,
         contributors: Vec::new(),
@@ -54,24 +56,28 @@ fn refused(reply: Reply) -> String {
 fn untrusted_requests_are_refused_with_a_reason_and_counted() {
     let group = shared();
     let (member, outsider) = (peer(), peer());
+    let members = vec![group.me, member];
+    let key = group_key(3, &members);
     group.lock().groups.insert(
         3,
         Formed {
             round: 3,
-            members: vec![group.me, member],
+            members,
             states: vec![None, None],
         },
     );
     group.lock().round = 3;
     assert!(matches!(
-        group.on_request(member, &shard("run-a", 3)),
+        group.on_request(member, &shard("run-a", 3, &key)),
         Reply::Ok
     ));
     // Same shard again: a replay.
-    assert!(refused(group.on_request(member, &shard("run-a", 3))).contains("already received"));
-    assert!(refused(group.on_request(outsider, &shard("run-a", 3))).contains("not a member"));
-    assert!(refused(group.on_request(member, &shard("run-b", 3))).contains("not this run"));
-    assert!(refused(group.on_request(member, &shard("run-a", 1))).contains("is over"));
+    assert!(
+        refused(group.on_request(member, &shard("run-a", 3, &key))).contains("already received")
+    );
+    assert!(refused(group.on_request(outsider, &shard("run-a", 3, &key))).contains("not a member"));
+    assert!(refused(group.on_request(member, &shard("run-b", 3, &key))).contains("not this run"));
+    assert!(refused(group.on_request(member, &shard("run-a", 1, &key))).contains("is over"));
     assert!(refused(group.on_request(member, b"\x01\x00")).contains("shorter"));
     let counts = group.lock().rejected.clone();
     assert_eq!(counts[&member], 4);
@@ -108,11 +114,11 @@ fn the_largest_round_numbers_from_the_wire_are_refused_or_kept_without_a_panic()
             group.on_request(member, &ready(round, None)),
             Reply::Ok
         ));
-        assert!(refused(group.on_request(member, &shard("run-a", round))).contains("ahead"));
+        assert!(refused(group.on_request(member, &shard("run-a", round, "g"))).contains("ahead"));
     }
     // Old rounds are still refused.
     assert!(refused(group.on_request(member, &ready(1, Some("h".into())))).contains("is over"));
-    assert!(refused(group.on_request(member, &shard("run-a", 1))).contains("is over"));
+    assert!(refused(group.on_request(member, &shard("run-a", 1, "g"))).contains("is over"));
 }
 
 /// A newcomer whose `Ready` names a round the run has left behind (it moved on while the
@@ -237,16 +243,16 @@ fn shards_ahead_of_a_known_group_come_only_from_its_members_and_are_capped() {
     let outsider = peer();
     // Round 4's group is not known yet: a member of round 3 may send, an outsider may not.
     assert!(matches!(
-        group.on_request(peers[1], &shard_with("run-a", 4, 0, &[0u8; 60])),
+        group.on_request(peers[1], &shard_with("run-a", 4, "g", 0, &[0u8; 60])),
         Reply::Ok
     ));
     assert!(
-        refused(group.on_request(outsider, &shard_with("run-a", 4, 0, &[0u8; 10])))
+        refused(group.on_request(outsider, &shard_with("run-a", 4, "g", 0, &[0u8; 10])))
             .contains("not a member of round 3")
     );
     // Nothing past the next round, and no more than one transfer's worth ahead of the group.
-    assert!(refused(group.on_request(peers[1], &shard("run-a", 6))).contains("ahead"));
-    let reason = refused(group.on_request(peers[1], &shard_with("run-a", 4, 1, &[0u8; 60])));
+    assert!(refused(group.on_request(peers[1], &shard("run-a", 6, "g"))).contains("ahead"));
+    let reason = refused(group.on_request(peers[1], &shard_with("run-a", 4, "g", 1, &[0u8; 60])));
     assert!(reason.contains("over 100 bytes"), "{reason}");
 }
 
@@ -419,4 +425,48 @@ fn half_of_three_silent_one(stale: Instant) -> bool {
     let (group, peers) = after_round_three();
     group.lock().last_seen.insert(peers[0], stale);
     group.minority_waits(&group.lock(), 4)
+}
+
+/// Two leaders' announcements crossed: a member of this peer's group for round 4 holds
+/// another group for it (its shards are cut for another member count). Its shards are
+/// refused as from outside the round, whether they come after this peer has the group or
+/// before, and it is out of the round here (its shards are not waited for).
+#[test]
+fn a_member_holding_another_group_for_the_round_is_out_of_it() {
+    let (group, peers) = after_round_three();
+    let mine = peers.clone();
+    let theirs = peers[1..].to_vec();
+    let (key, other) = (group_key(4, &mine), group_key(4, &theirs));
+    assert_ne!(key, other);
+    // Before this peer has round 4's group: kept, with the group it names.
+    assert!(matches!(
+        group.on_request(peers[1], &shard("run-a", 4, &other)),
+        Reply::Ok
+    ));
+    assert!(matches!(
+        group.on_request(peers[2], &shard("run-a", 4, &key)),
+        Reply::Ok
+    ));
+    group.lock().groups.insert(
+        4,
+        Formed {
+            round: 4,
+            members: mine,
+            states: vec![Some("s".into()); 4],
+        },
+    );
+    group.leave_out_other_groups(4, &key);
+    {
+        let state = group.lock();
+        assert!(!group.in_round(&state, 4, &peers[1]));
+        assert!(group.in_round(&state, 4, &peers[2]));
+        let arrivals = &state.shards[&(4, Stage::Contribution, 0)];
+        assert_eq!(arrivals.keys().collect::<Vec<_>>(), vec![&peers[2]]);
+    }
+    // After: refused at once, and out of the round.
+    let reason = refused(group.on_request(peers[0], &shard_with("run-a", 4, &other, 1, b"f")));
+    assert!(reason.contains("not a member of round 4"), "{reason}");
+    let state = group.lock();
+    assert!(!group.in_round(&state, 4, &peers[0]));
+    assert!(group.in_round(&state, 4, &peers[2]));
 }

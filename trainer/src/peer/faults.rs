@@ -23,3 +23,23 @@ pub(super) fn perturb_for_test(_round: usize, _global: &mut [f32]) {}
 pub(super) fn lazy_for_test() -> bool {
     cfg!(feature = "fault-injection") && std::env::var("SINTER_FAULT_LAZY").is_ok_and(|v| v == "1")
 }
+
+/// Fault injection for the closing test (test builds only): with
+/// `SINTER_FAULT_SLOW_ROUND=R:SECS` this peer trains round R for SECS seconds longer, so that a
+/// newcomer can arrive while it does.
+#[cfg(feature = "fault-injection")]
+pub(super) fn slow_for_test(round: usize) {
+    let Ok(spec) = std::env::var("SINTER_FAULT_SLOW_ROUND") else {
+        return;
+    };
+    if let Some((r, secs)) = spec.split_once(':')
+        && r == round.to_string()
+        && let Ok(secs) = secs.parse::<f64>()
+    {
+        tracing::error!(round, secs, "SINTER_FAULT_SLOW_ROUND: pausing");
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub(super) fn slow_for_test(_round: usize) {}

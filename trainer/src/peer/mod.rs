@@ -48,7 +48,7 @@ pub mod identity;
 mod reduce;
 pub mod validator;
 
-use faults::{lazy_for_test, perturb_for_test};
+use faults::{lazy_for_test, perturb_for_test, slow_for_test};
 use reduce::reduce_shard;
 
 /// How a peer runs.
@@ -121,6 +121,7 @@ fn group_error(e: GroupError) -> TrainerError {
 
 /// Fetches the state of `round` the group agreed on (hashed `agreed`) from its `holders`,
 /// checking the hash and the round before anything is used. Returns it and its bytes.
+/// Fetches the group's agreed state at the start of `round`.
 fn fetch_agreed_state(
     group: &Group,
     runtime: &tokio::runtime::Handle,
@@ -257,6 +258,10 @@ impl Tally {
     }
 }
 
+/// Groups that may form after the run's last round (see [`run_peer`]): the closing one, and
+/// one more while a member of it lacks the final state.
+const CLOSINGS: usize = 2;
+
 /// Shards of the pseudo-gradient per member: the all-reduce pipelines shard by shard, so
 /// that the all-gather of early shards overlaps the reduce-scatter of later ones.
 pub const SHARDS_PER_MEMBER: usize = 4;
@@ -267,6 +272,11 @@ pub const SHARDS_PER_MEMBER: usize = 4;
 /// A peer that finds the run under way (or is left out of a round) joins the next round
 /// without a state and fetches the one most members hold; a member whose state differs from
 /// the majority's does the same.
+///
+/// The run ends with a closing group: after the last round one more forms, without
+/// training, so that a peer waiting to join (left out of the last rounds) is taken in and
+/// fetches the final state before the others leave; while a member of it lacks that state,
+/// the members form once more, which they can only do once it has fetched it.
 #[allow(clippy::too_many_arguments)]
 pub fn run_peer<B: AutodiffBackend>(
     config: &RunConfig,
@@ -362,8 +372,16 @@ pub fn run_peer<B: AutodiffBackend>(
         observer.on_eval(&point);
         evals.push(point);
     }
+    // A joiner asks for the next round, or for the closing group once the run is at its end.
+    let next_round = |after: usize| match after < total_rounds {
+        true => after
+            .max(group.run_progress().round as usize)
+            .saturating_add(1)
+            .min(total_rounds),
+        false => after.saturating_add(1),
+    };
     let mut round = if joining {
-        (group.run_progress().round as usize).saturating_add(1)
+        next_round(0)
     } else {
         state.round as usize
     };
@@ -374,16 +392,18 @@ pub fn run_peer<B: AutodiffBackend>(
         && config.outer.quant == crate::config::Quant::Int8)
         .then(|| vec![0.0f32; state.global.len()]);
     let mut last_group: Option<(u64, Vec<PeerId>)> = None;
-    while round < total_rounds && options.max_rounds.is_none_or(|m| round < m) {
+    while round < total_rounds + CLOSINGS && options.max_rounds.is_none_or(|m| round < m) {
         if stop.load(Ordering::Relaxed) {
             tracing::info!(round, "leaving the run");
             break;
         }
         let round_started = Instant::now();
+        // A closing group's state is the run's last.
+        let state_round = round.min(total_rounds) as u64;
         let held = (!joining).then(|| {
             let blob = state.to_bytes();
             let hash = sha256_hex(&blob);
-            group.offer_state(round as u64, blob);
+            group.offer_state(state_round, blob);
             hash
         });
         let formed = match runtime.block_on(group.form(round as u64, held.clone())) {
@@ -394,9 +414,7 @@ pub fn run_peer<B: AutodiffBackend>(
             }
             Err(GroupError::NotInGroup { .. }) => {
                 // Too late for this round: join the next one, fetching its state.
-                round = round
-                    .max(group.run_progress().round as usize)
-                    .saturating_add(1);
+                round = next_round(round);
                 tracing::info!(round, "left out of a round; joining the next");
                 joining = true;
                 continue;
@@ -410,7 +428,7 @@ pub fn run_peer<B: AutodiffBackend>(
             let (fetched, blob) = fetch_agreed_state(
                 group,
                 runtime,
-                round as u64,
+                round.min(total_rounds) as u64,
                 &holders,
                 &agreed,
                 layout.len(),
@@ -430,7 +448,7 @@ pub fn run_peer<B: AutodiffBackend>(
                 r.fill(0.0);
             }
             tally.state_fetches.push(round);
-            group.offer_state(round as u64, blob);
+            group.offer_state(state_round, blob);
             joining = false;
             if evals.is_empty() {
                 let point = EvalPoint {
@@ -443,6 +461,14 @@ pub fn run_peer<B: AutodiffBackend>(
                 observer.on_eval(&point);
                 evals.push(point);
             }
+        }
+        if round >= total_rounds {
+            // The closing group: nothing to train; done once every member holds the state.
+            if formed.states.iter().all(|s| s.as_ref() == Some(&agreed)) {
+                break;
+            }
+            round += 1;
+            continue;
         }
         let members = formed.members;
         last_group = Some((round as u64, members.clone()));
@@ -483,6 +509,7 @@ pub fn run_peer<B: AutodiffBackend>(
             model = next;
             observer.on_step(index, s + 1, loss, state.tokens);
         }
+        slow_for_test(round);
         let compute_secs = local_started.elapsed().as_secs_f64();
         if let Some(i) = incentives.as_mut() {
             i.trained(compute_secs);
@@ -610,6 +637,12 @@ pub fn run_peer<B: AutodiffBackend>(
             emission,
         });
     }
+    if joining && round >= total_rounds {
+        runtime.block_on(group.leave());
+        return Err(TrainerError::Network(
+            "the run ended before this peer could take its state from the others".into(),
+        ));
+    }
     // Before leaving: validators fetch the last round's contributions from the others.
     let incentives = incentives.map(|i| i.finish(last_group.take()));
     runtime.block_on(group.leave());
@@ -628,7 +661,7 @@ pub fn run_peer<B: AutodiffBackend>(
     );
     Ok(PeerOutcome {
         summary: PeerSummary {
-            last_round: round,
+            last_round: round.min(total_rounds),
             incentives,
             ..summary
         },
