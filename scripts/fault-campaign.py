@@ -14,6 +14,10 @@ verifies, and that nothing panicked. Prints one line per trial and a table at th
 OUT/trials.jsonl. Needs root (ip netns) and a built launch (LAUNCH=… or the debug build).
 
   scripts/fault-campaign.py [--trials 100] [--seed 1] [--out out/campaign]
+                            [--faults kill,kill-restart,cut] [--before SECS]
+
+--faults takes the kinds in turn (one kind: every trial of it); --before SECS draws every
+fault instant before SECS into the run (e.g. kills before the first checkpoint).
 """
 
 import argparse
@@ -80,8 +84,9 @@ def sh(*args, check=True, **kw):
 
 
 class Campaign:
-    def __init__(self, launch, out, seed):
+    def __init__(self, launch, out, seed, before=None):
         self.launch = launch
+        self.before = before
         self.out = out
         self.rng = random.Random(seed)
         self.config = out / "run.toml"
@@ -141,7 +146,10 @@ class Campaign:
         victim = self.rng.randint(1, PEERS)
         # A restarted peer needs time left to rejoin the run.
         latest = 0.6 if fault == "kill-restart" else 0.9
-        at = self.rng.uniform(2.0, max(3.0, latest * duration)) if fault else None
+        upper = max(3.0, latest * duration)
+        if self.before:
+            upper = min(upper, self.before)
+        at = self.rng.uniform(min(2.0, upper / 2), upper) if fault else None
         record = {"trial": n, "fault": fault or "none", "victim": victim if fault else None,
                   "at_s": round(at, 1) if at else None}
         killed, restarted = set(), {}
@@ -247,6 +255,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "campaign")
     ap.add_argument("--mbit", type=int, default=50)
+    ap.add_argument("--faults", default="kill,kill-restart,cut")
+    ap.add_argument("--before", type=float, default=None)
     args = ap.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
     launch = os.environ.get("LAUNCH", str(Path(target) / "debug" / "launch"))
@@ -254,7 +264,11 @@ def main():
         sys.exit(f"no launch binary at {launch} (cargo build -p launch, or set LAUNCH=…)")
     if os.geteuid() != 0:
         sys.exit("the campaign needs root (ip netns)")
-    campaign = Campaign(launch, args.out.resolve(), args.seed)
+    faults = args.faults.split(",")
+    unknown = set(faults) - {"kill", "kill-restart", "cut"}
+    if unknown:
+        sys.exit(f"unknown faults {sorted(unknown)}: kill, kill-restart, cut")
+    campaign = Campaign(launch, args.out.resolve(), args.seed, args.before)
     campaign.prepare()
     sh(str(TOPOLOGY), "up", str(PEERS), str(args.mbit))
     results = []
@@ -264,11 +278,10 @@ def main():
         if not baseline["ok"]:
             sys.exit("the fault-free baseline failed: fix that first")
         duration = baseline["seconds"]
-        faults = ["kill", "kill-restart", "cut"]
         with open(campaign.out / "trials.jsonl", "w") as f:
             f.write(json.dumps(baseline) + "\n")
             for n in range(1, args.trials + 1):
-                record = campaign.trial(n, faults[(n - 1) % 3], duration)
+                record = campaign.trial(n, faults[(n - 1) % len(faults)], duration)
                 results.append(record)
                 f.write(json.dumps(record) + "\n")
                 f.flush()

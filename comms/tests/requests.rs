@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use sinter_comms::group::fuzzing::{Handler, RUN};
 
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "Hello",
     "Ready",
     "Group",
@@ -18,6 +18,7 @@ const KINDS: [&str; 13] = [
     "Shard",
     "ContributionManifest",
     "ContributionChunk",
+    "ContributionProof",
     "Extension",
     "Status",
 ];

@@ -698,8 +698,9 @@ pub struct RunArgs {
     pub resume: Option<PathBuf>,
     /// The wallet (Bittensor's format, from `launch wallet new` or Bittensor's tools) whose
     /// hotkey this peer signs ledger extrinsics with; needed when the config has an
-    /// `[incentives.ledger]`. A hotkey not in the ledger's genesis is registered with the
-    /// wallet's coldkey, which pays the burn (its password from SINTER_COLDKEY_PASSWORD).
+    /// `[incentives.ledger]` or `[incentives.chain]`. A hotkey not in the ledger's genesis (or
+    /// not on the subnet) is registered with the wallet's coldkey, which pays the burn (its
+    /// password from SINTER_COLDKEY_PASSWORD).
     #[arg(long, value_name = "NAME")]
     pub wallet: Option<String>,
     /// The wallet's hotkey.

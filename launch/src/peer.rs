@@ -16,6 +16,7 @@ use sinter_comms::net::{self, Multiaddr, NetConfig};
 use sinter_kernels::Kernels;
 use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::wallet::Wallet;
+use sinter_mechanism::subtensor::{Chain, ledger::ChainLedger};
 use sinter_trainer::RunConfig;
 use sinter_trainer::ledger_net::{RunLedger, replica_path};
 use sinter_trainer::peer::identity::served_address;
@@ -235,18 +236,25 @@ pub fn run(config: RunConfig, args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The wallet a run with an `[incentives.ledger]` signs with (none without one).
+/// The wallet a run with a ledger (`[incentives.ledger]` or `[incentives.chain]`) signs
+/// with (none without one).
 fn ledger_wallet(config: &RunConfig, args: &RunArgs) -> Result<Option<Wallet>> {
-    if config.incentives.ledger.is_none() {
-        if args.wallet.is_some() {
-            tracing::warn!("the config has no [incentives.ledger]: --wallet is not used");
+    let section = match (&config.incentives.ledger, &config.incentives.chain) {
+        (Some(_), _) => "[incentives.ledger]",
+        (None, Some(_)) => "[incentives.chain]",
+        (None, None) => {
+            if args.wallet.is_some() {
+                tracing::warn!(
+                    "the config has no [incentives.ledger] or [incentives.chain]: --wallet is not used"
+                );
+            }
+            return Ok(None);
         }
-        return Ok(None);
-    }
+    };
     let name = args.wallet.clone().ok_or_else(|| {
-        crate::ConfigFileError(
-            "this run keeps a ledger ([incentives.ledger]): pass --wallet NAME (make one with `launch wallet new --name NAME`)".into(),
-        )
+        crate::ConfigFileError(format!(
+            "this run keeps a ledger ({section}): pass --wallet NAME (make one with `launch wallet new --name NAME`)"
+        ))
     })?;
     let path = crate::wallet::path(&crate::cli::WalletArgs {
         name,
@@ -265,30 +273,46 @@ struct JoiningPeer<'a> {
     runtime: &'a tokio::runtime::Handle,
 }
 
-/// The run's ledger replica: started, with this peer registered (if the genesis did not)
-/// and serving its address, signed by its identity key for its hotkey.
+/// The run's ledger: its replica of the embedded ledger, or subtensor; with this peer
+/// registered (if the genesis did not) and serving its address, signed by its identity key
+/// for its hotkey.
 fn run_ledger(
     config: &RunConfig,
     args: &RunArgs,
     wallet: Wallet,
     peer: &JoiningPeer<'_>,
 ) -> Result<Arc<dyn Ledger>> {
-    let (Some(genesis), Some(settings)) = (
-        config.incentives.genesis(),
-        config.incentives.ledger.as_ref(),
-    ) else {
-        bail!("the config has no [incentives.ledger]");
-    };
     let hotkey = wallet.hotkey_account();
-    let path = replica_path(args.out.out.as_deref(), &genesis, &hotkey);
-    let ledger = RunLedger::start(
-        &path,
-        genesis,
-        Duration::from_secs_f64(settings.block_secs),
-        wallet,
-        peer.group.clone(),
-        peer.runtime.clone(),
-    )?;
+    let incentives = &config.incentives;
+    let (ledger, place): (Arc<dyn Ledger>, String) =
+        match (&incentives.chain, incentives.genesis(), &incentives.ledger) {
+            (Some(chain), _, _) => {
+                let connected = Chain::connect(&chain.url)
+                    .with_context(|| format!("connecting to the chain at {}", chain.url))?;
+                let ledger = ChainLedger::new(
+                    connected,
+                    chain.netuid,
+                    wallet,
+                    chain.max_burn_rao(),
+                    Duration::from_secs_f64(chain.block_secs),
+                )?;
+                let place = format!("subnet {} of the chain at {}", chain.netuid, chain.url);
+                (Arc::new(ledger), place)
+            }
+            (None, Some(genesis), Some(settings)) => {
+                let path = replica_path(args.out.out.as_deref(), &genesis, &hotkey);
+                let ledger = RunLedger::start(
+                    &path,
+                    genesis,
+                    Duration::from_secs_f64(settings.block_secs),
+                    wallet,
+                    peer.group.clone(),
+                    peer.runtime.clone(),
+                )?;
+                (ledger, format!("ledger replica {}", path.display()))
+            }
+            _ => bail!("the config has no [incentives.ledger] or [incentives.chain]"),
+        };
     let address = served_address(
         peer.identity,
         peer.reachable.first(),
@@ -309,7 +333,7 @@ fn run_ledger(
         block = metagraph.block,
         "on the run's ledger"
     );
-    println!("ledger replica {}", path.display());
+    println!("{place}");
     Ok(ledger)
 }
 

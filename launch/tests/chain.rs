@@ -3,7 +3,7 @@
 //! set weights directly and by commit-reveal, publish a commitment, read the metagraph; and
 //! the chain's refusals turned into messages that say what to do, with exit codes. One test:
 //! the chain takes half a minute to start. And the `Ledger` interface's suite against
-//! `ChainLedger` on the same runtime.
+//! `ChainLedger` on the same runtime, and a `launch run` whose ledger is the chain.
 
 mod common;
 #[path = "../../trainer/tests/suite/ledger.rs"]
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use common::chain::LocalChain;
+use common::peers::Peer;
 use common::{launch, text};
 use serde_json::{Value, json};
 
@@ -328,4 +329,123 @@ fn subtensor_behaves_as_a_ledger() {
     eprintln!("the suite on subtensor: {:.1?}", started.elapsed());
     stop.store(true, Ordering::Relaxed);
     blocks.join().unwrap();
+}
+
+/// Makes a block every 200 ms until dropped, each time lifting the runtime's one commitment
+/// per 100 blocks for `hotkeys` (as funding is lifted: seconds, not minutes).
+struct Blocks {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Blocks {
+    fn start(chain: std::sync::Arc<LocalChain>, hotkeys: Vec<String>) -> Self {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Removed, not zeroed: a last commitment at block 0 still waits 100 blocks.
+                    let reset: Vec<Value> = hotkeys.iter().map(|h| json!([[1, h], null])).collect();
+                    chain.set_storage(json!({"Commitments": {"LastCommitment": reset}}));
+                    chain.new_blocks(1);
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            })
+        };
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A run paid by the chain: two peers with `[incentives.chain]`, one staked beforehand (it
+/// validates), the other registering itself as the run starts. Both end bit-identical; each
+/// contribution is committed under a Merkle root on the chain; the validator scores the
+/// other's contributions from the proofs it serves, and both peers are on the subnet with
+/// their identity binding.
+#[test]
+fn a_run_with_a_chain_ledger_registers_commits_and_scores_on_subtensor() {
+    let Some(chain) = LocalChain::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (wallet(dir.path(), "alice"), wallet(dir.path(), "bob"));
+    for w in [&alice, &bob] {
+        chain.fund(&w.coldkey, 1_000 * TAO);
+    }
+    chain.set_subnet("WeightsSetRateLimit", 1, json!(1));
+    chain.set_subnet("SubnetAlphaIn", 1, json!(29 * TAO));
+    chain.set_subnet("CommitRevealWeightsEnabled", 1, json!(true));
+    chain.set_subnet("Tempo", 1, json!(4));
+    ok(chain_cmd(&chain, "register", &alice, &["--max-burn", "2"]));
+    ok(chain_cmd(&chain, "stake", &alice, &["--amount", "10"]));
+    let chain = std::sync::Arc::new(chain);
+    let _blocks = Blocks::start(
+        chain.clone(),
+        vec![alice.hotkey.clone(), bob.hotkey.clone()],
+    );
+    // chopsticks builds a block in about 2 s here, whatever the pace asked: the peers' waits
+    // for inclusion scale with `block_secs`.
+
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        common::small_config(16, 2, 4)
+            + &format!(
+                "\n[incentives]\ntempo = 4\nvalidator_batches = 1\n\n[incentives.chain]\nurl = \"{}\"\nnetuid = 1\nmax_burn = 2\nblock_secs = 2\n",
+                chain.url
+            ),
+    )
+    .unwrap();
+    let wallets = dir.path().to_str().unwrap();
+    let as_peer = |name: &'static str| {
+        vec![
+            "--wallet",
+            name,
+            "--hotkey",
+            "miner",
+            "--wallet-path",
+            wallets,
+        ]
+    };
+    let first = Peer::start(dir.path(), "alice", &config, &as_peer("alice"));
+    let addr = first.address();
+    let mut args = as_peer("bob");
+    args.extend(["--bootstrap", addr.as_str()]);
+    let second = Peer::start(dir.path(), "bob", &config, &args);
+    let (status, validator) = first.wait(dir.path(), "alice");
+    assert!(status.success(), "alice: {validator}");
+    let (status, miner) = second.wait(dir.path(), "bob");
+    assert!(status.success(), "bob: {miner}");
+    assert_eq!(validator["params_sha256"], miner["params_sha256"]);
+
+    // Alice validated and scored bob's contributions, proven against his roots on the chain.
+    let incentives = &validator["incentives"];
+    assert_eq!(incentives["validator"], true, "{incentives:#}");
+    assert!(
+        incentives["rounds_scored"].as_u64() >= Some(1),
+        "{incentives:#}"
+    );
+    let bob_id = miner["peer_id"].as_str().unwrap();
+    let scored = &incentives["scores"][bob_id];
+    assert!(scored["rounds"].as_u64() >= Some(1), "{incentives:#}");
+    assert_eq!(miner["incentives"]["validator"], false);
+
+    // Both on the subnet, bob registered by the run.
+    let metagraph = metagraph(&chain);
+    for (w, summary) in [(&alice, &validator), (&bob, &miner)] {
+        let uid = neuron(&metagraph, &w.hotkey)["uid"].clone();
+        assert_eq!(summary["incentives"]["uid"], uid, "{summary}");
+    }
 }

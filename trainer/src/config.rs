@@ -54,6 +54,57 @@ pub struct IncentiveConfig {
     pub scoring: sinter_mechanism::score::ScoringConfig,
     /// The ledger of a multi-process run (`launch run`): absent, the run keeps none.
     pub ledger: Option<LedgerConfig>,
+    /// Or Bittensor's subtensor as the run's ledger (instead of `[incentives.ledger]`).
+    pub chain: Option<ChainConfig>,
+}
+
+/// `[incentives.chain]`: a run recorded and paid on a subnet of subtensor. Each peer
+/// registers (paying the subnet's burn, at most `max_burn`), serves its address, commits its
+/// contributions; peers with a validator permit score the others and set weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// The node's websocket endpoint (`ws://HOST:PORT` or `wss://…`).
+    pub url: String,
+    /// The subnet the run is paid on.
+    pub netuid: u16,
+    /// The most a registration may burn, in TAO (absent: whatever the subnet asks).
+    #[serde(default)]
+    pub max_burn: Option<f64>,
+    /// Seconds between the chain's blocks (12 on Bittensor; less on a local test chain):
+    /// how long waits for inclusion and for the reveal window last.
+    #[serde(default = "ChainConfig::default_block_secs")]
+    pub block_secs: f64,
+}
+
+impl ChainConfig {
+    fn default_block_secs() -> f64 {
+        12.0
+    }
+
+    /// `max_burn` in rao (10⁻⁹ TAO).
+    pub fn max_burn_rao(&self) -> Option<u64> {
+        self.max_burn.map(|tao| (tao * 1e9).round() as u64)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
+            return Err(format!(
+                "`incentives.chain.url` must be a websocket endpoint (ws://HOST:PORT or wss://…), not {:?}",
+                self.url
+            ));
+        }
+        if self
+            .max_burn
+            .is_some_and(|tao| !(tao.is_finite() && (0.0..=21e6).contains(&tao)))
+        {
+            return Err("`incentives.chain.max_burn` is in TAO: between 0 and 21000000".into());
+        }
+        if !(self.block_secs.is_finite() && self.block_secs >= 0.1) {
+            return Err("`incentives.chain.block_secs` must be at least 0.1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[incentives.ledger]`: the genesis of the ledger every peer of a `launch run` keeps a
@@ -120,6 +171,7 @@ impl Default for IncentiveConfig {
             consensus: Default::default(),
             scoring: Default::default(),
             ledger: None,
+            chain: None,
         }
     }
 }
@@ -171,6 +223,14 @@ impl IncentiveConfig {
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*message).to_owned());
+        }
+        if self.ledger.is_some() && self.chain.is_some() {
+            return Err(
+                "a run keeps one ledger: `[incentives.ledger]` (embedded) or `[incentives.chain]` (subtensor), not both".into(),
+            );
+        }
+        if let Some(chain) = &self.chain {
+            chain.validate()?;
         }
         if let Some(ledger) = &self.ledger {
             if !(ledger.block_secs.is_finite() && ledger.block_secs >= 0.1) {
@@ -673,5 +733,32 @@ mod tests {
         assert!(typo.to_string().contains("yuma2"), "{typo}");
         let zero = parse("[incentives]\ntempo = 0\n").unwrap_err();
         assert!(zero.to_string().contains("incentives.tempo"), "{zero}");
+    }
+
+    #[test]
+    fn a_chain_section_names_its_endpoint_subnet_and_burn_and_excludes_the_embedded_ledger() {
+        let chain =
+            "[incentives.chain]\nurl = \"ws://127.0.0.1:9944\"\nnetuid = 3\nmax_burn = 0.5\n";
+        let config = parse(chain).unwrap();
+        let section = config.incentives.chain.as_ref().unwrap();
+        assert_eq!(
+            (section.netuid, section.max_burn_rao()),
+            (3, Some(500_000_000))
+        );
+        assert_eq!(section.block_secs, 12.0);
+        let http = parse(&chain.replace("ws://", "http://")).unwrap_err();
+        assert!(http.to_string().contains("websocket endpoint"), "{http}");
+        let negative = parse(&chain.replace("0.5", "-1")).unwrap_err();
+        assert!(negative.to_string().contains("max_burn"), "{negative}");
+        let typo = parse(&chain.replace("netuid", "net_uid")).unwrap_err();
+        assert!(typo.to_string().contains("net_uid"), "{typo}");
+        let author = sinter_mechanism::ledger::keys::Keypair::generate()
+            .0
+            .account();
+        let both = parse(&format!(
+            "{chain}[incentives.ledger]\nauthor = \"{author}\"\n"
+        ))
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
     }
 }

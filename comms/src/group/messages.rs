@@ -82,6 +82,11 @@ pub(super) enum Header {
         round: u64,
         index: u32,
     },
+    /// Asks for this peer's proof that its contribution to `round` is on the ledger.
+    ContributionProof {
+        run: String,
+        round: u64,
+    },
     /// A request of the protocol extending the group (the ledger); the frame is its body.
     Extension {
         run: String,
@@ -142,6 +147,7 @@ impl Header {
             | Header::Shard { run, .. }
             | Header::ContributionManifest { run, .. }
             | Header::ContributionChunk { run, .. }
+            | Header::ContributionProof { run, .. }
             | Header::Extension { run } => Some(run),
         }
     }

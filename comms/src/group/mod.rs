@@ -69,7 +69,7 @@ pub use membership::config_differences;
 pub use messages::Stage;
 pub use messages::{GroupStatus, PeerStats, RunProgress};
 pub use status::query_status;
-pub use transfers::BlobSource;
+pub use transfers::{BlobSource, ContributionProofs};
 
 /// Errors of the group protocol.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +222,8 @@ struct State {
     /// This peer's own contributions of the last few rounds, for validators to fetch.
     contributions: BTreeMap<u64, Arc<Offer>>,
     blobs: Option<Arc<dyn BlobSource>>,
+    /// Proves this peer's contribution to a round (see [`Group::serve_contribution_proofs`]).
+    proofs: Option<ContributionProofs>,
     extension: Option<Arc<dyn Extension>>,
     stats: PeerStats,
     peer_stats: BTreeMap<PeerId, PeerStats>,
@@ -404,6 +406,17 @@ impl Shared {
             }
             Header::ContributionManifest { round, .. } => {
                 self.serve_contribution(&state, peer, round, None)
+            }
+            Header::ContributionProof { round, .. } => {
+                let proofs = state.proofs.clone();
+                drop(state);
+                // The provider reads the ledger: off the group's lock.
+                return match proofs.and_then(|prove| prove(round)) {
+                    Some(proof) => Reply::Data(proof),
+                    None => {
+                        Reply::Refused(format!("no proof of a contribution to round {round} here"))
+                    }
+                };
             }
             Header::ContributionChunk { round, index, .. } => {
                 self.serve_contribution(&state, peer, round, Some(index))

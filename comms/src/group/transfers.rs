@@ -68,6 +68,12 @@ pub(super) fn serve_offer(
 /// Rounds of this peer's own contributions kept for validators.
 pub(super) const CONTRIBUTIONS_KEPT: usize = 4;
 
+/// The largest contribution proof taken from a peer (a leaf, 64 steps of a path, a header).
+const MAX_PROOF_BYTES: usize = 4096;
+
+/// What proves this peer's contribution to a round (`None`: nothing to prove, or not yet).
+pub type ContributionProofs = Arc<dyn Fn(u64) -> Option<Vec<u8>> + Send + Sync>;
+
 /// How long the other donors' manifests are waited for once one usable offer is in.
 const OFFER_GRACE: Duration = Duration::from_secs(2);
 
@@ -204,6 +210,35 @@ impl Group {
         })
         .await
         .is_some()
+    }
+
+    /// Answers validators asking for this peer's proof that its contribution to a round is on
+    /// the ledger (on a chain that stores only a root per batch of contributions).
+    pub fn serve_contribution_proofs(&self, proofs: ContributionProofs) {
+        self.shared.lock().proofs = Some(proofs);
+    }
+
+    /// Asks `peer` for its proof that its contribution to `round` is on the ledger.
+    pub async fn fetch_contribution_proof(
+        &self,
+        round: u64,
+        peer: PeerId,
+    ) -> Result<Vec<u8>, GroupError> {
+        let header = Header::ContributionProof {
+            run: self.shared.settings.run.clone(),
+            round,
+        };
+        let (_, proof) = self.ask(peer, &header, &[]).await?;
+        if proof.len() > MAX_PROOF_BYTES {
+            return Err(GroupError::Refused {
+                peer,
+                reason: format!(
+                    "a proof of {} bytes (at most {MAX_PROOF_BYTES})",
+                    proof.len()
+                ),
+            });
+        }
+        Ok(proof)
     }
 
     /// Serves blobs (checkpoints) from `source` to peers that ask.

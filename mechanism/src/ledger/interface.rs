@@ -171,8 +171,27 @@ pub trait Ledger: Send + Sync {
     fn add_stake(&self, amount: u64) -> Result<(), CallError>;
     /// Commits to the hash of this peer's contribution to `round`.
     fn commit_contribution(&self, round: u64, hash: Hash) -> Result<(), CallError>;
-    /// The contribution commitments to `round` that are in a block, in chain order.
+    /// The contribution commitments to `round` that are in a block, in chain order: on a
+    /// ledger that stores only a root per batch of a peer's contributions (subtensor), those
+    /// of others once their proofs were accepted.
     fn contributions(&self, round: u64) -> Vec<ContributionRecord>;
+    /// This peer's proof that its contribution to `round` is under a commitment in a block,
+    /// for validators that cannot read it off the ledger; `None` where the ledger shows
+    /// every contribution itself, or before the commitment is in a block.
+    fn contribution_proof(&self, _round: u64) -> Option<Vec<u8>> {
+        None
+    }
+    /// Checks the proof (bytes from a peer: hostile) of `uid`'s contribution to `round`
+    /// against the ledger; once accepted, [`Ledger::contributions`] lists it. Where the
+    /// ledger shows every contribution itself there is nothing to prove.
+    fn accept_contribution_proof(
+        &self,
+        _uid: u16,
+        _round: u64,
+        _proof: &[u8],
+    ) -> Result<(), CallError> {
+        Ok(())
+    }
     /// Commits to weights (the chain's commitment hash of a [`WeightsReveal`]).
     fn commit_weights(&self, hash: Hash) -> Result<(), CallError>;
     /// This hotkey's weights commitment that is in a block and not yet revealed.

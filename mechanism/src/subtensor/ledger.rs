@@ -6,14 +6,16 @@
 //! pallet takes one commitment per hotkey every `RateLimit` blocks, so contributions are
 //! batched: a thread beside the run commits the batch whenever the limit allows.
 //!
-//! What a validator can check on the chain today is its own contributions (it holds their
-//! leaves); another member's contribution needs that member's Merkle proof, which run peers do
-//! not exchange yet, so [`Ledger::contributions`] lists this peer's proven contributions only.
+//! The chain shows a validator only each member's root: a member hands its proof of a
+//! contribution ([`ContributionProof`], leaf, path and the block of the commitment holding the
+//! root) once that commitment is in a block, and the validator checks it against the
+//! commitment as it stood at that block; [`Ledger::contributions`] lists this peer's own
+//! contributions and the others' whose proofs it accepted.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use super::record::{Batch, Record};
+use super::record::{Batch, ContributionProof, Record};
 use super::{Axon, Call, Chain, ChainError};
 use crate::ledger::extrinsic::Hash;
 use crate::ledger::interface::{CallError, ContributionRecord, Ledger, Metagraph, WeightsReveal};
@@ -45,7 +47,12 @@ struct Batches {
     pending: Batch,
     /// Batches whose commitment is in a block, with the block.
     committed: Vec<(u64, Batch)>,
+    /// Others' contributions whose proofs were accepted, per round (the newest rounds only).
+    proven: std::collections::BTreeMap<u64, Vec<ContributionRecord>>,
 }
+
+/// Rounds of others' proven contributions kept (a validator scores the newest few).
+const PROVEN_ROUNDS: usize = 64;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -65,6 +72,13 @@ fn call_error(call: &'static str, error: ChainError) -> CallError {
             why: error.to_string(),
         },
     }
+}
+
+/// A contribution's place in chain order: its commitment's block, then its leaf.
+fn sequence(block: u64, leaf: usize) -> u64 {
+    block
+        .saturating_mul(1 << 16)
+        .saturating_add(leaf.min(u16::MAX as usize) as u64)
 }
 
 /// The IPv4 address and TCP port a multiaddr starts with (`/ip4/A.B.C.D/tcp/P…`).
@@ -285,7 +299,8 @@ impl Ledger for ChainLedger {
                     "{address} carries no identity signature (`…#<128 hex digits>`)"
                 ))
             })?;
-        if let Some(axon) = axon_of(address) {
+        // The chain refuses a loopback axon; the address still goes into the record.
+        if let Some(axon) = axon_of(address).filter(|a| !a.ip.is_loopback()) {
             let call = Call::ServeAxon {
                 netuid: inner.netuid,
                 axon,
@@ -328,26 +343,97 @@ impl Ledger for ChainLedger {
     }
 
     fn contributions(&self, round: u64) -> Vec<ContributionRecord> {
-        let Some(uid) = self.inner.uid() else {
-            return Vec::new();
-        };
         let batches = lock(&self.inner.batches);
-        batches
-            .committed
-            .iter()
-            .flat_map(|(block, batch)| {
-                batch
-                    .leaves
+        let mut records = batches.proven.get(&round).cloned().unwrap_or_default();
+        if let Some(uid) = self.inner.uid() {
+            records.extend(
+                batches
+                    .committed
                     .iter()
-                    .enumerate()
-                    .filter(|(_, (r, _))| *r == round)
-                    .map(move |(i, (_, hash))| ContributionRecord {
-                        uid,
-                        hash: *hash,
-                        sequence: block.saturating_mul(1 << 16).saturating_add(i as u64),
+                    .flat_map(|(block, batch)| {
+                        batch
+                            .leaves
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, (r, _))| *r == round)
+                            .map(move |(i, (_, hash))| ContributionRecord {
+                                uid,
+                                hash: *hash,
+                                sequence: sequence(*block, i),
+                            })
                     })
-            })
-            .collect()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        records.sort_by_key(|r| (r.uid, r.sequence));
+        records.dedup_by_key(|r| r.uid);
+        records.sort_by_key(|r| r.sequence);
+        records
+    }
+
+    fn contribution_proof(&self, round: u64) -> Option<Vec<u8>> {
+        let batches = lock(&self.inner.batches);
+        batches.committed.iter().find_map(|(block, batch)| {
+            let index = batch.leaves.iter().position(|(r, _)| *r == round)?;
+            Some(
+                ContributionProof {
+                    block: *block,
+                    index: u32::try_from(index).ok()?,
+                    round,
+                    hash: batch.leaves[index].1,
+                    steps: batch.proof(index)?,
+                }
+                .encode(),
+            )
+        })
+    }
+
+    fn accept_contribution_proof(
+        &self,
+        uid: u16,
+        round: u64,
+        proof: &[u8],
+    ) -> Result<(), CallError> {
+        const CALL: &str = "contribution proof";
+        let refused = |reason: String| CallError::Refused { call: CALL, reason };
+        let inner = &self.inner;
+        let proof = ContributionProof::decode(proof).map_err(|e| refused(e.to_string()))?;
+        if proof.round != round {
+            return Err(refused(format!(
+                "it proves round {}, not {round}",
+                proof.round
+            )));
+        }
+        let hotkey = inner
+            .chain
+            .hotkey_of(inner.netuid, uid)
+            .map_err(|e| call_error(CALL, e))?
+            .ok_or_else(|| refused(format!("no uid {uid} on subnet {}", inner.netuid)))?;
+        let record = inner
+            .chain
+            .commitment_at_block(inner.netuid, &hotkey, proof.block)
+            .map_err(|e| call_error(CALL, e))?
+            .and_then(|c| Record::decode(&c.data).ok())
+            .ok_or_else(|| refused(format!("uid {uid} had no record at block {}", proof.block)))?;
+        if !proof.holds_under(&record) {
+            return Err(refused(format!(
+                "it does not hold under uid {uid}'s root at block {}",
+                proof.block
+            )));
+        }
+        let mut batches = lock(&inner.batches);
+        let proven = batches.proven.entry(round).or_default();
+        if proven.iter().all(|r| r.uid != uid) {
+            proven.push(ContributionRecord {
+                uid,
+                hash: proof.hash,
+                sequence: sequence(proof.block, proof.index as usize),
+            });
+        }
+        while batches.proven.len() > PROVEN_ROUNDS {
+            batches.proven.pop_first();
+        }
+        Ok(())
     }
 
     fn commit_weights(&self, hash: Hash) -> Result<(), CallError> {

@@ -447,6 +447,32 @@ impl Chain {
         self.block_on(async { commitment_at(&self.at().await?, netuid, hotkey).await })
     }
 
+    /// `hotkey`'s commitment on `netuid` as it stood at block `block`.
+    pub fn commitment_at_block(
+        &self,
+        netuid: u16,
+        hotkey: &AccountId,
+        block: u64,
+    ) -> Result<Option<Commitment>, ChainError> {
+        self.block_on(async {
+            let at = self
+                .client
+                .at_block(block)
+                .await
+                .map_err(|e| ChainError::Rpc {
+                    what: format!("reading block {block}"),
+                    why: e.to_string(),
+                })?;
+            commitment_at(&at, netuid, hotkey).await
+        })
+    }
+
+    /// The hotkey holding `uid` on `netuid`.
+    pub fn hotkey_of(&self, netuid: u16, uid: u16) -> Result<Option<AccountId>, ChainError> {
+        let hotkey: Option<AccountId32> = self.read("SubtensorModule", "Keys", (netuid, uid))?;
+        Ok(hotkey.map(|h| AccountId(h.0)))
+    }
+
     /// The commitments of `hotkeys` on `netuid`, read together at one block.
     pub fn commitments(
         &self,

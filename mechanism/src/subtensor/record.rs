@@ -2,7 +2,8 @@
 //! most 128 bytes, rewritten at most once per the pallet's rate limit): a [`Record`] holding
 //! the signature that binds its network identity to its hotkey and the Merkle root over its
 //! contributions since the previous record ([`Batch`]). Whoever holds a contribution proves
-//! it against the root with [`Batch::proof`] and [`verify`].
+//! it against the root with [`Batch::proof`] and [`verify`]; a member hands its proof to the
+//! run's validators as a [`ContributionProof`].
 //!
 //! Layout (117 bytes): `sntr`, version 1, the identity's 64-byte signature, the 32-byte root,
 //! the first and last round covered (u64, little-endian; first > last: no contributions).
@@ -174,6 +175,84 @@ pub fn verify(root: &Hash, round: u64, hash: &Hash, proof: &[Step]) -> bool {
     node == *root
 }
 
+/// A member's proof that its contribution `(round, hash)` is leaf `index` under the root of
+/// its commitment as it stood at `block`: what a validator checks against the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContributionProof {
+    /// The block its commitment holding the root was set at.
+    pub block: u64,
+    /// The leaf's place in its batch.
+    pub index: u32,
+    /// The round.
+    pub round: u64,
+    /// The contribution's hash.
+    pub hash: Hash,
+    /// The path to the root.
+    pub steps: Vec<Step>,
+}
+
+/// Why bytes from a peer are not a contribution proof.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a contribution proof: {0}")]
+pub struct ProofError(&'static str);
+
+/// Steps of a proof at most: a tree of 2^64 leaves.
+const MAX_STEPS: usize = 64;
+
+impl ContributionProof {
+    /// `block`, `index`, `round`, `hash`, the number of steps (one byte), then each step's
+    /// sibling and side (one byte, 1: left).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(53 + 33 * self.steps.len());
+        out.extend_from_slice(&self.block.to_le_bytes());
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(&self.round.to_le_bytes());
+        out.extend_from_slice(&self.hash);
+        out.push(self.steps.len().min(MAX_STEPS) as u8);
+        for (sibling, left) in self.steps.iter().take(MAX_STEPS) {
+            out.extend_from_slice(sibling);
+            out.push(u8::from(*left));
+        }
+        out
+    }
+
+    /// Reads a proof from a peer's bytes: exact length, at most 64 steps.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProofError> {
+        let (head, steps) = bytes
+            .split_at_checked(53)
+            .ok_or(ProofError("shorter than its header"))?;
+        let count = usize::from(head[52]);
+        if count > MAX_STEPS {
+            return Err(ProofError("more steps than any tree needs"));
+        }
+        if steps.len() != count * 33 {
+            return Err(ProofError("its length does not match its steps"));
+        }
+        let steps = steps
+            .chunks_exact(33)
+            .map(|step| match step[32] {
+                0 | 1 => Ok((step[..32].try_into().expect("32 bytes"), step[32] == 1)),
+                _ => Err(ProofError("a step's side is neither 0 nor 1")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            block: u64::from_le_bytes(head[..8].try_into().expect("8 bytes")),
+            index: u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")),
+            round: u64::from_le_bytes(head[12..20].try_into().expect("8 bytes")),
+            hash: head[20..52].try_into().expect("32 bytes"),
+            steps,
+        })
+    }
+
+    /// Whether it shows its contribution under `record`'s root, within the rounds it covers.
+    pub fn holds_under(&self, record: &Record) -> bool {
+        record
+            .rounds
+            .is_some_and(|(first, last)| (first..=last).contains(&self.round))
+            && verify(&record.root, self.round, &self.hash, &self.steps)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +325,51 @@ mod tests {
         assert_eq!(Batch::default().root(), [0; 32]);
         let too_long = vec![([0u8; 32], true); 65];
         assert!(!verify(&[0; 32], 0, &[0; 32], &too_long));
+    }
+
+    #[test]
+    fn a_proof_round_trips_holds_under_its_record_and_hostile_bytes_are_refused() {
+        let batch = batch(5);
+        let record = Record {
+            binding: [1; 64],
+            root: batch.root(),
+            rounds: batch.rounds(),
+        };
+        let proof = ContributionProof {
+            block: 77,
+            index: 3,
+            round: batch.leaves[3].0,
+            hash: batch.leaves[3].1,
+            steps: batch.proof(3).unwrap(),
+        };
+        let bytes = proof.encode();
+        assert_eq!(ContributionProof::decode(&bytes).unwrap(), proof);
+        assert!(proof.holds_under(&record));
+        // Another round, another hash, a record covering other rounds: no.
+        let lie = ContributionProof {
+            round: proof.round + 1,
+            ..proof.clone()
+        };
+        assert!(!lie.holds_under(&record));
+        let outside = Record {
+            rounds: Some((0, 5)),
+            ..record.clone()
+        };
+        assert!(!proof.holds_under(&outside));
+        for bad in [
+            Vec::new(),
+            bytes[..52].to_vec(),
+            bytes[..bytes.len() - 1].to_vec(),
+            [bytes.clone(), vec![0]].concat(),
+        ] {
+            assert!(ContributionProof::decode(&bad).is_err(), "{bad:?}");
+        }
+        let mut many = bytes.clone();
+        many[52] = 65;
+        assert!(ContributionProof::decode(&many).is_err());
+        let mut side = bytes;
+        let last = side.len() - 1;
+        side[last] = 7;
+        assert!(ContributionProof::decode(&side).is_err());
     }
 }

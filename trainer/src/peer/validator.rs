@@ -147,6 +147,9 @@ impl<B: Backend> Scoring<B> {
             ..config.data.clone()
         };
         let batches = dataset.validation_windows(&data, config.model.context, config.run.seed);
+        // Validators that cannot read this peer's contributions off the ledger ask for proofs.
+        let prover = ledger.clone();
+        group.serve_contribution_proofs(Arc::new(move |round| prover.contribution_proof(round)));
         Self {
             evaluator: Evaluator::new(
                 eval_model(model),
@@ -517,6 +520,8 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
 
 /// The metagraph and the commitments to `round` once every registered member's commitment is
 /// in a block (or a few blocks have passed: a member that never committed is scored zero).
+/// A member whose commitment the ledger does not show (the chain holds only the root of its
+/// batch) is asked for its proof, which the ledger checks.
 fn commitments<B: Backend>(
     context: &Scoring<B>,
     round: u64,
@@ -524,13 +529,34 @@ fn commitments<B: Backend>(
 ) -> (Metagraph, Vec<ContributionRecord>) {
     let ledger = context.ledger.as_ref();
     let genesis_hash = ledger.genesis_hash();
-    let all_in = || {
+    let missing = || {
         let metagraph = ledger.metagraph();
         let committed = ledger.contributions(round);
-        members.iter().all(|m| {
-            uid_of(&metagraph, &genesis_hash, m)
-                .is_none_or(|uid| committed.iter().any(|c| c.uid == uid))
-        })
+        members
+            .iter()
+            .filter_map(|m| Some((*m, uid_of(&metagraph, &genesis_hash, m)?)))
+            .filter(|(_, uid)| committed.iter().all(|c| c.uid != *uid))
+            .collect::<Vec<_>>()
+    };
+    let all_in = || {
+        let absent = missing();
+        let group = &context.group;
+        let proofs = context.runtime.block_on(futures::future::join_all(
+            absent
+                .iter()
+                .filter(|(m, _)| *m != group.me())
+                .map(|(m, uid)| async {
+                    (*m, *uid, group.fetch_contribution_proof(round, *m).await)
+                }),
+        ));
+        for (peer, uid, proof) in proofs {
+            if let Ok(proof) = proof
+                && let Err(why) = ledger.accept_contribution_proof(uid, round, &proof)
+            {
+                tracing::warn!(round, %peer, uid, %why, "contribution proof refused");
+            }
+        }
+        absent.is_empty() || missing().is_empty()
     };
     wait_until(
         ledger,
