@@ -121,7 +121,6 @@ fn group_error(e: GroupError) -> TrainerError {
 
 /// Fetches the state of `round` the group agreed on (hashed `agreed`) from its `holders`,
 /// checking the hash and the round before anything is used. Returns it and its bytes.
-/// Fetches the group's agreed state at the start of `round`.
 fn fetch_agreed_state(
     group: &Group,
     runtime: &tokio::runtime::Handle,
@@ -380,6 +379,9 @@ pub fn run_peer<B: AutodiffBackend>(
             .min(total_rounds),
         false => after.saturating_add(1),
     };
+    // The state a round starts from (a closing group's is the run's last); a joiner's round
+    // is the one the group that took it in names.
+    let state_round = |round: usize| round.min(total_rounds) as u64;
     let mut round = if joining {
         next_round(0)
     } else {
@@ -398,12 +400,10 @@ pub fn run_peer<B: AutodiffBackend>(
             break;
         }
         let round_started = Instant::now();
-        // A closing group's state is the run's last.
-        let state_round = round.min(total_rounds) as u64;
         let held = (!joining).then(|| {
             let blob = state.to_bytes();
             let hash = sha256_hex(&blob);
-            group.offer_state(state_round, blob);
+            group.offer_state(state_round(round), blob);
             hash
         });
         let formed = match runtime.block_on(group.form(round as u64, held.clone())) {
@@ -428,7 +428,7 @@ pub fn run_peer<B: AutodiffBackend>(
             let (fetched, blob) = fetch_agreed_state(
                 group,
                 runtime,
-                round.min(total_rounds) as u64,
+                state_round(round),
                 &holders,
                 &agreed,
                 layout.len(),
@@ -448,7 +448,7 @@ pub fn run_peer<B: AutodiffBackend>(
                 r.fill(0.0);
             }
             tally.state_fetches.push(round);
-            group.offer_state(state_round, blob);
+            group.offer_state(state_round(round), blob);
             joining = false;
             if evals.is_empty() {
                 let point = EvalPoint {
