@@ -263,6 +263,7 @@ fn set_weights(s: Session, uids: Vec<u16>, weights: Vec<f64>) -> Result<()> {
             s.netuid, params.neurons
         )));
     }
+    params.weights_settable(s.netuid)?;
     let version_key = params.weights_version_key;
     if !params.commit_reveal {
         let included = s.submit(

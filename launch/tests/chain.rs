@@ -299,20 +299,7 @@ fn subtensor_behaves_as_a_ledger() {
     chain.set_subnet("CommitRevealWeightsEnabled", 1, json!(true));
     chain.set_subnet("Tempo", 1, json!(4));
     let chain = Arc::new(chain);
-    let stop = Arc::new(AtomicBool::new(false));
-    let blocks = {
-        let (chain, stop) = (chain.clone(), stop.clone());
-        let hotkey = bob.hotkey.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                // The runtime allows one commitment per 100 blocks: lifted for the test (as
-                // funding is), so that it takes seconds, not minutes.
-                chain.set_storage(json!({"Commitments": {"LastCommitment": [[[1, hotkey], 0]]}}));
-                chain.new_blocks(1);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
+    let blocks = Blocks::start(chain.clone(), vec![bob.hotkey.clone()], 1);
     let path = WalletPath::new(Some(dir.path()), "bob", "miner").unwrap();
     let keys = Keys::read(&path, Some(common::PASSWORD)).unwrap();
     let ledger = ChainLedger::new(
@@ -327,27 +314,33 @@ fn subtensor_behaves_as_a_ledger() {
     let started = Instant::now();
     suite::behaves_as_a_ledger(&ledger, TAO);
     eprintln!("the suite on subtensor: {:.1?}", started.elapsed());
-    stop.store(true, Ordering::Relaxed);
-    blocks.join().unwrap();
+    drop(blocks);
 }
 
-/// Makes a block every 200 ms until dropped, each time lifting the runtime's one commitment
-/// per 100 blocks for `hotkeys` (as funding is lifted: seconds, not minutes).
+/// Makes a block every 200 ms until dropped, every `lift_every` blocks lifting the runtime's
+/// one commitment per 100 blocks for `hotkeys` (as funding is lifted: seconds, not minutes);
+/// so a hotkey commits at most once per `lift_every` blocks, as on Bittensor once per 100.
 struct Blocks {
     stop: std::sync::Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Blocks {
-    fn start(chain: std::sync::Arc<LocalChain>, hotkeys: Vec<String>) -> Self {
+    fn start(chain: std::sync::Arc<LocalChain>, hotkeys: Vec<String>, lift_every: u32) -> Self {
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    // Removed, not zeroed: a last commitment at block 0 still waits 100 blocks.
-                    let reset: Vec<Value> = hotkeys.iter().map(|h| json!([[1, h], null])).collect();
-                    chain.set_storage(json!({"Commitments": {"LastCommitment": reset}}));
+                for block in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if block % lift_every == 0 {
+                        // Removed, not zeroed: a last commitment at block 0 still waits 100 blocks.
+                        let reset: Vec<Value> =
+                            hotkeys.iter().map(|h| json!([[1, h], null])).collect();
+                        chain.set_storage(json!({"Commitments": {"LastCommitment": reset}}));
+                    }
                     chain.new_blocks(1);
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
@@ -391,9 +384,12 @@ fn a_run_with_a_chain_ledger_registers_commits_and_scores_on_subtensor() {
     ok(chain_cmd(&chain, "register", &alice, &["--max-burn", "2"]));
     ok(chain_cmd(&chain, "stake", &alice, &["--amount", "10"]));
     let chain = std::sync::Arc::new(chain);
+    // One commitment per hotkey every 5 blocks (about 10 s): the run's 4 rounds take a few
+    // seconds, so most of a member's contributions are proven only well after their round.
     let _blocks = Blocks::start(
         chain.clone(),
         vec![alice.hotkey.clone(), bob.hotkey.clone()],
+        5,
     );
     // chopsticks builds a block in about 2 s here, whatever the pace asked: the peers' waits
     // for inclusion scale with `block_secs`.
@@ -419,6 +415,7 @@ fn a_run_with_a_chain_ledger_registers_commits_and_scores_on_subtensor() {
             wallets,
         ]
     };
+    let started_at = metagraph(&chain)["block"].as_u64().unwrap();
     let first = Peer::start(dir.path(), "alice", &config, &as_peer("alice"));
     let addr = first.address();
     let mut args = as_peer("bob");
@@ -437,15 +434,43 @@ fn a_run_with_a_chain_ledger_registers_commits_and_scores_on_subtensor() {
         incentives["rounds_scored"].as_u64() >= Some(1),
         "{incentives:#}"
     );
+    // Every round bob took part in is scored from his proofs, however late they came.
     let bob_id = miner["peer_id"].as_str().unwrap();
     let scored = &incentives["scores"][bob_id];
-    assert!(scored["rounds"].as_u64() >= Some(1), "{incentives:#}");
+    assert_eq!(scored["rejected"], json!([]), "{incentives:#}");
+    assert_eq!(
+        scored["rounds"], incentives["rounds_scored"],
+        "{incentives:#}"
+    );
+    assert_eq!(incentives["rounds_unscored"], 0, "{incentives:#}");
     assert_eq!(miner["incentives"]["validator"], false);
 
-    // Both on the subnet, bob registered by the run.
-    let metagraph = metagraph(&chain);
+    // Both on the subnet, bob registered by the run; each summary shows the chain's
+    // incentive and emission for every member.
+    let subnet = metagraph(&chain);
     for (w, summary) in [(&alice, &validator), (&bob, &miner)] {
-        let uid = neuron(&metagraph, &w.hotkey)["uid"].clone();
+        let uid = neuron(&subnet, &w.hotkey)["uid"].clone();
         assert_eq!(summary["incentives"]["uid"], uid, "{summary}");
+        for other in [&alice, &bob] {
+            let uid = &neuron(&subnet, &other.hotkey)["uid"];
+            let shown = summary["incentives"]["neurons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["uid"] == *uid)
+                .unwrap_or_else(|| panic!("uid {uid} not in {summary}"));
+            assert!(
+                shown["incentive"].is_f64() && shown["emission"].is_u64(),
+                "{shown}"
+            );
+        }
     }
+    // Alice's weights were committed and revealed on the chain during the run.
+    let updated = neuron(&subnet, &alice.hotkey)["last_update"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        updated > started_at,
+        "alice's weights not set after block {started_at}: {subnet:#}"
+    );
 }

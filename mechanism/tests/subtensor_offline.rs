@@ -8,8 +8,8 @@ use std::sync::Arc;
 use sinter_mechanism::ledger::extrinsic::weights_commitment;
 use sinter_mechanism::ledger::interface::WeightsReveal;
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
-use sinter_mechanism::subtensor::calls::require_call;
-use sinter_mechanism::subtensor::{Axon, Call, ChainError};
+use sinter_mechanism::subtensor::calls::{require_call, timelocked_commit_call};
+use sinter_mechanism::subtensor::{Axon, Call, ChainError, Hyperparameters};
 use subxt::config::polkadot::{PolkadotConfig, SpecVersionForRange};
 use subxt::{Metadata, OfflineClient};
 
@@ -285,4 +285,36 @@ fn the_weights_commitment_is_the_chains_formula() {
         weights_commitment(&hotkey, 1, &[0, 3], &[0xffff, 0x8000], &[42], 7),
         expected
     );
+}
+
+/// Spec 218 takes hashed weight commitments (`commit_weights`, then `reveal_weights`), which
+/// sinter makes; a runtime that takes them timelocked to drand is refused with what to do.
+#[test]
+fn weights_are_refused_only_where_commitments_are_timelocked_to_drand() {
+    let md = metadata();
+    assert_eq!(timelocked_commit_call(&md), None);
+    require_call(&md, 218, "SubtensorModule", "commit_weights", 2).unwrap();
+    let mut params = Hyperparameters {
+        tempo: 360,
+        commit_reveal: true,
+        reveal_period_epochs: 1,
+        weights_rate_limit: 100,
+        weights_version_key: 0,
+        burn: 0,
+        neurons: 3,
+        timelocked_commits: None,
+    };
+    params.weights_settable(1).unwrap();
+    params.timelocked_commits = Some("commit_timelocked_weights".into());
+    let err = params.weights_settable(1).unwrap_err();
+    for says in [
+        "subnet 1 has commit-reveal on",
+        "commit_timelocked_weights",
+        "btcli weights commit",
+        "turn commit-reveal off",
+    ] {
+        assert!(err.to_string().contains(says), "{says:?} not in: {err}");
+    }
+    params.commit_reveal = false;
+    params.weights_settable(1).unwrap();
 }

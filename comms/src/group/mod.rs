@@ -69,7 +69,7 @@ pub use membership::config_differences;
 pub use messages::Stage;
 pub use messages::{GroupStatus, PeerStats, RunProgress};
 pub use status::query_status;
-pub use transfers::{BlobSource, ContributionProofs};
+pub use transfers::{BlobSource, ContributionProofs, Handed};
 
 /// Errors of the group protocol.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +224,8 @@ struct State {
     blobs: Option<Arc<dyn BlobSource>>,
     /// Proves this peer's contribution to a round (see [`Group::serve_contribution_proofs`]).
     proofs: Option<ContributionProofs>,
+    /// Per round of the last few, the peers this peer handed its proof of that contribution.
+    proofs_served: BTreeMap<u64, BTreeSet<PeerId>>,
     extension: Option<Arc<dyn Extension>>,
     stats: PeerStats,
     peer_stats: BTreeMap<PeerId, PeerStats>,
@@ -412,7 +414,10 @@ impl Shared {
                 drop(state);
                 // The provider reads the ledger: off the group's lock.
                 return match proofs.and_then(|prove| prove(round)) {
-                    Some(proof) => Reply::Data(proof),
+                    Some(proof) => {
+                        self.proof_served(peer, round);
+                        Reply::Data(proof)
+                    }
                     None => {
                         Reply::Refused(format!("no proof of a contribution to round {round} here"))
                     }

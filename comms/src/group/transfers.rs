@@ -71,6 +71,15 @@ pub(super) const CONTRIBUTIONS_KEPT: usize = 4;
 /// The largest contribution proof taken from a peer (a leaf, 64 steps of a path, a header).
 const MAX_PROOF_BYTES: usize = 4096;
 
+/// What of its contribution a peer hands validators ([`Group::wait_handed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// The contribution itself, every chunk.
+    Contribution,
+    /// Its proof of being under a commitment on the ledger.
+    Proof,
+}
+
 /// What proves this peer's contribution to a round (`None`: nothing to prove, or not yet).
 pub type ContributionProofs = Arc<dyn Fn(u64) -> Option<Vec<u8>> + Send + Sync>;
 
@@ -151,6 +160,19 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Notes that `peer` was handed this peer's proof of its contribution to `round`.
+    pub(super) fn proof_served(&self, peer: PeerId, round: u64) {
+        let mut state = self.lock();
+        state.proofs_served.entry(round).or_default().insert(peer);
+        while state.proofs_served.len() > CONTRIBUTIONS_KEPT {
+            state.proofs_served.pop_first();
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+}
+
 impl Group {
     /// Offers the run's state at the start of `round` to peers that fetch it (replacing the
     /// previous offer).
@@ -196,17 +218,27 @@ impl Group {
         Ok(blob)
     }
 
-    /// Waits until each of `peers` has fetched all of this peer's contribution to `round`,
-    /// for at most `limit`; whether they all did.
-    pub async fn wait_contribution_fetched(
+    /// Waits until each of `peers` has been handed `what` of this peer's contribution to
+    /// `round` (all of it fetched, or its proof), for at most `limit`; whether they all were.
+    pub async fn wait_handed(
         &self,
+        what: Handed,
         round: u64,
         peers: &[PeerId],
         limit: Duration,
     ) -> bool {
         self.wait_for(limit, |_, state| {
-            let offer = state.contributions.get(&round)?;
-            peers.iter().all(|p| offer.fetched_by(p)).then_some(())
+            let handed = |peer: &PeerId| match what {
+                Handed::Contribution => state
+                    .contributions
+                    .get(&round)
+                    .is_some_and(|offer| offer.fetched_by(peer)),
+                Handed::Proof => state
+                    .proofs_served
+                    .get(&round)
+                    .is_some_and(|served| served.contains(peer)),
+            };
+            peers.iter().all(handed).then_some(())
         })
         .await
         .is_some()

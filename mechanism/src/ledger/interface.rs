@@ -192,6 +192,23 @@ pub trait Ledger: Send + Sync {
     ) -> Result<(), CallError> {
         Ok(())
     }
+    /// Blocks a contribution committed now may take to become checkable by validators: how
+    /// long a validator keeps a round waiting for its members' commitments. A chain that
+    /// takes one commitment per peer every `RateLimit` blocks (subtensor) batches them.
+    fn commitment_delay(&self) -> u64 {
+        1
+    }
+    /// Waits, at most `limit`, until none of this peer's contributions waits to be committed
+    /// (a peer about to leave: what it does not commit, no validator can pay for); whether
+    /// none does.
+    fn settle(&self, _limit: Duration) -> bool {
+        true
+    }
+    /// Blocks after a weights commitment is in a block until it can surely be revealed: how
+    /// long a validator about to leave stays to reveal its last weights.
+    fn reveal_delay(&self) -> u64 {
+        2
+    }
     /// Commits to weights (the chain's commitment hash of a [`WeightsReveal`]).
     fn commit_weights(&self, hash: Hash) -> Result<(), CallError>;
     /// This hotkey's weights commitment that is in a block and not yet revealed.

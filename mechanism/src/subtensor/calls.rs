@@ -137,6 +137,17 @@ pub enum Call {
     },
 }
 
+/// Subtensor's calls for weight commitments timelocked to drand, newest first.
+const TIMELOCKED_COMMITS: [&str; 2] = ["commit_timelocked_weights", "commit_crv3_weights"];
+
+/// The runtime's call for drand-timelocked weight commitments, where it has one.
+pub fn timelocked_commit_call(metadata: &Metadata) -> Option<&'static str> {
+    let pallet = metadata.pallet_by_name("SubtensorModule")?;
+    TIMELOCKED_COMMITS
+        .into_iter()
+        .find(|call| pallet.call_variant_by_name(call).is_some())
+}
+
 /// Checks that the runtime has `pallet.call` taking `arguments` arguments.
 pub fn require_call(
     metadata: &Metadata,

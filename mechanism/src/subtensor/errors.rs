@@ -58,6 +58,17 @@ pub enum ChainError {
     /// Something asked of the chain that cannot work (refused before sending).
     #[error("{0}")]
     Invalid(String),
+    /// The subnet takes weights only through commitments timelocked to drand, which sinter
+    /// does not make.
+    #[error(
+        "subnet {netuid} has commit-reveal on, and this runtime takes weight commitments timelocked to drand ({call}): sinter cannot encrypt weights to drand, so it sets no weights here. Set them with Bittensor's own tools (btcli weights commit), or ask the subnet's owner to turn commit-reveal off (sinter then sets weights directly)"
+    )]
+    Timelocked {
+        /// The subnet.
+        netuid: u16,
+        /// The runtime's timelocked commit call.
+        call: String,
+    },
 }
 
 /// What a user should do about the runtime error `pallet::error` from `call`. `next_block`

@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use super::record::{Batch, ContributionProof, Record};
-use super::{Axon, Call, Chain, ChainError};
+use super::{Axon, Call, Chain, ChainError, DEFAULT_RATE_LIMIT};
 use crate::ledger::extrinsic::Hash;
-use crate::ledger::interface::{CallError, ContributionRecord, Ledger, Metagraph, WeightsReveal};
+use crate::ledger::interface::{
+    CallError, ContributionRecord, Ledger, Metagraph, WeightsReveal, wait_until,
+};
 use crate::ledger::keys::{AccountId, Keypair};
 use crate::ledger::wallet::Wallet;
 
@@ -109,6 +111,7 @@ impl ChainLedger {
                 chain.url()
             )));
         }
+        chain.hyperparameters(netuid)?.weights_settable(netuid)?;
         let inner = Arc::new(Inner {
             chain,
             netuid,
@@ -434,6 +437,51 @@ impl Ledger for ChainLedger {
             batches.proven.pop_first();
         }
         Ok(())
+    }
+
+    fn commitment_delay(&self) -> u64 {
+        self.inner
+            .chain
+            .commitment_rate_limit()
+            .unwrap_or(DEFAULT_RATE_LIMIT)
+            .saturating_add(1)
+    }
+
+    fn settle(&self, limit: Duration) -> bool {
+        let waiting = || {
+            let batches = lock(&self.inner.batches);
+            // Without the binding (this peer never served) nothing can be committed.
+            match batches.binding {
+                Some(_) => batches.pending.leaves.len(),
+                None => 0,
+            }
+        };
+        let left = waiting();
+        if left > 0 {
+            tracing::info!(
+                contributions = left,
+                "waiting (at most {} s) for the chain's commitment rate limit to commit this peer's last contributions: leaving now would leave them unpaid",
+                limit.as_secs()
+            );
+        }
+        wait_until(self, limit, || waiting() == 0)
+    }
+
+    /// The reveal window opens `reveal_period_epochs` epochs after the commitment's epoch: at
+    /// most one epoch more than that many.
+    fn reveal_delay(&self) -> u64 {
+        let inner = &self.inner;
+        match inner.chain.hyperparameters(inner.netuid) {
+            Ok(params) if params.commit_reveal => params
+                .reveal_period_epochs
+                .saturating_add(1)
+                .saturating_mul(u64::from(params.tempo) + 1),
+            Ok(_) => 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the subnet's hyperparameters");
+                2
+            }
+        }
     }
 
     fn commit_weights(&self, hash: Hash) -> Result<(), CallError> {

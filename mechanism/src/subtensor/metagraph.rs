@@ -6,7 +6,7 @@ use futures::future::try_join_all;
 use subxt::ext::scale_decode::DecodeAsType;
 use subxt::utils::AccountId32;
 
-use super::calls::Axon;
+use super::calls::{Axon, timelocked_commit_call};
 use super::{At, ChainError, read};
 use crate::ledger::interface::{Metagraph, NeuronInfo};
 use crate::ledger::keys::AccountId;
@@ -28,6 +28,23 @@ pub struct Hyperparameters {
     pub burn: u64,
     /// Uids on the subnet.
     pub neurons: u16,
+    /// The runtime's call for weight commitments timelocked to drand, where it has one (then
+    /// the chain reveals committed weights itself, and takes no hashed commitments).
+    pub timelocked_commits: Option<String>,
+}
+
+impl Hyperparameters {
+    /// Whether sinter can set weights on this subnet: it refuses where commit-reveal is on and
+    /// the runtime takes drand-timelocked commitments.
+    pub fn weights_settable(&self, netuid: u16) -> Result<(), ChainError> {
+        match &self.timelocked_commits {
+            Some(call) if self.commit_reveal => Err(ChainError::Timelocked {
+                netuid,
+                call: call.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub(super) async fn hyperparameters(at: &At, netuid: u16) -> Result<Hyperparameters, ChainError> {
@@ -56,6 +73,7 @@ pub(super) async fn hyperparameters(at: &At, netuid: u16) -> Result<Hyperparamet
             .unwrap_or(0),
         burn: read(at, S, "Burn", (netuid,)).await?.unwrap_or(0),
         neurons: read(at, S, "SubnetworkN", (netuid,)).await?.unwrap_or(0),
+        timelocked_commits: timelocked_commit_call(at.metadata_ref()).map(String::from),
     })
 }
 

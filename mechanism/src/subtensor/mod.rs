@@ -40,6 +40,9 @@ pub use metagraph::Hyperparameters;
 pub const INCLUSION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long connecting keeps retrying (with backoff) before giving up.
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(8);
+/// Blocks between two commitments of one hotkey on Bittensor (the `Commitments` pallet's
+/// `RateLimit`).
+pub const DEFAULT_RATE_LIMIT: u64 = 100;
 
 type At = OnlineClientAtBlock<PolkadotConfig>;
 
@@ -496,10 +499,11 @@ impl Chain {
     }
 
     /// The `Commitments` pallet's rate limit (a runtime constant): blocks between two
-    /// commitments of one hotkey.
+    /// commitments of one hotkey ([`DEFAULT_RATE_LIMIT`] where the runtime does not say).
     pub fn commitment_rate_limit(&self) -> Result<u64, ChainError> {
         self.block_on(async {
-            Ok(constant_u64(&self.at().await?, "Commitments", "RateLimit").unwrap_or(100))
+            Ok(constant_u64(&self.at().await?, "Commitments", "RateLimit")
+                .unwrap_or(DEFAULT_RATE_LIMIT))
         })
     }
 

@@ -7,7 +7,8 @@
 //! member's contribution, checks it against the member's commitment, and, on a thread beside
 //! the next round's training, filters the members and values the survivors by Shapley (exact
 //! up to eight, Monte-Carlo above; forward passes only, with the CPU kernels). The next round
-//! it commits the weight row and reveals it a round later; every `tempo` blocks the ledger's
+//! it commits the weight row and, on a thread of its own, reveals it as soon as the ledger
+//! opens its reveal window; every `tempo` blocks the ledger's
 //! epoch turns the revealed rows into emission.
 //!
 //! The filter's verdict decides a member's score, not the round's average: the all-reduce has
@@ -17,14 +18,13 @@
 //! autodiff keeps on the training thread (`launch incentives` reports it).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::Rng;
 use serde::Serialize;
-use sinter_comms::group::Group;
+use sinter_comms::group::{Group, Handed};
 use sinter_comms::net::PeerId;
 use sinter_kernels::RayonKernels;
 use sinter_mechanism::Ledger;
@@ -70,6 +70,8 @@ pub struct IncentiveSummary {
     pub validator: bool,
     /// Rounds it scored.
     pub rounds_scored: usize,
+    /// Rounds it left unscored: too many earlier rounds still waited for their commitments.
+    pub rounds_unscored: usize,
     /// Per member (peer id) it scored.
     pub scores: BTreeMap<String, MemberScore>,
     /// Seconds of scoring (fetching and valuing, beside training).
@@ -97,6 +99,15 @@ struct RoundJob {
     momentum: Vec<f32>,
     lr: f32,
     mu: f32,
+    /// When its all-reduce ended: its members' commitments are waited for from then on.
+    ended: Instant,
+}
+
+/// A round with its members' contributions fetched (or why not), for the scorer.
+struct Fetched {
+    job: RoundJob,
+    blobs: Vec<Result<Vec<u8>, String>>,
+    secs: f64,
 }
 
 /// A scored round.
@@ -167,32 +178,59 @@ impl<B: Backend> Scoring<B> {
     }
 }
 
+/// Rounds a validator keeps waiting for their members' commitments at once; each holds the
+/// round's parameters, outer momentum and contributions. On Bittensor a member commits once
+/// per 100 blocks, so its proofs may come 20 minutes after the round; a round beyond these
+/// goes unscored.
+const ROUNDS_AWAITING_COMMITMENTS: usize = 16;
+
 /// One peer's part in a run's incentives: its commitments and, with stake, its scoring.
 pub struct RunIncentives<B: Backend> {
     context: Arc<Scoring<B>>,
-    pending: Option<JoinHandle<Scored>>,
-    /// Weights committed (their hash) and waiting to be revealed.
-    reveal: Option<([u8; 32], WeightsReveal)>,
+    /// To the scorer: rounds whose contributions were fetched.
+    fetched: mpsc::Sender<Fetched>,
+    /// From the scorer: scored rounds.
+    scored: mpsc::Receiver<Scored>,
+    /// Rounds handed to scoring and not yet scored.
+    pending: usize,
+    /// Reveals the committed weights once their reveal window opens (it does not wait for
+    /// training or scoring: a missed window drops them).
+    revealing: Option<std::thread::JoinHandle<()>>,
     /// Per uid, the weights of rounds scored since the last commitment: a row waits while
     /// the previous one is unrevealed, and the next commitment carries every round since.
     unsent: BTreeMap<u16, f64>,
     scores: BTreeMap<String, MemberScore>,
     rounds_scored: usize,
+    rounds_unscored: usize,
     scoring_secs: f64,
     stall_secs: f64,
     training_secs: f64,
 }
 
 impl<B: Backend> RunIncentives<B> {
-    /// A peer's incentives.
+    /// A peer's incentives; starts the thread that scores rounds (it ends with them).
     pub fn new(scoring: Scoring<B>) -> Self {
+        let context = Arc::new(scoring);
+        let (fetched, rounds) = mpsc::channel::<Fetched>();
+        let (done, scored) = mpsc::channel();
+        let scorer = context.clone();
+        std::thread::spawn(move || {
+            for round in rounds {
+                if done.send(score(&scorer, round)).is_err() {
+                    return;
+                }
+            }
+        });
         Self {
-            context: Arc::new(scoring),
-            pending: None,
-            reveal: None,
+            context,
+            fetched,
+            scored,
+            pending: 0,
+            revealing: None,
             unsent: BTreeMap::new(),
             scores: BTreeMap::new(),
             rounds_scored: 0,
+            rounds_unscored: 0,
             scoring_secs: 0.0,
             stall_secs: 0.0,
             training_secs: 0.0,
@@ -231,7 +269,7 @@ impl<B: Backend> RunIncentives<B> {
         self.training_secs += secs;
     }
 
-    /// After `round`'s all-reduce: a validator starts scoring it beside the next round. `own`
+    /// After `round`'s all-reduce: a validator starts scoring it beside the next rounds. `own`
     /// is this peer's contribution blob; `global`/`momentum` are θ and the outer momentum
     /// before the round's outer step.
     #[allow(clippy::too_many_arguments)]
@@ -245,8 +283,17 @@ impl<B: Backend> RunIncentives<B> {
         lr: f32,
         mu: f32,
     ) {
-        self.collect();
+        self.collect(false);
         if !self.is_validator() {
+            return;
+        }
+        if self.pending >= ROUNDS_AWAITING_COMMITMENTS {
+            tracing::warn!(
+                round,
+                waiting = self.pending,
+                "round goes unscored: earlier rounds still wait for their members' commitments"
+            );
+            self.rounds_unscored += 1;
             return;
         }
         let job = RoundJob {
@@ -257,27 +304,67 @@ impl<B: Backend> RunIncentives<B> {
             momentum: momentum.to_vec(),
             lr,
             mu,
+            ended: Instant::now(),
         };
-        let context = self.context.clone();
-        self.pending = Some(std::thread::spawn(move || score(&context, job)));
+        self.pending += 1;
+        let (context, scorer) = (self.context.clone(), self.fetched.clone());
+        std::thread::spawn(move || {
+            let _ = scorer.send(fetch(&context, job));
+        });
     }
 
-    /// Takes the pending round's scores (waiting for them) and commits them as weights,
-    /// revealing the previous commitment first.
-    fn collect(&mut self) {
-        let Some(handle) = self.pending.take() else {
-            self.reveal_pending();
-            return;
-        };
-        let waited = Instant::now();
-        let scored = match handle.join() {
-            Ok(scored) => scored,
-            Err(_) => {
-                tracing::error!("the scoring thread panicked; this round goes unscored");
-                return;
-            }
-        };
-        self.stall_secs += waited.elapsed().as_secs_f64();
+    /// Takes the scores of the rounds scored so far (with `wait`, of every round, waiting
+    /// for them), and commits them as weights once the previous commitment is revealed.
+    fn collect(&mut self, wait: bool) {
+        // A round waits for its commitments at most this long, then for the rounds before it.
+        let patience = commitment_wait(self.context.ledger.as_ref()) + Duration::from_secs(60);
+        let block = self.context.ledger.block_time();
+        // Where commitments are in a block at once, scoring keeps pace with training: a round
+        // is scored before the next one's scoring starts (so weights reach epochs during the
+        // run). Where they are batched (a chain's rate limit), training does not wait.
+        let blocking = wait || self.context.ledger.commitment_delay() <= 1;
+        let mut since = Instant::now();
+        while self.pending > 0 {
+            let scored = if blocking {
+                let waited = Instant::now();
+                let got = self.scored.recv_timeout(block);
+                self.stall_secs += waited.elapsed().as_secs_f64();
+                match got {
+                    Ok(scored) => Some(scored),
+                    Err(mpsc::RecvTimeoutError::Timeout) if since.elapsed() < patience => {
+                        continue;
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                self.scored.try_recv().ok()
+            };
+            let Some(scored) = scored else {
+                if blocking {
+                    tracing::error!(
+                        rounds = self.pending,
+                        "rounds still unscored after their commitments' wait; they go unscored"
+                    );
+                    self.rounds_unscored += std::mem::take(&mut self.pending);
+                }
+                break;
+            };
+            since = Instant::now();
+            self.pending -= 1;
+            self.tally(scored);
+        }
+        if self.revealed() {
+            self.commit_weights();
+        }
+    }
+
+    /// Whether no commitment waits to be revealed.
+    fn revealed(&self) -> bool {
+        self.revealing.as_ref().is_none_or(|r| r.is_finished())
+    }
+
+    /// Adds a scored round to the members' totals and to the weights not yet committed.
+    fn tally(&mut self, scored: Scored) {
         self.scoring_secs += scored.secs;
         self.rounds_scored += 1;
         for (j, peer) in scored.members.iter().enumerate() {
@@ -300,10 +387,6 @@ impl<B: Backend> RunIncentives<B> {
                 *self.unsent.entry(*uid).or_default() += w;
             }
         }
-        self.reveal_pending();
-        if self.reveal.is_none() {
-            self.commit_weights();
-        }
     }
 
     /// Commits the weights of the rounds scored since the last commitment.
@@ -320,6 +403,7 @@ impl<B: Backend> RunIncentives<B> {
         let hash = weights_commitment(&ledger.hotkey(), ledger.netuid(), &uids, &values, &salt, 0);
         match ledger.commit_weights(hash) {
             Ok(()) => {
+                tracing::info!(?uids, ?values, "weights committed");
                 self.unsent.clear();
                 let reveal = WeightsReveal {
                     uids,
@@ -327,24 +411,12 @@ impl<B: Backend> RunIncentives<B> {
                     salt,
                     version_key: 0,
                 };
-                self.reveal = Some((hash, reveal));
+                let ledger = ledger.clone();
+                self.revealing = Some(std::thread::spawn(move || {
+                    reveal_when_open(ledger.as_ref(), hash, &reveal)
+                }));
             }
             Err(why) => tracing::warn!(%why, "weights not committed; retrying next round"),
-        }
-    }
-
-    /// Reveals the committed weights once their commitment is in a block.
-    fn reveal_pending(&mut self) {
-        let Some((hash, reveal)) = self.reveal.take() else {
-            return;
-        };
-        let ledger = &self.context.ledger;
-        if ledger.committed_weights() != Some(hash) {
-            self.reveal = Some((hash, reveal));
-            return;
-        }
-        if let Err(why) = ledger.reveal_weights(&reveal) {
-            tracing::warn!(%why, "weights not revealed");
         }
     }
 
@@ -353,45 +425,31 @@ impl<B: Backend> RunIncentives<B> {
     /// with its members: a peer that does not validate stays until the validators among them
     /// have fetched its contribution (a few blocks at most).
     pub fn finish(mut self, last: Option<(u64, Vec<PeerId>)>) -> IncentiveSummary {
-        self.collect();
         let ledger = self.context.ledger.clone();
-        let block = ledger.block_time();
-        if !self.is_validator()
-            && let Some((round, members)) = last
-        {
-            let metagraph = ledger.metagraph();
-            let genesis_hash = ledger.genesis_hash();
-            let me = self.context.group.me();
-            let validators: Vec<PeerId> = members
-                .into_iter()
-                .filter(|m| *m != me)
-                .filter(|m| {
-                    uid_of(&metagraph, &genesis_hash, m)
-                        .and_then(|u| metagraph.neuron(u))
-                        .is_some_and(|n| n.stake > 0)
-                })
-                .collect();
-            let limit = 2 * block + Duration::from_secs(1);
-            let group = &self.context.group;
-            if !self
-                .context
-                .runtime
-                .block_on(group.wait_contribution_fetched(round, &validators, limit))
-            {
-                tracing::info!(
-                    round,
-                    "not every validator fetched this peer's last contribution"
-                );
-            }
+        if self.pending > 0 {
+            tracing::info!(
+                rounds = self.pending,
+                "scoring the last rounds: each waits for its members' commitments (at most {} s)",
+                commitment_wait(ledger.as_ref()).as_secs()
+            );
         }
-        let limit = 4 * block + Duration::from_secs(2);
-        wait_until(ledger.as_ref(), limit, || {
-            self.reveal_pending();
-            if self.reveal.is_none() {
-                self.commit_weights();
+        self.collect(true);
+        if let Some((round, members)) = last {
+            self.hand_over(round, &members);
+        }
+        if !self.revealed() || !self.unsent.is_empty() {
+            tracing::info!(
+                "revealing this validator's last weights (waiting at most {} s for the reveal window): leaving now would drop them",
+                reveal_wait(ledger.as_ref()).as_secs()
+            );
+        }
+        // The commitment waiting, then one of the rows scored since.
+        for _ in 0..2 {
+            if let Some(revealing) = self.revealing.take() {
+                let _ = revealing.join();
             }
-            self.reveal.is_none() && self.unsent.is_empty()
-        });
+            self.commit_weights();
+        }
         let metagraph = ledger.metagraph();
         let me = self.me(&metagraph);
         IncentiveSummary {
@@ -399,6 +457,7 @@ impl<B: Backend> RunIncentives<B> {
             uid: me.map(|n| n.uid),
             validator: me.is_some_and(|n| n.stake > 0),
             rounds_scored: self.rounds_scored,
+            rounds_unscored: self.rounds_unscored,
             scores: self.scores,
             scoring_secs: self.scoring_secs,
             scoring_stall_secs: self.stall_secs,
@@ -410,6 +469,54 @@ impl<B: Backend> RunIncentives<B> {
         }
     }
 
+    /// Stays until the validators among `members` have this peer's last contribution (to
+    /// `round`) and, on a ledger that batches commitments, its proof: the batch is committed
+    /// first, as the chain's rate limit allows.
+    fn hand_over(&self, round: u64, members: &[PeerId]) {
+        let ledger = self.context.ledger.as_ref();
+        let block = ledger.block_time();
+        let metagraph = ledger.metagraph();
+        let genesis_hash = ledger.genesis_hash();
+        let group = &self.context.group;
+        let me = group.me();
+        let validators: Vec<PeerId> = members
+            .iter()
+            .filter(|m| **m != me)
+            .filter(|m| {
+                uid_of(&metagraph, &genesis_hash, m)
+                    .and_then(|u| metagraph.neuron(u))
+                    .is_some_and(|n| n.stake > 0)
+            })
+            .copied()
+            .collect();
+        let runtime = &self.context.runtime;
+        let limit = 2 * block + Duration::from_secs(1);
+        if !runtime.block_on(group.wait_handed(Handed::Contribution, round, &validators, limit)) {
+            tracing::info!(
+                round,
+                "not every validator fetched this peer's last contribution"
+            );
+        }
+        // Earlier rounds' validators may wait for proofs of the batch too.
+        if !ledger.settle(blocks(ledger, ledger.commitment_delay().saturating_add(1))) {
+            tracing::warn!("this peer's last contributions were not committed: they go unpaid");
+            return;
+        }
+        if ledger.contribution_proof(round).is_some()
+            && !runtime.block_on(group.wait_handed(
+                Handed::Proof,
+                round,
+                &validators,
+                3 * block + Duration::from_secs(2),
+            ))
+        {
+            tracing::info!(
+                round,
+                "not every validator asked for the proof of this peer's last contribution"
+            );
+        }
+    }
+
     /// This peer's incentive (0–1) and emission so far, for its heartbeats.
     pub fn standing(&self) -> (Option<f64>, Option<u64>) {
         let metagraph = self.context.ledger.metagraph();
@@ -418,14 +525,15 @@ impl<B: Backend> RunIncentives<B> {
     }
 }
 
-/// Scores one round: fetches and checks every member's contribution, filters and values them.
-fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
+/// Fetches every member's contribution to a round, as soon as the round ends (members keep
+/// only their last few).
+fn fetch<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Fetched {
     let started = Instant::now();
     let group = &context.group;
     let me = group.me();
     let parts = job.members.len() * super::SHARDS_PER_MEMBER;
     let max_len = max_contribution_len(context.layout.len(), parts);
-    let blobs: Vec<Result<Vec<u8>, String>> = context.runtime.block_on(async {
+    let blobs = context.runtime.block_on(async {
         let fetches = job.members.iter().map(|m| async {
             if *m == me {
                 Ok(job.own.clone())
@@ -438,7 +546,26 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
         });
         futures::future::join_all(fetches).await
     });
-    let (metagraph, committed) = commitments(context, job.round, &job.members);
+    Fetched {
+        job,
+        blobs,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Scores a fetched round: waits for its members' commitments, checks the contributions
+/// against them, filters and values them.
+fn score<B: Backend>(context: &Scoring<B>, fetched: Fetched) -> Scored {
+    let Fetched { job, blobs, secs } = fetched;
+    let fetched: Vec<PeerId> = job
+        .members
+        .iter()
+        .zip(&blobs)
+        .filter(|(_, blob)| blob.is_ok())
+        .map(|(m, _)| *m)
+        .collect();
+    let (metagraph, committed) = commitments(context, job.round, &fetched, job.ended);
+    let valuing = Instant::now();
     let n = job.members.len();
     let genesis_hash = context.ledger.genesis_hash();
     let uids: Vec<Option<u16>> = job
@@ -514,35 +641,79 @@ fn score<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Scored {
         shapley,
         weights,
         rejected,
-        secs: started.elapsed().as_secs_f64(),
+        secs: secs + valuing.elapsed().as_secs_f64(),
     }
 }
 
-/// The metagraph and the commitments to `round` once every registered member's commitment is
-/// in a block (or a few blocks have passed: a member that never committed is scored zero).
-/// A member whose commitment the ledger does not show (the chain holds only the root of its
-/// batch) is asked for its proof, which the ledger checks.
+/// How long a validator waits for its weights commitment's reveal window.
+fn reveal_wait(ledger: &dyn Ledger) -> Duration {
+    blocks(ledger, ledger.reveal_delay().saturating_add(2)) + Duration::from_secs(2)
+}
+
+/// Reveals the weights committed as `hash` once the ledger shows the commitment open for its
+/// reveal, waiting at most [`reveal_wait`].
+fn reveal_when_open(ledger: &dyn Ledger, hash: [u8; 32], reveal: &WeightsReveal) {
+    if !wait_until(ledger, reveal_wait(ledger), || {
+        ledger.committed_weights() == Some(hash)
+    }) {
+        tracing::warn!("the weights commitment's reveal window did not open in time: not revealed");
+        return;
+    }
+    match ledger.reveal_weights(reveal) {
+        Ok(()) => tracing::info!(uids = ?reveal.uids, values = ?reveal.values, "weights revealed"),
+        Err(why) => tracing::warn!(%why, "weights not revealed"),
+    }
+}
+
+/// How long a validator waits for a round's commitments: the ledger's commitment delay and
+/// a few blocks more.
+fn commitment_wait(ledger: &dyn Ledger) -> Duration {
+    blocks(ledger, ledger.commitment_delay().saturating_add(3)) + Duration::from_secs(2)
+}
+
+/// `count` of the ledger's blocks.
+fn blocks(ledger: &dyn Ledger, count: u64) -> Duration {
+    ledger
+        .block_time()
+        .saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// The metagraph and the commitments to `round` once each registered member of `members`
+/// has its commitment in a block, or [`commitment_wait`] has passed `since` the round ended
+/// (a member that never
+/// committed is scored zero). A member whose commitment the ledger does not show (the chain
+/// holds only the root of its batch) is asked for its proof each block, which the ledger
+/// checks.
 fn commitments<B: Backend>(
     context: &Scoring<B>,
     round: u64,
     members: &[PeerId],
+    since: Instant,
 ) -> (Metagraph, Vec<ContributionRecord>) {
     let ledger = context.ledger.as_ref();
     let genesis_hash = ledger.genesis_hash();
-    let missing = || {
-        let metagraph = ledger.metagraph();
+    let group = &context.group;
+    let mut metagraph = ledger.metagraph();
+    let absent = |metagraph: &Metagraph| {
         let committed = ledger.contributions(round);
         members
             .iter()
-            .filter_map(|m| Some((*m, uid_of(&metagraph, &genesis_hash, m)?)))
+            .filter_map(|m| Some((*m, uid_of(metagraph, &genesis_hash, m)?)))
             .filter(|(_, uid)| committed.iter().all(|c| c.uid != *uid))
             .collect::<Vec<_>>()
     };
-    let all_in = || {
-        let absent = missing();
-        let group = &context.group;
+    let mut first = true;
+    let limit = commitment_wait(ledger).saturating_sub(since.elapsed());
+    wait_until(ledger, limit, || {
+        if !std::mem::take(&mut first) {
+            metagraph = ledger.metagraph();
+        }
+        let missing = absent(&metagraph);
+        if missing.is_empty() {
+            return true;
+        }
         let proofs = context.runtime.block_on(futures::future::join_all(
-            absent
+            missing
                 .iter()
                 .filter(|(m, _)| *m != group.me())
                 .map(|(m, uid)| async {
@@ -556,12 +727,7 @@ fn commitments<B: Backend>(
                 tracing::warn!(round, %peer, uid, %why, "contribution proof refused");
             }
         }
-        absent.is_empty() || missing().is_empty()
-    };
-    wait_until(
-        ledger,
-        3 * ledger.block_time() + Duration::from_secs(2),
-        all_in,
-    );
-    (ledger.metagraph(), ledger.contributions(round))
+        absent(&metagraph).is_empty()
+    });
+    (metagraph, ledger.contributions(round))
 }
