@@ -2,9 +2,10 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test sinter: a Vulkan loader
 # and Mesa's software Vulkan driver (lavapipe), on which the CubeCL kernels run in tests
 # when there is no GPU, and nftables, whose masquerade makes the NAT routers of the
-# network-namespace tests; in a venv under ~/.cache/sinter, Bittensor's wallet, which the
-# wallet tests compare with; and chopsticks (npm), which runs Bittensor's real runtime locally
-# for the chain tests. Safe to run again; does nothing when everything is there.
+# network-namespace tests; in a venv under ~/.cache/sinter, Bittensor's wallet and drand
+# timelock, which the wallet and timelocked-weights tests compare with; and chopsticks
+# (npm), which runs Bittensor's real runtime locally for the chain tests. Safe to run
+# again; does nothing when everything is there.
 set -euo pipefail
 
 have_lavapipe() {
@@ -25,12 +26,13 @@ fi
 have_lavapipe || { echo "setup: Vulkan (lavapipe) still missing" >&2; exit 1; }
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || { echo "setup: nft (nftables) still missing" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
-# Bittensor's own wallet, which the wallet tests check sinter's files against (both ways).
+# Bittensor's own wallet and drand timelock, which the wallet and timelocked-weights tests
+# check sinter against (both ways).
 venv="$HOME/.cache/sinter/btwallet-venv"
-if [ -z "${SINTER_SKIP_PYTHON:-}" ] && ! "$venv/bin/python" -c "import bittensor_wallet" 2>/dev/null; then
-    echo "setup: installing bittensor-wallet into $venv (the wallet tests compare with it)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q bittensor-wallet==4.1.1
+if [ -z "${SINTER_SKIP_PYTHON:-}" ] && ! "$venv/bin/python" -c "import bittensor_wallet, bittensor_drand" 2>/dev/null; then
+    echo "setup: installing bittensor-wallet and bittensor-drand into $venv (the tests compare with them)"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q bittensor-wallet==4.1.1 bittensor-drand==2.0.0
 fi
 # Chopsticks executes subtensor's runtime (from a chain spec) on this machine: the live chain tests.
 chopsticks="$HOME/.cache/sinter/chopsticks"

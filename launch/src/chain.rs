@@ -1,18 +1,17 @@
 //! `launch chain …`: Bittensor's chain (subtensor) through [`sinter_mechanism::subtensor`]:
-//! register, serve, stake, weights (direct or commit-reveal), commitments and the metagraph,
+//! register, serve, stake, weights (direct, commit-reveal, or timelocked to drand), commitments and the metagraph,
 //! each with what it is doing on stderr and what it did on stdout.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rand::Rng;
-use sinter_mechanism::ledger::extrinsic::weights_commitment;
+
 use sinter_mechanism::ledger::interface::{Metagraph, WeightsReveal};
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 use sinter_mechanism::ledger::wallet::{self, Wallet};
 use sinter_mechanism::score::to_u16_row;
 use sinter_mechanism::subtensor::units::{format_tao, parse_tao};
-use sinter_mechanism::subtensor::{Axon, Call, Chain, ChainError, Included, Progress};
+use sinter_mechanism::subtensor::{Axon, Call, Chain, ChainError, Included, Progress, drand};
 
 use crate::cli::{ChainArgs, ChainCommand};
 
@@ -263,7 +262,6 @@ fn set_weights(s: Session, uids: Vec<u16>, weights: Vec<f64>) -> Result<()> {
             s.netuid, params.neurons
         )));
     }
-    params.weights_settable(s.netuid)?;
     let version_key = params.weights_version_key;
     if !params.commit_reveal {
         let included = s.submit(
@@ -281,10 +279,34 @@ fn set_weights(s: Session, uids: Vec<u16>, weights: Vec<f64>) -> Result<()> {
         );
         return Ok(());
     }
-    let mut rng = rand::rng();
-    let salt: Vec<u16> = (0..8).map(|_| rng.random()).collect();
     let account = hotkey.account();
-    let hash = weights_commitment(&account, s.netuid, &uids, &values, &salt, version_key);
+    if let Some(timelock) = s.chain.timelock(s.netuid)? {
+        let commit = timelock.commit(
+            s.netuid,
+            drand::WeightsPayload {
+                hotkey: Some(account),
+                uids: uids.clone(),
+                values: values.clone(),
+                version_key,
+            },
+            BLOCK_TIME.as_secs_f64(),
+            drand::unix_now(),
+        )?;
+        let included = s.submit(&commit.call, &hotkey)?;
+        let blocks = commit.reveal_block.saturating_sub(included.block);
+        println!(
+            "committed weights on subnet {} timelocked to drand (block #{}, {}): uids {uids:?}, values {values:?}; drand round {} decrypts them, and the chain reveals them itself at about block #{} (in about {} s)",
+            s.netuid,
+            included.block,
+            timelock.call,
+            commit.round,
+            commit.reveal_block,
+            (BLOCK_TIME * u32::try_from(blocks).unwrap_or(u32::MAX)).as_secs()
+        );
+        return Ok(());
+    }
+    let reveal = WeightsReveal::salted(&uids, &values, version_key);
+    let hash = reveal.commitment(&account, s.netuid);
     let committed = s.submit(
         &Call::CommitWeights {
             netuid: s.netuid,
@@ -306,12 +328,6 @@ fn set_weights(s: Session, uids: Vec<u16>, weights: Vec<f64>) -> Result<()> {
         commit.reveal_from,
         commit.reveal_until
     );
-    let reveal = WeightsReveal {
-        uids,
-        values,
-        salt,
-        version_key,
-    };
     loop {
         let height = s.chain.height()?;
         if height >= commit.reveal_from {

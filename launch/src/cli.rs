@@ -447,7 +447,9 @@ pub enum ChainCommand {
     },
     /// Sets the hotkey's weights on the subnet: `set_weights`, or, when the subnet has
     /// commit-reveal on, `commit_weights` then `reveal_weights` once the reveal window opens
-    /// (this waits for it). Weights are scaled so the largest is 65535.
+    /// (this waits for it); where the runtime takes weights timelocked to drand
+    /// (`commit_timelocked_weights`), they are encrypted to the round that opens the reveal
+    /// epoch and the chain reveals them itself. Weights are scaled so the largest is 65535.
     Weights {
         #[command(flatten)]
         chain: ChainArgs,

@@ -3,8 +3,11 @@
 //! by it (the `bittensor-wallet` venv that `scripts/setup.sh` makes;
 //! `SINTER_SKIP_PYTHON=1` skips that half where Python packages cannot be installed).
 
+mod python;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use python::bittensor_python;
 
 use sinter_mechanism::ledger::LedgerError;
 use sinter_mechanism::ledger::keys::{Keypair, verify};
@@ -43,25 +46,6 @@ fn a_wallet_bittensor_wrote_opens_with_its_password_only() {
     ));
 }
 
-/// The Python of the venv with Bittensor's wallet, or none when skipped.
-fn bittensor_python() -> Option<PathBuf> {
-    if std::env::var_os("SINTER_SKIP_PYTHON").is_some() {
-        return None;
-    }
-    let python = std::env::var_os("SINTER_BTWALLET_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap())
-                .join(".cache/sinter/btwallet-venv/bin/python")
-        });
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/setup.sh (it installs bittensor-wallet), or set SINTER_SKIP_PYTHON=1",
-        python.display()
-    );
-    Some(python)
-}
-
 #[test]
 fn bittensors_wallet_opens_a_wallet_written_here() {
     let Some(python) = bittensor_python() else {
@@ -79,17 +63,8 @@ print(json.dumps({"coldkey": cold.ss58_address, "coldkeypub": w.coldkeypub.ss58_
                   "hotkey": w.hotkey.ss58_address,
                   "signature": w.hotkey.sign(b"signed by bittensor").hex()}))
 "#;
-    let out = Command::new(&python)
-        .args(["-c", script, dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // Its wallet prints progress ("Decrypting...") before the answer.
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = python::run(&python, script, &[dir.path().to_str().unwrap()]);
     let read: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(read["coldkey"], made.coldkey.0.ss58());
     assert_eq!(read["coldkeypub"], made.coldkey.0.ss58());

@@ -139,6 +139,29 @@ pub struct ContributionRecord {
     pub sequence: u64,
 }
 
+/// How weights went onto the chain ([`Ledger::commit_weights`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsCommitment {
+    /// Set at once: the subnet has commit-reveal off.
+    Set,
+    /// Committed as `hash`: the caller reveals `reveal` once [`Ledger::committed_weights`]
+    /// shows the commitment open.
+    Hashed {
+        /// The commitment.
+        hash: Hash,
+        /// What it hashed.
+        reveal: WeightsReveal,
+    },
+    /// Encrypted to drand round `round`: the chain reveals them itself, at about
+    /// `reveal_block`; there is nothing for the caller to reveal.
+    Timelocked {
+        /// The drand round that decrypts them.
+        round: u64,
+        /// The block the chain is expected to reveal them at.
+        reveal_block: u64,
+    },
+}
+
 /// Weights to reveal: what the commitment hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightsReveal {
@@ -150,6 +173,32 @@ pub struct WeightsReveal {
     pub salt: Vec<u16>,
     /// The weights version key.
     pub version_key: u64,
+}
+
+impl WeightsReveal {
+    /// `values` for `uids` with a fresh random salt.
+    pub fn salted(uids: &[u16], values: &[u16], version_key: u64) -> Self {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        Self {
+            uids: uids.to_vec(),
+            values: values.to_vec(),
+            salt: (0..4).map(|_| rng.random()).collect(),
+            version_key,
+        }
+    }
+
+    /// The chain's commitment hash of these weights from `hotkey` on `netuid`.
+    pub fn commitment(&self, hotkey: &AccountId, netuid: u16) -> Hash {
+        super::extrinsic::weights_commitment(
+            hotkey,
+            netuid,
+            &self.uids,
+            &self.values,
+            &self.salt,
+            self.version_key,
+        )
+    }
 }
 
 /// What a run asks of a chain. Every method may block the calling thread for a few blocks at
@@ -209,8 +258,9 @@ pub trait Ledger: Send + Sync {
     fn reveal_delay(&self) -> u64 {
         2
     }
-    /// Commits to weights (the chain's commitment hash of a [`WeightsReveal`]).
-    fn commit_weights(&self, hash: Hash) -> Result<(), CallError>;
+    /// Puts `values` for `uids` on the chain as the subnet takes weights: set at once,
+    /// committed as a salted hash for the caller to reveal, or timelocked for the chain to.
+    fn commit_weights(&self, uids: &[u16], values: &[u16]) -> Result<WeightsCommitment, CallError>;
     /// This hotkey's weights commitment that is in a block and not yet revealed.
     fn committed_weights(&self) -> Option<Hash>;
     /// Reveals committed weights.

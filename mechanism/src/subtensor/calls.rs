@@ -128,6 +128,19 @@ pub enum Call {
         /// What the commitment hashed.
         reveal: WeightsReveal,
     },
+    /// `SubtensorModule.commit_timelocked_weights` (with the runtime's commit-reveal
+    /// `version`) or, where the runtime predates it, `commit_crv3_weights`: weights encrypted
+    /// to a drand round, revealed by the chain itself ([`drand`](super::drand)).
+    CommitTimelockedWeights {
+        /// The subnet.
+        netuid: u16,
+        /// The encrypted payload.
+        commit: Vec<u8>,
+        /// The drand round that decrypts it.
+        reveal_round: u64,
+        /// `CommitRevealWeightsVersion`; `None` for `commit_crv3_weights`.
+        version: Option<u16>,
+    },
     /// `Commitments.set_commitment`: up to 128 bytes the hotkey publishes on the subnet.
     SetCommitment {
         /// The subnet.
@@ -190,6 +203,10 @@ impl Call {
             Call::SetWeights { .. } => (S, "set_weights"),
             Call::CommitWeights { .. } => (S, "commit_weights"),
             Call::RevealWeights { .. } => (S, "reveal_weights"),
+            Call::CommitTimelockedWeights { version, .. } => match version {
+                Some(_) => (S, TIMELOCKED_COMMITS[0]),
+                None => (S, TIMELOCKED_COMMITS[1]),
+            },
             Call::SetCommitment { .. } => ("Commitments", "set_commitment"),
         }
     }
@@ -250,6 +267,20 @@ impl Call {
                 list(&reveal.salt),
                 Value::u128(reveal.version_key.into()),
             ],
+            Call::CommitTimelockedWeights {
+                netuid,
+                commit,
+                reveal_round,
+                version,
+            } => {
+                let mut fields = vec![
+                    n(*netuid),
+                    Value::from_bytes(commit),
+                    Value::u128((*reveal_round).into()),
+                ];
+                fields.extend(version.map(n));
+                fields
+            }
             Call::SetCommitment { netuid, data } => {
                 let field =
                     Value::unnamed_variant(format!("Raw{}", data.len()), [Value::from_bytes(data)]);

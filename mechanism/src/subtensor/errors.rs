@@ -58,17 +58,6 @@ pub enum ChainError {
     /// Something asked of the chain that cannot work (refused before sending).
     #[error("{0}")]
     Invalid(String),
-    /// The subnet takes weights only through commitments timelocked to drand, which sinter
-    /// does not make.
-    #[error(
-        "subnet {netuid} has commit-reveal on, and this runtime takes weight commitments timelocked to drand ({call}): sinter cannot encrypt weights to drand, so it sets no weights here. Set them with Bittensor's own tools (btcli weights commit), or ask the subnet's owner to turn commit-reveal off (sinter then sets weights directly)"
-    )]
-    Timelocked {
-        /// The subnet.
-        netuid: u16,
-        /// The runtime's timelocked commit call.
-        call: String,
-    },
 }
 
 /// What a user should do about the runtime error `pallet::error` from `call`. `next_block`
@@ -130,6 +119,7 @@ pub fn advice(error: &str, netuid: u16, next_block: Option<u64>) -> String {
             "the revealed weights do not match the commitment (different uids, values, salt or version key)".to_string()
         }
         "TooManyUnrevealedCommits" => "too many unrevealed commitments: reveal or let them expire".to_string(),
+        "IncorrectCommitRevealVersion" => "the chain expects another version of timelocked weight commitments than sinter read from it (`CommitRevealWeightsVersion`): try again; if it persists, this runtime changed the format and sinter needs an update".to_string(),
         "IncorrectWeightVersionKey" => format!("the weights version key is below subnet {netuid}'s"),
         "UidVecContainInvalidOne" | "UidsLengthExceedUidsInSubNet" => {
             format!("a uid is not on subnet {netuid} (see `launch chain metagraph`)")

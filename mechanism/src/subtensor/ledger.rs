@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use super::record::{Batch, ContributionProof, Record};
-use super::{Axon, Call, Chain, ChainError, DEFAULT_RATE_LIMIT};
+use super::{Axon, Call, Chain, ChainError, DEFAULT_RATE_LIMIT, drand};
 use crate::ledger::extrinsic::Hash;
 use crate::ledger::interface::{
-    CallError, ContributionRecord, Ledger, Metagraph, WeightsReveal, wait_until,
+    CallError, ContributionRecord, Ledger, Metagraph, WeightsCommitment, WeightsReveal, wait_until,
 };
 use crate::ledger::keys::{AccountId, Keypair};
 use crate::ledger::wallet::Wallet;
@@ -111,7 +111,6 @@ impl ChainLedger {
                 chain.url()
             )));
         }
-        chain.hyperparameters(netuid)?.weights_settable(netuid)?;
         let inner = Arc::new(Inner {
             chain,
             netuid,
@@ -484,15 +483,49 @@ impl Ledger for ChainLedger {
         }
     }
 
-    fn commit_weights(&self, hash: Hash) -> Result<(), CallError> {
+    /// Weights as the subnet takes them: `set_weights` with commit-reveal off; with it on,
+    /// timelocked to drand where the runtime reveals them itself, else a salted hash.
+    fn commit_weights(&self, uids: &[u16], values: &[u16]) -> Result<WeightsCommitment, CallError> {
+        const CALL: &str = "commit_weights";
         let inner = &self.inner;
-        let call = Call::CommitWeights {
-            netuid: inner.netuid,
-            hash,
-        };
-        inner
-            .submit("commit_weights", call, inner.hotkey())
-            .map(drop)
+        let netuid = inner.netuid;
+        let unavailable = |e| call_error(CALL, e);
+        let params = inner.chain.hyperparameters(netuid).map_err(unavailable)?;
+        let version_key = params.weights_version_key;
+        if !params.commit_reveal {
+            let call = Call::SetWeights {
+                netuid,
+                uids: uids.to_vec(),
+                values: values.to_vec(),
+                version_key,
+            };
+            inner.submit("set_weights", call, inner.hotkey())?;
+            return Ok(WeightsCommitment::Set);
+        }
+        if let Some(timelock) = inner.chain.timelock(netuid).map_err(unavailable)? {
+            let commit = timelock
+                .commit(
+                    netuid,
+                    drand::WeightsPayload {
+                        hotkey: Some(self.hotkey()),
+                        uids: uids.to_vec(),
+                        values: values.to_vec(),
+                        version_key,
+                    },
+                    inner.block_time.as_secs_f64(),
+                    drand::unix_now(),
+                )
+                .map_err(|e| call_error(timelock.call, e))?;
+            inner.submit(timelock.call, commit.call, inner.hotkey())?;
+            return Ok(WeightsCommitment::Timelocked {
+                round: commit.round,
+                reveal_block: commit.reveal_block,
+            });
+        }
+        let reveal = WeightsReveal::salted(uids, values, version_key);
+        let hash = reveal.commitment(&self.hotkey(), netuid);
+        inner.submit(CALL, Call::CommitWeights { netuid, hash }, inner.hotkey())?;
+        Ok(WeightsCommitment::Hashed { hash, reveal })
     }
 
     /// The newest commitment once its reveal window is open (the chain refuses a reveal

@@ -7,7 +7,8 @@ use subxt::ext::scale_decode::DecodeAsType;
 use subxt::utils::AccountId32;
 
 use super::calls::{Axon, timelocked_commit_call};
-use super::{At, ChainError, read};
+use super::drand::{DEFAULT_COMMIT_REVEAL_VERSION, EpochClock, Timelock};
+use super::{At, ChainError, has_storage, read};
 use crate::ledger::interface::{Metagraph, NeuronInfo};
 use crate::ledger::keys::AccountId;
 
@@ -31,20 +32,6 @@ pub struct Hyperparameters {
     /// The runtime's call for weight commitments timelocked to drand, where it has one (then
     /// the chain reveals committed weights itself, and takes no hashed commitments).
     pub timelocked_commits: Option<String>,
-}
-
-impl Hyperparameters {
-    /// Whether sinter can set weights on this subnet: it refuses where commit-reveal is on and
-    /// the runtime takes drand-timelocked commitments.
-    pub fn weights_settable(&self, netuid: u16) -> Result<(), ChainError> {
-        match &self.timelocked_commits {
-            Some(call) if self.commit_reveal => Err(ChainError::Timelocked {
-                netuid,
-                call: call.clone(),
-            }),
-            _ => Ok(()),
-        }
-    }
 }
 
 pub(super) async fn hyperparameters(at: &At, netuid: u16) -> Result<Hyperparameters, ChainError> {
@@ -75,6 +62,54 @@ pub(super) async fn hyperparameters(at: &At, netuid: u16) -> Result<Hyperparamet
         neurons: read(at, S, "SubnetworkN", (netuid,)).await?.unwrap_or(0),
         timelocked_commits: timelocked_commit_call(at.metadata_ref()).map(String::from),
     })
+}
+
+pub(super) async fn timelock(at: &At, netuid: u16) -> Result<Option<Timelock>, ChainError> {
+    const S: &str = "SubtensorModule";
+    let Some(call) = timelocked_commit_call(at.metadata_ref()) else {
+        return Ok(None);
+    };
+    let params = hyperparameters(at, netuid).await?;
+    if !params.commit_reveal {
+        return Ok(None);
+    }
+    let version = match call {
+        "commit_timelocked_weights" if has_storage(at, S, "CommitRevealWeightsVersion") => Some(
+            read(at, S, "CommitRevealWeightsVersion", ())
+                .await?
+                .unwrap_or(DEFAULT_COMMIT_REVEAL_VERSION),
+        ),
+        "commit_timelocked_weights" => Some(DEFAULT_COMMIT_REVEAL_VERSION),
+        _ => None,
+    };
+    let clock = if has_storage(at, S, "LastEpochBlock") {
+        let entry = |name: &'static str| async move {
+            Ok::<u64, ChainError>(read(at, S, name, (netuid,)).await?.unwrap_or(0))
+        };
+        let (last_epoch_block, pending_epoch_at, blocks_since_last_step) = futures::try_join!(
+            entry("LastEpochBlock"),
+            entry("PendingEpochAt"),
+            entry("BlocksSinceLastStep")
+        )?;
+        EpochClock::Stateful {
+            tempo: params.tempo,
+            last_epoch_block,
+            pending_epoch_at,
+            blocks_since_last_step,
+        }
+    } else {
+        EpochClock::Modulo {
+            netuid,
+            tempo: params.tempo,
+        }
+    };
+    Ok(Some(Timelock {
+        call,
+        version,
+        clock,
+        reveal_period: params.reveal_period_epochs,
+        head: at.block_number(),
+    }))
 }
 
 /// Epochs subnet `netuid` has run by `block`: subtensor runs one at each block `b` with

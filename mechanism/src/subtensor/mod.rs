@@ -9,11 +9,13 @@
 //! | module | what |
 //! |---|---|
 //! | [`calls`] | the extrinsics sinter sends, checked against the runtime's metadata |
+//! | [`drand`] | weights timelocked to drand, for subnets whose chain reveals them itself |
 //! | [`errors`] | [`ChainError`], and dispatch errors turned into what to do |
 //! | [`metagraph`] | a subnet's neurons read from storage |
 //! | [`units`] | TAO and rao |
 
 pub mod calls;
+pub mod drand;
 pub mod errors;
 pub mod ledger;
 pub mod metagraph;
@@ -512,6 +514,13 @@ impl Chain {
         self.block_on(async { metagraph::hyperparameters(&self.at().await?, netuid).await })
     }
 
+    /// What subnet `netuid` needs for weights timelocked to drand, read at the newest block;
+    /// `None` where its runtime takes no timelocked commitments or commit-reveal is off there
+    /// (weights are then committed as a hash and revealed, or set directly).
+    pub fn timelock(&self, netuid: u16) -> Result<Option<drand::Timelock>, ChainError> {
+        self.block_on(async { metagraph::timelock(&self.at().await?, netuid).await })
+    }
+
     /// The subnet's neurons at the newest finalized block.
     pub fn metagraph(
         &self,
@@ -563,6 +572,7 @@ fn call_netuid(call: &Call) -> u16 {
         | Call::SetWeights { netuid, .. }
         | Call::CommitWeights { netuid, .. }
         | Call::RevealWeights { netuid, .. }
+        | Call::CommitTimelockedWeights { netuid, .. }
         | Call::SetCommitment { netuid, .. } => *netuid,
     }
 }
@@ -600,13 +610,7 @@ where
     V: DecodeAsType,
 {
     let what = format!("reading {pallet}.{entry}");
-    let missing = at
-        .metadata_ref()
-        .pallet_by_name(pallet)
-        .and_then(|p| p.storage())
-        .and_then(|s| s.entry_by_name(entry))
-        .is_none();
-    if missing {
+    if !has_storage(at, pallet, entry) {
         return Err(ChainError::Missing {
             spec_version: at.spec_version(),
             what: format!("storage {pallet}.{entry}"),
@@ -625,6 +629,15 @@ where
             what,
             why: format!("decoding: {e}"),
         })
+}
+
+/// Whether the runtime at `at` has storage `pallet.entry`.
+fn has_storage(at: &At, pallet: &str, entry: &str) -> bool {
+    at.metadata_ref()
+        .pallet_by_name(pallet)
+        .and_then(|p| p.storage())
+        .and_then(|s| s.entry_by_name(entry))
+        .is_some()
 }
 
 /// A `u32` or `u64` constant of the runtime, as `u64`.

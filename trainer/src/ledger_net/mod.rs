@@ -23,7 +23,7 @@ use sinter_mechanism::ledger::Replica;
 use sinter_mechanism::ledger::block::Block;
 use sinter_mechanism::ledger::extrinsic::{Call, Extrinsic, Hash};
 use sinter_mechanism::ledger::interface::{
-    CallError, ContributionRecord, Metagraph, WeightsReveal, wait_until,
+    CallError, ContributionRecord, Metagraph, WeightsCommitment, WeightsReveal, wait_until,
 };
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 use sinter_mechanism::ledger::state::{Genesis, State};
@@ -362,8 +362,11 @@ impl Ledger for RunLedger {
             .collect()
     }
 
-    fn commit_weights(&self, hash: Hash) -> Result<(), CallError> {
-        self.submit_as(&self.wallet.hotkey, Call::CommitWeights { hash })
+    fn commit_weights(&self, uids: &[u16], values: &[u16]) -> Result<WeightsCommitment, CallError> {
+        let reveal = WeightsReveal::salted(uids, values, 0);
+        let hash = reveal.commitment(&self.hotkey(), self.netuid());
+        self.submit_as(&self.wallet.hotkey, Call::CommitWeights { hash })?;
+        Ok(WeightsCommitment::Hashed { hash, reveal })
     }
 
     fn committed_weights(&self) -> Option<Hash> {

@@ -22,15 +22,14 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use rand::Rng;
 use serde::Serialize;
 use sinter_comms::group::{Group, Handed};
 use sinter_comms::net::PeerId;
 use sinter_kernels::RayonKernels;
 use sinter_mechanism::Ledger;
-use sinter_mechanism::ledger::extrinsic::{blake2_256, weights_commitment};
+use sinter_mechanism::ledger::extrinsic::blake2_256;
 use sinter_mechanism::ledger::interface::{
-    ContributionRecord, Metagraph, NeuronInfo, WeightsReveal, wait_until,
+    ContributionRecord, Metagraph, NeuronInfo, WeightsCommitment, WeightsReveal, wait_until,
 };
 use sinter_mechanism::score::{ScoringConfig, filter_round, to_u16_row, value_round};
 use sinter_mechanism::shapley::Coalitions;
@@ -398,23 +397,30 @@ impl<B: Backend> RunIncentives<B> {
             self.unsent.clear();
             return;
         }
-        let salt: Vec<u16> = (0..4).map(|_| rand::rng().random()).collect();
         let ledger = &self.context.ledger;
-        let hash = weights_commitment(&ledger.hotkey(), ledger.netuid(), &uids, &values, &salt, 0);
-        match ledger.commit_weights(hash) {
-            Ok(()) => {
-                tracing::info!(?uids, ?values, "weights committed");
+        match ledger.commit_weights(&uids, &values) {
+            Ok(commitment) => {
                 self.unsent.clear();
-                let reveal = WeightsReveal {
-                    uids,
-                    values,
-                    salt,
-                    version_key: 0,
-                };
-                let ledger = ledger.clone();
-                self.revealing = Some(std::thread::spawn(move || {
-                    reveal_when_open(ledger.as_ref(), hash, &reveal)
-                }));
+                match commitment {
+                    WeightsCommitment::Set => tracing::info!(?uids, ?values, "weights set"),
+                    WeightsCommitment::Timelocked {
+                        round,
+                        reveal_block,
+                    } => tracing::info!(
+                        ?uids,
+                        ?values,
+                        round,
+                        reveal_block,
+                        "weights committed, timelocked to drand: the chain reveals them itself"
+                    ),
+                    WeightsCommitment::Hashed { hash, reveal } => {
+                        tracing::info!(?uids, ?values, "weights committed");
+                        let ledger = ledger.clone();
+                        self.revealing = Some(std::thread::spawn(move || {
+                            reveal_when_open(ledger.as_ref(), hash, &reveal)
+                        }));
+                    }
+                }
             }
             Err(why) => tracing::warn!(%why, "weights not committed; retrying next round"),
         }
