@@ -213,3 +213,38 @@ fn a_timelocked_commit_call_opens_with_the_pulse_of_its_round() {
     assert_eq!(WeightsPayload::decode(&opened, false).unwrap().hotkey, None);
     assert_eq!(commit.call.name().1, "commit_crv3_weights");
 }
+
+/// A commitment above the runtime's 5000 bytes is refused before sending, with the count.
+#[test]
+fn a_timelocked_commitment_too_long_for_the_chain_is_refused() {
+    let timelock = Timelock {
+        call: "commit_timelocked_weights",
+        version: Some(4),
+        clock: EpochClock::Modulo {
+            netuid: 1,
+            tempo: 360,
+        },
+        reveal_period: 1,
+        head: 10,
+    };
+    let row = |n: u16| (0..n).collect::<Vec<u16>>();
+    let now = drand::unix_now();
+    timelock
+        .commit(
+            1,
+            weights(AccountId([1; 32]), row(1000), row(1000), 0),
+            12.0,
+            now,
+        )
+        .unwrap();
+    let err = timelock
+        .commit(
+            1,
+            weights(AccountId([1; 32]), row(1300), row(1300), 0),
+            12.0,
+            now,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("1300 weights"), "{err}");
+    assert!(err.to_string().contains("5000"), "{err}");
+}
