@@ -3,9 +3,9 @@
 # and Mesa's software Vulkan driver (lavapipe), on which the CubeCL kernels run in tests
 # when there is no GPU, and nftables, whose masquerade makes the NAT routers of the
 # network-namespace tests; in a venv under ~/.cache/sinter, Bittensor's wallet and drand
-# timelock, which the wallet and timelocked-weights tests compare with; and chopsticks
-# (npm), which runs Bittensor's real runtime locally for the chain tests. Safe to run
-# again; does nothing when everything is there.
+# timelock and OpenAI's client, which the wallet, timelocked-weights and serving tests
+# compare with; and chopsticks (npm), which runs Bittensor's real runtime locally for the
+# chain tests. Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
 have_lavapipe() {
@@ -27,12 +27,12 @@ have_lavapipe || { echo "setup: Vulkan (lavapipe) still missing" >&2; exit 1; }
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || { echo "setup: nft (nftables) still missing" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 # Bittensor's own wallet and drand timelock, which the wallet and timelocked-weights tests
-# check sinter against (both ways).
+# check sinter against (both ways), and OpenAI's client, which the serving tests use.
 venv="$HOME/.cache/sinter/btwallet-venv"
-if [ -z "${SINTER_SKIP_PYTHON:-}" ] && ! "$venv/bin/python" -c "import bittensor_wallet, bittensor_drand" 2>/dev/null; then
-    echo "setup: installing bittensor-wallet and bittensor-drand into $venv (the tests compare with them)"
+if [ -z "${SINTER_SKIP_PYTHON:-}" ] && ! "$venv/bin/python" -c "import bittensor_wallet, bittensor_drand, openai" 2>/dev/null; then
+    echo "setup: installing bittensor-wallet, bittensor-drand and openai into $venv (the tests compare with them)"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/pip" install -q bittensor-wallet==4.1.1 bittensor-drand==2.0.0
+    "$venv/bin/pip" install -q bittensor-wallet==4.1.1 bittensor-drand==2.0.0 openai==3.60.0
 fi
 # Chopsticks executes subtensor's runtime (from a chain spec) on this machine: the live chain tests.
 chopsticks="$HOME/.cache/sinter/chopsticks"

@@ -43,6 +43,19 @@ pub fn weights_bytes(source: &WeightsArgs) -> Result<(Vec<u8>, PathBuf)> {
     }
 }
 
+/// The Merkle root of the checkpoint `source` names; `None` for a weights file.
+pub fn root_of(source: &WeightsArgs) -> Result<Option<String>> {
+    match (&source.weights, &source.checkpoint) {
+        (None, Some(dir)) => {
+            let dir = store::resolve(dir)?;
+            let (_, manifest) = Checkpoint::read(&dir)
+                .with_context(|| format!("reading the checkpoint in {}", dir.display()))?;
+            Ok(Some(manifest.root().to_string()))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The config and model `source` names.
 pub fn load_model<B: burn::tensor::backend::Backend>(
     source: &WeightsArgs,

@@ -53,6 +53,10 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     Eval(EvalArgs),
     /// Sample text from saved weights.
     Generate(GenerateArgs),
+    /// Serve saved weights over OpenAI's HTTP API (completions and chat, streamed or not;
+    /// /v1/models, /health, Prometheus /metrics): the official OpenAI clients work with
+    /// `base_url=http://ADDR/v1`. Temperature 0 gives exactly `launch generate --temperature 0`.
+    Serve(ServeArgs),
     /// Draw the validation-loss curves of several runs in one picture (SVG).
     Plot(PlotArgs),
     /// Measure the kernels against a memcpy baseline.
@@ -857,6 +861,23 @@ pub struct GenerateArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// `launch serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The model.
+    #[command(flatten)]
+    pub source: WeightsArgs,
+    /// Address the HTTP API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    pub http: String,
+    /// The model's name in the API (`model` in requests, `id` in /v1/models).
+    #[arg(long, default_value = "sinter")]
+    pub model: String,
+    /// Requests that may wait for the model; more are refused with 429 and Retry-After.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
 }
 
 /// `launch relay`.

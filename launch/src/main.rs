@@ -14,6 +14,7 @@ mod peer;
 mod progress;
 mod relay;
 mod report;
+mod serve;
 mod wallet;
 
 use std::io::Write;
@@ -126,6 +127,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => {
             let config = weights_config(&args.source)?;
             dispatch(config.run.backend, GenerateJob { args })
+        }
+        Command::Serve(args) => {
+            let config = weights_config(&args.source)?;
+            dispatch(config.run.backend, serve::ServeJob { args })
         }
         Command::Checkpoint(cli::CheckpointCommand::Verify { dir, json }) => {
             checkpoints::verify(&dir, json)
@@ -417,9 +422,7 @@ impl BackendJob for GenerateJob {
         };
         let mut stdout = std::io::stdout().lock();
         write!(stdout, "{}", args.prompt)?;
-        // Bytes of a multi-byte character may arrive one token at a time: print whole
-        // characters only.
-        let mut pending: Vec<u32> = Vec::new();
+        let mut text = sinter_trainer::tokenizer::TextStream::new(&tokenizer);
         generate(
             &model,
             &prompt,
@@ -428,14 +431,11 @@ impl BackendJob for GenerateJob {
             &sampling,
             &device,
             |token| {
-                pending.push(token);
-                if let Ok(text) = tokenizer.decode(&pending)
-                    && !text.ends_with('\u{FFFD}')
-                {
-                    let _ = write!(stdout, "{text}");
+                if let Some(piece) = text.push(token) {
+                    let _ = write!(stdout, "{piece}");
                     let _ = stdout.flush();
-                    pending.clear();
                 }
+                true
             },
         );
         writeln!(stdout)?;

@@ -65,8 +65,8 @@ pub fn sample_token(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u3
     order[keep - 1] as u32
 }
 
-/// Extends `prompt` by `max_tokens` tokens, calling `on_token` with each as it is chosen.
-/// An empty prompt yields nothing.
+/// Extends `prompt` by up to `max_tokens` tokens, calling `on_token` with each as it is
+/// chosen; generation stops early when it returns `false`. An empty prompt yields nothing.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     prompt: &[u32],
@@ -74,7 +74,7 @@ pub fn generate<B: Backend>(
     context: usize,
     sampling: &Sampling,
     device: &B::Device,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32) -> bool,
 ) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut tokens = prompt.to_vec();
@@ -95,9 +95,25 @@ pub fn generate<B: Backend>(
             .convert::<f32>();
         let next = sample_token(last.as_slice::<f32>().expect("f32"), sampling, &mut rng);
         tokens.push(next);
-        on_token(next);
+        slow_for_test();
+        if !on_token(next) {
+            break;
+        }
     }
     tokens
+}
+
+/// Fault injection for the serving tests (test builds only): with
+/// `SINTER_FAULT_SLOW_TOKEN_MS=MS` each token takes MS milliseconds longer, so that requests
+/// queue up and a client can leave mid-generation.
+fn slow_for_test() {
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = std::env::var("SINTER_FAULT_SLOW_TOKEN_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 #[cfg(test)]

@@ -128,9 +128,49 @@ impl Tokenizer {
     }
 }
 
+/// Text of tokens as they come, a whole character at a time: the bytes of a character split
+/// over tokens wait for the rest.
+pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    pending: Vec<u32>,
+}
+
+impl<'a> TextStream<'a> {
+    /// A stream decoding with `tokenizer`.
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds `token`; the text it completes, if any.
+    pub fn push(&mut self, token: u32) -> Option<String> {
+        self.pending.push(token);
+        let text = self.tokenizer.decode(&self.pending).ok()?;
+        if text.ends_with('\u{FFFD}') {
+            return None;
+        }
+        self.pending.clear();
+        Some(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_character_split_over_tokens_comes_out_whole() {
+        let bytes = Tokenizer::Bytes;
+        let mut text = TextStream::new(&bytes);
+        assert_eq!(text.push(u32::from(b'a')), Some("a".into()));
+        let [first, second] = "é".as_bytes() else {
+            unreachable!()
+        };
+        assert_eq!(text.push(u32::from(*first)), None);
+        assert_eq!(text.push(u32::from(*second)), Some("é".into()));
+    }
 
     #[test]
     fn bytes_round_trip() {

@@ -1,5 +1,6 @@
-//! The Python venv with Bittensor's own tools (`bittensor-wallet`, `bittensor-drand`) that
-//! `scripts/setup.sh` makes, which the tests compare sinter with.
+//! The Python venv with Bittensor's own tools (`bittensor-wallet`, `bittensor-drand`) and
+//! OpenAI's client that `scripts/setup.sh` makes, which the tests compare sinter with (the
+//! launch tests include this file too).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +19,7 @@ pub fn bittensor_python() -> Option<PathBuf> {
         });
     assert!(
         python.exists(),
-        "{} missing: run scripts/setup.sh (it installs bittensor-wallet and bittensor-drand), or set SINTER_SKIP_PYTHON=1",
+        "{} missing: run scripts/setup.sh (it installs bittensor-wallet, bittensor-drand and openai), or set SINTER_SKIP_PYTHON=1",
         python.display()
     );
     Some(python)

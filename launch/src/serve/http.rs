@@ -1,0 +1,443 @@
+//! The HTTP side of `launch serve` (axum): OpenAI's `/v1/models`, `/v1/completions` and
+//! `/v1/chat/completions` (streamed as server-sent events ending with `data: [DONE]` when asked),
+//! `/health`, and `/metrics` in Prometheus' text format. Requests are checked before they
+//! reach the model: the model's name, the numbers, and the prompt against the context.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::stream::{self, Stream, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rand::Rng;
+use serde_json::{Value, json};
+use sinter_trainer::generate::Sampling;
+use sinter_trainer::tokenizer::Tokenizer;
+use tokio::sync::mpsc;
+
+use super::api::{self, ApiError, ChatRequest, CompletionRequest, Message, Prompt, Stop};
+use super::engine::{Engine, Event, Request};
+
+/// Largest request body taken.
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// Stop sequences taken per request (OpenAI's limit).
+const MAX_STOPS: usize = 4;
+/// Seconds a refused caller is told to wait.
+const RETRY_AFTER_SECS: u64 = 1;
+/// Events buffered between the model's thread and a response.
+const EVENTS_BUFFERED: usize = 64;
+
+/// What the handlers share.
+pub struct Served {
+    /// The model's queue.
+    pub engine: Engine,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Tokens of context.
+    pub context: usize,
+    /// The model's name in the API.
+    pub model: String,
+    /// When it started serving (Unix seconds).
+    pub created: u64,
+    /// What `/v1/models` says of it beyond OpenAI's fields.
+    pub metadata: Value,
+    /// The metrics recorder.
+    pub metrics: PrometheusHandle,
+}
+
+/// The router.
+pub fn router(served: Arc<Served>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(served)
+}
+
+async fn count_requests(request: HttpRequest, next: Next) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |p| match p.as_str() {
+            "/health" => "/health",
+            "/metrics" => "/metrics",
+            "/v1/models" => "/v1/models",
+            "/v1/completions" => "/v1/completions",
+            "/v1/chat/completions" => "/v1/chat/completions",
+            _ => "other",
+        });
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("sinter_http_requests_total", "path" => path, "status" => status)
+        .increment(1);
+    metrics::histogram!("sinter_http_request_seconds", "path" => path)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics_text(State(served): State<Arc<Served>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        served.metrics.render(),
+    )
+}
+
+async fn models(State(served): State<Arc<Served>>) -> impl IntoResponse {
+    axum::Json(json!({"object": "list", "data": [{
+        "id": served.model,
+        "object": "model",
+        "created": served.created,
+        "owned_by": "sinter",
+        "metadata": served.metadata,
+    }]}))
+}
+
+/// A request checked and ready for the model.
+struct Job {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: Sampling,
+    stop: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl Served {
+    /// Checks `asked` for `text`, tokenizes it, and refuses what the model cannot serve.
+    fn job(&self, text: &str, asked: api::Sampling, extra_stop: &[&str]) -> Result<Job, ApiError> {
+        if asked.model != self.model {
+            return Err(ApiError::unknown_model(&asked.model, &self.model));
+        }
+        if asked.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(Some("n"), "Only n = 1 is served"));
+        }
+        if asked
+            .logprobs
+            .as_ref()
+            .is_some_and(|l| !l.is_null() && *l != json!(false))
+        {
+            return Err(ApiError::invalid(
+                Some("logprobs"),
+                "logprobs are not served yet",
+            ));
+        }
+        let max_tokens = asked
+            .max_completion_tokens
+            .or(asked.max_tokens)
+            .unwrap_or(16);
+        let max_tokens = usize::try_from(max_tokens).map_err(|_| {
+            ApiError::invalid(
+                Some("max_tokens"),
+                format!("max_tokens must be at least 0, not {max_tokens}"),
+            )
+        })?;
+        let temperature = asked.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                Some("temperature"),
+                format!("temperature must be between 0 and 2, not {temperature}"),
+            ));
+        }
+        let top_p = asked.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(
+                Some("top_p"),
+                format!("top_p must be in (0, 1], not {top_p}"),
+            ));
+        }
+        let mut stop = match asked.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if stop.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                format!("at most {MAX_STOPS} stop sequences, not {}", stop.len()),
+            ));
+        }
+        stop.extend(extra_stop.iter().map(|s| s.to_string()));
+        // As `launch generate` does: an empty prompt starts from a newline.
+        let start = if text.is_empty() { "\n" } else { text };
+        let prompt = self
+            .tokenizer
+            .encode(start.as_bytes())
+            .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?;
+        let wanted = prompt.len().saturating_add(max_tokens);
+        if wanted > self.context {
+            return Err(ApiError::coded(
+                "messages",
+                "context_length_exceeded",
+                format!(
+                    "This model's maximum context length is {} tokens. However, you requested {wanted} tokens ({} in the prompt, {max_tokens} for the completion). Please reduce the prompt or the completion length.",
+                    self.context,
+                    prompt.len()
+                ),
+            ));
+        }
+        metrics::counter!("sinter_tokens_total", "kind" => "prompt").increment(prompt.len() as u64);
+        Ok(Job {
+            prompt,
+            max_tokens,
+            sampling: Sampling {
+                temperature,
+                top_k: 0,
+                top_p,
+                seed: asked.seed.unwrap_or_else(|| rand::rng().random()),
+            },
+            stop,
+            stream: asked.stream,
+            include_usage: asked.stream_options.include_usage,
+        })
+    }
+
+    /// Queues `job`; its events.
+    fn submit(&self, job: &Job) -> Result<mpsc::Receiver<Event>, ApiError> {
+        let (events, receiver) = mpsc::channel(EVENTS_BUFFERED);
+        self.engine
+            .submit(Request {
+                prompt: job.prompt.clone(),
+                max_tokens: job.max_tokens,
+                sampling: job.sampling,
+                stop: job.stop.clone(),
+                events,
+                arrived: Instant::now(),
+            })
+            .map_err(|_| ApiError::busy(RETRY_AFTER_SECS))?;
+        Ok(receiver)
+    }
+}
+
+/// Which API a response speaks.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Chat,
+}
+
+impl Kind {
+    fn id(self) -> String {
+        let prefix = match self {
+            Kind::Text => "cmpl",
+            Kind::Chat => "chatcmpl",
+        };
+        format!("{prefix}-{:032x}", rand::rng().random::<u128>())
+    }
+
+    /// A choice carrying `text` (a delta when streaming).
+    fn choice(self, text: &str, finish: Option<&str>, streaming: bool) -> Value {
+        match (self, streaming) {
+            (Kind::Text, _) => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+            }
+            (Kind::Chat, false) => {
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
+            }
+            (Kind::Chat, true) => {
+                let delta = if finish.is_some() && text.is_empty() {
+                    json!({})
+                } else {
+                    json!({"role": "assistant", "content": text})
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+        }
+    }
+
+    fn object(self, streaming: bool) -> &'static str {
+        match (self, streaming) {
+            (Kind::Text, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+async fn completions(State(served): State<Arc<Served>>, body: Bytes) -> Response {
+    let result = async {
+        let request: CompletionRequest = api::parse(&body)?;
+        let text = match request.prompt {
+            Prompt::One(text) => text,
+            Prompt::Many(mut list) if list.len() == 1 => list.remove(0),
+            Prompt::Many(list) => {
+                return Err(ApiError::invalid(
+                    Some("prompt"),
+                    format!("one prompt per request is served, not {}", list.len()),
+                ));
+            }
+        };
+        let job = served.job(&text, request.sampling, &[])?;
+        respond(&served, job, Kind::Text).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The chat template: each message on its own line as `Role: content`, then `Assistant:` for
+/// the model to continue; its turn ends where it starts a user's.
+pub fn render_chat(messages: &[Message]) -> Result<String, ApiError> {
+    let mut text = String::new();
+    for message in messages {
+        let role = match message.role.as_str() {
+            "system" | "developer" => "System",
+            "user" => "User",
+            "assistant" => "Assistant",
+            other => {
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    format!("unknown role {other:?}: system, user or assistant"),
+                ));
+            }
+        };
+        text.push_str(&format!("{role}: {}\n", message.content));
+    }
+    text.push_str("Assistant:");
+    Ok(text)
+}
+
+/// Where the model's chat turn ends.
+pub const CHAT_TURN_END: &str = "\nUser:";
+
+async fn chat(State(served): State<Arc<Served>>, body: Bytes) -> Response {
+    let result = async {
+        let request: ChatRequest = api::parse(&body)?;
+        if request.messages.is_empty() {
+            return Err(ApiError::invalid(Some("messages"), "messages is empty"));
+        }
+        let text = render_chat(&request.messages)?;
+        let job = served.job(&text, request.sampling, &[CHAT_TURN_END])?;
+        respond(&served, job, Kind::Chat).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn respond(served: &Arc<Served>, job: Job, kind: Kind) -> Result<Response, ApiError> {
+    let mut events = served.submit(&job)?;
+    let (id, created, model) = (kind.id(), now(), served.model.clone());
+    let prompt_tokens = job.prompt.len();
+    if job.stream {
+        let head =
+            json!({"id": id, "object": kind.object(true), "created": created, "model": model});
+        return Ok(Sse::new(stream_events(
+            events,
+            head,
+            kind,
+            prompt_tokens,
+            job.include_usage,
+        ))
+        .into_response());
+    }
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Done { finish, tokens } => {
+                return Ok(axum::Json(json!({
+                    "id": id,
+                    "object": kind.object(false),
+                    "created": created,
+                    "model": model,
+                    "choices": [kind.choice(&text, Some(finish.as_str()), false)],
+                    "usage": usage(prompt_tokens, tokens),
+                }))
+                .into_response());
+            }
+        }
+    }
+    Err(ApiError::internal("the model stopped before finishing"))
+}
+
+/// The events of a streamed completion as server-sent events: a chunk per piece of text, one
+/// with the finish reason, one with the usage if asked, then `[DONE]`. Dropping it (the client
+/// left) drops the receiver, which stops the generation.
+fn stream_events(
+    events: mpsc::Receiver<Event>,
+    head: Value,
+    kind: Kind,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut value = head.clone();
+        value["choices"] = choices;
+        if let Some(usage) = usage {
+            value["usage"] = usage;
+        }
+        SseEvent::default().data(value.to_string())
+    };
+    stream::unfold(Some(events), move |state| {
+        let chunk = chunk.clone();
+        async move {
+            let mut events = state?;
+            let out = match events.recv().await {
+                Some(Event::Text(piece)) => {
+                    vec![chunk(json!([kind.choice(&piece, None, true)]), None)]
+                }
+                Some(Event::Done { finish, tokens }) => {
+                    let mut out = vec![chunk(
+                        json!([kind.choice("", Some(finish.as_str()), true)]),
+                        None,
+                    )];
+                    if include_usage {
+                        out.push(chunk(json!([]), Some(usage(prompt_tokens, tokens))));
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                    return Some((out, None));
+                }
+                None => return None,
+            };
+            Some((out, Some(events)))
+        }
+    })
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chat_template_names_each_role_and_leaves_the_assistant_to_speak() {
+        let messages = vec![
+            Message {
+                role: "system".into(),
+                content: "Speak as Milton.".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "Of man's first disobedience".into(),
+            },
+        ];
+        assert_eq!(
+            render_chat(&messages).unwrap(),
+            "System: Speak as Milton.\nUser: Of man's first disobedience\nAssistant:"
+        );
+        let tool = vec![Message {
+            role: "tool".into(),
+            content: String::new(),
+        }];
+        assert!(render_chat(&tool).is_err());
+    }
+}

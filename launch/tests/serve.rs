@@ -1,0 +1,295 @@
+//! `launch serve` as its users meet it: OpenAI's official Python client (`openai`, in the venv
+//! `scripts/setup.sh` makes; `SINTER_SKIP_PYTHON=1` skips this file) against a real server
+//! process serving weights a real run wrote: models, completions and chat, streamed and not,
+//! temperature 0 equal to `launch generate`, OpenAI-shaped errors, 429 with Retry-After on a
+//! full queue, a client that leaves stopping its generation, and Prometheus metrics.
+
+mod common;
+#[path = "../../mechanism/tests/python/mod.rs"]
+mod python;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{launch, small_config, text};
+use serde_json::Value;
+
+const PROMPT: &str = "ROMEO:";
+
+/// A `launch serve` process; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(weights: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_launch"));
+        command
+            .args(["serve", weights.to_str().unwrap(), "--http", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Self { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_python(python: &Path, script: &str, args: &[&str]) -> Value {
+    let out = python::run(python, script, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Weights from a short real run, and what `launch generate` makes of the prompt greedily.
+fn trained(dir: &Path) -> (PathBuf, String) {
+    let config = dir.join("small.toml");
+    std::fs::write(&config, small_config(8, 2, 4)).unwrap();
+    let out_dir = dir.join("run");
+    let out = launch(&[
+        "sim",
+        config.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let weights = out_dir.join("model.safetensors");
+    let out = launch(&[
+        "generate",
+        weights.to_str().unwrap(),
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "20",
+        "--temperature",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let completion = printed
+        .strip_prefix(PROMPT)
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap()
+        .to_string();
+    (weights, completion)
+}
+
+const CLIENT: &str = r#"
+import json, sys, urllib.request, urllib.error
+from openai import OpenAI, NotFoundError, BadRequestError
+base = sys.argv[1]
+root = base.removesuffix("/v1")
+def get(path):
+    return urllib.request.urlopen(root + path).read().decode()
+client = OpenAI(base_url=base, api_key="unused")
+out = {}
+out["models"] = [m.model_dump() for m in client.models.list().data]
+c = client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=20, temperature=0)
+out["completion"] = c.model_dump()
+chunks = list(client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=20,
+    temperature=0, stream=True, stream_options={"include_usage": True}))
+out["streamed"] = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+out["stream_finish"] = [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1]
+out["stream_usage"] = chunks[-1].usage.model_dump() if chunks[-1].usage else None
+chat = client.chat.completions.create(model="sinter", max_tokens=8, temperature=0,
+    messages=[{"role": "user", "content": "Hi"}])
+out["chat"] = chat.model_dump()
+deltas = list(client.chat.completions.create(model="sinter", max_tokens=8, temperature=0,
+    stream=True, messages=[{"role": "user", "content": "Hi"}]))
+out["chat_streamed"] = "".join(d.choices[0].delta.content or "" for d in deltas if d.choices)
+sampled = [client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=12,
+    temperature=1.0, seed=7).choices[0].text for _ in range(2)]
+out["seeded_alike"] = sampled[0] == sampled[1]
+errors = {}
+try:
+    client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+except NotFoundError as e:
+    errors["unknown_model"] = [e.status_code, e.body]
+for name, body in [("negative_max_tokens", {"model": "sinter", "prompt": "x", "max_tokens": -1}),
+                   ("too_long", {"model": "sinter", "prompt": "x" * 40, "max_tokens": 2}),
+                   ("bad_temperature", {"model": "sinter", "prompt": "x", "temperature": 3})]:
+    try:
+        client.completions.create(**body)
+    except BadRequestError as e:
+        errors[name] = [e.status_code, e.body]
+try:
+    urllib.request.urlopen(urllib.request.Request(base + "/completions", data=b"{not json",
+        headers={"content-type": "application/json"}))
+except urllib.error.HTTPError as e:
+    errors["malformed"] = [e.code, json.loads(e.read())]
+out["errors"] = errors
+out["health"] = get("/health")
+out["metrics"] = get("/metrics")
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_openai_client_completes_chats_and_streams_as_launch_generate_does() {
+    let Some(python) = python::bittensor_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, greedy) = trained(dir.path());
+    let server = Server::start(&weights, &[], &[]);
+    let out = run_python(&python, CLIENT, &[&server.url]);
+
+    let model = &out["models"][0];
+    assert_eq!(model["id"], "sinter");
+    assert_eq!(model["owned_by"], "sinter");
+    assert_eq!(model["metadata"]["tokenizer"], "bytes");
+    assert_eq!(model["metadata"]["context_length"], 32);
+    assert_eq!(
+        model["metadata"]["weights_sha256"].as_str().unwrap().len(),
+        64
+    );
+
+    // Temperature 0: exactly `launch generate`'s text, whole or streamed.
+    let completion = &out["completion"];
+    assert_eq!(completion["choices"][0]["text"], greedy.as_str());
+    assert_eq!(completion["choices"][0]["finish_reason"], "length");
+    let usage = &completion["usage"];
+    assert_eq!(usage["prompt_tokens"], PROMPT.len());
+    assert_eq!(usage["completion_tokens"], 20);
+    assert_eq!(usage["total_tokens"], PROMPT.len() + 20);
+    assert_eq!(out["streamed"], greedy.as_str());
+    assert_eq!(out["stream_finish"], "length");
+    assert_eq!(out["stream_usage"]["completion_tokens"], 20);
+    assert_eq!(out["seeded_alike"], true, "one seed, one sample");
+
+    // Chat: the template's assistant turn, whole or streamed alike.
+    let chat = &out["chat"]["choices"][0];
+    assert_eq!(chat["message"]["role"], "assistant");
+    assert_eq!(out["chat_streamed"], chat["message"]["content"]);
+    // "User: Hi\nAssistant:", a byte a token.
+    assert_eq!(out["chat"]["usage"]["prompt_tokens"], 19);
+
+    // Errors as OpenAI shapes them.
+    let errors = &out["errors"];
+    let error = |name: &str, status: u64, says: &str| {
+        let [code, body] = errors[name].as_array().unwrap().as_slice() else {
+            panic!("{name}: {errors}");
+        };
+        assert_eq!(code, status, "{name}: {body}");
+        let message = body["message"].as_str().unwrap_or_else(|| {
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no message in {body}"))
+        });
+        assert!(message.contains(says), "{name}: {message}");
+    };
+    error("unknown_model", 404, "gpt-4");
+    error("negative_max_tokens", 400, "at least 0");
+    error("too_long", 400, "maximum context length is 32");
+    error("bad_temperature", 400, "between 0 and 2");
+    error("malformed", 400, "parse the JSON");
+
+    assert_eq!(out["health"], "ok\n");
+    let metrics = out["metrics"].as_str().unwrap();
+    for name in [
+        "sinter_http_requests_total",
+        "sinter_tokens_total",
+        "sinter_queue_seconds_bucket",
+        "sinter_time_to_first_token_seconds_bucket",
+        "sinter_time_per_token_seconds_bucket",
+        "sinter_batch_size_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} not in:\n{metrics}");
+    }
+    assert!(metrics.contains(r#"status="404""#), "{metrics}");
+}
+
+const BUSY: &str = r#"
+import json, sys, threading, time, urllib.request, urllib.error
+base = sys.argv[1]
+def post(body):
+    return urllib.request.urlopen(urllib.request.Request(base + "/completions",
+        data=json.dumps(body).encode(), headers={"content-type": "application/json"}), timeout=60)
+def tokens():
+    metrics = urllib.request.urlopen(base.removesuffix("/v1") + "/metrics").read().decode()
+    for line in metrics.splitlines():
+        if line.startswith('sinter_tokens_total{kind="completion"}'):
+            return float(line.split()[-1])
+    return 0.0
+out = {"statuses": [], "retry_after": [], "bodies": []}
+def ask():
+    try:
+        post({"model": "sinter", "prompt": "ROMEO:", "max_tokens": 5}).read()
+        out["statuses"].append(200)
+    except urllib.error.HTTPError as e:
+        out["statuses"].append(e.code)
+        out["retry_after"].append(e.headers.get("retry-after"))
+        out["bodies"].append(json.loads(e.read()))
+threads = [threading.Thread(target=ask) for _ in range(4)]
+for t in threads:
+    t.start()
+    time.sleep(0.05)
+for t in threads:
+    t.join()
+# A streaming client that leaves after its first piece of text.
+before = tokens()
+r = post({"model": "sinter", "prompt": "ROMEO:", "max_tokens": 25, "stream": True})
+while not r.readline().startswith(b"data: "):
+    pass
+r.close()
+time.sleep(1.5)
+out["left_after_tokens"] = tokens() - before
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_full_queue_answers_429_and_a_client_that_leaves_stops_its_generation() {
+    let Some(python) = python::bittensor_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, _) = trained(dir.path());
+    // 100 ms a token: a 5-token request holds the model for half a second.
+    let server = Server::start(
+        &weights,
+        &["--queue", "1"],
+        &[("SINTER_FAULT_SLOW_TOKEN_MS", "100")],
+    );
+    let out = run_python(&python, BUSY, &[&server.url]);
+    let statuses: Vec<u64> = out["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    // One generating, one queued, the rest refused.
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 2, "{out}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 2, "{out}");
+    assert!(
+        out["retry_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r == "1"),
+        "{out}"
+    );
+    assert_eq!(out["bodies"][0]["error"]["code"], "rate_limit_exceeded");
+    let left = out["left_after_tokens"].as_f64().unwrap();
+    assert!(
+        (1.0..10.0).contains(&left),
+        "{left} of 25 tokens counted 1.5 s after the client left (0: still generating, at 100 ms a token)"
+    );
+}
