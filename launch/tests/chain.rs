@@ -314,6 +314,21 @@ fn subtensor_behaves_as_a_ledger() {
     let started = Instant::now();
     suite::behaves_as_a_ledger(&ledger, TAO);
     eprintln!("the suite on subtensor: {:.1?}", started.elapsed());
+    // With commit-reveal off the same call sets weights at once.
+    chain.set_subnet("CommitRevealWeightsEnabled", 1, json!(false));
+    let uid = ledger.metagraph().uid(&ledger.hotkey()).unwrap();
+    let before = ledger.metagraph().neuron(uid).unwrap().last_update;
+    use sinter_mechanism::Ledger;
+    use sinter_mechanism::ledger::interface::WeightsCommitment;
+    assert_eq!(
+        ledger.commit_weights(&[0, uid], &[u16::MAX, 1]).unwrap(),
+        WeightsCommitment::Set
+    );
+    let after = ledger.metagraph().neuron(uid).unwrap().last_update;
+    assert!(
+        after > before,
+        "set_weights did not land: {before} → {after}"
+    );
     drop(blocks);
 }
 
