@@ -875,7 +875,12 @@ pub struct ServeArgs {
     /// The model's name in the API (`model` in requests, `id` in /v1/models).
     #[arg(long, default_value = "sinter")]
     pub model: String,
-    /// Requests that may wait for the model; more are refused with 429 and Retry-After.
+    /// Requests generated at once (continuous batching: a request joins the running batch
+    /// between steps).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Requests that may wait for a place in the batch; more are refused with 429 and
+    /// Retry-After.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
 }

@@ -265,7 +265,7 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_stops_its_generation() {
     // 100 ms a token: a 5-token request holds the model for half a second.
     let server = Server::start(
         &weights,
-        &["--queue", "1"],
+        &["--batch", "1", "--queue", "1"],
         &[("SINTER_FAULT_SLOW_TOKEN_MS", "100")],
     );
     let out = run_python(&python, BUSY, &[&server.url]);
@@ -291,5 +291,52 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_stops_its_generation() {
     assert!(
         (1.0..10.0).contains(&left),
         "{left} of 25 tokens counted 1.5 s after the client left (0: still generating, at 100 ms a token)"
+    );
+}
+
+const BATCHED: &str = r#"
+import json, sys, threading, urllib.request
+base = sys.argv[1]
+def complete(prompt):
+    body = {"model": "sinter", "prompt": prompt, "max_tokens": 10, "temperature": 0}
+    r = urllib.request.urlopen(urllib.request.Request(base + "/completions",
+        data=json.dumps(body).encode(), headers={"content-type": "application/json"}), timeout=60)
+    return json.loads(r.read())["choices"][0]["text"]
+prompts = ["ROMEO:", "JULIET: O", "First Citizen:", "KING"]
+together = {}
+threads = [threading.Thread(target=lambda p=p: together.__setitem__(p, complete(p))) for p in prompts]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+alone = {p: complete(p) for p in prompts}
+metrics = urllib.request.urlopen(base.removesuffix("/v1") + "/metrics").read().decode()
+sizes = {l.split()[0]: float(l.split()[1]) for l in metrics.splitlines()
+         if l.startswith("sinter_batch_size_sum") or l.startswith("sinter_batch_size_count")}
+print(json.dumps({"together": together, "alone": alone, "sizes": sizes}))
+"#;
+
+/// Requests arriving together are generated together (continuous batching), each getting
+/// the text it gets alone.
+#[test]
+fn concurrent_requests_are_batched_and_each_gets_what_it_gets_alone() {
+    let Some(python) = python::bittensor_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, _) = trained(dir.path());
+    let server = Server::start(
+        &weights,
+        &["--batch", "4"],
+        &[("SINTER_FAULT_SLOW_TOKEN_MS", "20")],
+    );
+    let out = run_python(&python, BATCHED, &[&server.url]);
+    assert_eq!(out["together"], out["alone"]);
+    let sizes = &out["sizes"];
+    let mean = sizes["sinter_batch_size_sum"].as_f64().unwrap()
+        / sizes["sinter_batch_size_count"].as_f64().unwrap();
+    assert!(
+        mean > 1.5,
+        "requests were not batched: mean batch {mean} ({out})"
     );
 }

@@ -78,26 +78,32 @@ pub fn generate<B: Backend>(
 ) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut tokens = prompt.to_vec();
-    if tokens.is_empty() {
+    if tokens.is_empty() || max_tokens == 0 {
         // Nothing to condition on; callers pick a start token their tokenizer knows.
         return tokens;
     }
-    for _ in 0..max_tokens {
+    let window = |tokens: &[u32]| {
         let window = &tokens[tokens.len().saturating_sub(context)..];
         let ids: Vec<i32> = window.iter().map(|&t| t as i32).collect();
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, window.len()]), device);
-        let logits = model.forward(input);
-        let [_, seq, vocab] = logits.dims();
-        let last = logits
-            .narrow(1, seq - 1, 1)
-            .reshape([vocab])
-            .into_data()
-            .convert::<f32>();
-        let next = sample_token(last.as_slice::<f32>().expect("f32"), sampling, &mut rng);
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, window.len()]), device)
+    };
+    let (mut logits, mut cache) = model.prefill(window(&tokens));
+    for made in 1..=max_tokens {
+        let row = logits.into_data().convert::<f32>();
+        let next = sample_token(row.as_slice::<f32>().expect("f32"), sampling, &mut rng);
         tokens.push(next);
         slow_for_test();
-        if !on_token(next) {
+        if !on_token(next) || made == max_tokens {
             break;
+        }
+        // Within the context the cache grows by the new token; past it the window slides
+        // and is run again.
+        if cache.len() < context {
+            let row = model.decode(&[next], &mut [&mut cache]);
+            let vocab = row.dims()[1];
+            logits = row.reshape([vocab]);
+        } else {
+            (logits, cache) = model.prefill(window(&tokens));
         }
     }
     tokens
@@ -106,7 +112,7 @@ pub fn generate<B: Backend>(
 /// Fault injection for the serving tests (test builds only): with
 /// `SINTER_FAULT_SLOW_TOKEN_MS=MS` each token takes MS milliseconds longer, so that requests
 /// queue up and a client can leave mid-generation.
-fn slow_for_test() {
+pub fn slow_for_test() {
     #[cfg(feature = "fault-injection")]
     if let Some(ms) = std::env::var("SINTER_FAULT_SLOW_TOKEN_MS")
         .ok()

@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 
@@ -161,6 +161,46 @@ impl ModelConfig {
     }
 }
 
+/// `cos` and `sin` of the RoPE angles of each of `positions`, one row of `heads · head_dim`
+/// each (Hugging Face layout: frequencies repeated over both halves of each head).
+fn rope_angles(
+    positions: &[usize],
+    heads: usize,
+    head_dim: usize,
+    theta: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let width = heads * head_dim;
+    let mut cos = Vec::with_capacity(positions.len() * width);
+    let mut sin = Vec::with_capacity(positions.len() * width);
+    for &pos in positions {
+        for i in 0..width {
+            let j = i % head_dim;
+            let inv_freq = 1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64);
+            let angle = pos as f64 * inv_freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// `[width, width]` block-diagonal matrix with `x · R = rotate_half(x)` per head:
+/// `rotate_half([x1, x2]) = [-x2, x1]`.
+fn rotate_half_matrix(heads: usize, head_dim: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let width = heads * head_dim;
+    let mut rotate = vec![0.0f32; width * width];
+    for h in 0..heads {
+        let base = h * head_dim;
+        for j in 0..half {
+            rotate[(base + j + half) * width + base + j] = -1.0;
+            rotate[(base + j) * width + base + j + half] = 1.0;
+        }
+    }
+    rotate
+}
+
 /// Constant tensors one forward pass shares across layers, laid out so that burn's CPU
 /// backend stays on its contiguous fast paths (no strided views, no expanded masks).
 struct Positional<B: Backend> {
@@ -177,28 +217,10 @@ struct Positional<B: Backend> {
 
 impl<B: Backend> Positional<B> {
     fn new(seq: usize, heads: usize, head_dim: usize, theta: f64, device: &B::Device) -> Self {
-        let half = head_dim / 2;
         let width = heads * head_dim;
-        let mut cos = Vec::with_capacity(seq * width);
-        let mut sin = Vec::with_capacity(seq * width);
-        for pos in 0..seq {
-            for i in 0..width {
-                let j = i % head_dim;
-                let inv_freq = 1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64);
-                let angle = pos as f64 * inv_freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-        // rotate_half([x1, x2]) = [-x2, x1]: output j < half takes -x[j + half], j ≥ half takes x[j - half].
-        let mut rotate = vec![0.0f32; width * width];
-        for h in 0..heads {
-            let base = h * head_dim;
-            for j in 0..half {
-                rotate[(base + j + half) * width + base + j] = -1.0;
-                rotate[(base + j) * width + base + j + half] = 1.0;
-            }
-        }
+        let positions: Vec<usize> = (0..seq).collect();
+        let (cos, sin) = rope_angles(&positions, heads, head_dim, theta);
+        let rotate = rotate_half_matrix(heads, head_dim);
         let causal: Vec<f32> = (0..seq * seq)
             .map(|k| {
                 if k % seq > k / seq {
@@ -231,41 +253,50 @@ impl<B: Backend> Positional<B> {
     }
 }
 
+/// Keys and values `[batch, kv_heads, seq, head_dim]` (keys after RoPE), before grouped-query
+/// heads are repeated.
+type KeysValues<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
 impl<B: Backend> Attention<B> {
-    /// `x` is `[batch · seq, d_model]`.
+    /// `x` is `[batch · seq, d_model]`; the output, and the keys and values it attended to.
     fn forward(
         &self,
         x: Tensor<B, 2>,
         q_pos: &Positional<B>,
         kv_pos: &Positional<B>,
-    ) -> Tensor<B, 2> {
+    ) -> (Tensor<B, 2>, KeysValues<B>) {
         let s = q_pos.seq;
         let b = x.dims()[0] / s;
         let heads = |t: Tensor<B, 2>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
         let q = heads(q_pos.rope(self.wq.forward(x.clone())), self.n_heads);
-        let mut k = heads(kv_pos.rope(self.wk.forward(x.clone())), self.n_kv_heads);
-        let mut v = heads(self.wv.forward(x), self.n_kv_heads);
-        let repeat = self.n_heads / self.n_kv_heads;
-        if repeat > 1 {
-            let expand = |t: Tensor<B, 4>| {
-                t.unsqueeze_dim::<5>(2)
-                    .expand([b, self.n_kv_heads, repeat, s, self.head_dim])
-                    .reshape([b, self.n_heads, s, self.head_dim])
-            };
-            k = expand(k);
-            v = expand(v);
-        }
+        let k = heads(kv_pos.rope(self.wk.forward(x.clone())), self.n_kv_heads);
+        let v = heads(self.wv.forward(x), self.n_kv_heads);
+        let (kx, vx) = (self.repeat_kv(k.clone()), self.repeat_kv(v.clone()));
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = q
-            .matmul(k.swap_dims(2, 3))
+            .matmul(kx.swap_dims(2, 3))
             .mul_scalar(scale)
             .reshape([b * self.n_heads, s * s]);
         let scores = (scores + q_pos.causal_bias.clone()).reshape([b, self.n_heads, s, s]);
-        let out = softmax(scores, 3).matmul(v);
-        self.wo.forward(
+        let out = softmax(scores, 3).matmul(vx);
+        let out = self.wo.forward(
             out.swap_dims(1, 2)
                 .reshape([b * s, self.n_heads * self.head_dim]),
-        )
+        );
+        (out, (k, v))
+    }
+
+    /// `[batch, kv_heads, len, head_dim]` with each key/value head repeated for the query
+    /// heads sharing it.
+    fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
+        let repeat = self.n_heads / self.n_kv_heads;
+        if repeat == 1 {
+            return t;
+        }
+        let [b, _, len, _] = t.dims();
+        t.unsqueeze_dim::<5>(2)
+            .expand([b, self.n_kv_heads, repeat, len, self.head_dim])
+            .reshape([b, self.n_heads, len, self.head_dim])
     }
 }
 
@@ -279,6 +310,11 @@ impl<B: Backend> FeedForward<B> {
 impl<B: Backend> Llama<B> {
     /// Logits `[batch, seq, vocab]` for tokens `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.run(tokens).0
+    }
+
+    /// Logits `[batch, seq, vocab]`, and each layer's keys and values.
+    fn run(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Vec<KeysValues<B>>) {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let first = &self.layers[0].attention;
@@ -304,20 +340,111 @@ impl<B: Backend> Llama<B> {
             .embedding
             .forward(tokens)
             .reshape([batch * seq, self.norm.weight.dims()[0]]);
+        let mut kept = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            x = x.clone()
-                + layer
+            let (attended, kv) =
+                layer
                     .attention
-                    .forward(layer.attention_norm.forward(x), &q_pos, kv_pos);
+                    .forward(layer.attention_norm.forward(x.clone()), &q_pos, kv_pos);
+            kept.push(kv);
+            x = x + attended;
             x = x.clone() + layer.ffn.forward(layer.ffn_norm.forward(x));
         }
+        let logits = self.head(x);
+        let vocab = logits.dims()[1];
+        (logits.reshape([batch, seq, vocab]), kept)
+    }
+
+    /// Final norm and LM head: `[rows, d_model]` to logits `[rows, vocab]`.
+    fn head(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = self.norm.forward(x);
-        let logits = match &self.lm_head {
+        match &self.lm_head {
             Some(head) => head.forward(x),
             None => x.matmul(self.embedding.weight.val().transpose()),
-        };
-        let vocab = logits.dims()[1];
-        logits.reshape([batch, seq, vocab])
+        }
+    }
+
+    /// Runs a prompt (`[1, len]`, not empty) once: the logits `[vocab]` of its last position,
+    /// and the keys and values [`Llama::decode`] continues from.
+    pub fn prefill(&self, prompt: Tensor<B, 2, Int>) -> (Tensor<B, 1>, KvCache<B>) {
+        let [_, len] = prompt.dims();
+        let (logits, kept) = self.run(prompt);
+        let vocab = logits.dims()[2];
+        let last = logits.narrow(1, len - 1, 1).reshape([vocab]);
+        let layers = kept
+            .into_iter()
+            .map(|(k, v)| {
+                let [_, heads, len, dim] = k.dims();
+                (k.reshape([heads, len, dim]), v.reshape([heads, len, dim]))
+            })
+            .collect();
+        (last, KvCache { layers })
+    }
+
+    /// One step of several sequences at once (continuous batching): `tokens[i]` follows the
+    /// sequence `caches[i]` holds and is appended to it; the logits `[batch, vocab]` of each.
+    /// The projections, feed-forward and head run on all rows together; attention runs per
+    /// sequence over its own cache, so sequences of any lengths step together.
+    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache<B>]) -> Tensor<B, 2> {
+        let b = tokens.len();
+        assert_eq!(b, caches.len(), "one cache per token");
+        let device = self.norm.weight.device();
+        let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        let first = &self.layers[0].attention;
+        let q_rope = Rope::at(
+            &positions,
+            first.n_heads,
+            first.head_dim,
+            first.rope_theta,
+            &device,
+        );
+        let kv_rope_own = (first.n_kv_heads != first.n_heads).then(|| {
+            Rope::at(
+                &positions,
+                first.n_kv_heads,
+                first.head_dim,
+                first.rope_theta,
+                &device,
+            )
+        });
+        let kv_rope = kv_rope_own.as_ref().unwrap_or(&q_rope);
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, 1]), &device);
+        let mut x = self
+            .embedding
+            .forward(ids)
+            .reshape([b, self.norm.weight.dims()[0]]);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let a = &layer.attention;
+            let h = layer.attention_norm.forward(x.clone());
+            let q = q_rope.apply(a.wq.forward(h.clone()));
+            let k = kv_rope.apply(a.wk.forward(h.clone()));
+            let v = a.wv.forward(h);
+            let scale = 1.0 / (a.head_dim as f64).sqrt();
+            let outs = caches
+                .iter_mut()
+                .enumerate()
+                .map(|(i, cache)| {
+                    let row = |t: &Tensor<B, 2>, heads: usize| {
+                        t.clone().narrow(0, i, 1).reshape([heads, 1, a.head_dim])
+                    };
+                    let (keys, values) = &mut cache.layers[l];
+                    *keys = Tensor::cat(vec![keys.clone(), row(&k, a.n_kv_heads)], 1);
+                    *values = Tensor::cat(vec![values.clone(), row(&v, a.n_kv_heads)], 1);
+                    let kx = a.repeat_kv(keys.clone().unsqueeze_dim(0)).squeeze_dim(0);
+                    let vx = a.repeat_kv(values.clone().unsqueeze_dim(0)).squeeze_dim(0);
+                    let scores = row(&q, a.n_heads)
+                        .matmul(kx.swap_dims(1, 2))
+                        .mul_scalar(scale);
+                    softmax(scores, 2)
+                        .matmul(vx)
+                        .reshape([1, a.n_heads * a.head_dim])
+                })
+                .collect();
+            x = x + a.wo.forward(Tensor::cat(outs, 0));
+            x = x.clone() + layer.ffn.forward(layer.ffn_norm.forward(x));
+        }
+        self.head(x)
     }
 
     /// Mean cross-entropy per token of predicting `tokens[:, 1:]` from `tokens[:, :-1]`.
@@ -332,11 +459,64 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+/// One sequence's keys (after RoPE) and values per layer, `[kv_heads, len, head_dim]`: what
+/// [`Llama::decode`] attends to instead of running the sequence again.
+pub struct KvCache<B: Backend> {
+    layers: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dims()[1])
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// RoPE for rows at given positions (one new token per sequence when decoding).
+struct Rope<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    rotate_half: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rope<B> {
+    fn at(
+        positions: &[usize],
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+        device: &B::Device,
+    ) -> Self {
+        let width = heads * head_dim;
+        let rows = positions.len();
+        let (cos, sin) = rope_angles(positions, heads, head_dim, theta);
+        let table = |v: Vec<f32>, rows: usize| {
+            Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([rows, width])
+        };
+        Self {
+            cos: table(cos, rows),
+            sin: table(sin, rows),
+            rotate_half: table(rotate_half_matrix(heads, head_dim), width),
+        }
+    }
+
+    /// RoPE on `[rows, width]`, row `i` at the `i`th position.
+    fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let rotated = x.clone().matmul(self.rotate_half.clone());
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::CpuBackend as B;
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::Distribution;
 
     fn tiny(n_kv_heads: usize) -> ModelConfig {
         ModelConfig {
@@ -379,6 +559,66 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    fn ids(tokens: &[i32]) -> Tensor<B, 2, Int> {
+        Tensor::from_data(
+            TensorData::new(tokens.to_vec(), [1, tokens.len()]),
+            &Default::default(),
+        )
+    }
+
+    fn row(t: Tensor<B, 1>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    /// Decoding from a cache gives the logits a full pass gives at every position (plain and
+    /// grouped heads), and sequences of different lengths stepped together get what each
+    /// gets alone.
+    #[test]
+    fn decoding_from_the_cache_is_the_full_pass_alone_or_batched() {
+        let device = Default::default();
+        for kv in [4, 2, 1] {
+            let model: Llama<B> = tiny(kv).init(&device);
+            let tokens = [3i32, 9, 1, 30, 7, 7, 2, 11];
+            let full = model.forward(ids(&tokens));
+            let (first, mut cache) = model.prefill(ids(&tokens[..3]));
+            let at = |p: usize| row(full.clone().narrow(1, p, 1).reshape([32]));
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                let worst = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{what} (kv heads {kv}): off by {worst}");
+            };
+            close(&row(first), &at(2), "prefill");
+            for (p, &token) in tokens.iter().enumerate().skip(3) {
+                let logits = model.decode(&[token as u32], &mut [&mut cache]);
+                close(&row(logits.reshape([32])), &at(p), &format!("position {p}"));
+            }
+            assert_eq!(cache.len(), tokens.len());
+
+            // Two sequences at different lengths, stepped together and alone.
+            let (_, mut a) = model.prefill(ids(&tokens[..2]));
+            let (_, mut b) = model.prefill(ids(&tokens[..5]));
+            let (_, mut a_alone) = model.prefill(ids(&tokens[..2]));
+            let (_, mut b_alone) = model.prefill(ids(&tokens[..5]));
+            let together = model.decode(&[4, 5], &mut [&mut a, &mut b]);
+            let la = model.decode(&[4], &mut [&mut a_alone]);
+            let lb = model.decode(&[5], &mut [&mut b_alone]);
+            close(
+                &row(together.clone().narrow(0, 0, 1).reshape([32])),
+                &row(la.reshape([32])),
+                "batched a",
+            );
+            close(
+                &row(together.narrow(0, 1, 1).reshape([32])),
+                &row(lb.reshape([32])),
+                "batched b",
+            );
+            assert_eq!((a.len(), b.len()), (3, 6));
         }
     }
 

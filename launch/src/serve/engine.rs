@@ -1,15 +1,20 @@
-//! The model behind the endpoint: one thread owns it and answers requests in turn from a
-//! bounded queue (a full queue is the caller's to refuse, not to wait on). Each request
-//! streams its text back as it is generated, whole characters at a time, holding back what
-//! could still become one of its stop sequences; a request whose receiver is gone (the client
-//! disconnected) stops generating at its next token.
+//! The model behind the endpoint: one thread owns it and generates for several requests at
+//! once (continuous batching: a request's prompt runs once into its key/value cache, then it
+//! joins the running batch between steps, each step one token for every request in it, and it
+//! leaves when done). More requests wait in a bounded queue (a full queue is the caller's to
+//! refuse, not to wait on). Each request streams its text back as it is generated, whole
+//! characters at a time, holding back what could still become one of its stop sequences; a
+//! request whose receiver is gone (the client disconnected) stops at its next token.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use sinter_trainer::generate::{Sampling, generate};
-use sinter_trainer::model::Llama;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sinter_trainer::generate::{Sampling, sample_token, slow_for_test};
+use sinter_trainer::model::{KvCache, Llama};
 use sinter_trainer::tokenizer::{TextStream, Tokenizer};
 use tokio::sync::mpsc;
 
@@ -73,12 +78,13 @@ pub struct Engine {
 pub struct Busy;
 
 impl Engine {
-    /// Starts the thread owning `model`; up to `capacity` requests wait for it.
+    /// Starts the thread owning `model`, generating up to `batch` requests at once; up to
+    /// `capacity` more wait.
     pub fn start<B: Backend + 'static>(
         model: Llama<B>,
         tokenizer: Tokenizer,
-        context: usize,
         device: B::Device,
+        batch: usize,
         capacity: usize,
     ) -> std::io::Result<Self>
     where
@@ -87,7 +93,7 @@ impl Engine {
         let (queue, requests) = sync_channel(capacity);
         std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || serve(&model, &tokenizer, context, &device, requests))?;
+            .spawn(move || serve(&model, &tokenizer, &device, batch.max(1), requests))?;
         Ok(Self { queue })
     }
 
@@ -103,80 +109,159 @@ impl Engine {
 fn serve<B: Backend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
-    context: usize,
     device: &B::Device,
+    batch: usize,
     requests: Receiver<Request>,
 ) {
-    for request in requests {
-        metrics::histogram!("sinter_queue_seconds").record(request.arrived.elapsed().as_secs_f64());
-        metrics::histogram!("sinter_batch_size").record(1.0);
-        complete(model, tokenizer, context, device, request);
+    let mut running: Vec<Sequence<'_, B>> = Vec::new();
+    loop {
+        // Requests join between steps: wait for one when idle, take what waits otherwise.
+        if running.is_empty() {
+            match requests.recv() {
+                Ok(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
+                Err(_) => return,
+            }
+        }
+        while running.len() < batch {
+            match requests.try_recv() {
+                Ok(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
+                Err(_) => break,
+            }
+        }
+        let mut next = Vec::with_capacity(running.len());
+        running.retain_mut(|sequence| match sequence.advance() {
+            Some(token) => {
+                next.push(token);
+                true
+            }
+            None => false,
+        });
+        if running.is_empty() {
+            continue;
+        }
+        metrics::histogram!("sinter_batch_size").record(running.len() as f64);
+        let mut caches: Vec<&mut KvCache<B>> = running.iter_mut().map(|s| &mut s.cache).collect();
+        let logits = model.decode(&next, &mut caches);
+        let vocab = logits.dims()[1];
+        let rows = logits.into_data().convert::<f32>();
+        let rows = rows.as_slice::<f32>().expect("f32");
+        for (sequence, row) in running.iter_mut().zip(rows.chunks(vocab)) {
+            sequence.logits = row.to_vec();
+        }
     }
 }
 
-fn complete<B: Backend>(
-    model: &Llama<B>,
-    tokenizer: &Tokenizer,
-    context: usize,
-    device: &B::Device,
+/// A request being generated: its cache, the logits of its next token, and what it sent.
+struct Sequence<'t, B: Backend> {
     request: Request,
-) {
-    let mut text = TextStream::new(tokenizer);
-    let mut stops = Stops::new(&request.stop);
-    let mut finish = Finish::Length;
-    let mut tokens = 0;
-    let mut last = None::<Instant>;
-    let mut connected = true;
-    generate(
-        model,
-        &request.prompt,
-        request.max_tokens,
-        context,
-        &request.sampling,
-        device,
-        |token| {
-            tokens += 1;
-            let now = Instant::now();
-            match last {
-                None => metrics::histogram!("sinter_time_to_first_token_seconds")
-                    .record((now - request.arrived).as_secs_f64()),
-                Some(before) => metrics::histogram!("sinter_time_per_token_seconds")
-                    .record((now - before).as_secs_f64()),
-            }
-            last = Some(now);
-            let Some(piece) = text.push(token) else {
-                return true;
-            };
-            let (ready, stopped) = stops.push(&piece);
-            if !ready.is_empty() {
-                connected = request.events.blocking_send(Event::Text(ready)).is_ok();
-            }
-            if stopped {
-                finish = Finish::Stop;
-            }
-            connected && !stopped
-        },
-    );
-    metrics::counter!("sinter_tokens_total", "kind" => "completion").increment(tokens as u64);
-    if !connected {
-        tracing::debug!(tokens, "the client left: generation stopped");
-        return;
+    cache: KvCache<B>,
+    logits: Vec<f32>,
+    rng: StdRng,
+    text: TextStream<'t>,
+    stops: Stops,
+    tokens: usize,
+    last: Option<Instant>,
+}
+
+impl<'t, B: Backend> Sequence<'t, B> {
+    /// Runs the prompt; `None` when there is nothing to generate (then it is answered).
+    fn start(
+        model: &Llama<B>,
+        tokenizer: &'t Tokenizer,
+        device: &B::Device,
+        request: Request,
+    ) -> Option<Self> {
+        metrics::histogram!("sinter_queue_seconds").record(request.arrived.elapsed().as_secs_f64());
+        if request.max_tokens == 0 || request.prompt.is_empty() {
+            let _ = request.events.blocking_send(Event::Done {
+                finish: Finish::Length,
+                tokens: 0,
+            });
+            return None;
+        }
+        let ids: Vec<i32> = request.prompt.iter().map(|&t| t as i32).collect();
+        let prompt =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, request.prompt.len()]), device);
+        let (logits, cache) = model.prefill(prompt);
+        let logits = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32");
+        Some(Self {
+            rng: StdRng::seed_from_u64(request.sampling.seed),
+            stops: Stops::new(request.stop.clone()),
+            request,
+            cache,
+            logits,
+            text: TextStream::new(tokenizer),
+            tokens: 0,
+            last: None,
+        })
     }
-    let rest = stops.finish();
-    if !rest.is_empty() && finish == Finish::Length {
-        let _ = request.events.blocking_send(Event::Text(rest));
+
+    /// Samples the next token and sends its text: the token, or `None` once the sequence is
+    /// done (finished, or its client gone).
+    fn advance(&mut self) -> Option<u32> {
+        let token = sample_token(&self.logits, &self.request.sampling, &mut self.rng);
+        slow_for_test();
+        self.tokens += 1;
+        let now = Instant::now();
+        match self.last {
+            None => metrics::histogram!("sinter_time_to_first_token_seconds")
+                .record((now - self.request.arrived).as_secs_f64()),
+            Some(before) => metrics::histogram!("sinter_time_per_token_seconds")
+                .record((now - before).as_secs_f64()),
+        }
+        self.last = Some(now);
+        let mut stopped = false;
+        if let Some(piece) = self.text.push(token) {
+            let (ready, stop) = self.stops.push(&piece);
+            stopped = stop;
+            if !ready.is_empty()
+                && self
+                    .request
+                    .events
+                    .blocking_send(Event::Text(ready))
+                    .is_err()
+            {
+                metrics::counter!("sinter_tokens_total", "kind" => "completion")
+                    .increment(self.tokens as u64);
+                tracing::debug!(tokens = self.tokens, "the client left: generation stopped");
+                return None;
+            }
+        }
+        if !stopped && self.tokens < self.request.max_tokens {
+            return Some(token);
+        }
+        metrics::counter!("sinter_tokens_total", "kind" => "completion")
+            .increment(self.tokens as u64);
+        let finish = if stopped {
+            Finish::Stop
+        } else {
+            Finish::Length
+        };
+        let rest = std::mem::take(&mut self.stops).finish();
+        if !rest.is_empty() && finish == Finish::Length {
+            let _ = self.request.events.blocking_send(Event::Text(rest));
+        }
+        let _ = self.request.events.blocking_send(Event::Done {
+            finish,
+            tokens: self.tokens,
+        });
+        None
     }
-    let _ = request.events.blocking_send(Event::Done { finish, tokens });
 }
 
 /// Text held against stop sequences: what is certainly not the start of one goes out.
-struct Stops<'a> {
-    stops: &'a [String],
+#[derive(Default)]
+struct Stops {
+    stops: Vec<String>,
     held: String,
 }
 
-impl<'a> Stops<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl Stops {
+    fn new(stops: Vec<String>) -> Self {
         Self {
             stops,
             held: String::new(),
@@ -224,8 +309,7 @@ mod tests {
     use super::*;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut held = Stops::new(&stops);
+        let mut held = Stops::new(stops.iter().map(|s| s.to_string()).collect());
         let mut out = String::new();
         for piece in pieces {
             let (ready, stopped) = held.push(piece);
@@ -255,8 +339,7 @@ mod tests {
 
     #[test]
     fn what_cannot_begin_a_stop_sequence_goes_out_at_once() {
-        let stops = vec!["STOP".to_string()];
-        let mut held = Stops::new(&stops);
+        let mut held = Stops::new(vec!["STOP".to_string()]);
         assert_eq!(held.push("abc"), ("abc".into(), false));
         assert_eq!(held.push("ST"), (String::new(), false));
         assert_eq!(held.push("x"), ("STx".into(), false));

@@ -59,8 +59,8 @@ impl BackendJob for ServeJob {
         let engine = engine::Engine::start(
             model,
             sinter_trainer::tokenizer::Tokenizer::load(&config.data.tokenizer)?,
-            context,
             device,
+            args.batch,
             args.queue.max(1),
         )?;
         let served = Arc::new(http::Served {
