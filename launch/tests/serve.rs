@@ -93,6 +93,28 @@ fn trained(dir: &Path) -> (PathBuf, String) {
     (weights, completion)
 }
 
+/// A server over weights a short run wrote (and their greedy completion of the prompt by
+/// `launch generate`), with the venv's Python to drive it; `None` where Python is skipped.
+struct Served {
+    python: PathBuf,
+    server: Server,
+    greedy: String,
+    _dir: tempfile::TempDir,
+}
+
+fn serving(extra: &[&str], env: &[(&str, &str)]) -> Option<Served> {
+    let python = python::bittensor_python()?;
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, greedy) = trained(dir.path());
+    let server = Server::start(&weights, extra, env);
+    Some(Served {
+        python,
+        server,
+        greedy,
+        _dir: dir,
+    })
+}
+
 const CLIENT: &str = r#"
 import json, sys, urllib.request, urllib.error
 from openai import OpenAI, NotFoundError, BadRequestError
@@ -144,12 +166,15 @@ print(json.dumps(out))
 
 #[test]
 fn the_openai_client_completes_chats_and_streams_as_launch_generate_does() {
-    let Some(python) = python::bittensor_python() else {
+    let Some(Served {
+        python,
+        server,
+        greedy,
+        ..
+    }) = serving(&[], &[])
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (weights, greedy) = trained(dir.path());
-    let server = Server::start(&weights, &[], &[]);
     let out = run_python(&python, CLIENT, &[&server.url]);
 
     let model = &out["models"][0];
@@ -257,17 +282,13 @@ print(json.dumps(out))
 
 #[test]
 fn a_full_queue_answers_429_and_a_client_that_leaves_stops_its_generation() {
-    let Some(python) = python::bittensor_python() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (weights, _) = trained(dir.path());
     // 100 ms a token: a 5-token request holds the model for half a second.
-    let server = Server::start(
-        &weights,
+    let Some(Served { python, server, .. }) = serving(
         &["--batch", "1", "--queue", "1"],
         &[("SINTER_FAULT_SLOW_TOKEN_MS", "100")],
-    );
+    ) else {
+        return;
+    };
     let out = run_python(&python, BUSY, &[&server.url]);
     let statuses: Vec<u64> = out["statuses"]
         .as_array()
@@ -320,16 +341,11 @@ print(json.dumps({"together": together, "alone": alone, "sizes": sizes}))
 /// the text it gets alone.
 #[test]
 fn concurrent_requests_are_batched_and_each_gets_what_it_gets_alone() {
-    let Some(python) = python::bittensor_python() else {
+    let Some(Served { python, server, .. }) =
+        serving(&["--batch", "4"], &[("SINTER_FAULT_SLOW_TOKEN_MS", "20")])
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (weights, _) = trained(dir.path());
-    let server = Server::start(
-        &weights,
-        &["--batch", "4"],
-        &[("SINTER_FAULT_SLOW_TOKEN_MS", "20")],
-    );
     let out = run_python(&python, BATCHED, &[&server.url]);
     assert_eq!(out["together"], out["alone"]);
     let sizes = &out["sizes"];
