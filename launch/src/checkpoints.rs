@@ -43,6 +43,32 @@ pub fn weights_bytes(source: &WeightsArgs) -> Result<(Vec<u8>, PathBuf)> {
     }
 }
 
+/// The parameters of the weights at `from` (a weights file, or a checkpoint directory), flat,
+/// for a run of `config` to start from; refused unless they are of `config`'s model.
+pub fn start_from(from: &Path, config: &RunConfig) -> Result<Vec<f32>> {
+    let source = if from.is_dir() {
+        WeightsArgs {
+            weights: None,
+            checkpoint: Some(from.to_path_buf()),
+        }
+    } else {
+        WeightsArgs {
+            weights: Some(from.to_path_buf()),
+            checkpoint: None,
+        }
+    };
+    let (theirs, model) = load_model::<CpuBackend>(&source, &Default::default())?;
+    if theirs.model != config.model {
+        bail!(
+            "--from {}: its model ({:?}) is not this config's [model] ({:?}); fine-tune with the config it was trained with",
+            from.display(),
+            theirs.model,
+            config.model
+        );
+    }
+    Ok(flatten(&model).1)
+}
+
 /// The Merkle root of the checkpoint `source` names; `None` for a weights file.
 pub fn root_of(source: &WeightsArgs) -> Result<Option<String>> {
     match (&source.weights, &source.checkpoint) {

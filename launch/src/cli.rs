@@ -797,6 +797,14 @@ pub struct StatusArgs {
 pub struct TrainArgs {
     /// Run configuration (TOML).
     pub config: PathBuf,
+    /// Start from these weights (a model.safetensors, or a checkpoint directory) instead of
+    /// a fresh model: fine-tune the shared model into a specialist. Their model must be the
+    /// config's `[model]`.
+    #[arg(long, value_name = "WEIGHTS|DIR")]
+    pub from: Option<PathBuf>,
+    /// Train on this corpus (overrides `data.corpus`): `shakespeare`, `milton` or a UTF-8 file.
+    #[arg(long)]
+    pub corpus: Option<String>,
     /// Output options.
     #[command(flatten)]
     pub out: OutArgs,

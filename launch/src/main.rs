@@ -99,7 +99,8 @@ fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(|dir| checkpoints::snapshot(dir, &config))
                 .transpose()?;
-            train_and_report(config, &args.out, "sim", resume)
+            let start = resume.map_or(Start::Fresh, |s| Start::Resume(Box::new(s)));
+            train_and_report(config, &args.out, "sim", start)
         }
         Command::Run(args) => {
             let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
@@ -113,7 +114,14 @@ fn run(cli: Cli) -> Result<()> {
             config.outer.workers = 1;
             config.outer.mode = Mode::Ddp;
             config.outer.warmup_ddp_steps = 0;
-            train_and_report(config, &args.out, "train", None)
+            if let Some(corpus) = args.corpus {
+                config.data.corpus = corpus;
+            }
+            let start = match &args.from {
+                Some(from) => Start::From(checkpoints::start_from(from, &config)?),
+                None => Start::Fresh,
+            };
+            train_and_report(config, &args.out, "train", start)
         }
         Command::Eval(args) => {
             let config = weights_config(&args.source)?;
@@ -268,12 +276,17 @@ fn weights_config(source: &cli::WeightsArgs) -> Result<RunConfig> {
     Ok(config)
 }
 
-fn train_and_report(
-    config: RunConfig,
-    out: &OutArgs,
-    what: &str,
-    resume: Option<sinter_trainer::checkpoint::Snapshot>,
-) -> Result<()> {
+/// Where a run's parameters start.
+enum Start {
+    /// A fresh initialisation.
+    Fresh,
+    /// A checkpoint of the same run, continued.
+    Resume(Box<sinter_trainer::checkpoint::Snapshot>),
+    /// Trained weights, fine-tuned from (flat, in the model's layout).
+    From(Vec<f32>),
+}
+
+fn train_and_report(config: RunConfig, out: &OutArgs, what: &str, start: Start) -> Result<()> {
     let title = match config.outer.mode {
         Mode::Ddp if config.outer.workers == 1 => "one worker".to_owned(),
         Mode::Ddp => format!("data-parallel, {} workers", config.outer.workers),
@@ -295,7 +308,7 @@ fn train_and_report(
             config,
             out: out.out.clone(),
             title,
-            resume,
+            start,
         },
     )
 }
@@ -304,7 +317,7 @@ struct TrainJob {
     config: RunConfig,
     out: Option<PathBuf>,
     title: String,
-    resume: Option<sinter_trainer::checkpoint::Snapshot>,
+    start: Start,
 }
 
 impl BackendJob for TrainJob {
@@ -320,6 +333,11 @@ impl BackendJob for TrainJob {
             }
         };
         let mut progress = Progress::new(total as u64);
+        let (resume, start_from) = match self.start {
+            Start::Fresh => (None, None),
+            Start::Resume(snapshot) => (Some(*snapshot), None),
+            Start::From(values) => (None, Some(values)),
+        };
         let result = simulate::<B>(
             &self.config,
             &dataset,
@@ -328,7 +346,8 @@ impl BackendJob for TrainJob {
             &mut progress as &mut dyn Observer,
             SimOptions {
                 checkpoint_dir: self.out.as_ref().map(|d| d.join("checkpoints")),
-                resume: self.resume,
+                resume,
+                start_from,
             },
         );
         progress.finish();

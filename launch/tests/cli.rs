@@ -267,3 +267,67 @@ fn ledger_epoch_prints_what_the_chain_would_store() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("weigths"), "{}", text(&out));
 }
+
+/// `train --from` fine-tunes trained weights (a file or a checkpoint) on another corpus: it
+/// starts where they are (lower on Milton than a fresh model), and weights of another model
+/// are refused by name.
+#[test]
+fn train_from_weights_fine_tunes_them_on_another_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let shakespeare = dir.path().join("shakespeare");
+    let out = launch(&["sim", &config, "--out", shakespeare.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let initial_loss = |name: &str, from: Option<&Path>| {
+        let out_dir = dir.path().join(name);
+        let mut args = vec![
+            "train",
+            config.as_str(),
+            "--corpus",
+            "milton",
+            "--steps",
+            "4",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        if let Some(from) = from {
+            args.extend(["--from", from.to_str().unwrap()]);
+        }
+        let out = launch(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
+        summary["initial_val_loss"].as_f64().unwrap()
+    };
+    let fresh = initial_loss("fresh", None);
+    let weights = shakespeare.join("model.safetensors");
+    let tuned = initial_loss("tuned", Some(&weights));
+    let from_checkpoint = initial_loss("tuned-ckpt", Some(&shakespeare.join("checkpoints")));
+    assert!(
+        tuned < fresh - 0.1,
+        "from the weights {tuned}, fresh {fresh}"
+    );
+    assert!(
+        (tuned - from_checkpoint).abs() < 1e-6,
+        "{tuned} vs {from_checkpoint}"
+    );
+
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        common::small_config(8, 2, 4).replace("d_model = 32", "d_model = 16"),
+    )
+    .unwrap();
+    let refused = launch(&[
+        "train",
+        other.to_str().unwrap(),
+        "--from",
+        weights.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("not this config's [model]"),
+        "{}",
+        text(&refused)
+    );
+}

@@ -80,6 +80,9 @@ pub enum TrainerError {
     /// A peer's pseudo-gradient does not fit the model.
     #[error("pseudo-gradient does not match the model: {0}")]
     Layout(String),
+    /// The weights a run was asked to start from do not fit its model.
+    #[error("the weights to start from do not fit the model: {0}")]
+    StartFrom(String),
     /// A saved weights file is unusable.
     #[error("weights file {path}: {reason}")]
     Weights {

@@ -85,6 +85,9 @@ pub struct SimOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// Continue from this snapshot, taken by a run of the same config.
     pub resume: Option<Snapshot>,
+    /// Start from these parameters (flat, in the model's layout) instead of a fresh
+    /// initialisation: fine-tuning a trained model, e.g. on another corpus.
+    pub start_from: Option<Vec<f32>>,
 }
 
 /// What a simulation reports while it runs.
@@ -396,6 +399,17 @@ pub fn simulate<B: AutodiffBackend>(
     B::seed(device, config.run.seed);
     let initial: Llama<B> = config.model.init(device);
     let (layout, _) = flatten(&initial);
+    let initial = match options.start_from {
+        Some(values) if values.len() != layout.len() => {
+            return Err(TrainerError::StartFrom(format!(
+                "{} parameters where the config's [model] has {}",
+                values.len(),
+                layout.len()
+            )));
+        }
+        Some(values) => load(initial, &values, device),
+        None => initial,
+    };
     let validation =
         dataset.validation_windows(&config.data, config.model.context, config.run.seed);
     let mut samplers = (0..n)
