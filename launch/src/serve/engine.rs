@@ -28,8 +28,9 @@ pub struct Request {
     pub sampling: Sampling,
     /// Text that ends the completion (not included in it).
     pub stop: Vec<String>,
-    /// Where the text goes.
-    pub events: mpsc::Sender<Event>,
+    /// Where the text goes. Unbounded, so that a slow reader never holds up the batch: a
+    /// request sends at most `max_tokens` events (fewer than the context).
+    pub events: mpsc::UnboundedSender<Event>,
     /// When the request arrived.
     pub arrived: Instant,
 }
@@ -173,7 +174,7 @@ impl<'t, B: Backend> Sequence<'t, B> {
     ) -> Option<Self> {
         metrics::histogram!("sinter_queue_seconds").record(request.arrived.elapsed().as_secs_f64());
         if request.max_tokens == 0 || request.prompt.is_empty() {
-            let _ = request.events.blocking_send(Event::Done {
+            let _ = request.events.send(Event::Done {
                 finish: Finish::Length,
                 tokens: 0,
             });
@@ -218,13 +219,7 @@ impl<'t, B: Backend> Sequence<'t, B> {
         if let Some(piece) = self.text.push(token) {
             let (ready, stop) = self.stops.push(&piece);
             stopped = stop;
-            if !ready.is_empty()
-                && self
-                    .request
-                    .events
-                    .blocking_send(Event::Text(ready))
-                    .is_err()
-            {
+            if !ready.is_empty() && self.request.events.send(Event::Text(ready)).is_err() {
                 metrics::counter!("sinter_tokens_total", "kind" => "completion")
                     .increment(self.tokens as u64);
                 tracing::debug!(tokens = self.tokens, "the client left: generation stopped");
@@ -243,9 +238,9 @@ impl<'t, B: Backend> Sequence<'t, B> {
         };
         let rest = std::mem::take(&mut self.stops).finish();
         if !rest.is_empty() && finish == Finish::Length {
-            let _ = self.request.events.blocking_send(Event::Text(rest));
+            let _ = self.request.events.send(Event::Text(rest));
         }
-        let _ = self.request.events.blocking_send(Event::Done {
+        let _ = self.request.events.send(Event::Done {
             finish,
             tokens: self.tokens,
         });

@@ -31,8 +31,6 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 const MAX_STOPS: usize = 4;
 /// Seconds a refused caller is told to wait.
 const RETRY_AFTER_SECS: u64 = 1;
-/// Events buffered between the model's thread and a response.
-const EVENTS_BUFFERED: usize = 64;
 
 /// What the handlers share.
 pub struct Served {
@@ -205,8 +203,8 @@ impl Served {
     }
 
     /// Queues `job`; its events.
-    fn submit(&self, job: &Job) -> Result<mpsc::Receiver<Event>, ApiError> {
-        let (events, receiver) = mpsc::channel(EVENTS_BUFFERED);
+    fn submit(&self, job: &Job) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+        let (events, receiver) = mpsc::unbounded_channel();
         self.engine
             .submit(Request {
                 prompt: job.prompt.clone(),
@@ -367,7 +365,7 @@ async fn respond(served: &Arc<Served>, job: Job, kind: Kind) -> Result<Response,
 /// with the finish reason, one with the usage if asked, then `[DONE]`. Dropping it (the client
 /// left) drops the receiver, which stops the generation.
 fn stream_events(
-    events: mpsc::Receiver<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
     head: Value,
     kind: Kind,
     prompt_tokens: usize,
