@@ -368,10 +368,10 @@ fn peers_behind_nats_join_with_only_bootstrap_punch_holes_or_relay_and_end_bit_i
     assert_eq!(status["reachability"], "private (behind a NAT)", "{status}");
     assert_eq!(route(&public_id), "direct", "{status}");
     assert_eq!(route(&natted[1].2), "direct (hole-punched)", "{status}");
-    // Usually relayed. The emulated routers filter inbound traffic by address, not by port,
-    // so once nat1 has sent to nat3's router while trying to punch a hole, a connection
-    // nat3 opens to nat1's mapping can get through: seen once in CI as "direct". Either
-    // way the route is real; the relay's reservation is checked below.
+    // Usually relayed; CI once saw "direct". Likely cause (not confirmed): once nat1 has
+    // sent to nat3's router while trying to punch a hole, a connection nat3 opens to nat1's
+    // mapping gets through nat1's router. Either way the route is real; the relay's
+    // reservation is checked below.
     assert!(
         ["relayed", "direct"].contains(&route(&natted[2].2).as_str()),
         "{status}"
