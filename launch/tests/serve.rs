@@ -141,6 +141,19 @@ out["chat_streamed"] = "".join(d.choices[0].delta.content or "" for d in deltas 
 sampled = [client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=12,
     temperature=1.0, seed=7).choices[0].text for _ in range(2)]
 out["seeded_alike"] = sampled[0] == sampled[1]
+lp = client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=5, temperature=0, logprobs=3)
+out["logprobs"] = lp.choices[0].logprobs.model_dump()
+out["logprobs_text"] = lp.choices[0].text
+streamed_tokens = []
+for ch in client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=5, temperature=0,
+        logprobs=3, stream=True):
+    if ch.choices and ch.choices[0].logprobs:
+        streamed_tokens += ch.choices[0].logprobs.tokens
+out["streamed_logprob_tokens"] = streamed_tokens
+chat_lp = client.chat.completions.create(model="sinter", max_tokens=4, temperature=0, logprobs=True,
+    top_logprobs=2, messages=[{"role": "user", "content": "Hi"}])
+out["chat_logprobs"] = chat_lp.choices[0].logprobs.model_dump()
+out["chat_logprobs_tokens"] = chat_lp.usage.completion_tokens
 errors = {}
 try:
     client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
@@ -148,7 +161,8 @@ except NotFoundError as e:
     errors["unknown_model"] = [e.status_code, e.body]
 for name, body in [("negative_max_tokens", {"model": "sinter", "prompt": "x", "max_tokens": -1}),
                    ("too_long", {"model": "sinter", "prompt": "x" * 40, "max_tokens": 2}),
-                   ("bad_temperature", {"model": "sinter", "prompt": "x", "temperature": 3})]:
+                   ("bad_temperature", {"model": "sinter", "prompt": "x", "temperature": 3}),
+                   ("bad_logprobs", {"model": "sinter", "prompt": "x", "logprobs": 6})]:
     try:
         client.completions.create(**body)
     except BadRequestError as e:
@@ -200,6 +214,45 @@ fn the_openai_client_completes_chats_and_streams_as_launch_generate_does() {
     assert_eq!(out["stream_usage"]["completion_tokens"], 20);
     assert_eq!(out["seeded_alike"], true, "one seed, one sample");
 
+    // Log probabilities: greedy picks the most likely of the alternatives, at the offsets
+    // where each token's text starts; streamed, the same tokens.
+    let logprobs = &out["logprobs"];
+    let tokens: Vec<&str> = logprobs["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 5, "{logprobs}");
+    assert_eq!(tokens.concat(), out["logprobs_text"].as_str().unwrap());
+    for (i, top) in logprobs["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let top = top.as_object().unwrap();
+        let chosen = logprobs["token_logprobs"][i].as_f64().unwrap();
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(top.len() <= 3 && !top.is_empty(), "{logprobs}");
+        assert!(chosen <= 0.0 && (chosen - best).abs() < 1e-6, "{logprobs}");
+        assert_eq!(logprobs["text_offset"][i], PROMPT.len() + i, "{logprobs}");
+    }
+    assert_eq!(out["streamed_logprob_tokens"], logprobs["tokens"]);
+    let chat_logprobs = out["chat_logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        chat_logprobs.len() as u64,
+        out["chat_logprobs_tokens"].as_u64().unwrap()
+    );
+    assert!(
+        chat_logprobs
+            .iter()
+            .all(|t| t["top_logprobs"].as_array().unwrap().len() == 2)
+    );
+
     // Chat: the template's assistant turn, whole or streamed alike.
     let chat = &out["chat"]["choices"][0];
     assert_eq!(chat["message"]["role"], "assistant");
@@ -225,6 +278,7 @@ fn the_openai_client_completes_chats_and_streams_as_launch_generate_does() {
     error("negative_max_tokens", 400, "at least 0");
     error("too_long", 400, "maximum context length is 32");
     error("bad_temperature", 400, "between 0 and 2");
+    error("bad_logprobs", 400, "from 0 to 5");
     error("malformed", 400, "parse the JSON");
 
     assert_eq!(out["health"], "ok\n");

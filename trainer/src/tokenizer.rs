@@ -144,6 +144,11 @@ impl<'a> TextStream<'a> {
         }
     }
 
+    /// The tokenizer it decodes with.
+    pub fn tokenizer(&self) -> &'a Tokenizer {
+        self.tokenizer
+    }
+
     /// Adds `token`; the text it completes, if any.
     pub fn push(&mut self, token: u32) -> Option<String> {
         self.pending.push(token);

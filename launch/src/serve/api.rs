@@ -61,8 +61,11 @@ pub struct Sampling {
     /// Streaming options.
     #[serde(default)]
     pub stream_options: StreamOptions,
-    /// Log probabilities (not served).
+    /// Log probabilities: alternatives per token (completions, 0–5), or whether to report
+    /// them (chat).
     pub logprobs: Option<Value>,
+    /// Alternatives per token (chat, 0–20).
+    pub top_logprobs: Option<i64>,
 }
 
 /// A `/v1/completions` body.

@@ -28,6 +28,8 @@ pub struct Request {
     pub sampling: Sampling,
     /// Text that ends the completion (not included in it).
     pub stop: Vec<String>,
+    /// Report each token's log probability and this many alternatives (`None`: none).
+    pub logprobs: Option<usize>,
     /// Where the text goes. Unbounded, so that a slow reader never holds up the batch: a
     /// request sends at most `max_tokens` events (fewer than the context).
     pub events: mpsc::UnboundedSender<Event>,
@@ -35,11 +37,25 @@ pub struct Request {
     pub arrived: Instant,
 }
 
+/// A generated token's log probability under the model (temperature 1), with the most
+/// likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text (lossy where it is part of a character).
+    pub token: String,
+    /// Its log probability.
+    pub logprob: f32,
+    /// The most likely tokens and theirs, most likely first.
+    pub top: Vec<(String, f32)>,
+}
+
 /// What a request hears back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The next piece of text.
     Text(String),
+    /// The log probabilities of the next token (sent before the text it completes).
+    Logprob(TokenLogprob),
     /// The end: why, and how many tokens were generated.
     Done {
         /// Why it ended.
@@ -205,6 +221,12 @@ impl<'t, B: Backend> Sequence<'t, B> {
     /// done (finished, or its client gone).
     fn advance(&mut self) -> Option<u32> {
         let token = sample_token(&self.logits, &self.request.sampling, &mut self.rng);
+        if let Some(top) = self.request.logprobs {
+            let logprob = token_logprob(self.text.tokenizer(), &self.logits, token, top);
+            if self.request.events.send(Event::Logprob(logprob)).is_err() {
+                return None;
+            }
+        }
         slow_for_test();
         self.tokens += 1;
         let now = Instant::now();
@@ -245,6 +267,24 @@ impl<'t, B: Backend> Sequence<'t, B> {
             tokens: self.tokens,
         });
         None
+    }
+}
+
+/// The log probability of `token` under `logits` (log-softmax), and the `top` most likely.
+fn token_logprob(tokenizer: &Tokenizer, logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_total = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    TokenLogprob {
+        token: text(token),
+        logprob: logits[token as usize] - log_total,
+        top: order
+            .into_iter()
+            .take(top)
+            .map(|i| (text(i as u32), logits[i] - log_total))
+            .collect(),
     }
 }
 

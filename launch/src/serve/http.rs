@@ -23,7 +23,7 @@ use sinter_trainer::tokenizer::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::api::{self, ApiError, ChatRequest, CompletionRequest, Message, Prompt, Stop};
-use super::engine::{Engine, Event, Request};
+use super::engine::{Engine, Event, Request, TokenLogprob};
 
 /// Largest request body taken.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -106,32 +106,26 @@ async fn models(State(served): State<Arc<Served>>) -> impl IntoResponse {
 /// A request checked and ready for the model.
 struct Job {
     prompt: Vec<u32>,
+    /// Characters of the prompt (where the completion's text offsets start).
+    prompt_chars: usize,
     max_tokens: usize,
     sampling: Sampling,
     stop: Vec<String>,
+    logprobs: Option<usize>,
     stream: bool,
     include_usage: bool,
 }
 
 impl Served {
     /// Checks `asked` for `text`, tokenizes it, and refuses what the model cannot serve.
-    fn job(&self, text: &str, asked: api::Sampling, extra_stop: &[&str]) -> Result<Job, ApiError> {
+    fn job(&self, text: &str, asked: api::Sampling, kind: Kind) -> Result<Job, ApiError> {
         if asked.model != self.model {
             return Err(ApiError::unknown_model(&asked.model, &self.model));
         }
         if asked.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(Some("n"), "Only n = 1 is served"));
         }
-        if asked
-            .logprobs
-            .as_ref()
-            .is_some_and(|l| !l.is_null() && *l != json!(false))
-        {
-            return Err(ApiError::invalid(
-                Some("logprobs"),
-                "logprobs are not served yet",
-            ));
-        }
+        let logprobs = kind.logprobs_asked(asked.logprobs.as_ref(), asked.top_logprobs)?;
         let max_tokens = asked
             .max_completion_tokens
             .or(asked.max_tokens)
@@ -167,7 +161,9 @@ impl Served {
                 format!("at most {MAX_STOPS} stop sequences, not {}", stop.len()),
             ));
         }
-        stop.extend(extra_stop.iter().map(|s| s.to_string()));
+        if let Kind::Chat = kind {
+            stop.push(CHAT_TURN_END.to_string());
+        }
         // As `launch generate` does: an empty prompt starts from a newline.
         let start = if text.is_empty() { "\n" } else { text };
         let prompt = self
@@ -189,6 +185,7 @@ impl Served {
         metrics::counter!("sinter_tokens_total", "kind" => "prompt").increment(prompt.len() as u64);
         Ok(Job {
             prompt,
+            prompt_chars: start.chars().count(),
             max_tokens,
             sampling: Sampling {
                 temperature,
@@ -197,6 +194,7 @@ impl Served {
                 seed: asked.seed.unwrap_or_else(|| rand::rng().random()),
             },
             stop,
+            logprobs,
             stream: asked.stream,
             include_usage: asked.stream_options.include_usage,
         })
@@ -211,6 +209,7 @@ impl Served {
                 max_tokens: job.max_tokens,
                 sampling: job.sampling,
                 stop: job.stop.clone(),
+                logprobs: job.logprobs,
                 events,
                 arrived: Instant::now(),
             })
@@ -235,14 +234,14 @@ impl Kind {
         format!("{prefix}-{:032x}", rand::rng().random::<u128>())
     }
 
-    /// A choice carrying `text` (a delta when streaming).
-    fn choice(self, text: &str, finish: Option<&str>, streaming: bool) -> Value {
+    /// A choice carrying `text` (a delta when streaming) and its tokens' `logprobs`.
+    fn choice(self, text: &str, logprobs: Value, finish: Option<&str>, streaming: bool) -> Value {
         match (self, streaming) {
             (Kind::Text, _) => {
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish})
             }
             (Kind::Chat, false) => {
-                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish})
             }
             (Kind::Chat, true) => {
                 let delta = if finish.is_some() && text.is_empty() {
@@ -250,7 +249,66 @@ impl Kind {
                 } else {
                     json!({"role": "assistant", "content": text})
                 };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+            }
+        }
+    }
+
+    /// How many alternatives per token the request asks log probabilities for: completions
+    /// take `logprobs` 0–5, chat `logprobs: true` with `top_logprobs` 0–20.
+    fn logprobs_asked(
+        self,
+        logprobs: Option<&Value>,
+        top: Option<i64>,
+    ) -> Result<Option<usize>, ApiError> {
+        let bad = |what: String| ApiError::invalid(Some("logprobs"), what);
+        match (self, logprobs) {
+            (_, None | Some(Value::Null)) | (Kind::Chat, Some(Value::Bool(false))) => Ok(None),
+            (Kind::Text, Some(n)) => match n.as_u64() {
+                Some(n @ 0..=5) => Ok(Some(n as usize)),
+                _ => Err(bad(format!(
+                    "logprobs must be an integer from 0 to 5, not {n}"
+                ))),
+            },
+            (Kind::Chat, Some(Value::Bool(true))) => match top.unwrap_or(0) {
+                n @ 0..=20 => Ok(Some(n as usize)),
+                n => Err(ApiError::invalid(
+                    Some("top_logprobs"),
+                    format!("top_logprobs must be from 0 to 20, not {n}"),
+                )),
+            },
+            (Kind::Chat, Some(other)) => {
+                Err(bad(format!("logprobs must be true or false, not {other}")))
+            }
+        }
+    }
+
+    /// Tokens' log probabilities in this API's shape; `offset` is where the first token's
+    /// text starts (completions count from the prompt's start) and moves past them.
+    fn logprobs(self, tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+        match self {
+            Kind::Text => {
+                let mut offsets = Vec::with_capacity(tokens.len());
+                for t in tokens {
+                    offsets.push(*offset);
+                    *offset += t.token.chars().count();
+                }
+                json!({
+                    "tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": tokens.iter().map(|t| {
+                        t.top.iter().map(|(s, l)| (s.clone(), json!(l))).collect::<serde_json::Map<_, _>>()
+                    }).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+            Kind::Chat => {
+                let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+                json!({"content": tokens.iter().map(|t| {
+                    let mut e = entry(&t.token, t.logprob);
+                    e["top_logprobs"] = t.top.iter().map(|(s, l)| entry(s, *l)).collect();
+                    e
+                }).collect::<Vec<_>>()})
             }
         }
     }
@@ -281,7 +339,7 @@ async fn completions(State(served): State<Arc<Served>>, body: Bytes) -> Response
                 ));
             }
         };
-        let job = served.job(&text, request.sampling, &[])?;
+        let job = served.job(&text, request.sampling, Kind::Text)?;
         respond(&served, job, Kind::Text).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
@@ -319,7 +377,7 @@ async fn chat(State(served): State<Arc<Served>>, body: Bytes) -> Response {
             return Err(ApiError::invalid(Some("messages"), "messages is empty"));
         }
         let text = render_chat(&request.messages)?;
-        let job = served.job(&text, request.sampling, &[CHAT_TURN_END])?;
+        let job = served.job(&text, request.sampling, Kind::Chat)?;
         respond(&served, job, Kind::Chat).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
@@ -332,26 +390,26 @@ async fn respond(served: &Arc<Served>, job: Job, kind: Kind) -> Result<Response,
     if job.stream {
         let head =
             json!({"id": id, "object": kind.object(true), "created": created, "model": model});
-        return Ok(Sse::new(stream_events(
-            events,
-            head,
-            kind,
-            prompt_tokens,
-            job.include_usage,
-        ))
-        .into_response());
+        return Ok(Sse::new(stream_events(events, head, kind, &job)).into_response());
     }
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = events.recv().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
+            Event::Logprob(token) => logprobs.push(token),
             Event::Done { finish, tokens } => {
+                let mut offset = job.prompt_chars;
+                let logprobs = match job.logprobs {
+                    Some(_) => kind.logprobs(&logprobs, &mut offset),
+                    None => Value::Null,
+                };
                 return Ok(axum::Json(json!({
                     "id": id,
                     "object": kind.object(false),
                     "created": created,
                     "model": model,
-                    "choices": [kind.choice(&text, Some(finish.as_str()), false)],
+                    "choices": [kind.choice(&text, logprobs, Some(finish.as_str()), false)],
                     "usage": usage(prompt_tokens, tokens),
                 }))
                 .into_response());
@@ -361,16 +419,18 @@ async fn respond(served: &Arc<Served>, job: Job, kind: Kind) -> Result<Response,
     Err(ApiError::internal("the model stopped before finishing"))
 }
 
-/// The events of a streamed completion as server-sent events: a chunk per piece of text, one
-/// with the finish reason, one with the usage if asked, then `[DONE]`. Dropping it (the client
-/// left) drops the receiver, which stops the generation.
+/// The events of a streamed completion as server-sent events: a chunk per piece of text
+/// (with its tokens' log probabilities, if asked), one with the finish reason, one with the
+/// usage if asked, then `[DONE]`. Dropping it (the client left) drops the receiver, which
+/// stops the generation.
 fn stream_events(
     events: mpsc::UnboundedReceiver<Event>,
     head: Value,
     kind: Kind,
-    prompt_tokens: usize,
-    include_usage: bool,
-) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
+    job: &Job,
+) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> + use<> {
+    let (prompt_tokens, include_usage, with_logprobs) =
+        (job.prompt.len(), job.include_usage, job.logprobs.is_some());
     let chunk = move |choices: Value, usage: Option<Value>| {
         let mut value = head.clone();
         value["choices"] = choices;
@@ -379,17 +439,35 @@ fn stream_events(
         }
         SseEvent::default().data(value.to_string())
     };
-    stream::unfold(Some(events), move |state| {
+    let start = Streaming {
+        events,
+        pending: Vec::new(),
+        offset: job.prompt_chars,
+    };
+    stream::unfold(Some(start), move |state| {
         let chunk = chunk.clone();
         async move {
-            let mut events = state?;
-            let out = match events.recv().await {
+            let mut state = state?;
+            let logprobs = |state: &mut Streaming| match with_logprobs {
+                true => kind.logprobs(&std::mem::take(&mut state.pending), &mut state.offset),
+                false => Value::Null,
+            };
+            let out = match state.events.recv().await {
+                Some(Event::Logprob(token)) => {
+                    state.pending.push(token);
+                    Vec::new()
+                }
                 Some(Event::Text(piece)) => {
-                    vec![chunk(json!([kind.choice(&piece, None, true)]), None)]
+                    let logprobs = logprobs(&mut state);
+                    vec![chunk(
+                        json!([kind.choice(&piece, logprobs, None, true)]),
+                        None,
+                    )]
                 }
                 Some(Event::Done { finish, tokens }) => {
+                    let logprobs = logprobs(&mut state);
                     let mut out = vec![chunk(
-                        json!([kind.choice("", Some(finish.as_str()), true)]),
+                        json!([kind.choice("", logprobs, Some(finish.as_str()), true)]),
                         None,
                     )];
                     if include_usage {
@@ -400,10 +478,18 @@ fn stream_events(
                 }
                 None => return None,
             };
-            Some((out, Some(events)))
+            Some((out, Some(state)))
         }
     })
     .flat_map(|events| stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)))
+}
+
+/// A streamed response between events: log probabilities of tokens whose text has not gone
+/// out yet, and where the next token's text starts.
+struct Streaming {
+    events: mpsc::UnboundedReceiver<Event>,
+    pending: Vec<TokenLogprob>,
+    offset: usize,
 }
 
 fn now() -> u64 {
