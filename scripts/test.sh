@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check CI runs: formatting, clippy with warnings as errors, all tests (the GPU kernels
-# on Mesa's software Vulkan when there is no GPU), and a compile check of the CUDA build.
+# and wgpu training on Mesa's software Vulkan when there is no GPU; the default build holds the
+# CUDA backend too), and a compile check of the CPU-only build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -13,6 +14,6 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
-step "cargo check --features cuda"
-cargo check -p launch --features cuda --locked
+step "cargo check --no-default-features (CPU only)"
+cargo check -p launch --no-default-features --locked
 step "done"

@@ -190,6 +190,45 @@ impl<R: Runtime> CubeKernels<R> {
         Self { client, name }
     }
 
+    /// Kernels on `device` once one has compiled and run there; a missing device, driver or
+    /// kernel compiler is [`KernelError::DeviceUnavailable`] with the runtime's own words.
+    /// CubeCL reports these by panicking (in its device thread, then in the caller's), so
+    /// the probe catches the panic and keeps its message off stderr.
+    pub fn probed(device: &R::Device) -> Result<Self, KernelError> {
+        let quiet = std::panic::take_hook();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = messages.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            seen.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+        }));
+        let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let kernels = Self::new(device);
+            kernels.quantize(
+                &[1.0; 8],
+                crate::QuantConfig {
+                    block: 8,
+                    ..Default::default()
+                },
+            )?;
+            Ok(kernels)
+        }));
+        std::panic::set_hook(quiet);
+        tried.unwrap_or_else(|_| {
+            let messages = messages.lock().unwrap_or_else(|e| e.into_inner());
+            // The first panic is the cause; later ones are its echoes (a closed channel).
+            let cause = messages.first().map_or("unknown", |m| m.as_str());
+            Err(KernelError::DeviceUnavailable(
+                cause.lines().map(str::trim).collect::<Vec<_>>().join(" "),
+            ))
+        })
+    }
+
     fn upload(&self, values: &[f32]) -> Handle {
         // Zero-length bindings are not allowed by every backend.
         if values.is_empty() {
@@ -301,6 +340,10 @@ impl<R: Runtime> CubeKernels<R> {
 impl<R: Runtime> Kernels for CubeKernels<R> {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn device_memory_reserved(&self) -> Option<u64> {
+        self.client.memory_usage().ok().map(|u| u.bytes_reserved)
     }
 
     fn quantize(

@@ -36,6 +36,9 @@ pub enum KernelError {
     /// The quantization block size is not usable.
     #[error("block size {0} is invalid: it must be a multiple of 4 between 4 and 65536")]
     InvalidBlockSize(usize),
+    /// No device to run on: no adapter, no driver, or no kernel compiler.
+    #[error("no usable device: {0}")]
+    DeviceUnavailable(String),
     /// The GPU runtime failed (device lost, out of memory, …).
     #[error("GPU runtime error: {0}")]
     Runtime(String),

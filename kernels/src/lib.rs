@@ -90,6 +90,11 @@ pub trait Kernels: Send + Sync {
         mu: f32,
     ) -> Result<(), KernelError>;
 
+    /// Bytes the device's allocator holds; `None` where the buffers are host memory.
+    fn device_memory_reserved(&self) -> Option<u64> {
+        None
+    }
+
     /// The dequantized values of `quantized` as a new buffer.
     fn dequantize(&self, quantized: &QuantizedTensor) -> Result<Vec<f32>, KernelError> {
         let mut out = vec![0.0; quantized.len()];

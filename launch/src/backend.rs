@@ -3,7 +3,6 @@
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use sinter_kernels::Kernels;
-use sinter_trainer::TrainerError;
 use sinter_trainer::config::BackendKind;
 
 /// Work that is generic over the training backend.
@@ -18,8 +17,19 @@ pub trait BackendJob {
     ) -> Result<Self::Output>;
 }
 
+/// What a backend needs from the machine, for the message when it is missing.
+#[cfg(feature = "wgpu")]
+const WGPU_NEEDS: &str = "wgpu needs a Vulkan, Metal or DirectX 12 driver: on Linux your \
+GPU's Vulkan driver, or Mesa's software one (`apt-get install mesa-vulkan-drivers libvulkan1`); \
+or train with `--backend cpu`";
+#[cfg(feature = "cuda")]
+const CUDA_NEEDS: &str = "CUDA needs an NVIDIA GPU with its driver (libcuda.so.1) and, to \
+compile kernels, the CUDA toolkit's NVRTC and headers: set CUDA_PATH (default /usr/local/cuda) \
+and put its lib64 on LD_LIBRARY_PATH; or train with `--backend cpu`";
+
 /// Runs `job` on `kind`: flex with rayon kernels on CPU, burn's wgpu or CUDA backend with
-/// the matching CubeCL kernels when built with that feature.
+/// the matching CubeCL kernels, once a first kernel has run on the device (a missing device
+/// is an error saying what to install, not a panic halfway through).
 pub fn dispatch<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
     match kind {
         BackendKind::Cpu => job.run::<sinter_trainer::CpuTrainBackend>(
@@ -27,18 +37,22 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
             &sinter_kernels::RayonKernels,
         ),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
-            Default::default(),
-            &sinter_kernels::WgpuKernels::wgpu(),
-        ),
+        BackendKind::Wgpu => {
+            let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+            let kernels = sinter_kernels::WgpuKernels::probed(&device)
+                .map_err(|e| anyhow::anyhow!("backend `wgpu`: {e}\n{WGPU_NEEDS}"))?;
+            job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, &kernels)
+        }
         #[cfg(not(feature = "wgpu"))]
-        BackendKind::Wgpu => Err(TrainerError::BackendUnavailable("wgpu").into()),
+        BackendKind::Wgpu => Err(sinter_trainer::TrainerError::BackendUnavailable("wgpu").into()),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
-            Default::default(),
-            &sinter_kernels::CudaKernels::cuda(),
-        ),
+        BackendKind::Cuda => {
+            let device = burn::backend::cuda::CudaDevice::new(0);
+            let kernels = sinter_kernels::CudaKernels::probed(&device)
+                .map_err(|e| anyhow::anyhow!("backend `cuda`: {e}\n{CUDA_NEEDS}"))?;
+            job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(device, &kernels)
+        }
         #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => Err(TrainerError::BackendUnavailable("cuda").into()),
+        BackendKind::Cuda => Err(sinter_trainer::TrainerError::BackendUnavailable("cuda").into()),
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sinter_comms::group::GroupLimits;
 use sinter_comms::net::PeerLimits;
+use sinter_trainer::config::BackendKind;
 
 /// sinter: many machines train one model. DiLoCo workers take local steps on their own
 /// shards and exchange int8 pseudo-gradients a few hundred times less often than
@@ -166,6 +167,22 @@ pub struct WeightsArgs {
     /// A checkpoint directory, or a checkpoints directory (its `latest`); verified first.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
+}
+
+/// `--backend`, shared by every command that runs a model.
+#[derive(Debug, Args)]
+pub struct BackendOverride {
+    /// Compute backend (overrides `run.backend`). Not part of a run's identity: peers on
+    /// different hardware train the same run and agree bit for bit on its parameters.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+}
+
+impl BackendOverride {
+    /// The backend to run on: this flag's, else `configured`.
+    pub fn or(&self, configured: BackendKind) -> BackendKind {
+        self.backend.map_or(configured, Into::into)
+    }
 }
 
 /// `launch bench` targets.
@@ -580,6 +597,27 @@ pub enum ModeArg {
     Ddp,
 }
 
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// burn's flex backend on the CPU's cores.
+    Cpu,
+    /// burn's wgpu backend: Vulkan, Metal or DirectX 12 (any GPU; Mesa's lavapipe without one).
+    Wgpu,
+    /// burn's CUDA backend: NVIDIA GPUs (the driver is loaded when the run starts).
+    Cuda,
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Cpu => BackendKind::Cpu,
+            BackendArg::Wgpu => BackendKind::Wgpu,
+            BackendArg::Cuda => BackendKind::Cuda,
+        }
+    }
+}
+
 /// `--quant` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum QuantArg {
@@ -606,6 +644,9 @@ pub struct OutArgs {
     /// `checkpoint.every_rounds`; not part of the run's identity).
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,
+    /// Compute backend.
+    #[command(flatten)]
+    pub backend: BackendOverride,
 }
 
 /// Overrides of the config's `[outer]` section shared by `sim` and `run`.
@@ -843,6 +884,9 @@ pub struct EvalArgs {
     /// The model.
     #[command(flatten)]
     pub source: WeightsArgs,
+    /// Compute backend.
+    #[command(flatten)]
+    pub backend: BackendOverride,
 }
 
 /// `launch generate`.
@@ -851,6 +895,9 @@ pub struct GenerateArgs {
     /// The model.
     #[command(flatten)]
     pub source: WeightsArgs,
+    /// Compute backend.
+    #[command(flatten)]
+    pub backend: BackendOverride,
     /// Text to continue.
     #[arg(long, default_value = "")]
     pub prompt: String,
@@ -877,6 +924,9 @@ pub struct ServeArgs {
     /// The model.
     #[command(flatten)]
     pub source: WeightsArgs,
+    /// Compute backend.
+    #[command(flatten)]
+    pub backend: BackendOverride,
     /// Address the HTTP API listens on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     pub http: String,

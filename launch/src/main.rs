@@ -126,7 +126,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => {
             let config = weights_config(&args.source)?;
             dispatch(
-                config.run.backend,
+                args.backend.or(config.run.backend),
                 EvalJob {
                     source: args.source,
                 },
@@ -134,11 +134,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate(args) => {
             let config = weights_config(&args.source)?;
-            dispatch(config.run.backend, GenerateJob { args })
+            dispatch(args.backend.or(config.run.backend), GenerateJob { args })
         }
         Command::Serve(args) => {
             let config = weights_config(&args.source)?;
-            dispatch(config.run.backend, serve::ServeJob { args })
+            dispatch(
+                args.backend.or(config.run.backend),
+                serve::ServeJob { args },
+            )
         }
         Command::Checkpoint(cli::CheckpointCommand::Verify { dir, json }) => {
             checkpoints::verify(&dir, json)
@@ -223,6 +226,7 @@ fn load_config(path: &Path, out: &OutArgs) -> Result<RunConfig> {
     if let Some(every) = out.checkpoint_every {
         config.checkpoint.every_rounds = every;
     }
+    config.run.backend = out.backend.or(config.run.backend);
     Ok(config)
 }
 

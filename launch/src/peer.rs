@@ -91,7 +91,7 @@ fn group_settings(
 ) -> Result<GroupSettings> {
     Ok(GroupSettings {
         run: config.hash(),
-        config: serde_json::to_value(config)?,
+        config: serde_json::to_value(config.agreed())?,
         heartbeat: Duration::from_millis(500),
         peer_timeout: Duration::from_secs(5),
         round_ceiling,

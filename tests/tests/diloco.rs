@@ -1,29 +1,13 @@
 //! DiLoCo simulations end to end: trainer → kernels → wire codec → kernels → trainer.
 //! Small models so that each test takes seconds on two cores.
 
+mod common;
+
+use common::small;
 use sinter_kernels::{Kernels, RayonKernels, WgpuKernels};
 use sinter_trainer::config::{Mode, Quant, RunConfig};
 use sinter_trainer::simulate::{Quiet, Summary, allreduce_factor, simulate};
 use sinter_trainer::{CpuTrainBackend, params, pseudo_gradient};
-
-fn small() -> RunConfig {
-    let mut c = RunConfig::default();
-    c.model.d_model = 32;
-    c.model.n_layers = 2;
-    c.model.n_heads = 2;
-    c.model.n_kv_heads = 2;
-    c.model.ffn_hidden = 64;
-    c.model.context = 32;
-    c.data.validation_batches = 4;
-    c.data.validation_batch_size = 8;
-    c.inner.steps = 24;
-    c.inner.batch_size = 8;
-    c.inner.lr = 3e-3;
-    c.outer.workers = 3;
-    c.outer.inner_steps = 6;
-    c.eval.every_steps = 6;
-    c
-}
 
 fn run(
     config: &RunConfig,

@@ -641,14 +641,26 @@ impl RunConfig {
         Ok(())
     }
 
-    /// SHA-256 of the canonical (re-serialised) config without `[checkpoint]` and
-    /// `[incentives]`: the run's identity.
+    /// What every peer of a run must hold the same: this config without the peer's own
+    /// hardware (`run.backend`). Peers compare it when one joins.
+    pub fn agreed(&self) -> RunConfig {
+        RunConfig {
+            run: RunSection {
+                backend: BackendKind::default(),
+                ..self.run.clone()
+            },
+            ..self.clone()
+        }
+    }
+
+    /// SHA-256 of the canonical (re-serialised) config without `[checkpoint]`,
+    /// `[incentives]` and `run.backend` (a peer's hardware): the run's identity.
     pub fn hash(&self) -> String {
         use sha2::Digest;
         let identity = RunConfig {
             checkpoint: CheckpointConfig::default(),
             incentives: IncentiveConfig::default(),
-            ..self.clone()
+            ..self.agreed()
         };
         let canonical = toml::to_string(&identity).expect("a RunConfig always serialises");
         let digest = sha2::Sha256::digest(canonical.as_bytes());
@@ -662,6 +674,15 @@ mod tests {
 
     fn parse(text: &str) -> Result<RunConfig, ConfigError> {
         RunConfig::parse(text, Path::new("configs/x.toml"))
+    }
+
+    #[test]
+    fn the_backend_is_not_part_of_the_runs_identity() {
+        let cpu = parse("[run]\nbackend = \"cpu\"\n").unwrap();
+        let gpu = parse("[run]\nbackend = \"cuda\"\n").unwrap();
+        let other_seed = parse("[run]\nbackend = \"cuda\"\nseed = 1\n").unwrap();
+        assert_eq!(cpu.hash(), gpu.hash());
+        assert_ne!(gpu.hash(), other_seed.hash());
     }
 
     #[test]

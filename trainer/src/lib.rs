@@ -33,6 +33,7 @@ pub mod export;
 pub mod generate;
 pub mod inner;
 pub mod ledger_net;
+pub mod memory;
 pub mod model;
 pub mod outer;
 pub mod params;

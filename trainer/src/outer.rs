@@ -1,10 +1,14 @@
 //! The outer step: the scheduled outer learning rate and the Nesterov step every worker
 //! applies to the averaged pseudo-gradient, in the simulation and in real runs alike.
 
-use sinter_kernels::Kernels;
+use sinter_kernels::{Kernels, RayonKernels};
 
 use crate::TrainerError;
 use crate::config::{OuterSchedule, RunConfig};
+
+/// The kernels for what every peer must compute to the same bits (the reduced delta and the
+/// outer step), on any backend.
+pub const CANONICAL: &RayonKernels = &RayonKernels;
 
 /// The outer learning rate of `round` out of `rounds`.
 pub fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
@@ -20,8 +24,13 @@ pub fn outer_lr(config: &RunConfig, round: usize, rounds: usize) -> f32 {
 
 /// The outer Nesterov step of `round` (of `rounds`) with the scheduled outer learning rate;
 /// fails if the parameters stop being finite.
+///
+/// Always the rayon kernels, whatever the peer's backend: every peer of a run must hold the
+/// same bits of the global parameters, and GPU kernels round differently from CPUs and from
+/// each other (fused multiply-adds where the compiler chooses). Element-wise f32 in Rust is
+/// not contracted, so this step gives the same bits on every CPU. Once per round, on
+/// parameters that are on the host for the all-reduce anyway.
 pub fn outer_step(
-    kernels: &dyn Kernels,
     config: &RunConfig,
     global: &mut [f32],
     momentum: &mut [f32],
@@ -30,7 +39,7 @@ pub fn outer_step(
     rounds: usize,
 ) -> Result<(), TrainerError> {
     let lr = outer_lr(config, round, rounds);
-    kernels.outer_nesterov_step(global, momentum, delta, lr, config.outer.momentum)?;
+    CANONICAL.outer_nesterov_step(global, momentum, delta, lr, config.outer.momentum)?;
     if global.iter().any(|v| !v.is_finite()) {
         return Err(TrainerError::Diverged(format!(
             "global parameters became non-finite in round {round}"

@@ -7,6 +7,10 @@ use burn::tensor::{Tensor, TensorData};
 use sinter_checkpoints::CheckpointError;
 use sinter_checkpoints::tensors::{self, NamedTensor};
 
+use crate::CpuBackend;
+use crate::config::ModelConfig;
+use crate::model::Llama;
+
 /// Where one parameter tensor lives in the flat vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamSlot {
@@ -98,6 +102,18 @@ impl<B: Backend> ModuleVisitor<B> for Flatten {
         });
         self.values.extend_from_slice(values);
     }
+}
+
+/// A run's initial model on `device`: drawn on the CPU from `seed` and moved there, so every
+/// peer starts from the same bits whatever its backend (each backend's random generator
+/// draws other numbers from the same seed). `B` is seeded too, for anything drawn later.
+pub fn initial_model<B: Backend>(config: &ModelConfig, seed: u64, device: &B::Device) -> Llama<B> {
+    let cpu = Default::default();
+    CpuBackend::seed(&cpu, seed);
+    let drawn: Llama<CpuBackend> = config.init(&cpu);
+    let (_, values) = flatten(&drawn);
+    B::seed(device, seed);
+    load(config.init(device), &values, device)
 }
 
 /// Copies every parameter of `module` into one vector, with its layout.

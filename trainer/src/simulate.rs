@@ -29,9 +29,10 @@ use crate::data::{Dataset, ShardSampler};
 pub use crate::eval::EvalPoint;
 use crate::eval::validation_loss;
 use crate::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
+use crate::memory::MemoryStats;
 use crate::model::Llama;
-use crate::outer::outer_step;
-use crate::params::{ParamLayout, flatten, load};
+use crate::outer::{CANONICAL, outer_step};
+use crate::params::{ParamLayout, flatten, initial_model, load};
 use crate::{TrainerError, pseudo_gradient};
 
 /// The outcome of a run, as written to `summary.json`.
@@ -76,6 +77,9 @@ pub struct Summary {
     pub checkpoints: CheckpointStats,
     /// The round this run resumed at, if it did.
     pub resumed_from_round: Option<u64>,
+    /// Memory used.
+    #[serde(flatten)]
+    pub memory: MemoryStats,
 }
 
 /// Checkpointing and resumption of a simulation.
@@ -263,7 +267,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let reduced =
             pseudo_gradient::mean(self.kernels, &self.layout.slots, &contributions, quant)?;
         let mut mean = vec![0.0f32; global.len()];
-        pseudo_gradient::accumulate(self.kernels, &self.layout.slots, &reduced, &mut mean, 1.0)?;
+        pseudo_gradient::accumulate(CANONICAL, &self.layout.slots, &reduced, &mut mean, 1.0)?;
         Ok(Some(mean))
     }
 }
@@ -396,8 +400,7 @@ pub fn simulate<B: AutodiffBackend>(
         check_resumable(config, snapshot)?;
     }
     let n = config.outer.workers;
-    B::seed(device, config.run.seed);
-    let initial: Llama<B> = config.model.init(device);
+    let initial: Llama<B> = initial_model(&config.model, config.run.seed, device);
     let (layout, _) = flatten(&initial);
     let initial = match options.start_from {
         Some(values) if values.len() != layout.len() => {
@@ -519,7 +522,6 @@ pub fn simulate<B: AutodiffBackend>(
                 run.local_steps(&mut workers, step, end);
                 match run.reduce(&global, &mut workers, rounds)? {
                     Some(delta) => outer_step(
-                        kernels,
                         config,
                         &mut global,
                         &mut momentum,
@@ -577,6 +579,7 @@ pub fn simulate<B: AutodiffBackend>(
             .map(|c| c.stats.clone())
             .unwrap_or_default(),
         resumed_from_round,
+        memory: MemoryStats::measure(kernels),
     };
     Ok(SimOutcome {
         summary,

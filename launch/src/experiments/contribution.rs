@@ -44,7 +44,7 @@ use sinter_trainer::data::{Dataset, ShardSampler};
 use sinter_trainer::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
 use sinter_trainer::model::Llama;
 use sinter_trainer::outer::{outer_lr, outer_step};
-use sinter_trainer::params::{ParamLayout, flatten, load};
+use sinter_trainer::params::{ParamLayout, flatten, initial_model, load};
 use sinter_trainer::tokenizer::Tokenizer;
 use sinter_trainer::valuation::{Evaluator, RoundGame, curvature, mean_of};
 use sinter_trainer::{TrainerError, pseudo_gradient};
@@ -328,8 +328,7 @@ pub fn run<B: AutodiffBackend>(
     let config = &config;
     let context = config.model.context;
     let seed = config.run.seed;
-    B::seed(device, seed);
-    let initial: Llama<B> = config.model.init(device);
+    let initial: Llama<B> = initial_model(&config.model, seed, device);
     let (layout, mut global): (ParamLayout, Vec<f32>) = flatten(&initial);
     let mut momentum = vec![0.0f32; global.len()];
 
@@ -388,7 +387,6 @@ pub fn run<B: AutodiffBackend>(
                 }
                 let mean = mean_of(&deltas, &(0..deltas.len()).collect::<Vec<_>>());
                 outer_step(
-                    kernels,
                     config,
                     &mut global,
                     &mut momentum,
@@ -549,7 +547,6 @@ pub fn run<B: AutodiffBackend>(
             } else {
                 let mean = mean_of(&inputs.deltas, &survivors);
                 outer_step(
-                    kernels,
                     config,
                     &mut global,
                     &mut momentum,

@@ -35,8 +35,8 @@ use crate::eval::EvalPoint;
 use crate::eval::validation_loss;
 use crate::inner::{eval_model, inner_optimizer, train_step};
 use crate::model::Llama;
-use crate::outer::{outer_lr, outer_step};
-use crate::params::{ParamLayout, flatten, load};
+use crate::outer::{CANONICAL, outer_lr, outer_step};
+use crate::params::{ParamLayout, flatten, initial_model, load};
 use crate::round_state::{RoundState, sha256_hex};
 use crate::simulate::{Observer, Summary, allreduce_factor};
 use crate::{TrainerError, pseudo_gradient};
@@ -155,9 +155,9 @@ fn fetch_agreed_state(
 }
 
 /// The mean pseudo-gradient of a round from its reduced shards; a shard that does not decode
-/// leaves its parameters out of this round (every member skips it alike).
+/// leaves its parameters out of this round (every member skips it alike). Canonical kernels:
+/// every member decodes the same bytes to the same bits.
 fn reduced_delta(
-    kernels: &dyn Kernels,
     layout: &ParamLayout,
     bounds: &[std::ops::Range<usize>],
     shards: &[Arrival],
@@ -169,7 +169,7 @@ fn reduced_delta(
             continue;
         }
         let applied = pseudo_gradient::accumulate_frame(
-            kernels,
+            CANONICAL,
             &layout.slots[bounds[k].clone()],
             &shard.frame,
             &mut delta,
@@ -211,6 +211,7 @@ impl Tally {
         wall_secs: f64,
         checkpoints: crate::checkpoint::CheckpointStats,
         resumed_from_round: Option<u64>,
+        memory: crate::memory::MemoryStats,
     ) -> PeerSummary {
         let workers = self.workers.max(1);
         let initial_val_loss = evals.first().map_or(f32::NAN, |p| p.val_loss);
@@ -240,6 +241,7 @@ impl Tally {
                 config_hash: config.hash(),
                 checkpoints,
                 resumed_from_round,
+                memory,
             },
             peer_id: group.me().to_string(),
             peers_seen: self.peers_seen.into_iter().collect(),
@@ -294,8 +296,7 @@ pub fn run_peer<B: AutodiffBackend>(
         ));
     }
     let started = Instant::now();
-    B::seed(device, config.run.seed);
-    let mut model: Llama<B> = config.model.init(device);
+    let mut model: Llama<B> = initial_model(&config.model, config.run.seed, device);
     let (layout, global): (ParamLayout, Vec<f32>) = flatten(&model);
     let validation =
         dataset.validation_windows(&config.data, config.model.context, config.run.seed);
@@ -558,12 +559,11 @@ pub fn run_peer<B: AutodiffBackend>(
             .map_err(group_error)?;
         tally.bytes_sent += result.bytes_sent;
         tally.bytes_received += result.bytes_received;
-        let delta = reduced_delta(kernels, &layout, &bounds, &result.shards, round);
+        let delta = reduced_delta(&layout, &bounds, &result.shards, round);
         let before = incentives
             .is_some()
             .then(|| (state.global.clone(), state.momentum.clone()));
         outer_step(
-            kernels,
             config,
             &mut state.global,
             &mut state.momentum,
@@ -658,6 +658,7 @@ pub fn run_peer<B: AutodiffBackend>(
         started.elapsed().as_secs_f64(),
         checkpointing.map(|c| c.stats).unwrap_or_default(),
         options.resume.as_ref().map(|s| s.meta.round),
+        crate::memory::MemoryStats::measure(kernels),
     );
     Ok(PeerOutcome {
         summary: PeerSummary {
