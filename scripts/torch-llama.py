@@ -9,7 +9,7 @@ layers of RMSNorm, attention with rotate-half RoPE and grouped-query heads, SwiG
 RMSNorm and a tied or untied head, no biases. Tokens are drawn uniformly from the vocabulary:
 speed does not depend on the text.
 
-    python3 scripts/torch-llama.py configs/parity.toml --device cpu --threads 2 --steps 60
+    python3 scripts/torch-llama.py configs/parity.toml --device cpu --threads 2 --steps 60 --evals
     python3 scripts/torch-llama.py configs/125m.toml --device cuda --steps 200
     python3 scripts/torch-llama.py configs/125m.toml --mfu-of OUT/summary.json   # sinter's MFU
 
@@ -19,6 +19,7 @@ Only for measurement; not part of sinter.
 import argparse
 import json
 import math
+import resource
 import sys
 import time
 import tomllib
@@ -151,6 +152,9 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: autocast the forward and backward (CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--evals", action="store_true",
+                    help="evaluate as `launch train` does (timed): at step 0, every eval.every_steps "
+                         "and at the end, each data.validation_batches forward passes")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="the device's peak for MFU (H100/H200 dense bf16: 989)")
     ap.add_argument("--mfu-of", metavar="SUMMARY",
@@ -188,6 +192,18 @@ def main():
         floor = inner["min_lr_fraction"]
         return inner["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
+    data = {"validation_batches": 20, "validation_batch_size": 16, **config.get("data", {})}
+    every = config.get("eval", {}).get("every_steps", 50)
+    eval_gen = torch.Generator(device="cpu").manual_seed(2)
+
+    def evaluate():
+        with torch.no_grad(), autocast:
+            for _ in range(data["validation_batches"]):
+                tokens = torch.randint(0, m["vocab_size"], (data["validation_batch_size"], m["context"] + 1),
+                                       generator=eval_gen).to(device)
+                logits = step_fn(tokens[:, :-1])
+                F.cross_entropy(logits.float().reshape(-1, m["vocab_size"]), tokens[:, 1:].reshape(-1)).item()
+
     step_fn = torch.compile(model) if args.compile else model
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     gen = torch.Generator(device="cpu").manual_seed(1)
@@ -215,8 +231,16 @@ def main():
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
+    evals = 0
     for i in range(args.warmup, total):
+        done = i - args.warmup
+        if args.evals and done % every == 0:
+            evaluate()
+            evals += 1
         loss = step(i)
+    if args.evals and args.steps % every != 0:
+        evaluate()
+        evals += 1
     sync()
     secs = time.perf_counter() - start
     tokens_per_sec = args.steps * batch * m["context"] / secs
@@ -228,9 +252,11 @@ def main():
         "batch": batch,
         "context": m["context"],
         "steps": args.steps,
+        "evals": evals,
         "secs": round(secs, 3),
         "tokens_per_sec": round(tokens_per_sec, 1),
         "last_loss": round(float(loss), 4),
+        "peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if args.device == "cuda":
         achieved = tokens_per_sec * flops_per_token(m)

@@ -21,6 +21,22 @@ fn median_time(iters: usize, mut f: impl FnMut()) -> Duration {
 }
 
 /// Runs the comparison on buffers of `len` values and prints a table.
+/// What `launch bench train` prints: the speed and memory of a training run.
+pub fn train_report(summary: &sinter_trainer::simulate::Summary) -> serde_json::Value {
+    serde_json::json!({
+        "framework": "sinter",
+        "device": summary.memory.device,
+        "params": summary.params,
+        "steps": summary.steps,
+        "tokens": summary.tokens,
+        "secs": summary.wall_secs,
+        "tokens_per_sec": summary.tokens_per_sec,
+        "peak_host_rss_mib": summary.memory.peak_host_rss_mib,
+        "device_memory_reserved_mib": summary.memory.device_memory_reserved_mib,
+        "final_val_loss": summary.final_val_loss,
+    })
+}
+
 pub fn kernels(len: usize, iters: usize) {
     let values = |seed: u32| -> Vec<f32> {
         (0..len)

@@ -188,6 +188,19 @@ impl BackendOverride {
 /// `launch bench` targets.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Training speed: one worker trains CONFIG as `launch train` does (evaluations
+    /// included) and prints tokens/s and peak memory as one JSON line.
+    /// scripts/bench-train.sh runs it beside PyTorch on the same model for the ratio.
+    Train {
+        /// Run configuration (TOML), e.g. configs/parity.toml.
+        config: PathBuf,
+        /// Inner steps (overrides `inner.steps`).
+        #[arg(long, default_value_t = 60)]
+        steps: usize,
+        /// Compute backend.
+        #[command(flatten)]
+        backend: BackendOverride,
+    },
     /// Rayon kernels' throughput as a ratio to memcpy of the same buffer.
     Kernels {
         /// Values per buffer (default: the parity model's parameter count).

@@ -27,7 +27,7 @@ use clap::Parser;
 use sinter_kernels::Kernels;
 use sinter_trainer::config::{Mode, Quant};
 use sinter_trainer::generate::{Sampling, generate};
-use sinter_trainer::simulate::{Observer, SimOptions, simulate};
+use sinter_trainer::simulate::{Observer, SimOptions, Summary, simulate};
 use sinter_trainer::{RunConfig, TrainerError, weights};
 
 use backend::{BackendJob, dispatch};
@@ -100,7 +100,7 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|dir| checkpoints::snapshot(dir, &config))
                 .transpose()?;
             let start = resume.map_or(Start::Fresh, |s| Start::Resume(Box::new(s)));
-            train_and_report(config, &args.out, "sim", start)
+            train_and_report(config, args.out.out, "sim", start).map(drop)
         }
         Command::Run(args) => {
             let config = config_with_overrides(&args.config, &args.outer, &args.out)?;
@@ -111,9 +111,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Relay(args) => relay::run(args),
         Command::Train(args) => {
             let mut config = load_config(&args.config, &args.out)?;
-            config.outer.workers = 1;
-            config.outer.mode = Mode::Ddp;
-            config.outer.warmup_ddp_steps = 0;
+            alone(&mut config);
             if let Some(corpus) = args.corpus {
                 config.data.corpus = corpus;
             }
@@ -121,7 +119,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(from) => Start::From(checkpoints::start_from(from, &config)?),
                 None => Start::Fresh,
             };
-            train_and_report(config, &args.out, "train", start)
+            train_and_report(config, args.out.out, "train", start).map(drop)
         }
         Command::Eval(args) => {
             let config = weights_config(&args.source)?;
@@ -164,6 +162,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Wallet(command) => wallet::run(command),
         Command::Chain(command) => chain::run(command),
         Command::Incentives(args) => incentives::run(args),
+        Command::Bench(BenchCommand::Train {
+            config,
+            steps,
+            backend,
+        }) => {
+            let mut config = RunConfig::load(&config)?;
+            config.inner.steps = steps;
+            config.run.backend = backend.or(config.run.backend);
+            alone(&mut config);
+            let summary = train_and_report(config, None, "bench", Start::Fresh)?;
+            println!("{}", serde_json::to_string(&bench::train_report(&summary))?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Cabal {
             epochs,
             emission_percent,
@@ -290,7 +301,19 @@ enum Start {
     From(Vec<f32>),
 }
 
-fn train_and_report(config: RunConfig, out: &OutArgs, what: &str, start: Start) -> Result<()> {
+/// One worker training alone (`launch train`, `launch bench train`).
+fn alone(config: &mut RunConfig) {
+    config.outer.workers = 1;
+    config.outer.mode = Mode::Ddp;
+    config.outer.warmup_ddp_steps = 0;
+}
+
+fn train_and_report(
+    config: RunConfig,
+    out: Option<PathBuf>,
+    what: &str,
+    start: Start,
+) -> Result<Summary> {
     let title = match config.outer.mode {
         Mode::Ddp if config.outer.workers == 1 => "one worker".to_owned(),
         Mode::Ddp => format!("data-parallel, {} workers", config.outer.workers),
@@ -310,7 +333,7 @@ fn train_and_report(config: RunConfig, out: &OutArgs, what: &str, start: Start) 
         config.run.backend,
         TrainJob {
             config,
-            out: out.out.clone(),
+            out,
             title,
             start,
         },
@@ -325,9 +348,9 @@ struct TrainJob {
 }
 
 impl BackendJob for TrainJob {
-    type Output = ();
+    type Output = Summary;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<()> {
+    fn run<B: AutodiffBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<Summary> {
         let (_, dataset) = self.config.load_data()?;
         let total = match self.config.outer.mode {
             Mode::Ddp => self.config.inner.steps,
@@ -388,7 +411,7 @@ impl BackendJob for TrainJob {
                 dir.display()
             );
         }
-        Ok(())
+        Ok(summary)
     }
 }
 

@@ -331,3 +331,26 @@ fn train_from_weights_fine_tunes_them_on_another_corpus() {
         text(&refused)
     );
 }
+
+#[test]
+fn bench_train_prints_speed_and_memory_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let out = launch(&["bench", "train", &config, "--steps", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["framework"], "sinter");
+    assert_eq!(report["device"], "rayon");
+    assert_eq!(report["steps"], 3);
+    assert_eq!(
+        report["tokens"],
+        3 * 4 * 32,
+        "3 steps of 4 windows of 32 tokens"
+    );
+    assert!(report["tokens_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["peak_host_rss_mib"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

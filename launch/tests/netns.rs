@@ -367,7 +367,13 @@ fn peers_behind_nats_join_with_only_bootstrap_punch_holes_or_relay_and_end_bit_i
     let route = |peer: &str| status["routes"][peer].as_str().unwrap_or("none").to_owned();
     assert_eq!(status["reachability"], "private (behind a NAT)", "{status}");
     assert_eq!(route(&public_id), "direct", "{status}");
-    assert_eq!(route(&natted[1].2), "direct (hole-punched)", "{status}");
+    // Both routers drop unsolicited packets, so a direct route between nat1 and nat2 exists
+    // only through holes punched in both. Usually libp2p's hole punch makes the connection
+    // ("direct (hole-punched)"); CI once saw the mappings of a punch carry a plain dial first.
+    assert!(
+        ["direct (hole-punched)", "direct"].contains(&route(&natted[1].2).as_str()),
+        "{status}"
+    );
     // Usually relayed; CI once saw "direct". Likely cause (not confirmed): once nat1 has
     // sent to nat3's router while trying to punch a hole, a connection nat3 opens to nat1's
     // mapping gets through nat1's router. Either way the route is real; the relay's
