@@ -8,9 +8,9 @@
 # 2. A mixed run: two real peers of configs/tiny.toml on loopback, one on `--backend cpu`, one
 #    on `--backend cuda`; their final global parameters must be the same bytes.
 # 3. `launch train configs/125m.toml --backend cuda` for STEPS steps (of BATCH windows, if set;
-#    else the config's 32): tokens/s and model FLOPs utilization (PaLM's count against
+#    else the config's own): tokens/s and model FLOPs utilization (PaLM's count against
 #    PEAK_TFLOPS, default 989: dense bf16 on an H100/H200).
-# 4. With PyTorch installed (SKIP_TORCH unset): the same model and batch in PyTorch
+# 4. With PyTorch installed: the same model and batch in PyTorch
 #    (scripts/torch-llama.py), fp32 and bf16, for the ratio.
 #
 # CHECKS picks some (default "tiny mixed 125m torch").
@@ -78,7 +78,11 @@ fi
 
 # 3. The 125M model's speed on CUDA.
 config=$out/125m.toml
-sed "s/^batch_size = .*/batch_size = ${batch:-32}/" configs/125m.toml >"$config"
+if [[ -n $batch ]]; then
+  sed "s/^batch_size = .*/batch_size = $batch/" configs/125m.toml >"$config"
+else
+  cp configs/125m.toml "$config"
+fi
 if [[ $checks == *" 125m "* ]]; then
 timeout "${TIMEOUT_125M:-420}" "$launch" train "$config" --backend cuda --steps "$steps" \
   --out "$out/125m-cuda" >"$out/125m-cuda.out" 2>"$out/125m-cuda.log"

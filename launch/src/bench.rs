@@ -20,7 +20,6 @@ fn median_time(iters: usize, mut f: impl FnMut()) -> Duration {
     times[times.len() / 2]
 }
 
-/// Runs the comparison on buffers of `len` values and prints a table.
 /// What `launch bench train` prints: the speed and memory of a training run.
 pub fn train_report(summary: &sinter_trainer::simulate::Summary) -> serde_json::Value {
     serde_json::json!({
@@ -37,6 +36,7 @@ pub fn train_report(summary: &sinter_trainer::simulate::Summary) -> serde_json::
     })
 }
 
+/// Runs the comparison on buffers of `len` values and prints a table.
 pub fn kernels(len: usize, iters: usize) {
     let values = |seed: u32| -> Vec<f32> {
         (0..len)

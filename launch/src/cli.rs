@@ -195,7 +195,8 @@ pub enum BenchCommand {
         /// Run configuration (TOML), e.g. configs/parity.toml.
         config: PathBuf,
         /// Inner steps (overrides `inner.steps`).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         steps: usize,
         /// Compute backend.
         #[command(flatten)]

@@ -336,6 +336,8 @@ fn train_from_weights_fine_tunes_them_on_another_corpus() {
 fn bench_train_prints_speed_and_memory_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(dir.path());
+    let zero = launch(&["bench", "train", &config, "--steps", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero));
     let out = launch(&["bench", "train", &config, "--steps", "3"]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
