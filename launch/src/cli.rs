@@ -50,6 +50,10 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     Relay(RelayArgs),
     /// Train one worker alone (no DiLoCo): the single-machine baseline.
     Train(TrainArgs),
+    /// Datasets: tokenize text, JSON-lines and parquet files into memory-mapped token shards
+    /// a run trains from (`data.corpus = "DIR"`), and check one.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Print the validation loss of saved weights.
     Eval(EvalArgs),
     /// Sample text from saved weights.
@@ -94,6 +98,101 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
         after_help = "Example:\n  launch export out/tiny/checkpoints --format hf --out out/tiny-hf"
     )]
     Export(ExportArgs),
+}
+
+/// `launch data …`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Tokenize files into a prepared dataset: shards of u16 (or u32) tokens with document
+    /// indexes, a validation split by document, and a manifest of hashes whose SHA-256 (the
+    /// dataset's fingerprint, printed at the end) pins it in a run's config.
+    #[command(after_help = "Examples:\n  \
+launch data prepare corpus/*.txt --out data/prepared/books\n  \
+launch data prepare 'web/**/*.parquet' notes.jsonl --text-field content --tokenizer tokenizer.json --out data/prepared/web\n\n\
+Then in the run's config:\n  [data]\n  corpus = \"data/prepared/web\"\n  tokenizer = \"data/prepared/web/tokenizer.json\"\n  sha256 = \"<the fingerprint>\"")]
+    Prepare(PrepareArgs),
+    /// Train a byte-level BPE tokenizer (GPT-2's scheme, with `<|endoftext|>`) on text,
+    /// JSON-lines or parquet files and write its Hugging Face `tokenizer.json`.
+    #[command(after_help = "Example (the tokenizer configs/125m.toml uses):\n  \
+launch data tokenizer data/shakespeare.txt.zst data/milton.txt.zst --txt-documents paragraph --vocab 32000 --out data/prepared/bpe-32k.json")]
+    Tokenizer(TokenizerArgs),
+    /// Check a prepared dataset: the manifest, every shard's size and hash, every token
+    /// against the vocabulary, every document index. Prints its fingerprint; exit code 1 if
+    /// anything is wrong.
+    Verify {
+        /// The prepared dataset's directory.
+        dir: PathBuf,
+    },
+}
+
+/// `launch data prepare`.
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Input files: `.txt` (a document per file), `.jsonl` (a JSON object per line) and
+    /// `.parquet` (Hugging Face datasets' format); directories (walked for those) and quoted
+    /// glob patterns (`'data/**/*.parquet'`).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// `bytes`, or a Hugging Face `tokenizer.json` (copied into the dataset).
+    #[arg(long, default_value = "bytes")]
+    pub tokenizer: String,
+    /// The dataset's directory: new, or empty.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The fraction of documents held out for validation (chosen by a hash of their text).
+    #[arg(long, default_value_t = 0.01)]
+    pub validation_fraction: f64,
+    /// A shard closes at the first document boundary past this many tokens.
+    #[arg(long, default_value_t = 1 << 27)]
+    pub shard_tokens: u64,
+    /// A token appended after every document (default: the tokenizer's end-of-text token,
+    /// if it has one).
+    #[arg(long, value_name = "TOKEN")]
+    pub eos: Option<String>,
+    /// How the inputs are read.
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// How `launch data` reads its inputs.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// The JSON field or parquet column holding each document's text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// What one document of a `.txt` file is: the whole file, or each paragraph (text
+    /// between blank lines).
+    #[arg(long, value_enum, default_value = "file")]
+    pub txt_documents: TxtDocumentsArg,
+}
+
+/// `--txt-documents`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TxtDocumentsArg {
+    /// The whole file.
+    File,
+    /// Each paragraph.
+    Paragraph,
+}
+
+/// `launch data tokenizer`.
+#[derive(Debug, Args)]
+pub struct TokenizerArgs {
+    /// Input files, directories or quoted glob patterns, as for `launch data prepare`.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Tokens in the vocabulary (256 bytes and `<|endoftext|>` included).
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: usize,
+    /// Learn from at most this many bytes of text (the first documents read).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub sample_bytes: usize,
+    /// The `tokenizer.json` to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// How the inputs are read.
+    #[command(flatten)]
+    pub read: ReadArgs,
 }
 
 /// `launch checkpoint …`.
@@ -857,7 +956,8 @@ pub struct TrainArgs {
     /// config's `[model]`.
     #[arg(long, value_name = "WEIGHTS|DIR")]
     pub from: Option<PathBuf>,
-    /// Train on this corpus (overrides `data.corpus`): `shakespeare`, `milton` or a UTF-8 file.
+    /// Train on this corpus (overrides `data.corpus`): `shakespeare`, `milton`, a UTF-8 file
+    /// or a prepared dataset's directory.
     #[arg(long)]
     pub corpus: Option<String>,
     /// Output options.

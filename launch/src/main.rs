@@ -7,6 +7,7 @@ mod chain;
 mod checkpoints;
 mod cli;
 mod control;
+mod data;
 mod experiments;
 mod incentives;
 mod ledger;
@@ -68,6 +69,8 @@ fn main() -> ExitCode {
                         c.downcast_ref::<sinter_mechanism::subtensor::ChainError>(),
                         Some(sinter_mechanism::subtensor::ChainError::Invalid(_))
                     )
+                    || c.downcast_ref::<sinter_trainer::data::DatasetError>()
+                        .is_some_and(sinter_trainer::data::DatasetError::is_input)
                     || matches!(
                         c.downcast_ref::<sinter_mechanism::ledger::interface::CallError>(),
                         Some(sinter_mechanism::ledger::interface::CallError::Keys { .. })
@@ -121,6 +124,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             train_and_report(config, args.out.out, "train", start).map(drop)
         }
+        Command::Data(cli::DataCommand::Prepare(args)) => data::prepare(&args),
+        Command::Data(cli::DataCommand::Verify { dir }) => data::verify(&dir),
+        Command::Data(cli::DataCommand::Tokenizer(args)) => data::tokenizer(&args),
         Command::Eval(args) => {
             let config = weights_config(&args.source)?;
             dispatch(
@@ -425,8 +431,7 @@ impl BackendJob for EvalJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
         let (config, model) = checkpoints::load_model::<B::InnerBackend>(&self.source, &device)?;
         let (_, dataset) = config.load_data()?;
-        let windows =
-            dataset.validation_windows(&config.data, config.model.context, config.run.seed);
+        let windows = dataset.validation_windows(&config.data, config.run.seed);
         let loss = sinter_trainer::eval::validation_loss(
             &model,
             &windows,

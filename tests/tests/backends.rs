@@ -12,7 +12,6 @@ use burn::backend::{Autodiff, Wgpu};
 use burn::tensor::backend::AutodiffBackend;
 use common::small;
 use sinter_trainer::config::RunConfig;
-use sinter_trainer::data::ShardSampler;
 use sinter_trainer::inner::{inner_optimizer, train_step};
 use sinter_trainer::params::{flatten, initial_model};
 use sinter_trainer::{CpuTrainBackend, model::Llama};
@@ -21,19 +20,15 @@ use sinter_trainer::{CpuTrainBackend, model::Llama};
 fn local_steps<B: AutodiffBackend>(config: &RunConfig, h: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let device = B::Device::default();
     let (_, dataset) = config.load_data().unwrap();
-    let mut sampler = ShardSampler::new(
-        dataset.shard(0, 1),
-        config.model.context,
-        config.run.seed,
-        0,
-    )
-    .unwrap();
+    let order = dataset.order(config.run.seed);
+    let mut usage = dataset.usage();
     let mut model: Llama<B> = initial_model(&config.model, config.run.seed, &device);
     let (_, start) = flatten(&model);
     let mut optimizer = inner_optimizer::<B>(&config.inner);
     let mut losses = Vec::new();
     for step in 0..h {
-        let windows = sampler.next_batch(&dataset, config.inner.batch_size);
+        let batch = config.inner.batch_size;
+        let windows = dataset.batch(&order, (step * batch) as u64, batch, &mut usage);
         let (next, loss) = train_step(
             model,
             &mut optimizer,

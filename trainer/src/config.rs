@@ -314,11 +314,19 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// `shakespeare`, `milton` (bundled, public domain), or a path to a UTF-8 text file.
+    /// `shakespeare`, `milton` (bundled, public domain), a path to a UTF-8 text file, or a
+    /// directory written by `launch data prepare`.
     pub corpus: String,
-    /// `bytes`, or a path to a Hugging Face `tokenizer.json`.
+    /// `bytes`, or a path to a Hugging Face `tokenizer.json` (a prepared dataset's must be
+    /// the one it was prepared with).
     pub tokenizer: String,
-    /// Fraction of the corpus (its end) held out for validation.
+    /// SHA-256 of a prepared dataset's `manifest.json`: every peer checks its copy against
+    /// it, and the run's identity holds it instead of the corpus and tokenizer paths, which
+    /// may then differ between peers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Fraction of a text corpus (its end) held out for validation. (A prepared dataset
+    /// held out whole documents when it was prepared.)
     pub validation_fraction: f64,
     /// Validation batches.
     pub validation_batches: usize,
@@ -331,6 +339,7 @@ impl Default for DataConfig {
         Self {
             corpus: "shakespeare".into(),
             tokenizer: "bytes".into(),
+            sha256: None,
             validation_fraction: 0.05,
             validation_batches: 20,
             validation_batch_size: 16,
@@ -606,6 +615,13 @@ impl RunConfig {
                 "`data.validation_fraction` must be above 0: validation needs held-out text".into(),
             );
         }
+        if let Some(pin) = &self.data.sha256
+            && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "`data.sha256` is {pin:?}; allowed: 64 hex digits, the dataset's fingerprint (`launch data prepare` prints it)"
+            ));
+        }
         if !(self.inner.lr > 0.0 && self.inner.lr.is_finite()) {
             return Err(format!(
                 "`inner.lr` is {}; allowed: a positive number",
@@ -642,13 +658,23 @@ impl RunConfig {
     }
 
     /// What every peer of a run must hold the same: this config without the peer's own
-    /// hardware (`run.backend`). Peers compare it when one joins.
+    /// hardware (`run.backend`) and, where `data.sha256` pins the dataset, without the paths
+    /// to its copy. Peers compare it when one joins.
     pub fn agreed(&self) -> RunConfig {
+        let data = match self.data.sha256 {
+            Some(_) => DataConfig {
+                corpus: String::new(),
+                tokenizer: String::new(),
+                ..self.data.clone()
+            },
+            None => self.data.clone(),
+        };
         RunConfig {
             run: RunSection {
                 backend: BackendKind::default(),
                 ..self.run.clone()
             },
+            data,
             ..self.clone()
         }
     }
@@ -683,6 +709,35 @@ mod tests {
         let other_seed = parse("[run]\nbackend = \"cuda\"\nseed = 1\n").unwrap();
         assert_eq!(cpu.hash(), gpu.hash());
         assert_ne!(gpu.hash(), other_seed.hash());
+    }
+
+    #[test]
+    fn a_pinned_dataset_is_the_identity_not_its_path() {
+        let pin = "ab".repeat(32);
+        let here = parse(&format!(
+            "[data]\ncorpus = \"/data/web\"\ntokenizer = \"/data/web/tokenizer.json\"\nsha256 = \"{pin}\"\n"
+        ))
+        .unwrap();
+        let there = parse(&format!(
+            "[data]\ncorpus = \"../web\"\ntokenizer = \"../web/tokenizer.json\"\nsha256 = \"{pin}\"\n"
+        ))
+        .unwrap();
+        let other = parse(&format!(
+            "[data]\ncorpus = \"../web\"\nsha256 = \"{}\"\n",
+            "cd".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(here.hash(), there.hash());
+        assert_ne!(here.hash(), other.hash());
+        let unpinned = parse("[data]\ncorpus = \"/data/web\"\n").unwrap();
+        let moved = parse("[data]\ncorpus = \"../web\"\n").unwrap();
+        assert_ne!(
+            unpinned.hash(),
+            moved.hash(),
+            "without a pin the path is all there is"
+        );
+        let err = parse("[data]\nsha256 = \"abc\"\n").unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
     }
 
     #[test]

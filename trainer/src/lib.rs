@@ -72,6 +72,9 @@ pub enum TrainerError {
     /// The corpus, tokenizer or token file is unusable.
     #[error("data: {0}")]
     Data(String),
+    /// A prepared dataset (or its preparation) is unusable.
+    #[error("dataset: {0}")]
+    Dataset(#[from] data::DatasetError),
     /// A kernel refused its input.
     #[error(transparent)]
     Kernel(#[from] sinter_kernels::KernelError),

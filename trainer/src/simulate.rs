@@ -25,7 +25,7 @@ use sinter_kernels::Kernels;
 pub use crate::checkpoint::CheckpointStats;
 use crate::checkpoint::{self, Checkpointing, Meta, Snapshot, restore_optimizer, worker_state};
 use crate::config::{Mode, Quant, RunConfig};
-use crate::data::{Dataset, ShardSampler};
+use crate::data::{DataOrder, DataUsage, Dataset, position};
 pub use crate::eval::EvalPoint;
 use crate::eval::validation_loss;
 use crate::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
@@ -80,6 +80,8 @@ pub struct Summary {
     /// Memory used.
     #[serde(flatten)]
     pub memory: MemoryStats,
+    /// What the workers trained on.
+    pub data: DataUsage,
 }
 
 /// Checkpointing and resumption of a simulation.
@@ -114,13 +116,14 @@ pub fn allreduce_factor(n: usize) -> f64 {
 struct Worker<B: AutodiffBackend> {
     model: Llama<B>,
     optimizer: InnerOptimizer<B>,
-    sampler: ShardSampler,
     residual: Option<Vec<f32>>,
 }
 
 struct Run<'a, B: AutodiffBackend> {
     config: &'a RunConfig,
     dataset: &'a Dataset,
+    order: DataOrder,
+    usage: DataUsage,
     kernels: &'a dyn Kernels,
     device: B::Device,
     observer: &'a mut dyn Observer,
@@ -168,17 +171,18 @@ impl<B: AutodiffBackend> Run<'_, B> {
         &mut self,
         mut model: Llama<B>,
         optimizer: &mut InnerOptimizer<B>,
-        samplers: &mut [ShardSampler],
+        n: usize,
         from: usize,
         to: usize,
     ) -> Result<Llama<B>, TrainerError> {
-        let n = samplers.len();
         let params = self.layout.len() as f64;
         for step in from..to {
-            let mut windows = Vec::new();
-            for s in samplers.iter_mut() {
-                windows.extend(s.next_batch(self.dataset, self.config.inner.batch_size));
-            }
+            let windows = self.dataset.batch(
+                &self.order,
+                position(self.tokens, self.config.model.context, 0, 0),
+                n * self.config.inner.batch_size,
+                &mut self.usage,
+            );
             let (next, loss) = train_step(
                 model,
                 optimizer,
@@ -294,7 +298,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 round: round as u64,
                 step: step as u64,
                 tokens: self.tokens,
-                data_cursors: workers.iter().map(|w| w.sampler.cursor()).collect(),
+                data_cursors: vec![step as u64; workers.len()],
                 members: (0..workers.len()).map(|w| format!("worker-{w}")).collect(),
                 bytes_sent: self.bytes_sent,
                 payload_bytes: self.payload_bytes,
@@ -306,14 +310,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             momentum: momentum.to_vec(),
             workers: workers
                 .iter()
-                .map(|w| {
-                    worker_state(
-                        &w.model,
-                        &w.optimizer,
-                        w.residual.as_deref(),
-                        w.sampler.cursor(),
-                    )
-                })
+                .map(|w| worker_state(&w.model, &w.optimizer, w.residual.as_deref(), step as u64))
                 .collect(),
         };
         checkpointing.submit(snapshot, &self.layout, self.config, started)
@@ -331,9 +328,17 @@ impl<B: AutodiffBackend> Run<'_, B> {
     /// threads at once, so workers do not train concurrently.)
     fn local_steps(&mut self, workers: &mut [Worker<B>], from: usize, to: usize) {
         let batch = self.config.inner.batch_size;
+        let (n, context) = (workers.len(), self.config.model.context);
+        let start = self.tokens;
         for (w, worker) in workers.iter_mut().enumerate() {
             for s in from..to {
-                let windows = worker.sampler.next_batch(self.dataset, batch);
+                let before = start + ((s - from) * n * batch * context) as u64;
+                let windows = self.dataset.batch(
+                    &self.order,
+                    position(before, context, w, batch),
+                    batch,
+                    &mut self.usage,
+                );
                 let model = worker.model.clone();
                 let (next, loss) = train_step(
                     model,
@@ -413,21 +418,12 @@ pub fn simulate<B: AutodiffBackend>(
         Some(values) => load(initial, &values, device),
         None => initial,
     };
-    let validation =
-        dataset.validation_windows(&config.data, config.model.context, config.run.seed);
-    let mut samplers = (0..n)
-        .map(|w| {
-            ShardSampler::new(
-                dataset.shard(w, n),
-                config.model.context,
-                config.run.seed,
-                w,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let validation = dataset.validation_windows(&config.data, config.run.seed);
     let mut run = Run::<B> {
         config,
         dataset,
+        order: dataset.order(config.run.seed),
+        usage: dataset.usage(),
         kernels,
         device: device.clone(),
         observer,
@@ -464,7 +460,7 @@ pub fn simulate<B: AutodiffBackend>(
     let final_model = match config.outer.mode {
         Mode::Ddp => {
             let mut optimizer = inner_optimizer::<B>(&config.inner);
-            let model = run.data_parallel(initial, &mut optimizer, &mut samplers, 0, steps)?;
+            let model = run.data_parallel(initial, &mut optimizer, n, 0, steps)?;
             rounds = steps.div_ceil(h);
             eval_model(&model)
         }
@@ -477,19 +473,15 @@ pub fn simulate<B: AutodiffBackend>(
             match resume {
                 Some(snapshot) => {
                     let start = load(initial, &snapshot.global, device);
-                    workers = samplers
-                        .into_iter()
-                        .zip(&snapshot.workers)
-                        .map(|(mut sampler, state)| {
-                            sampler.seek(dataset, config.inner.batch_size, state.cursor);
-                            Worker {
-                                optimizer: restore_optimizer(&start, config, state, device),
-                                model: start.clone(),
-                                sampler,
-                                residual: state.residual.clone().or_else(|| {
-                                    error_feedback.then(|| vec![0.0; snapshot.global.len()])
-                                }),
-                            }
+                    workers = snapshot
+                        .workers
+                        .iter()
+                        .map(|state| Worker {
+                            optimizer: restore_optimizer(&start, config, state, device),
+                            model: start.clone(),
+                            residual: state.residual.clone().or_else(|| {
+                                error_feedback.then(|| vec![0.0; snapshot.global.len()])
+                            }),
                         })
                         .collect::<Vec<_>>();
                     rounds = snapshot.meta.round as usize;
@@ -499,17 +491,15 @@ pub fn simulate<B: AutodiffBackend>(
                 }
                 None => {
                     let start = if warmup > 0 {
-                        run.data_parallel(initial, &mut optimizer, &mut samplers, 0, warmup)?
+                        run.data_parallel(initial, &mut optimizer, n, 0, warmup)?
                     } else {
                         initial
                     };
                     global = flatten(&start).1;
-                    workers = samplers
-                        .into_iter()
-                        .map(|sampler| Worker {
+                    workers = (0..n)
+                        .map(|_| Worker {
                             model: start.clone(),
                             optimizer: optimizer.clone(),
-                            sampler,
                             residual: error_feedback.then(|| vec![0.0; global.len()]),
                         })
                         .collect();
@@ -580,6 +570,7 @@ pub fn simulate<B: AutodiffBackend>(
             .unwrap_or_default(),
         resumed_from_round,
         memory: MemoryStats::measure(kernels),
+        data: run.usage.clone(),
     };
     Ok(SimOutcome {
         summary,

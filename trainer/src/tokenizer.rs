@@ -14,6 +14,8 @@ pub enum Tokenizer {
         inner: Box<tokenizers::Tokenizer>,
         /// SHA-256 of the file, naming token caches.
         sha256: String,
+        /// The file as read, for copies that keep its hash.
+        json: String,
     },
 }
 
@@ -42,20 +44,22 @@ impl Tokenizer {
         })?;
         use sha2::Digest;
         let sha256 = hex::encode(sha2::Sha256::digest(&raw));
+        let json = String::from_utf8(raw)
+            .map_err(|e| TrainerError::Data(format!("{}: not UTF-8: {e}", path.display())))?;
         Ok(Self::HuggingFace {
             inner: Box::new(inner),
             sha256,
+            json,
         })
     }
 
-    /// The tokenizer as a Hugging Face `tokenizer.json`. Bytes become a byte-level BPE with
+    /// The tokenizer as a Hugging Face `tokenizer.json`: a loaded one's file exactly as read
+    /// (so the copy has the same hash, the same id). Bytes become a byte-level BPE with
     /// no merges whose ids are the byte values, so that Hugging Face encodes text exactly as
     /// sinter does.
     pub fn hf_json(&self) -> Result<String, TrainerError> {
         match self {
-            Self::HuggingFace { inner, .. } => inner
-                .to_string(false)
-                .map_err(|e| TrainerError::Data(format!("tokenizer: {e}"))),
+            Self::HuggingFace { json, .. } => Ok(json.clone()),
             Self::Bytes => {
                 let vocab: serde_json::Map<String, serde_json::Value> = byte_level_chars()
                     .iter()
@@ -97,6 +101,28 @@ impl Tokenizer {
             Self::Bytes => 256,
             Self::HuggingFace { inner, .. } => inner.get_vocab_size(true),
         }
+    }
+
+    /// The id of `token` in the vocabulary (the byte tokenizer has only bytes, no special
+    /// tokens).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Self::Bytes => None,
+            Self::HuggingFace { inner, .. } => inner.token_to_id(token),
+        }
+    }
+
+    /// The end-of-document token, if the vocabulary has one of the usual names.
+    pub fn end_of_document(&self) -> Option<u32> {
+        [
+            "<|endoftext|>",
+            "<|end_of_text|>",
+            "</s>",
+            "<eos>",
+            "<|eot_id|>",
+        ]
+        .into_iter()
+        .find_map(|t| self.token_id(t))
     }
 
     /// Token ids of `text` (bytes need not be UTF-8 for the byte tokenizer).

@@ -40,7 +40,7 @@ use sinter_mechanism::score::{
 use sinter_mechanism::shapley::{Coalitions, monte_carlo, relative_error};
 
 use sinter_trainer::config::{DataConfig, IncentiveConfig, RunConfig};
-use sinter_trainer::data::{Dataset, ShardSampler};
+use sinter_trainer::data::{DataOrder, Dataset};
 use sinter_trainer::inner::{InnerOptimizer, eval_model, inner_optimizer, train_step};
 use sinter_trainer::model::Llama;
 use sinter_trainer::outer::{outer_lr, outer_step};
@@ -176,7 +176,8 @@ struct Peer<B: AutodiffBackend> {
     key: Keypair,
     model: Llama<B>,
     optimizer: InnerOptimizer<B>,
-    sampler: Option<ShardSampler>,
+    /// The peer's own share of its corpus (none: it does not train).
+    data: Option<DataOrder>,
 }
 
 /// A round's scores and ground truth, computed beside the next round.
@@ -234,22 +235,18 @@ fn make_peers<B: AutodiffBackend>(
     milton: &Dataset,
     config: &RunConfig,
 ) -> Result<Vec<Peer<B>>, TrainerError> {
-    let (context, seed) = (config.model.context, config.run.seed);
+    let seed = config.run.seed;
     let shakespeare_peers = roles.iter().filter(|r| **r == Role::Shakespeare).count();
     let mut shard = 0;
     let mut peers = Vec::with_capacity(roles.len());
     for (i, role) in roles.iter().enumerate() {
-        let sampler = match role {
+        let peer_seed = seed.wrapping_add(i as u64);
+        let data = match role {
             Role::Shakespeare => {
                 shard += 1;
-                Some(ShardSampler::new(
-                    shakespeare.shard(shard - 1, shakespeare_peers),
-                    context,
-                    seed,
-                    i,
-                )?)
+                Some(shakespeare.part(shard - 1, shakespeare_peers, peer_seed)?)
             }
-            Role::Milton => Some(ShardSampler::new(milton.shard(0, 1), context, seed, i)?),
+            Role::Milton => Some(milton.part(0, 1, peer_seed)?),
             Role::Lazy | Role::Copycat => None,
         };
         peers.push(Peer {
@@ -257,7 +254,7 @@ fn make_peers<B: AutodiffBackend>(
             key: dev_key(&format!("peer/{i}")),
             model: initial.clone(),
             optimizer: inner_optimizer::<B>(&config.inner),
-            sampler,
+            data,
         });
     }
     Ok(peers)
@@ -326,7 +323,6 @@ pub fn run<B: AutodiffBackend>(
     let mut config = config.clone();
     config.inner.steps = (options.warmup_rounds + options.rounds) * h;
     let config = &config;
-    let context = config.model.context;
     let seed = config.run.seed;
     let initial: Llama<B> = initial_model(&config.model, seed, device);
     let (layout, mut global): (ParamLayout, Vec<f32>) = flatten(&initial);
@@ -340,8 +336,8 @@ pub fn run<B: AutodiffBackend>(
         validation_batches: incentives.validator_batches,
         ..config.data.clone()
     };
-    let mut batches = shakespeare.validation_windows(&data, context, seed);
-    batches.extend(milton.validation_windows(&data, context, seed));
+    let mut batches = shakespeare.validation_windows(&data, seed);
+    batches.extend(milton.validation_windows(&data, seed));
     let batch_size = data.validation_batch_size;
     let evaluator = Evaluator::new(eval_model(&initial), batches, batch_size, device.clone());
 
@@ -380,7 +376,7 @@ pub fn run<B: AutodiffBackend>(
             // Warm-up: the honest peers alone, unscored (the others join afterwards).
             if round < options.warmup_rounds {
                 let mut deltas = Vec::new();
-                for peer in peers.iter().filter(|p| p.sampler.is_some()) {
+                for peer in peers.iter().filter(|p| p.data.is_some()) {
                     let (_, local) = flatten(&peer.model);
                     let bytes = frame(kernels, &layout, &global, &local, quant)?;
                     deltas.push(dequantize(kernels, &layout, &bytes)?);
@@ -444,7 +440,7 @@ pub fn run<B: AutodiffBackend>(
             // 3. Frames, commitments, reveal.
             let mut frames: Vec<Option<Vec<u8>>> = vec![None; n];
             for (j, peer) in peers.iter().enumerate() {
-                if peer.sampler.is_some() {
+                if peer.data.is_some() {
                     let (_, local) = flatten(&peer.model);
                     frames[j] = Some(frame(kernels, &layout, &global, &local, quant)?);
                 }
@@ -716,11 +712,12 @@ fn train_round<B: AutodiffBackend>(
         } else {
             shakespeare
         };
-        let Some(sampler) = peer.sampler.as_mut() else {
+        let Some(order) = peer.data.as_ref() else {
             continue;
         };
         for s in steps.clone() {
-            let windows = sampler.next_batch(dataset, batch);
+            let mut usage = dataset.usage();
+            let windows = dataset.batch(order, (s * batch) as u64, batch, &mut usage);
             let (next, _) = train_step(
                 peer.model.clone(),
                 &mut peer.optimizer,

@@ -296,8 +296,14 @@ impl Kind {
                 json!({
                     "tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
                     "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    // Tokens that are not whole characters share the text "�": keep the
+                    // likeliest of them (`top` is in descending order), as the map has one key.
                     "top_logprobs": tokens.iter().map(|t| {
-                        t.top.iter().map(|(s, l)| (s.clone(), json!(l))).collect::<serde_json::Map<_, _>>()
+                        let mut top = serde_json::Map::new();
+                        for (s, l) in &t.top {
+                            top.entry(s.clone()).or_insert(json!(l));
+                        }
+                        top
                     }).collect::<Vec<_>>(),
                     "text_offset": offsets,
                 })

@@ -30,7 +30,7 @@ use sinter_mechanism::Ledger;
 
 use crate::checkpoint::{Checkpointing, Snapshot};
 use crate::config::{Mode, RunConfig};
-use crate::data::{Dataset, ShardSampler};
+use crate::data::{DataUsage, Dataset, position};
 use crate::eval::EvalPoint;
 use crate::eval::validation_loss;
 use crate::inner::{eval_model, inner_optimizer, train_step};
@@ -196,6 +196,8 @@ struct Tally {
     workers: usize,
     rounds_done: usize,
     steps_done: usize,
+    /// What this peer trained on.
+    data: DataUsage,
 }
 
 impl Tally {
@@ -242,6 +244,7 @@ impl Tally {
                 checkpoints,
                 resumed_from_round,
                 memory,
+                data: self.data,
             },
             peer_id: group.me().to_string(),
             peers_seen: self.peers_seen.into_iter().collect(),
@@ -298,8 +301,7 @@ pub fn run_peer<B: AutodiffBackend>(
     let started = Instant::now();
     let mut model: Llama<B> = initial_model(&config.model, config.run.seed, device);
     let (layout, global): (ParamLayout, Vec<f32>) = flatten(&model);
-    let validation =
-        dataset.validation_windows(&config.data, config.model.context, config.run.seed);
+    let validation = dataset.validation_windows(&config.data, config.run.seed);
     let evaluate = |model: &Llama<B>| {
         validation_loss(
             &eval_model(model),
@@ -388,9 +390,12 @@ pub fn run_peer<B: AutodiffBackend>(
     } else {
         state.round as usize
     };
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        data: dataset.usage(),
+        ..Tally::default()
+    };
     let mut optimizer = inner_optimizer::<B>(&config.inner);
-    let mut sampler: Option<(usize, usize, ShardSampler)> = None;
+    let order = dataset.order(config.run.seed);
     let mut residual = (config.outer.error_feedback
         && config.outer.quant == crate::config::Quant::Int8)
         .then(|| vec![0.0f32; state.global.len()]);
@@ -482,29 +487,17 @@ pub fn run_peer<B: AutodiffBackend>(
         tally
             .peers_seen
             .extend(members.iter().map(|m| m.to_string()));
-        // Data shards follow membership: keep the sampler while the group is unchanged.
-        if sampler
-            .as_ref()
-            .is_none_or(|(i, w, _)| (*i, *w) != (index, n))
-        {
-            let s = ShardSampler::new(
-                dataset.shard(index, n),
-                config.model.context,
-                config.run.seed,
-                index,
-            )?;
-            sampler = Some((index, n, s));
-        }
-        let (_, _, shard_sampler) = sampler.as_mut().expect("set above");
         let step = state.step as usize;
         let end = (step + h).min(steps);
         let local_started = Instant::now();
         for s in step..end {
+            // The group's members read disjoint positions of the run's order, a joiner too.
+            let first = position(state.tokens, config.model.context, index, batch);
             state.tokens += (batch * config.model.context * n) as u64;
             if lazy {
                 continue;
             }
-            let windows = shard_sampler.next_batch(dataset, batch);
+            let windows = dataset.batch(&order, first, batch, &mut tally.data);
             let (next, loss) =
                 train_step(model, &mut optimizer, &windows, batch, s, config, device);
             model = next;

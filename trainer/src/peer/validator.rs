@@ -156,7 +156,7 @@ impl<B: Backend> Scoring<B> {
             validation_batches: config.incentives.validator_batches,
             ..config.data.clone()
         };
-        let batches = dataset.validation_windows(&data, config.model.context, config.run.seed);
+        let batches = dataset.validation_windows(&data, config.run.seed);
         // Validators that cannot read this peer's contributions off the ledger ask for proofs.
         let prover = ledger.clone();
         group.serve_contribution_proofs(Arc::new(move |round| prover.contribution_proof(round)));
