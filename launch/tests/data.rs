@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::peers::Peer;
 use common::{assert_loss_fell, launch, text};
 use serde_json::Value;
 
@@ -53,12 +54,16 @@ fn totals(manifest: &Value) -> (u64, u64) {
     (sum("documents"), sum("tokens"))
 }
 
-/// A small run on `corpus` (with `tokenizer`, pinned to `sha256`) in `dir`.
+/// A small run's config in `dir`, its `[data]` section beginning with `data`.
 fn config(dir: &Path, data: &str, vocab: usize, workers: usize) -> PathBuf {
+    config_named(dir, "run.toml", data, vocab, workers)
+}
+
+fn config_named(dir: &Path, name: &str, data: &str, vocab: usize, workers: usize) -> PathBuf {
     let config = common::small_config(12, workers, 4)
         .replace("[model]\n", &format!("[model]\nvocab_size = {vocab}\n"))
         .replace("[data]\n", &format!("[data]\n{data}\n"));
-    let path = dir.join("run.toml");
+    let path = dir.join(name);
     std::fs::write(&path, config).unwrap();
     path
 }
@@ -374,4 +379,61 @@ fn a_tokenizer_trained_here_prepares_a_compressed_corpus_by_paragraph() {
         dir.path().join("milton").to_str().unwrap(),
     ]);
     assert!(verify.status.success(), "{}", text(&verify));
+}
+
+#[test]
+fn peers_with_their_own_copies_of_a_pinned_dataset_train_one_run() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("copy-a"),
+        dir.path().join("elsewhere/copy-b"),
+    );
+    let (_, fingerprint) = prepare(
+        &[
+            &fixture("shakespeare.jsonl"),
+            "--text-field",
+            "content",
+            "--shard-tokens",
+            "30000",
+            "--validation-fraction",
+            "0.05",
+        ],
+        &a,
+    );
+    std::fs::create_dir_all(&b).unwrap();
+    for entry in std::fs::read_dir(&a).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, b.join(path.file_name().unwrap())).unwrap();
+    }
+    // The configs differ only in where the data lies: the pin makes them one run.
+    let pinned = |copy: &Path| {
+        format!(
+            "corpus = {:?}\nsha256 = \"{fingerprint}\"",
+            copy.display().to_string()
+        )
+    };
+    let config_a = config_named(dir.path(), "a.toml", &pinned(&a), 256, 2);
+    let config_b = config_named(dir.path(), "b.toml", &pinned(&b), 256, 2);
+    let first = Peer::start(dir.path(), "p1", &config_a, &[]);
+    let second = Peer::start(
+        dir.path(),
+        "p2",
+        &config_b,
+        &["--bootstrap", &first.address()],
+    );
+    let mut hashes = Vec::new();
+    let mut tokens = 0;
+    for (peer, name) in [(first, "p1"), (second, "p2")] {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["workers"], 2, "{name}: {summary}");
+        let used = &summary["data"];
+        assert_eq!(used["dataset"], fingerprint.as_str(), "{name}");
+        tokens += used["tokens"].as_u64().unwrap();
+        hashes.push(summary["params_sha256"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(hashes[0], hashes[1]);
+    // Each trained its own 12 steps of 4 windows of 32 tokens.
+    assert_eq!(tokens, 2 * 12 * 4 * 32);
 }
