@@ -154,6 +154,22 @@ chat_lp = client.chat.completions.create(model="sinter", max_tokens=4, temperatu
     top_logprobs=2, messages=[{"role": "user", "content": "Hi"}])
 out["chat_logprobs"] = chat_lp.choices[0].logprobs.model_dump()
 out["chat_logprobs_tokens"] = chat_lp.usage.completion_tokens
+multi = client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=6, temperature=1.0,
+    seed=11, n=3)
+out["n_indices"] = [c.index for c in multi.choices]
+out["n_texts"] = [c.text for c in multi.choices]
+out["n_usage"] = multi.usage.model_dump()
+out["n_alone"] = [client.completions.create(model="sinter", prompt="ROMEO:", max_tokens=6,
+    temperature=1.0, seed=11 + i).choices[0].text for i in range(3)]
+hi = [{"role": "user", "content": "Hi"}]
+out["n_chat"] = [c.message.content for c in client.chat.completions.create(model="sinter",
+    max_tokens=5, temperature=1.0, seed=3, n=2, messages=hi).choices]
+streamed = ["", ""]
+for ch in client.chat.completions.create(model="sinter", max_tokens=5, temperature=1.0, seed=3,
+        n=2, stream=True, messages=hi):
+    for c in ch.choices:
+        streamed[c.index] += c.delta.content or ""
+out["n_chat_streamed"] = streamed
 errors = {}
 try:
     client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
@@ -162,7 +178,8 @@ except NotFoundError as e:
 for name, body in [("negative_max_tokens", {"model": "sinter", "prompt": "x", "max_tokens": -1}),
                    ("too_long", {"model": "sinter", "prompt": "x" * 40, "max_tokens": 2}),
                    ("bad_temperature", {"model": "sinter", "prompt": "x", "temperature": 3}),
-                   ("bad_logprobs", {"model": "sinter", "prompt": "x", "logprobs": 6})]:
+                   ("bad_logprobs", {"model": "sinter", "prompt": "x", "logprobs": 6}),
+                   ("too_many_choices", {"model": "sinter", "prompt": "x", "n": 9})]:
     try:
         client.completions.create(**body)
     except BadRequestError as e:
@@ -213,6 +230,15 @@ fn the_openai_client_completes_chats_and_streams_as_launch_generate_does() {
     assert_eq!(out["stream_finish"], "length");
     assert_eq!(out["stream_usage"]["completion_tokens"], 20);
     assert_eq!(out["seeded_alike"], true, "one seed, one sample");
+
+    // n choices: each the completion its own seed (the request's plus its index) gives alone,
+    // the prompt counted once; streamed, the same texts per index.
+    assert_eq!(out["n_indices"], serde_json::json!([0, 1, 2]));
+    assert_eq!(out["n_texts"], out["n_alone"]);
+    assert_eq!(out["n_usage"]["prompt_tokens"], PROMPT.len());
+    assert_eq!(out["n_usage"]["completion_tokens"], 18);
+    assert_eq!(out["n_chat"], out["n_chat_streamed"]);
+    assert_ne!(out["n_texts"][0], out["n_texts"][1], "{}", out["n_texts"]);
 
     // Log probabilities: greedy picks the most likely of the alternatives, at the offsets
     // where each token's text starts; streamed, the same tokens.
@@ -279,6 +305,7 @@ fn the_openai_client_completes_chats_and_streams_as_launch_generate_does() {
     error("too_long", 400, "maximum context length is 32");
     error("bad_temperature", 400, "between 0 and 2");
     error("bad_logprobs", 400, "from 0 to 5");
+    error("too_many_choices", 400, "from 1 to 8");
     error("malformed", 400, "parse the JSON");
 
     assert_eq!(out["health"], "ok\n");
@@ -331,6 +358,12 @@ while not r.readline().startswith(b"data: "):
 r.close()
 time.sleep(1.5)
 out["left_after_tokens"] = tokens() - before
+# Three choices where one can generate and one wait: none is answered.
+try:
+    post({"model": "sinter", "prompt": "ROMEO:", "max_tokens": 5, "n": 3}).read()
+    out["three_choices"] = 200
+except urllib.error.HTTPError as e:
+    out["three_choices"] = e.code
 print(json.dumps(out))
 "#;
 
@@ -367,6 +400,7 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_stops_its_generation() {
         (1.0..10.0).contains(&left),
         "{left} of 25 tokens counted 1.5 s after the client left (0: still generating, at 100 ms a token)"
     );
+    assert_eq!(out["three_choices"], 429, "{out}");
 }
 
 const BATCHED: &str = r#"

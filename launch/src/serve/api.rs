@@ -53,7 +53,7 @@ pub struct Sampling {
     pub stop: Option<Stop>,
     /// Sampling seed (random when absent).
     pub seed: Option<u64>,
-    /// Completions wanted (only 1).
+    /// Completions wanted, each sampled with its own seed (the request's, plus its index).
     pub n: Option<u32>,
     /// Stream as server-sent events.
     #[serde(default)]

@@ -27,6 +27,8 @@ use super::engine::{Engine, Event, Request, TokenLogprob};
 
 /// Largest request body taken.
 const MAX_BODY_BYTES: usize = 1 << 20;
+/// Most completions (`n`) one request may ask for.
+const MAX_N: u32 = 8;
 /// Stop sequences taken per request (OpenAI's limit).
 const MAX_STOPS: usize = 4;
 /// Seconds a refused caller is told to wait.
@@ -114,6 +116,8 @@ struct Job {
     logprobs: Option<usize>,
     stream: bool,
     include_usage: bool,
+    /// Completions wanted.
+    n: usize,
 }
 
 impl Served {
@@ -122,8 +126,12 @@ impl Served {
         if asked.model != self.model {
             return Err(ApiError::unknown_model(&asked.model, &self.model));
         }
-        if asked.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid(Some("n"), "Only n = 1 is served"));
+        let n = asked.n.unwrap_or(1);
+        if !(1..=MAX_N).contains(&n) {
+            return Err(ApiError::invalid(
+                Some("n"),
+                format!("n must be from 1 to {MAX_N}, not {n}"),
+            ));
         }
         let logprobs = kind.logprobs_asked(asked.logprobs.as_ref(), asked.top_logprobs)?;
         let max_tokens = asked
@@ -197,24 +205,35 @@ impl Served {
             logprobs,
             stream: asked.stream,
             include_usage: asked.stream_options.include_usage,
+            n: n as usize,
         })
     }
 
-    /// Queues `job`; its events.
-    fn submit(&self, job: &Job) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
-        let (events, receiver) = mpsc::unbounded_channel();
-        self.engine
-            .submit(Request {
-                prompt: job.prompt.clone(),
-                max_tokens: job.max_tokens,
-                sampling: job.sampling,
-                stop: job.stop.clone(),
-                logprobs: job.logprobs,
-                events,
-                arrived: Instant::now(),
+    /// Queues `job`'s completions (the `i`-th sampled with the seed plus `i`); their events.
+    /// If the queue cannot take them all it takes none: the ones queued stop as their
+    /// receivers drop.
+    fn submit(&self, job: &Job) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
+        (0..job.n)
+            .map(|i| {
+                let (events, receiver) = mpsc::unbounded_channel();
+                let sampling = Sampling {
+                    seed: job.sampling.seed.wrapping_add(i as u64),
+                    ..job.sampling
+                };
+                self.engine
+                    .submit(Request {
+                        prompt: job.prompt.clone(),
+                        max_tokens: job.max_tokens,
+                        sampling,
+                        stop: job.stop.clone(),
+                        logprobs: job.logprobs,
+                        events,
+                        arrived: Instant::now(),
+                    })
+                    .map_err(|_| ApiError::busy(RETRY_AFTER_SECS))?;
+                Ok(receiver)
             })
-            .map_err(|_| ApiError::busy(RETRY_AFTER_SECS))?;
-        Ok(receiver)
+            .collect()
     }
 }
 
@@ -234,14 +253,21 @@ impl Kind {
         format!("{prefix}-{:032x}", rand::rng().random::<u128>())
     }
 
-    /// A choice carrying `text` (a delta when streaming) and its tokens' `logprobs`.
-    fn choice(self, text: &str, logprobs: Value, finish: Option<&str>, streaming: bool) -> Value {
+    /// Choice `index`, carrying `text` (a delta when streaming) and its tokens' `logprobs`.
+    fn choice(
+        self,
+        index: usize,
+        text: &str,
+        logprobs: Value,
+        finish: Option<&str>,
+        streaming: bool,
+    ) -> Value {
         match (self, streaming) {
             (Kind::Text, _) => {
-                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
             }
             (Kind::Chat, false) => {
-                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish})
             }
             (Kind::Chat, true) => {
                 let delta = if finish.is_some() && text.is_empty() {
@@ -249,7 +275,7 @@ impl Kind {
                 } else {
                     json!({"role": "assistant", "content": text})
                 };
-                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
         }
     }
@@ -390,47 +416,55 @@ async fn chat(State(served): State<Arc<Served>>, body: Bytes) -> Response {
 }
 
 async fn respond(served: &Arc<Served>, job: Job, kind: Kind) -> Result<Response, ApiError> {
-    let mut events = served.submit(&job)?;
+    let receivers = served.submit(&job)?;
     let (id, created, model) = (kind.id(), now(), served.model.clone());
     let prompt_tokens = job.prompt.len();
     if job.stream {
         let head =
             json!({"id": id, "object": kind.object(true), "created": created, "model": model});
-        return Ok(Sse::new(stream_events(events, head, kind, &job)).into_response());
+        return Ok(Sse::new(stream_events(receivers, head, kind, &job)).into_response());
     }
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Text(piece) => text.push_str(&piece),
-            Event::Logprob(token) => logprobs.push(token),
-            Event::Done { finish, tokens } => {
-                let mut offset = job.prompt_chars;
-                let logprobs = match job.logprobs {
-                    Some(_) => kind.logprobs(&logprobs, &mut offset),
-                    None => Value::Null,
-                };
-                return Ok(axum::Json(json!({
-                    "id": id,
-                    "object": kind.object(false),
-                    "created": created,
-                    "model": model,
-                    "choices": [kind.choice(&text, logprobs, Some(finish.as_str()), false)],
-                    "usage": usage(prompt_tokens, tokens),
-                }))
-                .into_response());
+    // The completions generate side by side in the engine's batch; collect them in order.
+    let mut choices = Vec::with_capacity(job.n);
+    let mut completion_tokens = 0;
+    for (index, mut events) in receivers.into_iter().enumerate() {
+        let mut text = String::new();
+        let mut logprobs = Vec::new();
+        let done = loop {
+            match events.recv().await {
+                Some(Event::Text(piece)) => text.push_str(&piece),
+                Some(Event::Logprob(token)) => logprobs.push(token),
+                Some(Event::Done { finish, tokens }) => break Some((finish, tokens)),
+                None => break None,
             }
-        }
+        };
+        let (finish, tokens) =
+            done.ok_or_else(|| ApiError::internal("the model stopped before finishing"))?;
+        let mut offset = job.prompt_chars;
+        let logprobs = match job.logprobs {
+            Some(_) => kind.logprobs(&logprobs, &mut offset),
+            None => Value::Null,
+        };
+        choices.push(kind.choice(index, &text, logprobs, Some(finish.as_str()), false));
+        completion_tokens += tokens;
     }
-    Err(ApiError::internal("the model stopped before finishing"))
+    Ok(axum::Json(json!({
+        "id": id,
+        "object": kind.object(false),
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
 }
 
-/// The events of a streamed completion as server-sent events: a chunk per piece of text
-/// (with its tokens' log probabilities, if asked), one with the finish reason, one with the
-/// usage if asked, then `[DONE]`. Dropping it (the client left) drops the receiver, which
-/// stops the generation.
+/// The events of a streamed response as server-sent events: a chunk per piece of text of
+/// each choice (with its tokens' log probabilities, if asked), one per choice with its finish
+/// reason, one with the usage if asked, then `[DONE]`. Dropping it (the client left) drops
+/// the receivers, which stops the generations.
 fn stream_events(
-    events: mpsc::UnboundedReceiver<Event>,
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
     head: Value,
     kind: Kind,
     job: &Job,
@@ -445,44 +479,64 @@ fn stream_events(
         }
         SseEvent::default().data(value.to_string())
     };
+    let choices = (0..receivers.len())
+        .map(|_| Choice {
+            pending: Vec::new(),
+            offset: job.prompt_chars,
+        })
+        .collect();
+    let events = stream::select_all(receivers.into_iter().enumerate().map(|(index, events)| {
+        stream::unfold(events, move |mut events| async move {
+            events.recv().await.map(|event| ((index, event), events))
+        })
+        .boxed()
+    }));
     let start = Streaming {
         events,
-        pending: Vec::new(),
-        offset: job.prompt_chars,
+        choices,
+        unfinished: job.n,
+        completion_tokens: 0,
     };
     stream::unfold(Some(start), move |state| {
         let chunk = chunk.clone();
         async move {
             let mut state = state?;
-            let logprobs = |state: &mut Streaming| match with_logprobs {
-                true => kind.logprobs(&std::mem::take(&mut state.pending), &mut state.offset),
+            let (index, event) = state.events.next().await?;
+            let choice = &mut state.choices[index];
+            let mut logprobs = || match with_logprobs {
+                true => kind.logprobs(&std::mem::take(&mut choice.pending), &mut choice.offset),
                 false => Value::Null,
             };
-            let out = match state.events.recv().await {
-                Some(Event::Logprob(token)) => {
-                    state.pending.push(token);
+            let out = match event {
+                Event::Logprob(token) => {
+                    choice.pending.push(token);
                     Vec::new()
                 }
-                Some(Event::Text(piece)) => {
-                    let logprobs = logprobs(&mut state);
+                Event::Text(piece) => {
+                    let logprobs = logprobs();
                     vec![chunk(
-                        json!([kind.choice(&piece, logprobs, None, true)]),
+                        json!([kind.choice(index, &piece, logprobs, None, true)]),
                         None,
                     )]
                 }
-                Some(Event::Done { finish, tokens }) => {
-                    let logprobs = logprobs(&mut state);
+                Event::Done { finish, tokens } => {
+                    let logprobs = logprobs();
                     let mut out = vec![chunk(
-                        json!([kind.choice("", logprobs, Some(finish.as_str()), true)]),
+                        json!([kind.choice(index, "", logprobs, Some(finish.as_str()), true)]),
                         None,
                     )];
-                    if include_usage {
-                        out.push(chunk(json!([]), Some(usage(prompt_tokens, tokens))));
+                    state.completion_tokens += tokens;
+                    state.unfinished -= 1;
+                    if state.unfinished == 0 {
+                        if include_usage {
+                            let usage = usage(prompt_tokens, state.completion_tokens);
+                            out.push(chunk(json!([]), Some(usage)));
+                        }
+                        out.push(SseEvent::default().data("[DONE]"));
+                        return Some((out, None));
                     }
-                    out.push(SseEvent::default().data("[DONE]"));
-                    return Some((out, None));
+                    out
                 }
-                None => return None,
             };
             Some((out, Some(state)))
         }
@@ -490,10 +544,18 @@ fn stream_events(
     .flat_map(|events| stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)))
 }
 
-/// A streamed response between events: log probabilities of tokens whose text has not gone
-/// out yet, and where the next token's text starts.
+/// A streamed response between events: every choice's events as they come, tagged with the
+/// choice's index, and what is still to come.
 struct Streaming {
-    events: mpsc::UnboundedReceiver<Event>,
+    events: stream::SelectAll<stream::BoxStream<'static, (usize, Event)>>,
+    choices: Vec<Choice>,
+    unfinished: usize,
+    completion_tokens: usize,
+}
+
+/// One streamed choice: log probabilities of tokens whose text has not gone out yet, and
+/// where the next token's text starts.
+struct Choice {
     pending: Vec<TokenLogprob>,
     offset: usize,
 }
