@@ -285,7 +285,7 @@ impl Windows {
         usage: &mut DataUsage,
     ) -> Vec<u32> {
         let mut out = Vec::with_capacity(count * (self.context + 1));
-        for p in position..position + count as u64 {
+        for p in (0..count as u64).map(|i| position.wrapping_add(i)) {
             let at = order.at(p);
             let segment = self.extend(at.window, order.shift(at.epoch, self.context), &mut out);
             usage.record(&segment.name, self.context, p, order);
@@ -315,7 +315,7 @@ impl DataUsage {
         self.windows += 1;
         self.tokens += context as u64;
         *self.shards.entry(shard.to_owned()).or_default() += context as u64;
-        let read = (position + 1) as f64 / order.windows_per_epoch() as f64;
+        let read = position.saturating_add(1) as f64 / order.windows_per_epoch() as f64;
         self.epochs = self.epochs.max(read);
     }
 }
@@ -470,8 +470,9 @@ impl Dataset {
 
 /// The position in a run's order of the first window of the step whose group has trained on
 /// `tokens` tokens before it (each window predicts `context` tokens), for member `index`.
+/// (`tokens` comes from the group's state: positions wrap rather than overflow.)
 pub fn position(tokens: u64, context: usize, index: usize, batch: usize) -> u64 {
-    tokens / context as u64 + (index * batch) as u64
+    (tokens / context.max(1) as u64).wrapping_add(index.saturating_mul(batch) as u64)
 }
 
 impl RunConfig {
@@ -561,6 +562,16 @@ mod tests {
         assert_eq!(usage.tokens, usage.windows * context as u64);
         assert_eq!(usage.shards["numbers.txt"], usage.tokens);
         assert!(usage.epochs <= 1.0);
+    }
+
+    #[test]
+    fn any_position_a_group_state_names_reads_without_panicking() {
+        let (_dir, dataset) = small_corpus(16);
+        let order = dataset.order(1);
+        let mut usage = dataset.usage();
+        let first = position(u64::MAX, 1, usize::MAX, usize::MAX);
+        let windows = dataset.batch(&order, first, 3, &mut usage);
+        assert_eq!(windows.len(), 3 * 17);
     }
 
     #[test]

@@ -493,7 +493,9 @@ pub fn run_peer<B: AutodiffBackend>(
         for s in step..end {
             // The group's members read disjoint positions of the run's order, a joiner too.
             let first = position(state.tokens, config.model.context, index, batch);
-            state.tokens += (batch * config.model.context * n) as u64;
+            state.tokens = state
+                .tokens
+                .saturating_add((batch * config.model.context * n) as u64);
             if lazy {
                 continue;
             }
