@@ -1055,6 +1055,10 @@ pub struct ServeArgs {
     /// Retry-After.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
+    /// Requests a minute each caller may make (its API key, else its address); more get 429
+    /// with Retry-After. 0: no limit.
+    #[arg(long, value_name = "PER_MINUTE", default_value_t = 0)]
+    pub rate_limit: u32,
 }
 
 /// `launch relay`.

@@ -444,3 +444,46 @@ fn concurrent_requests_are_batched_and_each_gets_what_it_gets_alone() {
         "requests were not batched: mean batch {mean} ({out})"
     );
 }
+
+const RATE_LIMITED: &str = r#"
+import json, sys
+from openai import OpenAI, RateLimitError
+base = sys.argv[1]
+def client(key):
+    return OpenAI(base_url=base, api_key=key, max_retries=0)
+out = {"alice": [], "bob": []}
+for name, count in [("alice", 3), ("bob", 1)]:
+    for _ in range(count):
+        try:
+            client(name).completions.create(model="sinter", prompt="ROMEO:", max_tokens=2)
+            out[name].append(200)
+        except RateLimitError as e:
+            out[name].append(e.status_code)
+            out["retry_after"] = e.response.headers.get("retry-after")
+            out["message"] = e.body["message"]
+out["models_still_listed"] = len(client("alice").models.list().data)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn each_caller_gets_its_own_rate_limit() {
+    let Some(Served { python, server, .. }) = serving(&["--rate-limit", "2"], &[]) else {
+        return;
+    };
+    let out = run_python(&python, RATE_LIMITED, &[&server.url]);
+    assert_eq!(out["alice"], serde_json::json!([200, 200, 429]), "{out}");
+    assert_eq!(
+        out["bob"],
+        serde_json::json!([200]),
+        "another key, another allowance: {out}"
+    );
+    assert_eq!(
+        out["retry_after"], "30",
+        "2 a minute: one every 30 s: {out}"
+    );
+    assert!(
+        out["message"].as_str().unwrap().contains("this caller"),
+        "{out}"
+    );
+    assert_eq!(out["models_still_listed"], 1);
+}

@@ -153,6 +153,14 @@ impl ApiError {
         }
     }
 
+    /// 429: this caller has spent its allowance (`launch serve --rate-limit`).
+    pub fn rate_limited(secs: u64) -> Self {
+        Self {
+            message: format!("Rate limit reached for this caller: retry after {secs} s"),
+            ..Self::busy(secs)
+        }
+    }
+
     /// 500: the model's thread is gone.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::api::{self, ApiError, ChatRequest, CompletionRequest, Message, Prompt, Stop};
 use super::engine::{Engine, Event, Request, TokenLogprob};
+use super::rate::RateLimits;
 
 /// Largest request body taken.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -50,20 +51,47 @@ pub struct Served {
     pub metadata: Value,
     /// The metrics recorder.
     pub metrics: PrometheusHandle,
+    /// Per-caller limits on requests to the model, if any.
+    pub rate_limits: Option<RateLimits>,
 }
 
 /// The router.
 pub fn router(served: Arc<Served>) -> Router {
+    let model = Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route_layer(middleware::from_fn_with_state(served.clone(), limit_rate));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .route("/v1/models", get(models))
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat))
+        .merge(model)
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(served)
+}
+
+/// Refuses a caller past its rate limit before its request is read.
+async fn limit_rate(
+    State(served): State<Arc<Served>>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    if let Some(limits) = &served.rate_limits {
+        let key = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let address = request
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Err(secs) = limits.take(RateLimits::caller(key, address), Instant::now()) {
+            return ApiError::rate_limited(secs).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn count_requests(request: HttpRequest, next: Next) -> Response {

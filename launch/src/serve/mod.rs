@@ -6,6 +6,7 @@
 pub mod api;
 pub mod engine;
 pub mod http;
+pub mod rate;
 
 use std::sync::Arc;
 
@@ -72,6 +73,7 @@ impl BackendJob for ServeJob {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             metadata,
+            rate_limits: (args.rate_limit > 0).then(|| rate::RateLimits::new(args.rate_limit)),
             metrics,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -87,7 +89,11 @@ impl BackendJob for ServeJob {
                 "serving model {:?} at http://{address}/v1 (OpenAI API: /v1/completions, /v1/chat/completions, /v1/models; /health, /metrics); Ctrl-C stops",
                 args.model
             );
-            axum::serve(listener, http::router(served))
+            axum::serve(
+                listener,
+                http::router(served)
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;
                 })
