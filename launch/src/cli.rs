@@ -128,9 +128,10 @@ launch data tokenizer data/shakespeare.txt.zst data/milton.txt.zst --txt-documen
 /// `launch data prepare`.
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
-    /// Input files: `.txt` (a document per file), `.jsonl` (a JSON object per line) and
-    /// `.parquet` (Hugging Face datasets' format); directories (walked for those) and quoted
-    /// glob patterns (`'data/**/*.parquet'`).
+    /// Input files: `.txt` (a document per file, or per paragraph: `--txt-documents`),
+    /// `.jsonl` (a JSON object per line), either of them possibly zstd-compressed (`.txt.zst`,
+    /// `.jsonl.zst`), and `.parquet` (Hugging Face datasets' format); directories (walked for
+    /// those) and quoted glob patterns (`'data/**/*.parquet'`).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// `bytes`, or a Hugging Face `tokenizer.json` (copied into the dataset).
