@@ -205,57 +205,61 @@ fn a_jsonl_dataset_in_several_shards_trains_alone() {
 fn bad_inputs_exit_2_naming_the_file_line_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");
-    let attempt = |inputs: &[&str], extra: &[&str], out: &str| {
+    // `launch data prepare INPUTS… EXTRA… --out OUT` exits 2 with a message saying all of `says`.
+    let refused = |inputs: &[&str], extra: &[&str], out: &str, says: &[&str]| {
         let mut args = vec!["data", "prepare"];
         args.extend_from_slice(inputs);
         args.extend_from_slice(extra);
         let out = dir.path().join(out);
         args.extend_from_slice(&["--out", out.to_str().unwrap()]);
         let run = launch(&args);
-        (run.status.code(), text(&run))
+        let message = text(&run);
+        assert_eq!(run.status.code(), Some(2), "{message}");
+        for said in says {
+            assert!(message.contains(said), "{said:?} not in: {message}");
+        }
     };
     let bad_path = bad.to_str().unwrap().to_owned();
-
-    std::fs::write(&bad, "{\"text\": \"one\"}\n\n{\"text\": oops}\n").unwrap();
-    let (code, message) = attempt(&[&bad_path], &[], "o1");
-    assert_eq!(code, Some(2), "{message}");
-    assert!(
-        message.contains("bad.jsonl:3") && message.contains("not JSON"),
-        "{message}"
-    );
-
-    std::fs::write(&bad, "{\"body\": \"one\"}\n").unwrap();
-    let (code, message) = attempt(&[&bad_path], &[], "o2");
-    assert_eq!(code, Some(2), "{message}");
-    assert!(
-        message.contains("\"text\"") && message.contains("--text-field"),
-        "{message}"
-    );
-
-    std::fs::write(&bad, "{\"text\": 7}\n").unwrap();
-    let (code, message) = attempt(&[&bad_path], &[], "o3");
-    assert_eq!(code, Some(2), "{message}");
-    assert!(message.contains("a number, not a string"), "{message}");
+    for (i, (lines, says)) in [
+        (
+            "{\"text\": \"one\"}\n\n{\"text\": oops}\n",
+            &["bad.jsonl:3", "not JSON"][..],
+        ),
+        ("{\"body\": \"one\"}\n", &["\"text\"", "--text-field"]),
+        ("{\"text\": 7}\n", &["a number, not a string"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&bad, lines).unwrap();
+        refused(&[&bad_path], &[], &format!("jsonl-{i}"), says);
+    }
 
     let parquet = fixture("milton.parquet");
-    let (code, message) = attempt(&[&parquet], &["--text-field", "body"], "o4");
-    assert_eq!(code, Some(2), "{message}");
-    assert!(message.contains("id, text, url"), "{message}");
-    let (code, message) = attempt(&[&parquet], &["--text-field", "id"], "o5");
-    assert_eq!(code, Some(2), "{message}");
-    assert!(message.contains("not a plain string column"), "{message}");
-
-    let (code, message) = attempt(&["nothing/*.parquet"], &[], "o6");
-    assert_eq!(code, Some(2), "{message}");
-    assert!(message.contains("no such file"), "{message}");
+    refused(
+        &[&parquet],
+        &["--text-field", "body"],
+        "p1",
+        &["id, text, url"],
+    );
+    refused(
+        &[&parquet],
+        &["--text-field", "id"],
+        "p2",
+        &["not a plain string column"],
+    );
+    refused(&["nothing/*.parquet"], &[], "glob", &["no such file"]);
 
     // An output directory in use is never overwritten.
     std::fs::create_dir(dir.path().join("used")).unwrap();
     std::fs::write(dir.path().join("used/keep.txt"), "mine").unwrap();
     let jsonl = fixture("shakespeare.jsonl");
-    let (code, message) = attempt(&[&jsonl], &["--text-field", "content"], "used");
-    assert_eq!(code, Some(2), "{message}");
-    assert!(message.contains("not empty"), "{message}");
+    refused(
+        &[&jsonl],
+        &["--text-field", "content"],
+        "used",
+        &["not empty"],
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("used/keep.txt")).unwrap(),
         "mine"

@@ -2,7 +2,7 @@
 //! (`sinter_checkpoints`): `model.safetensors` (the global parameters, loadable on its own
 //! like any saved weights), `outer.safetensors` (the outer momentum), `inner-W.safetensors`
 //! per worker (AdamW's moments and step counts, error-feedback residuals) and `meta.json`
-//! (round, step, tokens, data cursors, counters and the evaluations so far).
+//! (round, step, tokens, counters and the evaluations so far).
 //!
 //! Taken at a round boundary, where every worker's parameters equal the global ones, so
 //! workers' models are not stored.
@@ -123,8 +123,6 @@ pub struct WorkerState {
     pub times: Vec<u64>,
     /// Error-feedback residual, if the run uses it.
     pub residual: Option<Vec<f32>>,
-    /// Batches the worker's sampler has drawn.
-    pub cursor: u64,
 }
 
 /// `meta.json`.
@@ -140,8 +138,6 @@ pub struct Meta {
     pub step: u64,
     /// Tokens trained on, all workers together.
     pub tokens: u64,
-    /// Batches drawn per worker's shard.
-    pub data_cursors: Vec<u64>,
     /// The group's members (peer ids; worker indices in a simulation).
     pub members: Vec<String>,
     /// Bytes sent per worker so far (wire and payload).
@@ -194,7 +190,6 @@ impl Snapshot {
                 round: state.round,
                 step: state.step,
                 tokens: state.tokens,
-                data_cursors: Vec::new(),
                 members,
                 bytes_sent: 0.0,
                 payload_bytes: 0.0,
@@ -273,9 +268,9 @@ impl Snapshot {
         let (outer, _) =
             tensors::from_bytes(c.require("outer.safetensors", dir).map_err(bad)?).map_err(bad)?;
         let mut workers = Vec::new();
-        for (w, &cursor) in meta.data_cursors.iter().enumerate() {
-            let (ts, m) =
-                tensors::from_bytes(c.require(&inner_file(w), dir).map_err(bad)?).map_err(bad)?;
+        // One inner-W.safetensors per worker, numbered from 0 (none in a real run's checkpoint).
+        for (w, bytes) in (0..).map_while(|w| c.get(&inner_file(w)).map(|b| (w, b))) {
+            let (ts, m) = tensors::from_bytes(bytes).map_err(bad)?;
             let times: Vec<u64> = m
                 .get("times")
                 .and_then(|t| serde_json::from_str(t).ok())
@@ -296,7 +291,6 @@ impl Snapshot {
                     .then(|| layout.gather(&ts, ".residual"))
                     .transpose()
                     .map_err(bad)?,
-                cursor,
             });
         }
         Ok(Self {
@@ -341,12 +335,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for CollectAdam<'_, B> {
     }
 }
 
-/// A worker's AdamW state (for `model`'s parameters) and its cursor and residual.
+/// A worker's AdamW state (for `model`'s parameters) and its residual.
 pub fn worker_state<B: AutodiffBackend>(
     model: &Llama<B>,
     optimizer: &InnerOptimizer<B>,
     residual: Option<&[f32]>,
-    cursor: u64,
 ) -> WorkerState {
     let records = optimizer.to_record();
     let mut collect = CollectAdam::<B> {
@@ -356,7 +349,6 @@ pub fn worker_state<B: AutodiffBackend>(
             moment_2: Vec::new(),
             times: Vec::new(),
             residual: residual.map(<[f32]>::to_vec),
-            cursor,
         },
     };
     model.visit(&mut collect);

@@ -298,7 +298,6 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 round: round as u64,
                 step: step as u64,
                 tokens: self.tokens,
-                data_cursors: vec![step as u64; workers.len()],
                 members: (0..workers.len()).map(|w| format!("worker-{w}")).collect(),
                 bytes_sent: self.bytes_sent,
                 payload_bytes: self.payload_bytes,
@@ -310,7 +309,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             momentum: momentum.to_vec(),
             workers: workers
                 .iter()
-                .map(|w| worker_state(&w.model, &w.optimizer, w.residual.as_deref(), step as u64))
+                .map(|w| worker_state(&w.model, &w.optimizer, w.residual.as_deref()))
                 .collect(),
         };
         checkpointing.submit(snapshot, &self.layout, self.config, started)

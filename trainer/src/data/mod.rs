@@ -31,6 +31,7 @@ use crate::config::{DataConfig, RunConfig};
 use crate::tokenizer::Tokenizer;
 pub use order::DataOrder;
 pub use prepared::DatasetError;
+
 const SHAKESPEARE: &[u8] = include_bytes!("../../../data/shakespeare.txt.zst");
 const MILTON: &[u8] = include_bytes!("../../../data/milton.txt.zst");
 const SHAKESPEARE_SHA256: &str = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387";
@@ -113,7 +114,8 @@ impl TokenFile {
             // Write to a unique temporary name, fsync, then rename: a crash or a concurrent
             // writer never leaves a half-written token file under the final name.
             let tmp = dir.join(format!(".tokens-{}.{}.tmp", &key[..32], std::process::id()));
-            let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+            let mut bytes = Vec::with_capacity(tokens.len() * 4);
+            Dtype::U32.encode(&tokens, &mut bytes);
             let write = || -> std::io::Result<()> {
                 use std::io::Write;
                 let mut f = std::fs::File::create(&tmp)?;
@@ -195,6 +197,31 @@ impl Dtype {
             Self::U32 => 4,
         }
     }
+
+    /// Appends `tokens` to `out` in this type (each must fit: below the vocabulary the type
+    /// was chosen for).
+    pub fn encode(self, tokens: &[u32], out: &mut Vec<u8>) {
+        match self {
+            Self::U16 => out.extend(tokens.iter().flat_map(|&t| (t as u16).to_le_bytes())),
+            Self::U32 => out.extend(tokens.iter().flat_map(|&t| t.to_le_bytes())),
+        }
+    }
+
+    /// Appends the tokens `bytes` hold (a whole number of them) to `out`.
+    pub fn decode(self, bytes: &[u8], out: &mut Vec<u32>) {
+        match self {
+            Self::U16 => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]))),
+            ),
+            Self::U32 => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+        }
+    }
 }
 
 /// A run of tokens in a memory map, named for the summary (a shard's file, a corpus).
@@ -218,19 +245,8 @@ impl Segment {
             self.tokens.start + range.end,
         );
         let width = self.dtype.width();
-        let bytes = &self.map[start * width..end * width];
-        match self.dtype {
-            Dtype::U16 => out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]))),
-            ),
-            Dtype::U32 => out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            ),
-        }
+        self.dtype
+            .decode(&self.map[start * width..end * width], out);
     }
 }
 
@@ -314,7 +330,12 @@ impl DataUsage {
     fn record(&mut self, shard: &str, context: usize, position: u64, order: &DataOrder) {
         self.windows += 1;
         self.tokens += context as u64;
-        *self.shards.entry(shard.to_owned()).or_default() += context as u64;
+        match self.shards.get_mut(shard) {
+            Some(tokens) => *tokens += context as u64,
+            None => {
+                self.shards.insert(shard.to_owned(), context as u64);
+            }
+        }
         let read = position.saturating_add(1) as f64 / order.windows_per_epoch() as f64;
         self.epochs = self.epochs.max(read);
     }
@@ -404,11 +425,6 @@ impl Dataset {
             validation: Windows::new(vec![segment(split..n)], context),
             fingerprint: file.key.clone(),
         })
-    }
-
-    /// The dataset's fingerprint (see [`DataUsage::dataset`]).
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
     }
 
     /// Training windows per epoch.

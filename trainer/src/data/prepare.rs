@@ -77,7 +77,7 @@ pub fn prepare(
         path: path.to_owned(),
         why,
     };
-    if !(0.0..1.0).contains(&options.validation_fraction) || options.validation_fraction == 0.0 {
+    if !(options.validation_fraction > 0.0 && options.validation_fraction < 1.0) {
         return Err(refuse(
             out,
             format!(
@@ -114,7 +114,8 @@ pub fn prepare(
     }
     std::fs::create_dir_all(out).map_err(io(out))?;
 
-    let dtype = Dtype::for_vocab(tokenizer.vocab_size());
+    let vocab = tokenizer.vocab_size();
+    let dtype = Dtype::for_vocab(vocab);
     let mut train = ShardWriter::new(out, "train", dtype, options.shard_tokens);
     let mut validation = ShardWriter::new(out, "validation", dtype, options.shard_tokens);
     let mut state = Progress {
@@ -136,6 +137,12 @@ pub fn prepare(
                     let held_out = held_out(text, threshold);
                     let mut tokens = tokenizer.encode(text.as_bytes())?;
                     tokens.extend(eos);
+                    // The shards' type holds ids below the vocabulary size, nothing above.
+                    if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                        return Err(crate::TrainerError::Data(format!(
+                            "the tokenizer gave id {t}, outside its own vocabulary of {vocab}"
+                        )));
+                    }
                     Ok((held_out, tokens))
                 })
                 .collect::<Result<Vec<_>, crate::TrainerError>>()
@@ -188,7 +195,7 @@ pub fn prepare(
     let manifest = Manifest {
         format: FORMAT.into(),
         tokenizer: tokenizer.id(),
-        vocab_size: tokenizer.vocab_size() as u64,
+        vocab_size: vocab as u64,
         dtype,
         eos,
         validation_fraction: options.validation_fraction,
@@ -275,29 +282,15 @@ impl ShardWriter {
                 bytes: Vec::new(),
             });
         }
-        let dtype = self.dtype;
         let shard = self.open.as_mut().expect("opened above");
         shard.starts.push(shard.tokens);
         shard.bytes.clear();
-        match dtype {
-            Dtype::U16 => {
-                for &t in tokens {
-                    shard.bytes.extend_from_slice(&(t as u16).to_le_bytes());
-                }
-            }
-            Dtype::U32 => {
-                for &t in tokens {
-                    shard.bytes.extend_from_slice(&t.to_le_bytes());
-                }
-            }
-        }
+        self.dtype.encode(tokens, &mut shard.bytes);
         shard.hasher.update(&shard.bytes);
-        let file = shard.file.clone();
-        shard
-            .writer
-            .write_all(&shard.bytes)
-            .map_err(self.io(&file))?;
-        let shard = self.open.as_mut().expect("opened above");
+        if let Err(source) = shard.writer.write_all(&shard.bytes) {
+            let path = self.dir.join(&shard.file);
+            return Err(DatasetError::Io { path, source });
+        }
         shard.tokens += tokens.len() as u64;
         if shard.tokens >= self.limit {
             self.close()?;

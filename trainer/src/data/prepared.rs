@@ -323,8 +323,8 @@ fn open_shard(
     dtype: Dtype,
     vocab: u64,
 ) -> Result<Segment, DatasetError> {
-    let map = map_file(&dir.join(&shard.file))?;
     let path = dir.join(&shard.file);
+    let map = map_file(&path)?;
     let bad = |why: String| DatasetError::Shard {
         path: path.clone(),
         why,
