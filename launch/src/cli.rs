@@ -1053,7 +1053,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Requests that may wait for a place in the batch; more are refused with 429 and
-    /// Retry-After.
+    /// Retry-After (a caller with stake displaces the last one waiting instead). A request
+    /// may set a deadline with the X-Request-Timeout header (seconds; OpenAI's Python client's
+    /// timeout counts for answers in one piece): past it, it gets 504 and the model stops on it.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
     /// Requests a minute each caller may make (its API key, else its address); more get 429

@@ -487,3 +487,110 @@ fn each_caller_gets_its_own_rate_limit() {
     );
     assert_eq!(out["models_still_listed"], 1);
 }
+
+const DEADLINES: &str = r#"
+import json, sys, threading, time, urllib.request, urllib.error
+from openai import OpenAI, APITimeoutError, APIStatusError
+base = sys.argv[1]
+def post(body, timeout=None):
+    headers = {"content-type": "application/json"}
+    if timeout is not None:
+        headers["x-request-timeout"] = str(timeout)
+    return urllib.request.urlopen(urllib.request.Request(base + "/completions",
+        data=json.dumps(body).encode(), headers=headers), timeout=60)
+def metric(name):
+    metrics = urllib.request.urlopen(base.removesuffix("/v1") + "/metrics").read().decode()
+    return sum(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith(name))
+out = {}
+# The model busy for 2.5 s; behind it, requests whose deadlines pass while they wait.
+long = threading.Thread(target=lambda: post({"model": "sinter", "prompt": "ROMEO:",
+    "max_tokens": 25}).read())
+long.start()
+time.sleep(0.1)
+started = time.time()
+try:
+    post({"model": "sinter", "prompt": "ROMEO:", "max_tokens": 3}, timeout=0.4).read()
+    out["queued"] = [200]
+except urllib.error.HTTPError as e:
+    out["queued"] = [e.code, json.loads(e.read()), time.time() - started]
+r = post({"model": "sinter", "prompt": "ROMEO:", "max_tokens": 3, "stream": True}, timeout=0.3)
+out["streamed"] = [line.decode().strip() for line in r if line.strip()]
+try:
+    post({"model": "sinter", "prompt": "ROMEO:", "max_tokens": 3}, timeout="soon").read()
+except urllib.error.HTTPError as e:
+    out["bad_header"] = [e.code, json.loads(e.read())]
+# OpenAI's client sends its timeout: its request, queued too, is dropped as expired when its
+# turn comes (had the server not known the deadline, it would only have found it abandoned).
+client = OpenAI(base_url=base, api_key="unused", max_retries=0)
+try:
+    client.with_options(timeout=0.5).completions.create(model="sinter", prompt="ROMEO:",
+        max_tokens=3)
+    out["client"] = "answered"
+except APITimeoutError:
+    out["client"] = "timeout"
+except APIStatusError as e:
+    out["client"] = e.status_code
+long.join()
+# A request generating when its deadline passes stops there.
+r = post({"model": "sinter", "prompt": "ROMEO:", "max_tokens": 20, "stream": True}, timeout=0.35)
+out["cut_short"] = [line.decode().strip() for line in r if line.strip()]
+time.sleep(0.3)
+out["deadline_failures"] = metric('sinter_requests_failed_total{reason="deadline"}')
+print(json.dumps(out))
+"#;
+
+/// A request's deadline (`X-Request-Timeout`, or the timeout OpenAI's client sends) is kept:
+/// a request waiting behind a long one is answered 504 when it passes, not when its turn
+/// comes; a streamed one ends with OpenAI's error event; the model stops working on both.
+#[test]
+fn requests_past_their_deadline_get_504_and_the_model_stops_on_them() {
+    let Some(Served { python, server, .. }) = serving(
+        &["--batch", "1", "--queue", "4"],
+        &[("SINTER_FAULT_SLOW_TOKEN_MS", "100")],
+    ) else {
+        return;
+    };
+    let out = run_python(&python, DEADLINES, &[&server.url]);
+    assert_eq!(out["queued"][0], 504, "{out}");
+    assert_eq!(
+        out["queued"][1]["error"]["code"], "deadline_exceeded",
+        "{out}"
+    );
+    let waited = out["queued"][2].as_f64().unwrap();
+    assert!(
+        waited < 1.2,
+        "answered after {waited} s: when its turn came (2.4 s), not at its deadline (0.4 s)"
+    );
+    let streamed = out["streamed"].as_array().unwrap();
+    let last = streamed.last().and_then(|l| l.as_str()).unwrap_or_default();
+    let error: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
+    assert_eq!(error["error"]["code"], "deadline_exceeded", "{out}");
+    assert_eq!(out["bad_header"][0], 400, "{out}");
+    assert!(
+        out["bad_header"][1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-request-timeout"),
+        "{out}"
+    );
+    assert!(out["client"] == "timeout" || out["client"] == 504, "{out}");
+    let cut_short = out["cut_short"].as_array().unwrap();
+    assert!(
+        (2..15).contains(&cut_short.len()),
+        "some text, then the error: {out}"
+    );
+    assert!(
+        cut_short
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("deadline_exceeded"),
+        "{out}"
+    );
+    // The three queued requests, found expired when their turn came, and the one generating.
+    assert!(
+        out["deadline_failures"].as_f64().unwrap() >= 4.0,
+        "the model did not stop for deadlines: {out}"
+    );
+}

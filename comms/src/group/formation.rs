@@ -154,6 +154,29 @@ impl Shared {
             .unwrap_or_else(|| self.established(state).first().copied().unwrap_or(self.me))
     }
 
+    /// Whether this peer, leading round `round`, may announce its group: every member of
+    /// the last round's group it sees live is ready, and it is not a minority of that group
+    /// waiting for the rest (the rest may fall silent while it waits, as they do when its
+    /// link is cut just as a round forms).
+    pub(super) fn ready_to_form(&self, state: &State, round: u64) -> bool {
+        let live = self.established(state);
+        let expected: BTreeSet<PeerId> =
+            match round.checked_sub(1).and_then(|r| state.groups.get(&r)) {
+                Some(previous) => previous
+                    .members
+                    .iter()
+                    .filter(|m| live.contains(m))
+                    .copied()
+                    .collect(),
+                None => live,
+            };
+        let ready = state.ready.get(&round);
+        expected
+            .iter()
+            .all(|p| ready.is_some_and(|r| r.contains_key(p)))
+            && !self.minority_waits(state, round)
+    }
+
     /// Live peers other than newcomers waiting to join: those that lead and are waited for
     /// when no earlier group says who is in the run (a newcomer never leads, and one that
     /// asked for a far round must not hold up this one).
@@ -261,7 +284,11 @@ impl Group {
             }
             if !joining && leader == me {
                 if !self.shared.minority_waits(&self.shared.lock(), round) {
-                    return self.lead(round).await;
+                    match self.lead(round).await? {
+                        Some(formed) => return Ok(formed),
+                        // A lower member is back: it leads.
+                        None => continue,
+                    }
                 }
                 // Cut off from most of the group: wait for it to come back (or for the wait
                 // to end) before leading a group of the few.
@@ -380,33 +407,23 @@ impl Group {
 
     /// As leader: waits until the last round's live members are ready (at the first round,
     /// every live peer), then announces everyone ready and live, newcomers included.
-    async fn lead(&self, round: u64) -> Result<Formed, GroupError> {
+    async fn lead(&self, round: u64) -> Result<Option<Formed>, GroupError> {
         let me = self.me();
-        let yields = self
+        let next = self
             .wait_for(self.shared.settings.round_ceiling, |shared, state| {
                 if shared.outranked(state) {
-                    return Some(true);
+                    return Some(Leading::Yield);
                 }
-                let live = shared.established(state);
-                let expected: BTreeSet<PeerId> =
-                    match round.checked_sub(1).and_then(|r| state.groups.get(&r)) {
-                        Some(previous) => previous
-                            .members
-                            .iter()
-                            .filter(|m| live.contains(m))
-                            .copied()
-                            .collect(),
-                        None => live,
-                    };
-                let ready = state.ready.get(&round);
-                expected
-                    .iter()
-                    .all(|p| ready.is_some_and(|r| r.contains_key(p)))
-                    .then_some(false)
+                if shared.leader(state, round) != me {
+                    return Some(Leading::StepAside);
+                }
+                shared.ready_to_form(state, round).then_some(Leading::Form)
             })
             .await;
-        if yields == Some(true) {
-            return Err(self.leave_for_larger_group(round));
+        match next {
+            Some(Leading::Yield) => return Err(self.leave_for_larger_group(round)),
+            Some(Leading::StepAside) => return Ok(None),
+            Some(Leading::Form) | None => {}
         }
         let formed = {
             let mut state = self.shared.lock();
@@ -442,7 +459,7 @@ impl Group {
             .filter(|m| **m != me)
             .map(|m| self.announce(*m, round));
         futures::future::join_all(sends).await;
-        Ok(formed)
+        Ok(Some(formed))
     }
 
     /// Sends round `round`'s group to `to`, retrying a few times (a member that never hears
@@ -490,6 +507,16 @@ enum Heard {
     LeaderSilent,
     /// A larger group of the run is in sight (see `healing`).
     Outranked,
+}
+
+/// What a leader waiting for its group's `Ready`s does next.
+enum Leading {
+    /// Announce the group of those ready.
+    Form,
+    /// A larger group of the run is in sight: join it.
+    Yield,
+    /// A lower member of the last group is live again: it leads.
+    StepAside,
 }
 
 /// The refusal of a `Ready` for a round this peer has left behind.

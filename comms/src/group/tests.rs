@@ -153,9 +153,14 @@ fn announcement(round: u64, members: &[PeerId], states: Vec<Option<String>>) -> 
 /// Four peers sorted by id, and a group (as the highest of them) whose round 3 had them all,
 /// every one live.
 fn after_round_three() -> (Shared, Vec<PeerId>) {
+    after_round_three_as(3)
+}
+
+/// As [`after_round_three`], seen by the `me`-th lowest of the four.
+fn after_round_three_as(me: usize) -> (Shared, Vec<PeerId>) {
     let mut peers: Vec<PeerId> = (0..4).map(|_| peer()).collect();
     peers.sort();
-    let group = shared_as(peers[3]);
+    let group = shared_as(peers[me]);
     {
         let mut state = group.lock();
         state.round = 4;
@@ -167,7 +172,7 @@ fn after_round_three() -> (Shared, Vec<PeerId>) {
                 states: vec![Some("s".into()); 4],
             },
         );
-        for p in &peers[..3] {
+        for (_, p) in peers.iter().enumerate().filter(|(i, _)| *i != me) {
             state.last_seen.insert(*p, Instant::now());
         }
     }
@@ -418,6 +423,54 @@ fn a_minority_cut_off_waits_for_the_silent_rest_but_not_for_crashed_or_departed_
     assert!(!half([1, 2]), "peers 0 and 3 go on");
     // The majority never waits.
     assert!(!half_of_three_silent_one(stale));
+}
+
+/// The leader of round 4 whose link was cut just as it began to wait for the `Ready`s: the
+/// rest fall silent while it waits, and it must not announce a group of one (it did, and
+/// trained alone while the others went on without it).
+#[test]
+fn a_leader_cut_off_while_its_group_forms_waits_instead_of_leading_itself_alone() {
+    let (leader, peers) = after_round_three_as(0);
+    let ready = |p: PeerId| {
+        leader
+            .lock()
+            .ready
+            .entry(4)
+            .or_default()
+            .insert(p, Some("s".into()));
+    };
+    let seen = |ago: Instant| {
+        let mut state = leader.lock();
+        for p in &peers[1..] {
+            state.last_seen.insert(*p, ago);
+        }
+    };
+    ready(peers[0]);
+    assert!(
+        !leader.ready_to_form(&leader.lock(), 4),
+        "nobody else is ready yet"
+    );
+    ready(peers[1]);
+    ready(peers[2]);
+    assert!(
+        !leader.ready_to_form(&leader.lock(), 4),
+        "one live member is not ready"
+    );
+    ready(peers[3]);
+    assert!(leader.ready_to_form(&leader.lock(), 4), "all ready");
+    // The link is cut before the others were ready: they are silent, not gone.
+    leader.lock().ready.clear();
+    ready(peers[0]);
+    seen(Instant::now() - Duration::from_secs(6));
+    assert!(!leader.ready_to_form(&leader.lock(), 4), "a minority waits");
+    // Crashed (their connections closed): the leader goes on with whoever is left.
+    for p in &peers[1..] {
+        leader.lock().closed.insert(*p);
+    }
+    assert!(
+        leader.ready_to_form(&leader.lock(), 4),
+        "crashed peers are not waited for"
+    );
 }
 
 /// Three of four live (the highest peer's view, one other silent): a majority.

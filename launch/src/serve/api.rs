@@ -8,6 +8,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::engine::Failure;
+
+/// Seconds a refused caller is told to wait.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 /// `prompt`: a string, or a list holding one.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -161,6 +166,32 @@ impl ApiError {
         }
     }
 
+    /// Why the model did not answer: displaced from the queue by a caller with stake (a
+    /// 429, like a full queue), or past the request's deadline (a 504).
+    pub fn failed(failure: Failure) -> Self {
+        match failure {
+            Failure::Displaced => Self::busy(RETRY_AFTER_SECS),
+            Failure::Deadline => Self {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: "The request's deadline passed before its answer was ready".into(),
+                kind: "timeout_error",
+                param: None,
+                code: Some("deadline_exceeded"),
+                retry_after: None,
+            },
+        }
+    }
+
+    /// The `{"error": …}` body.
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+
     /// 500: the model's thread is gone.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
@@ -173,13 +204,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }});
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

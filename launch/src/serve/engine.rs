@@ -1,13 +1,14 @@
 //! The model behind the endpoint: one thread owns it and generates for several requests at
 //! once (continuous batching: a request's prompt runs once into its key/value cache, then it
 //! joins the running batch between steps, each step one token for every request in it, and it
-//! leaves when done). More requests wait in a bounded queue (a full queue is the caller's to
-//! refuse, not to wait on). Each request streams its text back as it is generated, whole
-//! characters at a time, holding back what could still become one of its stop sequences; a
-//! request whose receiver is gone (the client disconnected) stops at its next token.
+//! leaves when done). More requests wait in a bounded [`Queue`], validators by stake first (a
+//! full queue is the caller's to refuse, not to wait on). Each request streams its text back
+//! as it is generated, whole characters at a time, holding back what could still become one
+//! of its stop sequences; a request whose receiver is gone (the client disconnected) or whose
+//! deadline passed stops at its next token, or is never started.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -17,6 +18,8 @@ use sinter_trainer::generate::{Sampling, sample_token, slow_for_test};
 use sinter_trainer::model::{KvCache, Llama};
 use sinter_trainer::tokenizer::{TextStream, Tokenizer};
 use tokio::sync::mpsc;
+
+use super::queue::{Full, Priority, Pushed, Queue};
 
 /// One completion to generate.
 pub struct Request {
@@ -35,6 +38,24 @@ pub struct Request {
     pub events: mpsc::UnboundedSender<Event>,
     /// When the request arrived.
     pub arrived: Instant,
+    /// Where it waits in the queue.
+    pub priority: Priority,
+    /// When its answer is no use any more (the caller gave up): it is then stopped, or
+    /// never started.
+    pub deadline: Option<Instant>,
+}
+
+impl Request {
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// Ends the request unanswered, telling its caller why.
+    fn fail(&self, failure: Failure) {
+        metrics::counter!("sinter_requests_failed_total", "reason" => failure.as_str())
+            .increment(1);
+        let _ = self.events.send(Event::Failed(failure));
+    }
 }
 
 /// A generated token's log probability under the model (temperature 1), with the most
@@ -63,6 +84,27 @@ pub enum Event {
         /// Tokens generated.
         tokens: usize,
     },
+    /// The end, unfinished.
+    Failed(Failure),
+}
+
+/// Why a request ended without its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A request of a caller with more stake took its place in the full queue.
+    Displaced,
+    /// Its deadline passed.
+    Deadline,
+}
+
+impl Failure {
+    /// Its name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Displaced => "displaced",
+            Failure::Deadline => "deadline",
+        }
+    }
 }
 
 /// Why a completion ended, in OpenAI's words.
@@ -87,7 +129,16 @@ impl Finish {
 /// The queue into the model's thread.
 #[derive(Clone)]
 pub struct Engine {
-    queue: SyncSender<Request>,
+    queue: Arc<Handle>,
+}
+
+/// Closes the queue once the last [`Engine`] is dropped, which ends the model's thread.
+struct Handle(Arc<Queue<Request>>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// The queue is full: try again later.
@@ -107,18 +158,29 @@ impl Engine {
     where
         Llama<B>: Send + 'static,
     {
-        let (queue, requests) = sync_channel(capacity);
+        let queue = Arc::new(Queue::new(capacity));
+        let requests = queue.clone();
         std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || serve(&model, &tokenizer, &device, batch.max(1), requests))?;
-        Ok(Self { queue })
+            .spawn(move || serve(&model, &tokenizer, &device, batch.max(1), &requests))?;
+        Ok(Self {
+            queue: Arc::new(Handle(queue)),
+        })
     }
 
-    /// Queues `request`, unless the queue is full.
+    /// Queues `request`, unless the queue is full of requests that rank as high; a
+    /// lower-ranked request it displaces fails with [`Failure::Displaced`].
     pub fn submit(&self, request: Request) -> Result<(), Busy> {
-        match self.queue.try_send(request) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
+        let priority = request.priority;
+        let pushed = self.queue.0.push(request, priority);
+        metrics::gauge!("sinter_queue_waiting").set(self.queue.0.len() as f64);
+        match pushed {
+            Ok(Pushed::Queued) => Ok(()),
+            Ok(Pushed::Displaced(out)) => {
+                out.fail(Failure::Displaced);
+                Ok(())
+            }
+            Err(Full(_)) => Err(Busy),
         }
     }
 }
@@ -128,23 +190,24 @@ fn serve<B: Backend>(
     tokenizer: &Tokenizer,
     device: &B::Device,
     batch: usize,
-    requests: Receiver<Request>,
+    requests: &Queue<Request>,
 ) {
     let mut running: Vec<Sequence<'_, B>> = Vec::new();
     loop {
         // Requests join between steps: wait for one when idle, take what waits otherwise.
         if running.is_empty() {
-            match requests.recv() {
-                Ok(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
-                Err(_) => return,
+            match requests.pop(None) {
+                Some(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
+                None => return,
             }
         }
         while running.len() < batch {
-            match requests.try_recv() {
-                Ok(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
-                Err(_) => break,
+            match requests.pop(Some(Duration::ZERO)) {
+                Some(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
+                None => break,
             }
         }
+        metrics::gauge!("sinter_queue_waiting").set(requests.len() as f64);
         let mut next = Vec::with_capacity(running.len());
         running.retain_mut(|sequence| match sequence.advance() {
             Some(token) => {
@@ -181,7 +244,8 @@ struct Sequence<'t, B: Backend> {
 }
 
 impl<'t, B: Backend> Sequence<'t, B> {
-    /// Runs the prompt; `None` when there is nothing to generate (then it is answered).
+    /// Runs the prompt; `None` when there is nothing to generate (then it is answered), or
+    /// nobody to generate for (its caller left or its deadline passed while it waited).
     fn start(
         model: &Llama<B>,
         tokenizer: &'t Tokenizer,
@@ -189,6 +253,13 @@ impl<'t, B: Backend> Sequence<'t, B> {
         request: Request,
     ) -> Option<Self> {
         metrics::histogram!("sinter_queue_seconds").record(request.arrived.elapsed().as_secs_f64());
+        if request.expired(Instant::now()) {
+            request.fail(Failure::Deadline);
+            return None;
+        }
+        if request.events.is_closed() {
+            return None;
+        }
         if request.max_tokens == 0 || request.prompt.is_empty() {
             let _ = request.events.send(Event::Done {
                 finish: Finish::Length,
@@ -220,6 +291,10 @@ impl<'t, B: Backend> Sequence<'t, B> {
     /// Samples the next token and sends its text: the token, or `None` once the sequence is
     /// done (finished, or its client gone).
     fn advance(&mut self) -> Option<u32> {
+        if self.request.expired(Instant::now()) {
+            self.request.fail(Failure::Deadline);
+            return None;
+        }
         let token = sample_token(&self.logits, &self.request.sampling, &mut self.rng);
         if let Some(top) = self.request.logprobs {
             let logprob = token_logprob(self.text.tokenizer(), &self.logits, token, top);

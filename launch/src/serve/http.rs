@@ -1,15 +1,19 @@
 //! The HTTP side of `launch serve` (axum): OpenAI's `/v1/models`, `/v1/completions` and
 //! `/v1/chat/completions` (streamed as server-sent events ending with `data: [DONE]` when asked),
 //! `/health`, and `/metrics` in Prometheus' text format. Requests are checked before they
-//! reach the model: the model's name, the numbers, and the prompt against the context.
+//! reach the model: the model's name, the numbers, and the prompt against the context. A
+//! request may carry a deadline, in seconds from its arrival, as `X-Request-Timeout` (or, for
+//! an answer in one piece, `X-Stainless-Read-Timeout`, which OpenAI's Python client sends with
+//! its own timeout): past it the caller gets a 504 (a streamed error once streaming) and the
+//! model stops working on it.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,8 +26,11 @@ use sinter_trainer::generate::Sampling;
 use sinter_trainer::tokenizer::Tokenizer;
 use tokio::sync::mpsc;
 
-use super::api::{self, ApiError, ChatRequest, CompletionRequest, Message, Prompt, Stop};
-use super::engine::{Engine, Event, Request, TokenLogprob};
+use super::api::{
+    self, ApiError, ChatRequest, CompletionRequest, Message, Prompt, RETRY_AFTER_SECS, Stop,
+};
+use super::engine::{Engine, Event, Failure, Request, TokenLogprob};
+use super::queue::Priority;
 use super::rate::RateLimits;
 
 /// Largest request body taken.
@@ -32,8 +39,13 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 const MAX_N: u32 = 8;
 /// Stop sequences taken per request (OpenAI's limit).
 const MAX_STOPS: usize = 4;
-/// Seconds a refused caller is told to wait.
-const RETRY_AFTER_SECS: u64 = 1;
+/// The header that carries a request's deadline, in seconds from its arrival.
+const DEADLINE_HEADER: &str = "x-request-timeout";
+/// OpenAI's Python client's read timeout: the longest wait for the next bytes, which for an
+/// answer sent in one piece is a deadline.
+const READ_TIMEOUT_HEADER: &str = "x-stainless-read-timeout";
+/// The longest deadline taken (longer ones are this).
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// What the handlers share.
 pub struct Served {
@@ -146,11 +158,54 @@ struct Job {
     include_usage: bool,
     /// Completions wanted.
     n: usize,
+    /// When the caller stops waiting.
+    deadline: Option<Instant>,
+}
+
+/// The request's deadline from its headers ([`DEADLINE_HEADER`], else for an answer in one
+/// piece [`READ_TIMEOUT_HEADER`]); a 400 naming the header if it is not a positive number of
+/// seconds.
+fn deadline(
+    headers: &HeaderMap,
+    arrived: Instant,
+    stream: bool,
+) -> Result<Option<Instant>, ApiError> {
+    let names: &[&str] = match stream {
+        true => &[DEADLINE_HEADER],
+        false => &[DEADLINE_HEADER, READ_TIMEOUT_HEADER],
+    };
+    let Some((name, value)) = names
+        .iter()
+        .find_map(|name| headers.get(*name).map(|v| (*name, v)))
+    else {
+        return Ok(None);
+    };
+    let secs = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                None,
+                format!("the {name} header must be a positive number of seconds, not {value:?}"),
+            )
+        })?;
+    Ok(Some(
+        arrived + Duration::from_secs_f64(secs).min(MAX_DEADLINE),
+    ))
 }
 
 impl Served {
     /// Checks `asked` for `text`, tokenizes it, and refuses what the model cannot serve.
-    fn job(&self, text: &str, asked: api::Sampling, kind: Kind) -> Result<Job, ApiError> {
+    fn job(
+        &self,
+        text: &str,
+        asked: api::Sampling,
+        kind: Kind,
+        headers: &HeaderMap,
+    ) -> Result<Job, ApiError> {
+        let deadline = deadline(headers, Instant::now(), asked.stream)?;
         if asked.model != self.model {
             return Err(ApiError::unknown_model(&asked.model, &self.model));
         }
@@ -234,6 +289,7 @@ impl Served {
             stream: asked.stream,
             include_usage: asked.stream_options.include_usage,
             n: n as usize,
+            deadline,
         })
     }
 
@@ -257,6 +313,8 @@ impl Served {
                         logprobs: job.logprobs,
                         events,
                         arrived: Instant::now(),
+                        priority: Priority::default(),
+                        deadline: job.deadline,
                     })
                     .map_err(|_| ApiError::busy(RETRY_AFTER_SECS))?;
                 Ok(receiver)
@@ -386,7 +444,11 @@ fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-async fn completions(State(served): State<Arc<Served>>, body: Bytes) -> Response {
+async fn completions(
+    State(served): State<Arc<Served>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let result = async {
         let request: CompletionRequest = api::parse(&body)?;
         let text = match request.prompt {
@@ -399,7 +461,7 @@ async fn completions(State(served): State<Arc<Served>>, body: Bytes) -> Response
                 ));
             }
         };
-        let job = served.job(&text, request.sampling, Kind::Text)?;
+        let job = served.job(&text, request.sampling, Kind::Text, &headers)?;
         respond(&served, job, Kind::Text).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
@@ -430,14 +492,14 @@ pub fn render_chat(messages: &[Message]) -> Result<String, ApiError> {
 /// Where the model's chat turn ends.
 pub const CHAT_TURN_END: &str = "\nUser:";
 
-async fn chat(State(served): State<Arc<Served>>, body: Bytes) -> Response {
+async fn chat(State(served): State<Arc<Served>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let request: ChatRequest = api::parse(&body)?;
         if request.messages.is_empty() {
             return Err(ApiError::invalid(Some("messages"), "messages is empty"));
         }
         let text = render_chat(&request.messages)?;
-        let job = served.job(&text, request.sampling, Kind::Chat)?;
+        let job = served.job(&text, request.sampling, Kind::Chat, &headers)?;
         respond(&served, job, Kind::Chat).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
@@ -458,16 +520,23 @@ async fn respond(served: &Arc<Served>, job: Job, kind: Kind) -> Result<Response,
     for (index, mut events) in receivers.into_iter().enumerate() {
         let mut text = String::new();
         let mut logprobs = Vec::new();
-        let done = loop {
-            match events.recv().await {
-                Some(Event::Text(piece)) => text.push_str(&piece),
-                Some(Event::Logprob(token)) => logprobs.push(token),
-                Some(Event::Done { finish, tokens }) => break Some((finish, tokens)),
-                None => break None,
+        let collect = async {
+            loop {
+                match events.recv().await {
+                    Some(Event::Text(piece)) => text.push_str(&piece),
+                    Some(Event::Logprob(token)) => logprobs.push(token),
+                    Some(Event::Done { finish, tokens }) => break Ok((finish, tokens)),
+                    Some(Event::Failed(failure)) => break Err(ApiError::failed(failure)),
+                    None => break Err(ApiError::internal("the model stopped before finishing")),
+                }
             }
         };
-        let (finish, tokens) =
-            done.ok_or_else(|| ApiError::internal("the model stopped before finishing"))?;
+        let (finish, tokens) = match job.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), collect)
+                .await
+                .unwrap_or_else(|_| Err(ApiError::failed(Failure::Deadline)))?,
+            None => collect.await?,
+        };
         let mut offset = job.prompt_chars;
         let logprobs = match job.logprobs {
             Some(_) => kind.logprobs(&logprobs, &mut offset),
@@ -513,12 +582,21 @@ fn stream_events(
             offset: job.prompt_chars,
         })
         .collect();
-    let events = stream::select_all(receivers.into_iter().enumerate().map(|(index, events)| {
-        stream::unfold(events, move |mut events| async move {
-            events.recv().await.map(|event| ((index, event), events))
-        })
-        .boxed()
-    }));
+    let mut events =
+        stream::select_all(receivers.into_iter().enumerate().map(|(index, events)| {
+            stream::unfold(events, move |mut events| async move {
+                events.recv().await.map(|event| ((index, event), events))
+            })
+            .boxed()
+        }));
+    // The deadline ends the whole response, whichever choice is still going.
+    if let Some(deadline) = job.deadline {
+        events.push(
+            stream::once(tokio::time::sleep_until(deadline.into()))
+                .map(|()| (0, Event::Failed(Failure::Deadline)))
+                .boxed(),
+        );
+    }
     let start = Streaming {
         events,
         choices,
@@ -546,6 +624,11 @@ fn stream_events(
                         json!([kind.choice(index, &piece, logprobs, None, true)]),
                         None,
                     )]
+                }
+                // Nothing more comes: the error, as OpenAI streams one, ends the stream.
+                Event::Failed(failure) => {
+                    let error = ApiError::failed(failure).body();
+                    return Some((vec![SseEvent::default().data(error.to_string())], None));
                 }
                 Event::Done { finish, tokens } => {
                     let logprobs = logprobs();

@@ -1,11 +1,12 @@
 //! `launch serve`: a trained model behind OpenAI's HTTP API, so the official clients and the
 //! usual tools work unchanged. [`engine`] owns the model on one thread and answers a bounded
-//! queue; [`http`] checks and answers requests; [`api`] is OpenAI's request, answer and error
+//! priority [`queue`]; [`http`] checks and answers requests; [`api`] is OpenAI's request, answer and error
 //! shapes. Metrics go to a Prometheus recorder that `/metrics` renders.
 
 pub mod api;
 pub mod engine;
 pub mod http;
+pub mod queue;
 pub mod rate;
 
 use std::sync::Arc;
