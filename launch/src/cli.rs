@@ -62,6 +62,13 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     /// /v1/models, /health, Prometheus /metrics): the official OpenAI clients work with
     /// `base_url=http://ADDR/v1`. Temperature 0 gives exactly `launch generate --temperature 0`.
     Serve(ServeArgs),
+    /// Ask a miner's axon one signed synapse (a generation, or the next token's likeliest
+    /// tokens) and check its signed answer: what a validator does, by hand. Exit 1 if the
+    /// miner refuses or its answer does not check.
+    #[command(
+        after_help = "Example:\n  launch ask --axon /ip4/127.0.0.1/tcp/4010/p2p/PEER_ID --miner MINER_SS58 out/tiny/model.safetensors --name validator --prompt ROMEO:"
+    )]
+    Ask(AskArgs),
     /// Draw the validation-loss curves of several runs in one picture (SVG).
     Plot(PlotArgs),
     /// Measure the kernels against a memcpy baseline.
@@ -1062,6 +1069,63 @@ pub struct ServeArgs {
     /// with Retry-After. 0: no limit.
     #[arg(long, value_name = "PER_MINUTE", default_value_t = 0)]
     pub rate_limit: u32,
+    /// Also answer validators over libp2p on this address: the axon, taking synapses signed
+    /// by the caller's hotkey and signing its answers with the wallet's hotkey.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub axon: Option<String>,
+    /// The axon's libp2p key file (ed25519), created on first start: the same file keeps the
+    /// same peer id.
+    #[arg(long, value_name = "FILE", default_value = "axon.key")]
+    pub axon_key: PathBuf,
+    /// The miner's wallet, whose hotkey answers on the axon.
+    #[command(flatten)]
+    pub wallet: WalletArgs,
+    /// An embedded ledger file (kept by `launch ledger node`): its metagraph gives each
+    /// caller's stake, which orders the queue (validators by stake first).
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+    /// Refuse axon callers the ledger does not know, instead of serving them after every
+    /// caller with stake.
+    #[arg(long)]
+    pub axon_refuse_unknown: bool,
+}
+
+/// `launch ask`.
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The miner's axon, ending in /p2p/PEER_ID.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub axon: String,
+    /// The miner's hotkey (SS58): whom the request is addressed and signed to.
+    #[arg(long, value_name = "SS58")]
+    pub miner: String,
+    /// The model asked about (its tokenizer turns the prompt into tokens).
+    #[command(flatten)]
+    pub source: WeightsArgs,
+    /// The asking validator's wallet: its hotkey signs the request.
+    #[command(flatten)]
+    pub wallet: WalletArgs,
+    /// Text to send.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Tokens to generate (TextGeneration).
+    #[arg(long, default_value_t = 16)]
+    pub max_tokens: u32,
+    /// Softmax temperature of the generation; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Ask for the K likeliest next tokens and their probabilities (CausalLmNext) instead.
+    #[arg(long, value_name = "K")]
+    pub next: Option<u32>,
+    /// Seconds to wait for the answer (the miner is told, and stops when it passes).
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `launch relay`.

@@ -1,6 +1,7 @@
 //! `launch`: the sinter command line. Parses arguments, loads the config and wires the
 //! trainer's pieces together; everything testable lives in the library crates.
 
+mod ask;
 pub(crate) mod backend;
 mod bench;
 mod chain;
@@ -16,6 +17,7 @@ mod progress;
 mod relay;
 mod report;
 mod serve;
+mod synapse;
 mod wallet;
 
 use std::io::Write;
@@ -140,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             let config = weights_config(&args.source)?;
             dispatch(args.backend.or(config.run.backend), GenerateJob { args })
         }
+        Command::Ask(args) => ask::run(args),
         Command::Serve(args) => {
             let config = weights_config(&args.source)?;
             dispatch(

@@ -15,40 +15,11 @@ use std::time::Instant;
 
 use common::chain::LocalChain;
 use common::peers::Peer;
+use common::{Wallet, wallet};
 use common::{launch, text};
 use serde_json::{Value, json};
 
 const TAO: u64 = 1_000_000_000;
-
-struct Wallet {
-    args: Vec<String>,
-    coldkey: String,
-    hotkey: String,
-}
-
-fn wallet(dir: &std::path::Path, name: &str) -> Wallet {
-    let args: Vec<String> = [
-        "--wallet-path",
-        dir.to_str().unwrap(),
-        "--name",
-        name,
-        "--hotkey",
-        "miner",
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut new = vec!["wallet", "new"];
-    new.extend(args.iter().map(String::as_str));
-    assert!(launch(&new).status.success());
-    let mut show = vec!["wallet", "show", "--json"];
-    show.extend(args.iter().map(String::as_str));
-    let shown: Value = serde_json::from_slice(&launch(&show).stdout).unwrap();
-    Wallet {
-        args,
-        coldkey: shown["coldkey"].as_str().unwrap().into(),
-        hotkey: shown["hotkey"].as_str().unwrap().into(),
-    }
-}
 
 /// `launch chain COMMAND --url … --netuid 1 WALLET EXTRA…`, timed.
 fn chain_cmd(chain: &LocalChain, command: &str, wallet: &Wallet, extra: &[&str]) -> Output {

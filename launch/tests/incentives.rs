@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{kill_at_fault, launch, text};
+use common::{kill_at_fault, launch, ledger_node, text};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -333,36 +333,6 @@ fn the_cabal_benchmark_prints_both_consensus_variants() {
     assert!(out.status.success(), "{}", text(&out));
     let printed = text(&out);
     assert!(printed.contains("subtensor:") && printed.contains("papers:"));
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Node(std::process::Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `launch ledger node ARGS…` and returns it with its first listen address.
-fn ledger_node(args: &[&str]) -> (Node, String) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
-        .args(["ledger", "node", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let node = Node(child);
-    let line = std::io::BufReader::new(stdout)
-        .lines()
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("listening on "))
-        .expect("the node prints its address");
-    (node, line["listening on ".len()..].to_owned())
 }
 
 fn account(wallets: &str, name: &str, key: &str) -> String {

@@ -2,7 +2,8 @@
 //! `scripts/setup.sh` makes; `SINTER_SKIP_PYTHON=1` skips this file) against a real server
 //! process serving weights a real run wrote: models, completions and chat, streamed and not,
 //! temperature 0 equal to `launch generate`, OpenAI-shaped errors, 429 with Retry-After on a
-//! full queue, a client that leaves stopping its generation, and Prometheus metrics.
+//! full queue, a client that leaves stopping its generation, deadlines, Prometheus metrics;
+//! and the axon: signed synapses from `launch ask`, priority by stake from a ledger node's file.
 
 mod common;
 #[path = "../../mechanism/tests/python/mod.rs"]
@@ -11,6 +12,7 @@ mod python;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use common::{launch, small_config, text};
 use serde_json::Value;
@@ -21,6 +23,8 @@ const PROMPT: &str = "ROMEO:";
 struct Server {
     child: Child,
     url: String,
+    /// With `--axon`: its address and the miner's hotkey, as printed.
+    axon: Option<(String, String)>,
 }
 
 impl Server {
@@ -35,16 +39,24 @@ impl Server {
             command.env(k, v);
         }
         let mut child = command.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Self { child, url }
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut axon = None;
+        let url = loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "launch serve ended"
+            );
+            let words: Vec<&str> = line.split_whitespace().collect();
+            // "axon at ADDR for hotkey SS58"
+            if let ["axon", "at", addr, "for", "hotkey", hotkey] = words[..] {
+                axon = Some((addr.to_string(), hotkey.to_string()));
+            }
+            if let Some(url) = words.iter().find(|w| w.starts_with("http://")) {
+                break url.to_string();
+            }
+        };
+        Self { child, url, axon }
     }
 }
 
@@ -593,4 +605,213 @@ fn requests_past_their_deadline_get_504_and_the_model_stops_on_them() {
         out["deadline_failures"].as_f64().unwrap() >= 4.0,
         "the model did not stop for deadlines: {out}"
     );
+}
+
+/// The axon: a validator's synapses, signed by its hotkey, reach the model over libp2p and
+/// come back signed by the miner's. A greedy generation is `launch generate`'s text; the
+/// next token's distribution puts that text's first token first; a request addressed to
+/// another hotkey, or from a caller the ledger does not know where the miner refuses those,
+/// is refused, and `launch ask` exits 1 saying why.
+#[test]
+fn the_axon_answers_signed_synapses_as_launch_generate_and_refuses_what_it_must() {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, greedy) = trained(dir.path());
+    let wallets = dir.path().join("wallets");
+    let (miner, validator) = (
+        common::wallet(&wallets, "miner"),
+        common::wallet(&wallets, "validator"),
+    );
+    let axon_key = dir.path().join("axon.key");
+    let start = |extra: &[&str]| {
+        let mut args = vec![
+            "--axon",
+            "/ip4/127.0.0.1/tcp/0",
+            "--axon-key",
+            axon_key.to_str().unwrap(),
+        ];
+        args.extend(miner.args.iter().map(String::as_str));
+        args.extend(extra);
+        Server::start(&weights, &args, &[])
+    };
+    let server = start(&[]);
+    let (axon, hotkey) = server.axon.clone().expect("no axon address printed");
+    assert_eq!(hotkey, miner.hotkey);
+    let ask = |to: &str, extra: &[&str]| {
+        let mut args = vec![
+            "ask",
+            "--axon",
+            &axon,
+            "--miner",
+            to,
+            weights.to_str().unwrap(),
+            "--prompt",
+            PROMPT,
+            "--json",
+        ];
+        args.extend(validator.args.iter().map(String::as_str));
+        args.extend(extra);
+        launch(&args)
+    };
+    let out = ask(&hotkey, &["--max-tokens", "20"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["text"], greedy.as_str(), "{answer}");
+    let out = ask(&hotkey, &["--next", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let top = answer["top"].as_array().unwrap();
+    assert_eq!(top.len(), 5, "{answer}");
+    let first = top[0]["text"].as_str().unwrap();
+    assert!(
+        greedy.starts_with(first),
+        "{first:?} does not start {greedy:?}"
+    );
+    let probs: Vec<f64> = top.iter().map(|t| t["p"].as_f64().unwrap()).collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{answer}");
+    let total = probs.iter().sum::<f64>() + answer["rest"].as_f64().unwrap();
+    assert!((total - 1.0).abs() < 0.02, "{answer}");
+    // Addressed to another hotkey: refused (and the refusal, signed by the miner, is not
+    // the claimed callee's either).
+    let out = ask(&validator.hotkey, &["--max-tokens", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    drop(server);
+    // A miner that serves only callers its ledger knows, with no ledger: refused, by name.
+    let server = start(&["--axon-refuse-unknown"]);
+    let (axon_again, _) = server.axon.clone().unwrap();
+    assert_eq!(
+        axon_again.rsplit('/').next(),
+        axon.rsplit('/').next(),
+        "same key, same peer id"
+    );
+    let mut args = vec![
+        "ask",
+        "--axon",
+        &axon_again,
+        "--miner",
+        &hotkey,
+        weights.to_str().unwrap(),
+        "--max-tokens",
+        "2",
+    ];
+    args.extend(validator.args.iter().map(String::as_str));
+    let out = launch(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not registered"), "{}", text(&out));
+}
+
+const OPEN_TRAFFIC: &str = r#"
+import json, subprocess, sys, threading, time, urllib.request, urllib.error
+base, ask = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+def complete(name, tokens):
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + "/completions",
+            data=json.dumps({"model": "sinter", "prompt": "ROMEO:", "max_tokens": tokens}).encode(),
+            headers={"content-type": "application/json"}), timeout=60).read()
+        out[name] = 200
+    except urllib.error.HTTPError as e:
+        out[name] = e.code
+running = threading.Thread(target=complete, args=("running", 24))
+running.start()
+time.sleep(0.3)
+waiting = threading.Thread(target=complete, args=("waiting", 3))
+waiting.start()
+time.sleep(0.3)
+# The queue (one place) is full: the validator's synapse comes now.
+asked = subprocess.run(ask, capture_output=True, text=True)
+out["validator"] = [asked.returncode, asked.stdout, asked.stderr[-2000:]]
+running.join()
+waiting.join()
+print(json.dumps(out))
+"#;
+
+/// Validators by stake first, from the ledger: a caller the miner's ledger file does not know
+/// is refused (`--axon-refuse-unknown`); a validator it knows with stake, arriving when the
+/// queue is full of open HTTP traffic, takes the place of the request waiting (which gets 429)
+/// and is answered.
+#[test]
+fn a_validator_with_stake_on_the_ledger_displaces_open_traffic_from_a_full_queue() {
+    let Some(python) = python::bittensor_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, _) = trained(dir.path());
+    let wallets = dir.path().join("wallets");
+    let [miner, validator, stranger] =
+        ["miner", "validator", "stranger"].map(|name| common::wallet(&wallets, name));
+    let genesis = dir.path().join("genesis.json");
+    std::fs::write(
+        &genesis,
+        serde_json::json!({
+            "author": miner.hotkey, "tempo": 100, "burn": 1, "emission_per_epoch": 1000,
+            "balances": [],
+            "neurons": [{"hotkey": validator.hotkey, "coldkey": validator.coldkey, "stake": 1000}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let ledger = dir.path().join("miner.ledger");
+    let author_key = wallets.join("miner/hotkeys/miner");
+    let _node = common::ledger_node(&[
+        "--genesis",
+        genesis.to_str().unwrap(),
+        "--ledger",
+        ledger.to_str().unwrap(),
+        "--author-key",
+        author_key.to_str().unwrap(),
+        "--block-secs",
+        "0.3",
+    ]);
+    common::eventually(
+        "the ledger file",
+        Duration::from_secs(30),
+        || match ledger.exists() {
+            true => Ok(()),
+            false => Err("not yet".into()),
+        },
+    );
+    let axon_key = dir.path().join("axon.key");
+    let mut args = vec![
+        "--axon",
+        "/ip4/127.0.0.1/tcp/0",
+        "--axon-key",
+        axon_key.to_str().unwrap(),
+        "--ledger",
+        ledger.to_str().unwrap(),
+        "--axon-refuse-unknown",
+        "--batch",
+        "1",
+        "--queue",
+        "1",
+    ];
+    args.extend(miner.args.iter().map(String::as_str));
+    let server = Server::start(&weights, &args, &[("SINTER_FAULT_SLOW_TOKEN_MS", "100")]);
+    let (axon, hotkey) = server.axon.clone().unwrap();
+    let ask = |caller: &common::Wallet| {
+        let mut args = vec![
+            env!("CARGO_BIN_EXE_launch").to_string(),
+            "ask".into(),
+            "--axon".into(),
+            axon.clone(),
+            "--miner".into(),
+            hotkey.clone(),
+            weights.to_str().unwrap().into(),
+            "--max-tokens".into(),
+            "2".into(),
+        ];
+        args.extend(caller.args.iter().cloned());
+        args
+    };
+    let stranger_ask = ask(&stranger);
+    let out = Command::new(&stranger_ask[0])
+        .args(&stranger_ask[1..])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not registered"), "{}", text(&out));
+    let asked = serde_json::to_string(&ask(&validator)).unwrap();
+    let out = run_python(&python, OPEN_TRAFFIC, &[&server.url, &asked]);
+    assert_eq!(out["validator"][0], 0, "{out}");
+    assert_eq!(out["running"], 200, "{out}");
+    assert_eq!(out["waiting"], 429, "displaced by the validator: {out}");
 }

@@ -62,12 +62,16 @@ impl Request {
 /// likely alternatives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
+    /// The token.
+    pub id: u32,
     /// The token's text (lossy where it is part of a character).
     pub token: String,
     /// Its log probability.
     pub logprob: f32,
     /// The most likely tokens and theirs, most likely first.
     pub top: Vec<(String, f32)>,
+    /// The ids of the `top` tokens, in the same order.
+    pub top_ids: Vec<u32>,
 }
 
 /// What a request hears back.
@@ -288,6 +292,15 @@ impl<'t, B: Backend> Sequence<'t, B> {
         })
     }
 
+    /// Its caller stopped listening: at its deadline (counted as a deadline failure; the
+    /// caller answered it), or it left.
+    fn unheard(&self) {
+        match self.request.expired(Instant::now()) {
+            true => self.request.fail(Failure::Deadline),
+            false => tracing::debug!(tokens = self.tokens, "the client left: generation stopped"),
+        }
+    }
+
     /// Samples the next token and sends its text: the token, or `None` once the sequence is
     /// done (finished, or its client gone).
     fn advance(&mut self) -> Option<u32> {
@@ -299,6 +312,7 @@ impl<'t, B: Backend> Sequence<'t, B> {
         if let Some(top) = self.request.logprobs {
             let logprob = token_logprob(self.text.tokenizer(), &self.logits, token, top);
             if self.request.events.send(Event::Logprob(logprob)).is_err() {
+                self.unheard();
                 return None;
             }
         }
@@ -319,7 +333,7 @@ impl<'t, B: Backend> Sequence<'t, B> {
             if !ready.is_empty() && self.request.events.send(Event::Text(ready)).is_err() {
                 metrics::counter!("sinter_tokens_total", "kind" => "completion")
                     .increment(self.tokens as u64);
-                tracing::debug!(tokens = self.tokens, "the client left: generation stopped");
+                self.unheard();
                 return None;
             }
         }
@@ -352,14 +366,16 @@ fn token_logprob(tokenizer: &Tokenizer, logits: &[f32], token: u32, top: usize) 
     let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order.truncate(top);
     TokenLogprob {
+        id: token,
         token: text(token),
         logprob: logits[token as usize] - log_total,
         top: order
-            .into_iter()
-            .take(top)
-            .map(|i| (text(i as u32), logits[i] - log_total))
+            .iter()
+            .map(|&i| (text(i as u32), logits[i] - log_total))
             .collect(),
+        top_ids: order.iter().map(|&i| i as u32).collect(),
     }
 }
 

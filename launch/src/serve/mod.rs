@@ -1,9 +1,11 @@
 //! `launch serve`: a trained model behind OpenAI's HTTP API, so the official clients and the
 //! usual tools work unchanged. [`engine`] owns the model on one thread and answers a bounded
 //! priority [`queue`]; [`http`] checks and answers requests; [`api`] is OpenAI's request, answer and error
-//! shapes. Metrics go to a Prometheus recorder that `/metrics` renders.
+//! shapes. Metrics go to a Prometheus recorder that `/metrics` renders. With `--axon`,
+//! [`axon`] also answers validators' signed synapses over libp2p from the same queue.
 
 pub mod api;
+pub mod axon;
 pub mod engine;
 pub mod http;
 pub mod queue;
@@ -58,6 +60,7 @@ impl BackendJob for ServeJob {
             "tokenizer": tokenizer.id(),
             "context_length": context,
         });
+        let vocab = u32::try_from(config.model.vocab_size).unwrap_or(u32::MAX);
         let engine = engine::Engine::start(
             model,
             sinter_trainer::tokenizer::Tokenizer::load(&config.data.tokenizer)?,
@@ -65,6 +68,10 @@ impl BackendJob for ServeJob {
             args.batch,
             args.queue.max(1),
         )?;
+        let axon = match &args.axon {
+            Some(_) => Some(axon_setup(&args, engine.clone(), vocab, context)?),
+            None => None,
+        };
         let served = Arc::new(http::Served {
             engine,
             tokenizer,
@@ -82,6 +89,20 @@ impl BackendJob for ServeJob {
             .enable_all()
             .build()?;
         runtime.block_on(async move {
+            if let (Some((axon, config)), Some(listen)) = (axon, &args.axon) {
+                let (client, events, event_loop) = sinter_comms::net::start(config)
+                    .await
+                    .with_context(|| format!("starting the axon on {listen}"))?;
+                tokio::spawn(event_loop.run());
+                for addr in client.listen_addrs().await? {
+                    println!(
+                        "axon at {addr}/p2p/{} for hotkey {}",
+                        client.peer_id(),
+                        axon.hotkey.account()
+                    );
+                }
+                tokio::spawn(axon::serve(axon, client, events));
+            }
             let listener = tokio::net::TcpListener::bind(&args.http)
                 .await
                 .with_context(|| format!("listening on {} (is it in use?)", args.http))?;
@@ -102,4 +123,45 @@ impl BackendJob for ServeJob {
                 .context("serving HTTP")
         })
     }
+}
+
+/// The axon of `args` answering from `engine`, and the network it listens on.
+fn axon_setup(
+    args: &ServeArgs,
+    engine: engine::Engine,
+    vocab: u32,
+    context: usize,
+) -> Result<(Arc<axon::Axon>, sinter_comms::net::NetConfig)> {
+    let listen = args.axon.as_deref().unwrap_or_default();
+    let wallet = crate::wallet::path(&args.wallet)?;
+    let hotkey = sinter_mechanism::ledger::wallet::read_key_file(&wallet.hotkey_file(), None)
+        .with_context(|| {
+            format!(
+                "reading the miner's hotkey {} (create one with `launch wallet create`)",
+                wallet.hotkey_file().display()
+            )
+        })?;
+    let key = sinter_comms::net::key::load_or_create(&args.axon_key)?;
+    let mut config = sinter_comms::net::NetConfig::new(key, "sinter/axon".into());
+    config.listen = vec![crate::peer::multiaddr(listen, "--axon")?];
+    // A request is a header and at most `MAX_TOKENS` tokens; answers are small.
+    config.max_request_bytes = 1 << 20;
+    config.max_response_bytes = 8 << 20;
+    let stakes = match &args.ledger {
+        Some(path) => axon::Stakes::LedgerFile {
+            path: path.clone(),
+            read: Default::default(),
+        },
+        None => axon::Stakes::Unknown,
+    };
+    let axon = axon::Axon {
+        engine,
+        hotkey,
+        vocab,
+        context,
+        stakes,
+        refuse_unknown: args.axon_refuse_unknown,
+        nonces: Default::default(),
+    };
+    Ok((Arc::new(axon), config))
 }

@@ -133,3 +133,69 @@ every_steps = {h}
 "#
     )
 }
+
+/// A wallet `launch wallet new` made: the flags naming it, and its keys' SS58 addresses.
+#[allow(dead_code)]
+pub struct Wallet {
+    pub args: Vec<String>,
+    pub coldkey: String,
+    pub hotkey: String,
+}
+
+/// A new wallet `name` (hotkey `miner`) under `dir`.
+#[allow(dead_code)]
+pub fn wallet(dir: &std::path::Path, name: &str) -> Wallet {
+    let args: Vec<String> = [
+        "--wallet-path",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--hotkey",
+        "miner",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut new = vec!["wallet", "new"];
+    new.extend(args.iter().map(String::as_str));
+    assert!(launch(&new).status.success());
+    let mut show = vec!["wallet", "show", "--json"];
+    show.extend(args.iter().map(String::as_str));
+    let shown: serde_json::Value = serde_json::from_slice(&launch(&show).stdout).unwrap();
+    Wallet {
+        args,
+        coldkey: shown["coldkey"].as_str().unwrap().into(),
+        hotkey: shown["hotkey"].as_str().unwrap().into(),
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+#[allow(dead_code)]
+pub struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `launch ledger node ARGS…` and returns it with its first listen address.
+#[allow(dead_code)]
+pub fn ledger_node(args: &[&str]) -> (Node, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
+        .args(["ledger", "node", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let node = Node(child);
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("listening on "))
+        .expect("the node prints its address");
+    (node, line["listening on ".len()..].to_owned())
+}
