@@ -32,6 +32,8 @@ pub const MAX_TOKENS: usize = 8192;
 pub const MAX_TOP_K: u32 = 64;
 /// Tokens a generation may ask for.
 pub const MAX_GENERATED: u32 = 4096;
+/// The highest sampling temperature a generation may ask for, in thousandths (OpenAI's 2).
+pub const MAX_TEMPERATURE_MILLI: u32 = 2000;
 /// How far a nonce may be from the miner's clock: older requests are refused as stale, and a
 /// caller's last nonce is forgotten once this old (a replay of it would be stale too).
 pub const NONCE_WINDOW: Duration = Duration::from_secs(60);
@@ -111,6 +113,11 @@ impl Synapse {
             Synapse::TextGeneration { max_tokens, .. } if max_tokens > MAX_GENERATED => Err(
                 SynapseError::Body(format!("max_tokens {max_tokens}: at most {MAX_GENERATED}")),
             ),
+            Synapse::TextGeneration {
+                temperature_milli, ..
+            } if temperature_milli > MAX_TEMPERATURE_MILLI => Err(SynapseError::Body(format!(
+                "temperature {temperature_milli}/1000: at most {MAX_TEMPERATURE_MILLI}/1000"
+            ))),
             _ => Ok(()),
         }
     }
@@ -249,8 +256,13 @@ pub fn open_request(
     Ok(Verified {
         header,
         synapse,
-        request_hash: Sha256::digest(bytes).into(),
+        request_hash: request_hash(bytes),
     })
+}
+
+/// What an answer to the request `bytes` is signed over: the hash of the request as sent.
+pub fn request_hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Each caller's last nonce, for the last [`NONCE_WINDOW`]: a request is taken once, in the
@@ -461,7 +473,7 @@ pub fn open_answer(
     let (hash, rest) = bytes.split_at(32);
     let (signature, body) = rest.split_at(SIGNATURE_BYTES);
     let hash: [u8; 32] = hash.try_into().expect("32 bytes");
-    if hash != <[u8; 32]>::from(Sha256::digest(request)) {
+    if hash != request_hash(request) {
         return Err(SynapseError::Output("it answers another request".into()));
     }
     let signature: [u8; 64] = signature.try_into().expect("64 bytes");

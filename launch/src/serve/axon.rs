@@ -10,7 +10,7 @@
 //! probabilities, as bf16, and the mass left over). `LastHiddenState` and `CausalLm` are
 //! refused by name for now.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,42 +28,56 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often the stakes are read again from the ledger file.
 const STAKES_REFRESH: Duration = Duration::from_secs(12);
 
-/// Where callers' stakes come from.
-pub enum Stakes {
-    /// No ledger: every caller is unknown.
-    Unknown,
-    /// The metagraph of an embedded ledger file (kept by `launch ledger node`), read again
-    /// every [`STAKES_REFRESH`].
-    LedgerFile {
-        /// The file.
-        path: PathBuf,
-        /// The metagraph last read, and when.
-        read: Mutex<Option<(Instant, Metagraph)>>,
-    },
+/// Callers' stakes: the metagraph of an embedded ledger file (kept by `launch ledger node`),
+/// read at start and again every [`STAKES_REFRESH`] off the request path; none without one.
+#[derive(Default)]
+pub struct Stakes {
+    ledger: Option<PathBuf>,
+    metagraph: Mutex<Option<Metagraph>>,
 }
 
 impl Stakes {
+    /// The stakes of the ledger file at `path`, read now: an unreadable file is an error.
+    pub fn from_ledger(path: PathBuf) -> Result<Self, sinter_mechanism::ledger::LedgerError> {
+        let stakes = Self {
+            metagraph: Mutex::new(Some(read_metagraph(&path)?)),
+            ledger: Some(path),
+        };
+        Ok(stakes)
+    }
+
     /// The stake of `caller`'s neuron, or `None` if the ledger does not know it.
     fn of(&self, caller: &AccountId) -> Option<u64> {
-        let Stakes::LedgerFile { path, read } = self else {
-            return None;
+        let metagraph = self.metagraph.lock().unwrap_or_else(|p| p.into_inner());
+        let metagraph = metagraph.as_ref()?;
+        metagraph.neuron(metagraph.uid(caller)?).map(|n| n.stake)
+    }
+
+    /// Reads the ledger file again every [`STAKES_REFRESH`], keeping the stakes last read
+    /// while it cannot be read.
+    async fn refresh(&self) {
+        let Some(path) = self.ledger.clone() else {
+            return;
         };
-        let mut read = read.lock().unwrap_or_else(|p| p.into_inner());
-        let stale = read
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= STAKES_REFRESH);
-        if stale {
-            match sinter_mechanism::ledger::inspect(path) {
-                Ok((_, state)) => *read = Some((Instant::now(), Metagraph::of_state(&state))),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read the ledger: keeping the stakes last read")
+        loop {
+            tokio::time::sleep(STAKES_REFRESH).await;
+            let path = path.clone();
+            match tokio::task::spawn_blocking(move || read_metagraph(&path)).await {
+                Ok(Ok(metagraph)) => {
+                    *self.metagraph.lock().unwrap_or_else(|p| p.into_inner()) = Some(metagraph)
                 }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the ledger: keeping the stakes last read")
+                }
+                Err(_) => return,
             }
         }
-        let (_, metagraph) = read.as_ref()?;
-        let uid = metagraph.uid(caller)?;
-        metagraph.neuron(uid).map(|n| n.stake)
     }
+}
+
+fn read_metagraph(path: &Path) -> Result<Metagraph, sinter_mechanism::ledger::LedgerError> {
+    let (_, state) = sinter_mechanism::ledger::inspect(path)?;
+    Ok(Metagraph::of_state(&state))
 }
 
 /// What the axon answers with.
@@ -92,7 +106,7 @@ impl Axon {
             Err(reason) => {
                 metrics::counter!("sinter_axon_refused_total").increment(1);
                 tracing::debug!(%reason, "axon request refused");
-                (sha256(request), Output::refused(&reason))
+                (synapse::request_hash(request), Output::refused(&reason))
             }
         };
         synapse::answer(&self.hotkey, hash, &output)
@@ -197,9 +211,9 @@ impl Axon {
 
 /// The likeliest next tokens of `next` as probabilities (bf16) and the mass left over.
 fn distribution(next: &TokenLogprob) -> TopK {
-    let probs: Vec<f32> = next.top.iter().map(|(_, l)| l.exp()).collect();
+    let probs: Vec<f32> = next.top.iter().map(|(_, _, l)| l.exp()).collect();
     TopK {
-        ids: next.top_ids.clone(),
+        ids: next.top.iter().map(|(id, _, _)| *id).collect(),
         probs: probs
             .iter()
             .map(|&p| half::bf16::from_f32(p).to_bits())
@@ -208,17 +222,14 @@ fn distribution(next: &TokenLogprob) -> TopK {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
-}
-
 /// Answers the axon's requests from `events` until the network stops.
 pub async fn serve(
     axon: Arc<Axon>,
     client: sinter_comms::net::Client,
     mut events: mpsc::Receiver<sinter_comms::net::NetEvent>,
 ) {
+    let refresher = axon.clone();
+    tokio::spawn(async move { refresher.stakes.refresh().await });
     while let Some(event) = events.recv().await {
         if let sinter_comms::net::NetEvent::Request { data, reply, .. } = event {
             let (axon, client) = (axon.clone(), client.clone());

@@ -68,10 +68,8 @@ pub struct TokenLogprob {
     pub token: String,
     /// Its log probability.
     pub logprob: f32,
-    /// The most likely tokens and theirs, most likely first.
-    pub top: Vec<(String, f32)>,
-    /// The ids of the `top` tokens, in the same order.
-    pub top_ids: Vec<u32>,
+    /// The most likely tokens (id, text, log probability), most likely first.
+    pub top: Vec<(u32, String, f32)>,
 }
 
 /// What a request hears back.
@@ -366,16 +364,15 @@ fn token_logprob(tokenizer: &Tokenizer, logits: &[f32], token: u32, top: usize) 
     let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    order.truncate(top);
     TokenLogprob {
         id: token,
         token: text(token),
         logprob: logits[token as usize] - log_total,
         top: order
-            .iter()
-            .map(|&i| (text(i as u32), logits[i] - log_total))
+            .into_iter()
+            .take(top)
+            .map(|i| (i as u32, text(i as u32), logits[i] - log_total))
             .collect(),
-        top_ids: order.iter().map(|&i| i as u32).collect(),
     }
 }
 

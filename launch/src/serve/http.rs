@@ -412,7 +412,7 @@ impl Kind {
                     // likeliest of them (`top` is in descending order), as the map has one key.
                     "top_logprobs": tokens.iter().map(|t| {
                         let mut top = serde_json::Map::new();
-                        for (s, l) in &t.top {
+                        for (_, s, l) in &t.top {
                             top.entry(s.clone()).or_insert(json!(l));
                         }
                         top
@@ -424,7 +424,7 @@ impl Kind {
                 let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
                 json!({"content": tokens.iter().map(|t| {
                     let mut e = entry(&t.token, t.logprob);
-                    e["top_logprobs"] = t.top.iter().map(|(s, l)| entry(s, *l)).collect();
+                    e["top_logprobs"] = t.top.iter().map(|(_, s, l)| entry(s, *l)).collect();
                     e
                 }).collect::<Vec<_>>()})
             }

@@ -1,8 +1,8 @@
 //! `launch serve`: a trained model behind OpenAI's HTTP API, so the official clients and the
 //! usual tools work unchanged. [`engine`] owns the model on one thread and answers a bounded
-//! priority [`queue`]; [`http`] checks and answers requests; [`api`] is OpenAI's request, answer and error
-//! shapes. Metrics go to a Prometheus recorder that `/metrics` renders. With `--axon`,
-//! [`axon`] also answers validators' signed synapses over libp2p from the same queue.
+//! priority [`queue`]; [`http`] checks and answers requests; [`api`] is OpenAI's request,
+//! answer and error shapes. Metrics go to a Prometheus recorder that `/metrics` renders. With
+//! `--axon`, [`axon`] also answers validators' signed synapses over libp2p from the same queue.
 
 pub mod api;
 pub mod axon;
@@ -68,10 +68,11 @@ impl BackendJob for ServeJob {
             args.batch,
             args.queue.max(1),
         )?;
-        let axon = match &args.axon {
-            Some(_) => Some(axon_setup(&args, engine.clone(), vocab, context)?),
-            None => None,
-        };
+        let axon = args
+            .axon
+            .as_deref()
+            .map(|listen| axon_setup(&args, listen, engine.clone(), vocab, context))
+            .transpose()?;
         let served = Arc::new(http::Served {
             engine,
             tokenizer,
@@ -89,10 +90,10 @@ impl BackendJob for ServeJob {
             .enable_all()
             .build()?;
         runtime.block_on(async move {
-            if let (Some((axon, config)), Some(listen)) = (axon, &args.axon) {
+            if let Some((axon, config)) = axon {
                 let (client, events, event_loop) = sinter_comms::net::start(config)
                     .await
-                    .with_context(|| format!("starting the axon on {listen}"))?;
+                    .context("starting the axon")?;
                 tokio::spawn(event_loop.run());
                 for addr in client.listen_addrs().await? {
                     println!(
@@ -125,14 +126,14 @@ impl BackendJob for ServeJob {
     }
 }
 
-/// The axon of `args` answering from `engine`, and the network it listens on.
+/// The axon of `args` answering from `engine`, and the network it listens on (`listen`).
 fn axon_setup(
     args: &ServeArgs,
+    listen: &str,
     engine: engine::Engine,
     vocab: u32,
     context: usize,
 ) -> Result<(Arc<axon::Axon>, sinter_comms::net::NetConfig)> {
-    let listen = args.axon.as_deref().unwrap_or_default();
     let wallet = crate::wallet::path(&args.wallet)?;
     let hotkey = sinter_mechanism::ledger::wallet::read_key_file(&wallet.hotkey_file(), None)
         .with_context(|| {
@@ -148,11 +149,9 @@ fn axon_setup(
     config.max_request_bytes = 1 << 20;
     config.max_response_bytes = 8 << 20;
     let stakes = match &args.ledger {
-        Some(path) => axon::Stakes::LedgerFile {
-            path: path.clone(),
-            read: Default::default(),
-        },
-        None => axon::Stakes::Unknown,
+        Some(path) => axon::Stakes::from_ledger(path.clone())
+            .with_context(|| format!("reading the ledger {} (--ledger)", path.display()))?,
+        None => axon::Stakes::default(),
     };
     let axon = axon::Axon {
         engine,

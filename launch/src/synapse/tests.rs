@@ -88,9 +88,10 @@ fn an_unsigned_forged_misdirected_or_tampered_request_is_refused_before_its_body
         open(&sent, &impostor.account()),
         Err(SynapseError::Misdirected { to: me })
     );
-    // Any header byte changed (the nonce, the timeout, the hash…) breaks the signature; a
+    // Any header byte but the callee's changed (the caller, the nonce, the timeout, the
+    // hash…) breaks the signature; a
     // body byte changed breaks the hash.
-    for at in 64..HEADER_BYTES {
+    for at in (0..32).chain(64..HEADER_BYTES) {
         let mut tampered = sent.clone();
         tampered[at] ^= 1;
         assert!(
@@ -344,6 +345,12 @@ fn synapses_asking_what_no_miner_should_run_are_refused() {
             tokens: vec![1],
             max_tokens: MAX_GENERATED + 1,
             temperature_milli: 0,
+            seed: 0,
+        },
+        Synapse::TextGeneration {
+            tokens: vec![1],
+            max_tokens: 1,
+            temperature_milli: MAX_TEMPERATURE_MILLI + 1,
             seed: 0,
         },
     ] {
