@@ -94,7 +94,8 @@ impl LocalChain {
         std::fs::read_to_string(self.dir.path().join("chopsticks.log")).unwrap_or_default()
     }
 
-    fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
+    /// Calls `method` over JSON-RPC; the error answer, or why there was none.
+    pub fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
         let body =
             json!({"id": 1, "jsonrpc": "2.0", "method": method, "params": params}).to_string();
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
