@@ -587,10 +587,9 @@ fn requests_past_their_deadline_get_504_and_the_model_stops_on_them() {
     );
     assert!(out["client"] == "timeout" || out["client"] == 504, "{out}");
     let cut_short = out["cut_short"].as_array().unwrap();
-    assert!(
-        (2..15).contains(&cut_short.len()),
-        "some text, then the error: {out}"
-    );
+    // However few tokens a loaded machine made in 0.35 s (none may be whole characters yet),
+    // the stream ends with the error, well before its 20 tokens.
+    assert!(cut_short.len() < 15, "not cut short: {out}");
     assert!(
         cut_short
             .last()
