@@ -69,6 +69,15 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
         after_help = "Example:\n  launch ask --axon /ip4/127.0.0.1/tcp/4010/p2p/PEER_ID --miner MINER_SS58 out/tiny/model.safetensors --name validator --prompt ROMEO:"
     )]
     Ask(AskArgs),
+    /// Validate served models: each round, route fresh held-out text through a sparse gate to
+    /// the miners whose axons the ledger lists, score each by its Shapley value to the
+    /// mixture's loss (times how often it answered in time), and commit and reveal weights
+    /// on the ledger, whose epochs pay the miners. Every round is a line of
+    /// OUT/validate.jsonl.
+    #[command(after_help = "Example:
+  launch validate configs/tiny.toml --name validator --ledger-node /ip4/127.0.0.1/tcp/4100/p2p/PEER_ID --genesis genesis.json --out out/validator
+The hotkey must be registered (or the wallet's coldkey pays to register it), and needs stake for its weights to count.")]
+    Validate(ValidateArgs),
     /// Draw the validation-loss curves of several runs in one picture (SVG).
     Plot(PlotArgs),
     /// Measure the kernels against a memcpy baseline.
@@ -1080,14 +1089,76 @@ pub struct ServeArgs {
     /// The miner's wallet, whose hotkey answers on the axon.
     #[command(flatten)]
     pub wallet: WalletArgs,
-    /// An embedded ledger file (kept by `launch ledger node`): its metagraph gives each
-    /// caller's stake, which orders the queue (validators by stake first).
+    /// An embedded ledger file: its metagraph gives each caller's stake, which orders the
+    /// queue (validators by stake first). Without --ledger-node, a file a local `launch
+    /// ledger node` keeps, read every 12 s; with it, where this miner keeps its own replica.
     #[arg(long, value_name = "FILE")]
     pub ledger: Option<PathBuf>,
+    /// The ledger's network: the axon's address is announced on it (`serve`, signed by the
+    /// wallet's hotkey, which must be registered), and callers' stakes are read from it.
+    #[command(flatten)]
+    pub ledger_node: LedgerClientArgs,
     /// Refuse axon callers the ledger does not know, instead of serving them after every
     /// caller with stake.
     #[arg(long)]
     pub axon_refuse_unknown: bool,
+}
+
+/// `launch validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The run's config: the model's vocabulary and context, and the data whose held-out
+    /// validation split (text the miners never trained on) is the evaluation text.
+    pub config: PathBuf,
+    /// The validator's wallet: its hotkey signs requests and weights.
+    #[command(flatten)]
+    pub wallet: WalletArgs,
+    /// The ledger the miners announce their axons on and the weights go to.
+    #[command(flatten)]
+    pub ledger_node: LedgerClientArgs,
+    /// Where this validator keeps its replica of the ledger (default: under the cache
+    /// directory).
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+    /// Output directory: validate.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Rounds to run (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub rounds: u64,
+    /// Evaluation windows per round.
+    #[arg(long, default_value_t = 8)]
+    pub examples: usize,
+    /// Miners each window goes to (the gate's k).
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    /// Likeliest tokens each miner sends per position.
+    #[arg(long, default_value_t = 16)]
+    pub top_k: u32,
+    /// Seconds a round waits for answers: a miner's answers after it count as absent.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Shortest round, in seconds (rounds run back to back at 0).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub round_secs: f64,
+    /// Seed of the evaluation windows and the gate's exploration.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The embedded ledger's own network, for a miner or a validator outside any run.
+#[derive(Debug, Args)]
+pub struct LedgerClientArgs {
+    /// A node of the embedded ledger (`launch ledger node`), ending in /p2p/PEER_ID: the
+    /// author's, to which this process's extrinsics go.
+    #[arg(long, value_name = "MULTIADDR", requires = "genesis")]
+    pub ledger_node: Option<String>,
+    /// The ledger's genesis: the JSON its nodes started from.
+    #[arg(long, value_name = "FILE", requires = "ledger_node")]
+    pub genesis: Option<PathBuf>,
+    /// Seconds between the ledger's blocks: how long calls wait to see their effect.
+    #[arg(long, value_name = "SECONDS", default_value_t = 12.0)]
+    pub block_secs: f64,
 }
 
 /// `launch ask`.

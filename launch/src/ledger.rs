@@ -2,18 +2,22 @@
 //! file, one consensus epoch from JSON, and the ledger over libp2p (`node`, `submit`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger;
 use sinter_mechanism::ledger::extrinsic::Call;
 use sinter_mechanism::ledger::interface::Metagraph;
 use sinter_mechanism::ledger::keys::AccountId;
 use sinter_mechanism::ledger::state::Genesis;
+use sinter_mechanism::ledger::wallet::Wallet;
 use sinter_trainer::ledger_net::node::{self, Node, NodeOptions};
+use sinter_trainer::ledger_net::{RunLedger, replica_path};
 
 use crate::ConfigFileError;
-use crate::cli::{LedgerNodeArgs, SubmitArgs, SubmitCall};
+use crate::cli::{LedgerClientArgs, LedgerNodeArgs, SubmitArgs, SubmitCall};
 use crate::peer::{Addresses, multiaddr, runtime};
 
 /// `launch ledger show`.
@@ -127,6 +131,45 @@ pub fn node(args: LedgerNodeArgs) -> Result<()> {
     })?;
     println!("stopped at block {height}");
     Ok(())
+}
+
+/// The embedded ledger's network as this process's [`Ledger`], when `args` name a node: a
+/// replica at `replica` (default: under the cache directory) that follows it, signing with
+/// `wallet`. Call it within `runtime`.
+pub async fn connect(
+    args: &LedgerClientArgs,
+    wallet: Wallet,
+    replica: Option<&Path>,
+    runtime: tokio::runtime::Handle,
+) -> Result<Option<Arc<dyn Ledger>>> {
+    let (Some(node), Some(genesis)) = (&args.ledger_node, &args.genesis) else {
+        return Ok(None);
+    };
+    if !(args.block_secs > 0.0 && args.block_secs.is_finite()) {
+        return Err(ConfigFileError(format!(
+            "--block-secs must be a positive number of seconds, not {}",
+            args.block_secs
+        ))
+        .into());
+    }
+    let genesis: Genesis = read_json(genesis)?;
+    let node = multiaddr(node, "--ledger-node")?;
+    let path = match replica {
+        Some(path) => path.to_owned(),
+        None => replica_path(None, &genesis, &wallet.hotkey_account()),
+    };
+    let ledger = RunLedger::connect(
+        &path,
+        genesis,
+        Duration::from_secs_f64(args.block_secs),
+        wallet,
+        node.clone(),
+        runtime,
+    )
+    .await
+    .with_context(|| format!("following the ledger at {node}"))?;
+    tracing::info!(replica = %path.display(), "following the ledger at {node}");
+    Ok(Some(ledger))
 }
 
 /// `launch ledger submit`.

@@ -18,6 +18,7 @@ mod relay;
 mod report;
 mod serve;
 mod synapse;
+mod validate;
 mod wallet;
 
 use std::io::Write;
@@ -143,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             dispatch(args.backend.or(config.run.backend), GenerateJob { args })
         }
         Command::Ask(args) => ask::run(args),
+        Command::Validate(args) => validate::run(args),
         Command::Serve(args) => {
             let config = weights_config(&args.source)?;
             dispatch(

@@ -150,6 +150,9 @@ pub enum SynapseError {
     /// An answer that does not fit its request.
     #[error("bad output: {0}")]
     Output(String),
+    /// The miner refused the request, saying why (its words: shown, never acted on).
+    #[error("the miner refused: {0}")]
+    Refused(String),
 }
 
 /// A request's signed header.
@@ -392,7 +395,7 @@ impl Output {
             }
             (_, Output::Refused(reason)) => {
                 let reason: String = reason.chars().take(MAX_REASON).collect();
-                bad(format!("the miner refused: {reason}"))
+                Err(SynapseError::Refused(reason))
             }
             _ => bad("not the kind of output the synapse asks for".into()),
         }

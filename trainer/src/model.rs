@@ -313,8 +313,28 @@ impl<B: Backend> Llama<B> {
         self.run(tokens).0
     }
 
+    /// The last layer's hidden states `[batch, seq, d_model]` (after the final norm: what the
+    /// LM head reads) for tokens `[batch, seq]`.
+    pub fn hidden(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        let (x, _) = self.trunk(tokens);
+        let x = self.norm.forward(x);
+        let dim = x.dims()[1];
+        x.reshape([batch, seq, dim])
+    }
+
     /// Logits `[batch, seq, vocab]`, and each layer's keys and values.
     fn run(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Vec<KeysValues<B>>) {
+        let [batch, seq] = tokens.dims();
+        let (x, kept) = self.trunk(tokens);
+        let logits = self.head(x);
+        let vocab = logits.dims()[1];
+        (logits.reshape([batch, seq, vocab]), kept)
+    }
+
+    /// The decoder layers: hidden states `[batch * seq, d_model]` before the final norm, and
+    /// each layer's keys and values.
+    fn trunk(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 2>, Vec<KeysValues<B>>) {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let first = &self.layers[0].attention;
@@ -350,9 +370,7 @@ impl<B: Backend> Llama<B> {
             x = x + attended;
             x = x.clone() + layer.ffn.forward(layer.ffn_norm.forward(x));
         }
-        let logits = self.head(x);
-        let vocab = logits.dims()[1];
-        (logits.reshape([batch, seq, vocab]), kept)
+        (x, kept)
     }
 
     /// Final norm and LM head: `[rows, d_model]` to logits `[rows, vocab]`.

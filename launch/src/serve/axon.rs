@@ -6,20 +6,21 @@
 //! refused (`--axon-refuse-unknown`). Every answer, a refusal included, is signed by the
 //! miner's hotkey over the request's hash.
 //!
-//! Served: `TextGeneration` and `CausalLmNext` (the likeliest next tokens with their
-//! probabilities, as bf16, and the mass left over). `LastHiddenState` and `CausalLm` are
-//! refused by name for now.
+//! Served: `TextGeneration`, `CausalLmNext` and `CausalLm` (the likeliest next tokens with
+//! their probabilities, as bf16, and the mass left over: after the text, or at each of its
+//! positions) and `LastHiddenState` (the final norm's output at each position, as bf16).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::interface::Metagraph;
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 use sinter_trainer::generate::Sampling;
 use tokio::sync::mpsc;
 
-use super::engine::{Engine, Event, Failure, Request, TokenLogprob};
+use super::engine::{Engine, Event, Failure, Request, Score, Scored, TokenLogprob, Want};
 use super::queue::Priority;
 use crate::synapse::{self, Nonces, Output, Synapse, TopK};
 
@@ -28,22 +29,50 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often the stakes are read again from the ledger file.
 const STAKES_REFRESH: Duration = Duration::from_secs(12);
 
-/// Callers' stakes: the metagraph of an embedded ledger file (kept by `launch ledger node`),
-/// read at start and again every [`STAKES_REFRESH`] off the request path; none without one.
+/// Callers' stakes: the metagraph of an embedded ledger file (kept by `launch ledger node`) or
+/// of a ledger this miner follows, read at start and again every [`STAKES_REFRESH`] off the
+/// request path; none without either.
 #[derive(Default)]
 pub struct Stakes {
-    ledger: Option<PathBuf>,
+    source: Option<Source>,
     metagraph: Mutex<Option<Metagraph>>,
+}
+
+/// Where [`Stakes`] come from.
+#[derive(Clone)]
+enum Source {
+    File(PathBuf),
+    Ledger(Arc<dyn Ledger>),
+}
+
+impl Source {
+    fn read(&self) -> Result<Metagraph, sinter_mechanism::ledger::LedgerError> {
+        match self {
+            Source::File(path) => {
+                let (_, state) = sinter_mechanism::ledger::inspect(path)?;
+                Ok(Metagraph::of_state(&state))
+            }
+            Source::Ledger(ledger) => Ok(ledger.metagraph()),
+        }
+    }
 }
 
 impl Stakes {
     /// The stakes of the ledger file at `path`, read now: an unreadable file is an error.
-    pub fn from_ledger(path: PathBuf) -> Result<Self, sinter_mechanism::ledger::LedgerError> {
-        let stakes = Self {
-            metagraph: Mutex::new(Some(read_metagraph(&path)?)),
-            ledger: Some(path),
-        };
-        Ok(stakes)
+    pub fn from_file(path: PathBuf) -> Result<Self, sinter_mechanism::ledger::LedgerError> {
+        Self::from(Source::File(path))
+    }
+
+    /// The stakes of the ledger this miner follows.
+    pub fn from_ledger(ledger: Arc<dyn Ledger>) -> Self {
+        Self::from(Source::Ledger(ledger)).expect("reading a followed ledger cannot fail")
+    }
+
+    fn from(source: Source) -> Result<Self, sinter_mechanism::ledger::LedgerError> {
+        Ok(Self {
+            metagraph: Mutex::new(Some(source.read()?)),
+            source: Some(source),
+        })
     }
 
     /// The stake of `caller`'s neuron, or `None` if the ledger does not know it.
@@ -53,16 +82,16 @@ impl Stakes {
         metagraph.neuron(metagraph.uid(caller)?).map(|n| n.stake)
     }
 
-    /// Reads the ledger file again every [`STAKES_REFRESH`], keeping the stakes last read
-    /// while it cannot be read.
+    /// Reads the stakes again every [`STAKES_REFRESH`], keeping those last read while the
+    /// ledger cannot be read.
     async fn refresh(&self) {
-        let Some(path) = self.ledger.clone() else {
+        let Some(source) = self.source.clone() else {
             return;
         };
         loop {
             tokio::time::sleep(STAKES_REFRESH).await;
-            let path = path.clone();
-            match tokio::task::spawn_blocking(move || read_metagraph(&path)).await {
+            let source = source.clone();
+            match tokio::task::spawn_blocking(move || source.read()).await {
                 Ok(Ok(metagraph)) => {
                     *self.metagraph.lock().unwrap_or_else(|p| p.into_inner()) = Some(metagraph)
                 }
@@ -73,11 +102,6 @@ impl Stakes {
             }
         }
     }
-}
-
-fn read_metagraph(path: &Path) -> Result<Metagraph, sinter_mechanism::ledger::LedgerError> {
-    let (_, state) = sinter_mechanism::ledger::inspect(path)?;
-    Ok(Metagraph::of_state(&state))
 }
 
 /// What the axon answers with.
@@ -130,6 +154,19 @@ impl Axon {
             None => 0,
         };
         let timeout = Duration::from_millis(verified.header.timeout_ms.into()).min(MAX_TIMEOUT);
+        let priority = Priority { stake };
+        let want = match *synapse {
+            Synapse::LastHiddenState { .. } => Some(Want::Hidden),
+            Synapse::CausalLm { top_k, .. } => Some(Want::Top(top_k as usize)),
+            _ => None,
+        };
+        if let Some(want) = want {
+            let output = self
+                .score(synapse.tokens(), want, priority, timeout)
+                .await?;
+            metrics::counter!("sinter_axon_answered_total").increment(1);
+            return Ok((verified.request_hash, output));
+        }
         let (tokens, max_tokens, sampling, top) = match *synapse {
             Synapse::TextGeneration {
                 ref tokens,
@@ -155,7 +192,7 @@ impl Axon {
                 (tokens, 1, greedy, top_k as usize)
             }
             Synapse::LastHiddenState { .. } | Synapse::CausalLm { .. } => {
-                return Err("this miner does not serve LastHiddenState or CausalLm yet".into());
+                unreachable!("scored above")
             }
         };
         if tokens.len().saturating_add(max_tokens) > self.context {
@@ -176,7 +213,7 @@ impl Axon {
                 logprobs: Some(top),
                 events,
                 arrived,
-                priority: Priority { stake },
+                priority,
                 deadline: Some(arrived + timeout),
             })
             .map_err(|_| "the queue is full".to_string())?;
@@ -186,12 +223,7 @@ impl Axon {
                 Some(Event::Logprob(token)) => generated.push(token),
                 Some(Event::Text(_)) => {}
                 Some(Event::Done { .. }) => break,
-                Some(Event::Failed(Failure::Deadline)) => {
-                    return Err("the request's timeout passed".into());
-                }
-                Some(Event::Failed(Failure::Displaced)) => {
-                    return Err("displaced from the queue by callers with more stake".into());
-                }
+                Some(Event::Failed(failure)) => return Err(refusal(failure)),
                 None => return Err("the model stopped".into()),
             }
         }
@@ -209,17 +241,73 @@ impl Axon {
     }
 }
 
+impl Axon {
+    /// One forward pass over `tokens`: hidden states or top-k distributions at every position.
+    async fn score(
+        &self,
+        tokens: &[u32],
+        want: Want,
+        priority: Priority,
+        timeout: Duration,
+    ) -> Result<Output, String> {
+        if tokens.len() > self.context {
+            return Err(format!(
+                "{} tokens exceed the context of {}",
+                tokens.len(),
+                self.context
+            ));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let arrived = Instant::now();
+        self.engine
+            .submit(Score {
+                tokens: tokens.to_vec(),
+                want,
+                arrived,
+                priority,
+                deadline: Some(arrived + timeout),
+                reply,
+            })
+            .map_err(|_| "the queue is full".to_string())?;
+        let scored = answer
+            .await
+            .map_err(|_| "the model stopped".to_string())?
+            .map_err(refusal)?;
+        let bf16 = |v: f32| half::bf16::from_f32(v).to_bits();
+        Ok(match scored {
+            Scored::Hidden { dim, values } => Output::HiddenState {
+                dim: u32::try_from(dim).map_err(|_| "hidden size beyond u32".to_string())?,
+                values: values.into_iter().map(bf16).collect(),
+            },
+            Scored::Top(rows) => Output::Distributions(rows.iter().map(|row| top_k(row)).collect()),
+        })
+    }
+}
+
+/// Why a request the engine failed is refused.
+fn refusal(failure: Failure) -> String {
+    match failure {
+        Failure::Deadline => "the request's timeout passed".into(),
+        Failure::Displaced => "displaced from the queue by callers with more stake".into(),
+    }
+}
+
+/// Token ids with their probabilities, as the wire's [`TopK`]: bf16, and the mass left over.
+fn top_k(row: &[(u32, f32)]) -> TopK {
+    TopK {
+        ids: row.iter().map(|&(id, _)| id).collect(),
+        probs: row
+            .iter()
+            .map(|&(_, p)| half::bf16::from_f32(p).to_bits())
+            .collect(),
+        rest: (1.0 - row.iter().map(|&(_, p)| p).sum::<f32>()).max(0.0),
+    }
+}
+
 /// The likeliest next tokens of `next` as probabilities (bf16) and the mass left over.
 fn distribution(next: &TokenLogprob) -> TopK {
-    let probs: Vec<f32> = next.top.iter().map(|(_, _, l)| l.exp()).collect();
-    TopK {
-        ids: next.top.iter().map(|(id, _, _)| *id).collect(),
-        probs: probs
-            .iter()
-            .map(|&p| half::bf16::from_f32(p).to_bits())
-            .collect(),
-        rest: (1.0 - probs.iter().sum::<f32>()).max(0.0),
-    }
+    let row: Vec<(u32, f32)> = next.top.iter().map(|(id, _, l)| (*id, l.exp())).collect();
+    top_k(&row)
 }
 
 /// Answers the axon's requests from `events` until the network stops.

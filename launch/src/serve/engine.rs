@@ -5,7 +5,9 @@
 //! full queue is the caller's to refuse, not to wait on). Each request streams its text back
 //! as it is generated, whole characters at a time, holding back what could still become one
 //! of its stop sequences; a request whose receiver is gone (the client disconnected) or whose
-//! deadline passed stops at its next token, or is never started.
+//! deadline passed stops at its next token, or is never started. A [`Score`] (what a validator
+//! asks: the distribution or hidden state at every position of a text) waits in the same queue
+//! and runs as one forward pass between steps.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use rand::rngs::StdRng;
 use sinter_trainer::generate::{Sampling, sample_token, slow_for_test};
 use sinter_trainer::model::{KvCache, Llama};
 use sinter_trainer::tokenizer::{TextStream, Tokenizer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::queue::{Full, Priority, Pushed, Queue};
 
@@ -52,10 +54,79 @@ impl Request {
 
     /// Ends the request unanswered, telling its caller why.
     fn fail(&self, failure: Failure) {
-        metrics::counter!("sinter_requests_failed_total", "reason" => failure.as_str())
-            .increment(1);
+        count_failure(failure);
         let _ = self.events.send(Event::Failed(failure));
     }
+}
+
+/// One forward pass over a text, answered whole.
+pub struct Score {
+    /// The text's tokens (within the context).
+    pub tokens: Vec<u32>,
+    /// What to answer at each position.
+    pub want: Want,
+    /// When it arrived.
+    pub arrived: Instant,
+    /// Where it waits in the queue.
+    pub priority: Priority,
+    /// When its answer is no use any more.
+    pub deadline: Option<Instant>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Scored, Failure>>,
+}
+
+/// What a [`Score`] asks for at each position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The last layer's hidden state.
+    Hidden,
+    /// The next token's likeliest `k` ids with their probabilities.
+    Top(usize),
+}
+
+/// A [`Score`]'s answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scored {
+    /// `dim` values per position, row after row.
+    Hidden {
+        /// Values per position.
+        dim: usize,
+        /// The values.
+        values: Vec<f32>,
+    },
+    /// Per position, the likeliest next tokens (id, probability), likeliest first.
+    Top(Vec<Vec<(u32, f32)>>),
+}
+
+/// Work for the model's thread.
+pub enum Job {
+    /// A completion, generated token by token in the running batch.
+    Generate(Request),
+    /// A forward pass over a text.
+    Score(Score),
+}
+
+impl Job {
+    fn priority(&self) -> Priority {
+        match self {
+            Job::Generate(r) => r.priority,
+            Job::Score(s) => s.priority,
+        }
+    }
+
+    fn fail(self, failure: Failure) {
+        match self {
+            Job::Generate(r) => r.fail(failure),
+            Job::Score(s) => {
+                count_failure(failure);
+                let _ = s.reply.send(Err(failure));
+            }
+        }
+    }
+}
+
+fn count_failure(failure: Failure) {
+    metrics::counter!("sinter_requests_failed_total", "reason" => failure.as_str()).increment(1);
 }
 
 /// A generated token's log probability under the model (temperature 1), with the most
@@ -135,7 +206,7 @@ pub struct Engine {
 }
 
 /// Closes the queue once the last [`Engine`] is dropped, which ends the model's thread.
-struct Handle(Arc<Queue<Request>>);
+struct Handle(Arc<Queue<Job>>);
 
 impl Drop for Handle {
     fn drop(&mut self) {
@@ -172,9 +243,10 @@ impl Engine {
 
     /// Queues `request`, unless the queue is full of requests that rank as high; a
     /// lower-ranked request it displaces fails with [`Failure::Displaced`].
-    pub fn submit(&self, request: Request) -> Result<(), Busy> {
-        let priority = request.priority;
-        let pushed = self.queue.0.push(request, priority);
+    pub fn submit(&self, job: impl Into<Job>) -> Result<(), Busy> {
+        let job = job.into();
+        let priority = job.priority();
+        let pushed = self.queue.0.push(job, priority);
         metrics::gauge!("sinter_queue_waiting").set(self.queue.0.len() as f64);
         match pushed {
             Ok(Pushed::Queued) => Ok(()),
@@ -187,25 +259,37 @@ impl Engine {
     }
 }
 
+impl From<Request> for Job {
+    fn from(request: Request) -> Self {
+        Job::Generate(request)
+    }
+}
+
+impl From<Score> for Job {
+    fn from(score: Score) -> Self {
+        Job::Score(score)
+    }
+}
+
 fn serve<B: Backend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
     device: &B::Device,
     batch: usize,
-    requests: &Queue<Request>,
+    requests: &Queue<Job>,
 ) {
     let mut running: Vec<Sequence<'_, B>> = Vec::new();
     loop {
         // Requests join between steps: wait for one when idle, take what waits otherwise.
         if running.is_empty() {
             match requests.pop(None) {
-                Some(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
+                Some(job) => start(model, tokenizer, device, job, &mut running),
                 None => return,
             }
         }
         while running.len() < batch {
             match requests.pop(Some(Duration::ZERO)) {
-                Some(request) => running.extend(Sequence::start(model, tokenizer, device, request)),
+                Some(job) => start(model, tokenizer, device, job, &mut running),
                 None => break,
             }
         }
@@ -231,6 +315,71 @@ fn serve<B: Backend>(
             sequence.logits = row.to_vec();
         }
     }
+}
+
+/// Starts `job`: a generation joins `running`; a score runs now.
+fn start<'t, B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &'t Tokenizer,
+    device: &B::Device,
+    job: Job,
+    running: &mut Vec<Sequence<'t, B>>,
+) {
+    match job {
+        Job::Generate(request) => {
+            running.extend(Sequence::start(model, tokenizer, device, request))
+        }
+        Job::Score(score) => run_score(model, device, score),
+    }
+}
+
+/// Runs `score`'s text through the model and answers it, unless nobody waits for it.
+fn run_score<B: Backend>(model: &Llama<B>, device: &B::Device, score: Score) {
+    metrics::histogram!("sinter_queue_seconds").record(score.arrived.elapsed().as_secs_f64());
+    if score.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Job::Score(score).fail(Failure::Deadline);
+    }
+    if score.reply.is_closed() || score.tokens.is_empty() {
+        return;
+    }
+    let len = score.tokens.len();
+    let ids: Vec<i32> = score.tokens.iter().map(|&t| t as i32).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+    let rows = |t: Tensor<B, 3>| {
+        let width = t.dims()[2];
+        let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        (width, values)
+    };
+    let scored = match score.want {
+        Want::Hidden => {
+            let (dim, values) = rows(model.hidden(tokens));
+            Scored::Hidden { dim, values }
+        }
+        Want::Top(k) => {
+            let (vocab, logits) = rows(model.forward(tokens));
+            Scored::Top(logits.chunks(vocab).map(|row| top_probs(row, k)).collect())
+        }
+    };
+    metrics::counter!("sinter_tokens_total", "kind" => "scored").increment(len as u64);
+    let _ = score.reply.send(Ok(scored));
+}
+
+/// The `k` likeliest tokens under `logits` (softmax), likeliest first.
+fn top_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let k = k.min(order.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    order.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+    order.truncate(k);
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .map(|i| (i as u32, (logits[i] - max).exp() / total))
+        .collect()
 }
 
 /// A request being generated: its cache, the logits of its next token, and what it sent.

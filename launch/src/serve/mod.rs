@@ -18,6 +18,8 @@ use burn::tensor::backend::AutodiffBackend;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
 use sinter_kernels::Kernels;
+use sinter_mechanism::Ledger;
+use sinter_mechanism::ledger::wallet::Wallet;
 
 use crate::backend::BackendJob;
 use crate::checkpoints;
@@ -68,10 +70,32 @@ impl BackendJob for ServeJob {
             args.batch,
             args.queue.max(1),
         )?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let ledger = match (&args.axon, &args.ledger_node.ledger_node) {
+            (Some(_), Some(_)) => runtime.block_on(crate::ledger::connect(
+                &args.ledger_node,
+                Wallet::read(&crate::wallet::path(&args.wallet)?, None)?,
+                args.ledger.as_deref(),
+                runtime.handle().clone(),
+            ))?,
+            _ => None,
+        };
         let axon = args
             .axon
             .as_deref()
-            .map(|listen| axon_setup(&args, listen, engine.clone(), vocab, context))
+            .map(|listen| {
+                axon_setup(
+                    &args,
+                    listen,
+                    engine.clone(),
+                    vocab,
+                    context,
+                    ledger.clone(),
+                )
+            })
             .transpose()?;
         let served = Arc::new(http::Served {
             engine,
@@ -85,22 +109,26 @@ impl BackendJob for ServeJob {
             rate_limits: (args.rate_limit > 0).then(|| rate::RateLimits::new(args.rate_limit)),
             metrics,
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
         runtime.block_on(async move {
             if let Some((axon, config)) = axon {
                 let (client, events, event_loop) = sinter_comms::net::start(config)
                     .await
                     .context("starting the axon")?;
                 tokio::spawn(event_loop.run());
-                for addr in client.listen_addrs().await? {
-                    println!(
-                        "axon at {addr}/p2p/{} for hotkey {}",
-                        client.peer_id(),
-                        axon.hotkey.account()
-                    );
+                let addresses: Vec<String> = client
+                    .listen_addrs()
+                    .await?
+                    .iter()
+                    .map(|addr| match addr.to_string() {
+                        a if a.contains("/p2p/") => a,
+                        a => format!("{a}/p2p/{}", client.peer_id()),
+                    })
+                    .collect();
+                for addr in &addresses {
+                    println!("axon at {addr} for hotkey {}", axon.hotkey.account());
+                }
+                if let (Some(ledger), Some(address)) = (ledger, addresses.first().cloned()) {
+                    announce(ledger, address).await?;
                 }
                 tokio::spawn(axon::serve(axon, client, events));
             }
@@ -126,6 +154,19 @@ impl BackendJob for ServeJob {
     }
 }
 
+/// Publishes the axon's `address` on `ledger` (`serve`), where validators read it.
+async fn announce(ledger: Arc<dyn Ledger>, address: String) -> Result<()> {
+    let hotkey = ledger.hotkey();
+    let shown = address.clone();
+    tokio::task::spawn_blocking(move || ledger.serve(&address))
+        .await?
+        .with_context(|| {
+            format!("announcing the axon for {hotkey} on the ledger (is the hotkey registered?)")
+        })?;
+    println!("axon announced on the ledger: {shown}");
+    Ok(())
+}
+
 /// The axon of `args` answering from `engine`, and the network it listens on (`listen`).
 fn axon_setup(
     args: &ServeArgs,
@@ -133,6 +174,7 @@ fn axon_setup(
     engine: engine::Engine,
     vocab: u32,
     context: usize,
+    ledger: Option<Arc<dyn Ledger>>,
 ) -> Result<(Arc<axon::Axon>, sinter_comms::net::NetConfig)> {
     let wallet = crate::wallet::path(&args.wallet)?;
     let hotkey = sinter_mechanism::ledger::wallet::read_key_file(&wallet.hotkey_file(), None)
@@ -148,10 +190,11 @@ fn axon_setup(
     // A request is a header and at most `MAX_TOKENS` tokens; answers are small.
     config.max_request_bytes = 1 << 20;
     config.max_response_bytes = 8 << 20;
-    let stakes = match &args.ledger {
-        Some(path) => axon::Stakes::from_ledger(path.clone())
+    let stakes = match (ledger, &args.ledger) {
+        (Some(ledger), _) => axon::Stakes::from_ledger(ledger),
+        (None, Some(path)) => axon::Stakes::from_file(path.clone())
             .with_context(|| format!("reading the ledger {} (--ledger)", path.display()))?,
-        None => axon::Stakes::default(),
+        (None, None) => axon::Stakes::default(),
     };
     let axon = axon::Axon {
         engine,

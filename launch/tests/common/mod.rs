@@ -170,7 +170,7 @@ pub fn wallet(dir: &std::path::Path, name: &str) -> Wallet {
 
 /// A child process killed when the test ends, however it ends.
 #[allow(dead_code)]
-pub struct Node(std::process::Child);
+pub struct Node(pub std::process::Child);
 
 impl Drop for Node {
     fn drop(&mut self) {

@@ -9,6 +9,8 @@
 //! [`Ledger::metagraph`], [`Ledger::contributions`] and [`Ledger::committed_weights`], and
 //! [`wait_until`] waits for it block by block, not by sleeping.
 
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -285,5 +287,68 @@ pub fn wait_until(ledger: &dyn Ledger, limit: Duration, mut done: impl FnMut() -
         if left.is_zero() || ledger.wait_for_block(height, left).is_none() {
             return done();
         }
+    }
+}
+
+/// `count` of the ledger's blocks.
+pub fn blocks(ledger: &dyn Ledger, count: u64) -> Duration {
+    ledger
+        .block_time()
+        .saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// How long a validator waits for its weights commitment's reveal window.
+pub fn reveal_wait(ledger: &dyn Ledger) -> Duration {
+    blocks(ledger, ledger.reveal_delay().saturating_add(2)) + Duration::from_secs(2)
+}
+
+/// Puts a validator's weights on the ledger ([`Ledger::commit_weights`]); where they were
+/// committed as a hash, the thread that reveals them once the commitment is open (join it
+/// before leaving, or they are never revealed).
+pub fn put_weights(
+    ledger: &Arc<dyn Ledger>,
+    uids: &[u16],
+    values: &[u16],
+) -> Result<Option<JoinHandle<()>>, CallError> {
+    Ok(match ledger.commit_weights(uids, values)? {
+        WeightsCommitment::Set => {
+            tracing::info!(?uids, ?values, "weights set");
+            None
+        }
+        WeightsCommitment::Timelocked {
+            round,
+            reveal_block,
+        } => {
+            tracing::info!(
+                ?uids,
+                ?values,
+                round,
+                reveal_block,
+                "weights committed, timelocked to drand: the chain reveals them itself"
+            );
+            None
+        }
+        WeightsCommitment::Hashed { hash, reveal } => {
+            tracing::info!(?uids, ?values, "weights committed");
+            let ledger = ledger.clone();
+            Some(std::thread::spawn(move || {
+                reveal_when_open(ledger.as_ref(), hash, &reveal)
+            }))
+        }
+    })
+}
+
+/// Reveals the weights committed as `hash` once the ledger shows the commitment open for its
+/// reveal, waiting at most [`reveal_wait`].
+pub fn reveal_when_open(ledger: &dyn Ledger, hash: Hash, reveal: &WeightsReveal) {
+    if !wait_until(ledger, reveal_wait(ledger), || {
+        ledger.committed_weights() == Some(hash)
+    }) {
+        tracing::warn!("the weights commitment's reveal window did not open in time: not revealed");
+        return;
+    }
+    match ledger.reveal_weights(reveal) {
+        Ok(()) => tracing::info!(uids = ?reveal.uids, values = ?reveal.values, "weights revealed"),
+        Err(why) => tracing::warn!(%why, "weights not revealed"),
     }
 }

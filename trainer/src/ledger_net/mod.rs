@@ -8,6 +8,9 @@
 //! replica, catching up from the sender, and submits its extrinsics to the author by request.
 //! Waiting for a block is waiting on the replica's height, which each import or authored
 //! block advances.
+//!
+//! A miner or a validator outside any run follows the ledger's own network instead
+//! ([`RunLedger::connect`]: `launch ledger node`'s protocol, spoken to its nodes directly).
 
 pub mod node;
 
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use parity_scale_codec::Encode;
 use sinter_comms::group::{Extension, Group};
-use sinter_comms::net::PeerId;
+use sinter_comms::net::{self, Client, Multiaddr, NetConfig, NetEvent, PeerId};
 use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::Replica;
 use sinter_mechanism::ledger::block::Block;
@@ -42,7 +45,50 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A run peer's ledger replica (and, on the author's peer, the block author).
+/// How a replica reaches the others: over a run's group (its extension messages), or on the
+/// ledger's own network as a client of its nodes.
+enum Link {
+    Run(Group),
+    Node(Client),
+}
+
+impl Link {
+    fn me(&self) -> PeerId {
+        match self {
+            Link::Run(group) => group.me(),
+            Link::Node(client) => client.peer_id(),
+        }
+    }
+
+    async fn ask(&self, peer: PeerId, data: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            Link::Run(group) => group
+                .ask_extension(peer, data)
+                .await
+                .map_err(|e| e.to_string()),
+            Link::Node(client) => client
+                .request(peer, data.to_vec())
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn publish(&self, data: &[u8]) -> Result<(), String> {
+        match self {
+            Link::Run(group) => group
+                .publish_extension(data)
+                .await
+                .map_err(|e| e.to_string()),
+            Link::Node(client) => client
+                .publish(data.to_vec())
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A ledger replica (and, on the genesis author's peer, the block author): a run peer's, or a
+/// miner's or validator's on the ledger's own network.
 pub struct RunLedger {
     replica: Mutex<Replica>,
     /// The next block's extrinsics and state: on the author only. Locked after `replica`.
@@ -53,7 +99,7 @@ pub struct RunLedger {
     /// The replica's height.
     height: watch::Sender<u64>,
     arrivals: mpsc::Sender<(PeerId, Block)>,
-    group: Group,
+    link: Link,
     runtime: tokio::runtime::Handle,
     block_time: Duration,
 }
@@ -99,6 +145,74 @@ impl RunLedger {
         group: Group,
         runtime: tokio::runtime::Handle,
     ) -> Result<Arc<Self>, TrainerError> {
+        let this = Self::open(
+            path,
+            genesis,
+            block_time,
+            wallet,
+            Link::Run(group.clone()),
+            runtime,
+        )?;
+        group.extend(this.clone());
+        Ok(this)
+    }
+
+    /// Opens (or creates) the replica at `path` and follows the ledger's own network through
+    /// its node at `node` (the author's, where extrinsics go): what a miner announcing its
+    /// axon or a validator setting weights holds outside any run. Call it within `runtime`.
+    pub async fn connect(
+        path: &Path,
+        genesis: Genesis,
+        block_time: Duration,
+        wallet: Wallet,
+        node: Multiaddr,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, TrainerError> {
+        let mut config = NetConfig::client(net::Keypair::generate_ed25519(), node::topic(&genesis));
+        config.max_request_bytes = sync::MAX_REQUEST_BYTES;
+        config.max_response_bytes = sync::MAX_RESPONSE_BYTES;
+        let network = |e: net::NetError| TrainerError::Network(e.to_string());
+        let (client, mut events, event_loop) = net::start(config).await.map_err(network)?;
+        tokio::spawn(event_loop.run());
+        client.dial(node.clone()).await.map_err(|e| {
+            TrainerError::Network(format!("connecting to the ledger node at {node}: {e}"))
+        })?;
+        let this = Self::open(
+            path,
+            genesis,
+            block_time,
+            wallet,
+            Link::Node(client.clone()),
+            runtime,
+        )?;
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Some(this) = weak.upgrade() else { return };
+                match event {
+                    NetEvent::Gossip { peer, data } => this.gossip(peer, &data),
+                    NetEvent::Request { peer, data, reply } => {
+                        let answer = match this.request(peer, &data) {
+                            Ok(answer) => answer,
+                            Err(_) => continue,
+                        };
+                        let _ = client.respond(reply, answer).await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    fn open(
+        path: &Path,
+        genesis: Genesis,
+        block_time: Duration,
+        wallet: Wallet,
+        link: Link,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, TrainerError> {
         let author = wallet.hotkey_account() == genesis.author;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| TrainerError::Io {
@@ -117,13 +231,12 @@ impl RunLedger {
             replica: Mutex::new(replica),
             pool: Mutex::new(pool),
             wallet,
-            author_peer: watch::Sender::new(author.then(|| group.me())),
+            author_peer: watch::Sender::new(author.then(|| link.me())),
             arrivals,
-            group: group.clone(),
+            link,
             runtime: runtime.clone(),
             block_time,
         });
-        group.extend(this.clone());
         let weak = Arc::downgrade(&this);
         if author {
             runtime.spawn(async move {
@@ -157,8 +270,8 @@ impl RunLedger {
         match authored {
             Ok((block, genesis_hash)) => {
                 self.height.send_replace(block.header.number);
-                let message = Gossip::block(block, self.group.me().to_bytes(), key, &genesis_hash);
-                if let Err(e) = self.group.publish_extension(&message).await {
+                let message = Gossip::block(block, self.link.me().to_bytes(), key, &genesis_hash);
+                if let Err(e) = self.link.publish(&message).await {
                     tracing::debug!(error = %e, "no replica to gossip to yet");
                 }
             }
@@ -174,7 +287,7 @@ impl RunLedger {
             Follow::Import => {}
             Follow::CatchUpFirst(first) => {
                 let ask = Request::BlocksFrom(first).encode();
-                let answer = match self.group.ask_extension(from, &ask).await {
+                let answer = match self.link.ask(from, &ask).await {
                     Ok(answer) => answer,
                     Err(e) => return tracing::warn!(%from, error = %e, "catching up failed"),
                 };
@@ -241,8 +354,8 @@ impl RunLedger {
         })?;
         let ask = |request: Request| async move {
             let answer = self
-                .group
-                .ask_extension(author, &request.encode())
+                .link
+                .ask(author, &request.encode())
                 .await
                 .map_err(|e| unavailable(format!("asking the ledger's author: {e}")))?;
             Response::decode_from(&answer).map_err(unavailable)

@@ -62,7 +62,7 @@ fn incentive(e: impl std::fmt::Display) -> TrainerError {
 }
 
 /// The gossip topic of a ledger's nodes.
-fn topic(genesis: &Genesis) -> String {
+pub(crate) fn topic(genesis: &Genesis) -> String {
     format!("sinter/ledger/{}", &hex::encode(genesis.hash())[..16])
 }
 

@@ -29,7 +29,7 @@ use sinter_kernels::RayonKernels;
 use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::extrinsic::blake2_256;
 use sinter_mechanism::ledger::interface::{
-    ContributionRecord, Metagraph, NeuronInfo, WeightsCommitment, WeightsReveal, wait_until,
+    ContributionRecord, Metagraph, NeuronInfo, blocks, put_weights, reveal_wait, wait_until,
 };
 use sinter_mechanism::score::{ScoringConfig, filter_round, to_u16_row, value_round};
 use sinter_mechanism::shapley::Coalitions;
@@ -397,30 +397,10 @@ impl<B: Backend> RunIncentives<B> {
             self.unsent.clear();
             return;
         }
-        let ledger = &self.context.ledger;
-        match ledger.commit_weights(&uids, &values) {
-            Ok(commitment) => {
+        match put_weights(&self.context.ledger, &uids, &values) {
+            Ok(revealing) => {
                 self.unsent.clear();
-                match commitment {
-                    WeightsCommitment::Set => tracing::info!(?uids, ?values, "weights set"),
-                    WeightsCommitment::Timelocked {
-                        round,
-                        reveal_block,
-                    } => tracing::info!(
-                        ?uids,
-                        ?values,
-                        round,
-                        reveal_block,
-                        "weights committed, timelocked to drand: the chain reveals them itself"
-                    ),
-                    WeightsCommitment::Hashed { hash, reveal } => {
-                        tracing::info!(?uids, ?values, "weights committed");
-                        let ledger = ledger.clone();
-                        self.revealing = Some(std::thread::spawn(move || {
-                            reveal_when_open(ledger.as_ref(), hash, &reveal)
-                        }));
-                    }
-                }
+                self.revealing = revealing;
             }
             Err(why) => tracing::warn!(%why, "weights not committed; retrying next round"),
         }
@@ -651,37 +631,10 @@ fn score<B: Backend>(context: &Scoring<B>, fetched: Fetched) -> Scored {
     }
 }
 
-/// How long a validator waits for its weights commitment's reveal window.
-fn reveal_wait(ledger: &dyn Ledger) -> Duration {
-    blocks(ledger, ledger.reveal_delay().saturating_add(2)) + Duration::from_secs(2)
-}
-
-/// Reveals the weights committed as `hash` once the ledger shows the commitment open for its
-/// reveal, waiting at most [`reveal_wait`].
-fn reveal_when_open(ledger: &dyn Ledger, hash: [u8; 32], reveal: &WeightsReveal) {
-    if !wait_until(ledger, reveal_wait(ledger), || {
-        ledger.committed_weights() == Some(hash)
-    }) {
-        tracing::warn!("the weights commitment's reveal window did not open in time: not revealed");
-        return;
-    }
-    match ledger.reveal_weights(reveal) {
-        Ok(()) => tracing::info!(uids = ?reveal.uids, values = ?reveal.values, "weights revealed"),
-        Err(why) => tracing::warn!(%why, "weights not revealed"),
-    }
-}
-
 /// How long a validator waits for a round's commitments: the ledger's commitment delay and
 /// a few blocks more.
 fn commitment_wait(ledger: &dyn Ledger) -> Duration {
     blocks(ledger, ledger.commitment_delay().saturating_add(3)) + Duration::from_secs(2)
-}
-
-/// `count` of the ledger's blocks.
-fn blocks(ledger: &dyn Ledger, count: u64) -> Duration {
-    ledger
-        .block_time()
-        .saturating_mul(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
 /// The metagraph and the commitments to `round` once each registered member of `members`
