@@ -67,8 +67,9 @@ pub fn run(args: AskArgs) -> Result<()> {
             .with_context(|| format!("asking the axon at {axon}"))
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let output = synapse::open_answer(&bytes, &request, &miner, &synapse, vocab, dim)
+    let said = synapse::open_answer(&bytes, &request, &miner, &synapse, vocab, dim)
         .context("the miner's answer")?;
+    let output = said.output;
     let text = |ids: &[u32]| tokenizer.decode(ids).unwrap_or_default();
     let shown = match &output {
         Output::Text(ids) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sinter_kernels::{Kernels, QuantConfig, RayonKernels};
 
 /// Median wall time of `iters` calls of `f` (after one warm-up call).
-fn median_time(iters: usize, mut f: impl FnMut()) -> Duration {
+pub(crate) fn median_time(iters: usize, mut f: impl FnMut()) -> Duration {
     f();
     let mut times: Vec<Duration> = (0..iters)
         .map(|_| {

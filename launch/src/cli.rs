@@ -39,7 +39,9 @@ launch run configs/tiny.toml --workers 3 --listen /ip4/127.0.0.1/tcp/0 --bootstr
     /// the current round, tells the group and exits 0.
     Leave(LeaveArgs),
     /// Show a run's group as one of its peers sees it: members, rounds, losses, bytes, round
-    /// times, and how it reaches each (direct, hole-punched or relayed).
+    /// times, and how it reaches each (direct, hole-punched or relayed); or, with
+    /// `--validator DIR`, the miners as a validator last saw them: score, latency, answers and
+    /// misses.
     Status(StatusArgs),
     /// Run a relay alone (circuit relay v2): peers behind NATs listen through it
     /// (`launch run --relay ADDR`), meet over it and punch holes to each other; where hole
@@ -375,6 +377,22 @@ pub enum BenchCommand {
         /// Peers committing a contribution every block.
         #[arg(long, default_value_t = 8)]
         peers: usize,
+    },
+    /// A validator's cost per round as the number of miners grows (gate, opening the signed
+    /// answers, Shapley values, copy check), against opening the answers alone.
+    Validator {
+        /// Miner counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+        miners: Vec<usize>,
+        /// Examples per round.
+        #[arg(long, default_value_t = 8)]
+        examples: usize,
+        /// Miners per example (the gate's k).
+        #[arg(long, default_value_t = 3)]
+        k: usize,
+        /// Timed rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
     },
     /// One Yuma consensus epoch at network scale (uids × validators, every validator
     /// weighting every uid), against one sparse matrix-vector product over the same weights.
@@ -954,10 +972,14 @@ pub struct LeaveArgs {
 
 /// `launch status`.
 #[derive(Debug, Args)]
+#[group(id = "of", required = true, multiple = false, args = ["peer", "validator"])]
 pub struct StatusArgs {
     /// Any peer of the run, e.g. /ip4/127.0.0.1/tcp/4001 (with or without /p2p/PEER_ID).
     #[arg(long, value_name = "MULTIADDR")]
-    pub peer: String,
+    pub peer: Option<String>,
+    /// A validator's output directory (`launch validate --out DIR`): its last round.
+    #[arg(long, value_name = "DIR")]
+    pub validator: Option<PathBuf>,
     /// Print the status as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -1126,9 +1148,14 @@ pub struct ValidateArgs {
     /// Rounds to run (0: until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     pub rounds: u64,
-    /// Evaluation windows per round.
+    /// Evaluation windows per round (from each evaluation corpus).
     #[arg(long, default_value_t = 8)]
     pub examples: usize,
+    /// Evaluate on the held-out split of this corpus instead of the config's
+    /// (`shakespeare`, `milton`, a text file or a prepared dataset). Repeatable: each round
+    /// takes windows from each, and validate.jsonl shows where the gate sends each corpus.
+    #[arg(long, value_name = "CORPUS")]
+    pub eval_corpus: Vec<String>,
     /// Miners each window goes to (the gate's k).
     #[arg(long, default_value_t = 3)]
     pub k: usize,
@@ -1144,6 +1171,11 @@ pub struct ValidateArgs {
     /// Seed of the evaluation windows and the gate's exploration.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The shared model (a weights file, or a checkpoint directory): a miner whose answers
+    /// claim it is checked against this validator's own forward pass, on a few positions each
+    /// round, and paid nothing for a round it sent other distributions.
+    #[arg(long, value_name = "WEIGHTS|DIR")]
+    pub shared: Option<PathBuf>,
 }
 
 /// The embedded ledger's own network, for a miner or a validator outside any run.

@@ -113,7 +113,10 @@ fn run(cli: Cli) -> Result<()> {
             peer::run(config, *args)
         }
         Command::Leave(args) => peer::leave(args),
-        Command::Status(args) => peer::status(args),
+        Command::Status(args) => match &args.validator {
+            Some(dir) => validate::status(dir, args.json),
+            None => peer::status(args),
+        },
         Command::Relay(args) => relay::run(args),
         Command::Train(args) => {
             let mut config = load_config(&args.config, &args.out)?;
@@ -193,6 +196,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Ledger { blocks, peers }) => {
             bench::ledger(blocks.max(200), peers.max(1))
         }
+        Command::Bench(BenchCommand::Validator {
+            miners,
+            examples,
+            k,
+            iters,
+        }) => validate::cost::bench(&miners, examples, k, iters),
         Command::Bench(BenchCommand::Yuma {
             uids,
             validators,

@@ -488,7 +488,8 @@ pub fn leave(args: LeaveArgs) -> Result<()> {
 
 /// Runs `launch status`: dials the peer with a throwaway identity and prints its answer.
 pub fn status(args: StatusArgs) -> Result<()> {
-    let addr = multiaddr(&args.peer, "--peer")?;
+    let peer = args.peer.as_deref().context("give --peer MULTIADDR")?;
+    let addr = multiaddr(peer, "--peer")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -11,9 +11,12 @@
 //! the body decoded, whole (no trailing bytes), with every length checked against what it may
 //! hold.
 //!
-//! An answer carries the hash of the request it answers and its output, signed by the miner:
-//! a validator knows which miner said what, and no answer can be replayed for another request.
-//! The validator checks every output against the request ([`Output::check`]) before using it.
+//! An answer carries the hash of the request it answers, the weights the miner says it
+//! answered with (the SHA-256 of the weights file it serves) and its output, all signed by the
+//! miner: a validator knows which miner said what, with which model, and no answer can be
+//! replayed for another request. The validator checks every output against the request
+//! ([`Output::check`]) before using it, and may check the model claimed against its own
+//! forward pass.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +28,7 @@ use sinter_mechanism::ledger::keys::{AccountId, Keypair, verify};
 /// What a request's signature covers first: no signature made for anything else verifies.
 const REQUEST_DOMAIN: &[u8] = b"sinter-synapse-request/1";
 /// What an answer's signature covers first.
-const ANSWER_DOMAIN: &[u8] = b"sinter-synapse-answer/1";
+const ANSWER_DOMAIN: &[u8] = b"sinter-synapse-answer/2";
 /// Tokens a request may send.
 pub const MAX_TOKENS: usize = 8192;
 /// Alternatives per position a request may ask for.
@@ -181,8 +184,8 @@ impl Header {
 }
 
 /// The bytes of a request: the header, its signature, then the body.
-const HEADER_BYTES: usize = 32 + 32 + 8 + 16 + 4 + 32;
-const SIGNATURE_BYTES: usize = 64;
+pub(crate) const HEADER_BYTES: usize = 32 + 32 + 8 + 16 + 4 + 32;
+pub(crate) const SIGNATURE_BYTES: usize = 64;
 
 /// A request as sent: `caller` asks `callee` for `synapse`, waiting `timeout`.
 pub fn request(
@@ -441,9 +444,18 @@ impl TopK {
     }
 }
 
-/// An answer as sent: the request's hash and the output, signed by `miner`.
-pub fn answer(miner: &Keypair, request_hash: [u8; 32], output: &Output) -> Vec<u8> {
-    let body = output.encode();
+/// What a miner's answer says: the weights it answered with, and its output.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Said {
+    /// SHA-256 of the weights file the miner serves: the model it claims answered.
+    pub model: [u8; 32],
+    /// Its output.
+    pub output: Output,
+}
+
+/// An answer as sent: the request's hash and what `miner` says, signed by it.
+pub fn answer(miner: &Keypair, request_hash: [u8; 32], said: &Said) -> Vec<u8> {
+    let body = said.encode();
     let mut bytes = request_hash.to_vec();
     bytes.extend_from_slice(&miner.sign(&answer_message(&request_hash, &body)));
     bytes.extend_from_slice(&body);
@@ -458,7 +470,7 @@ fn answer_message(request_hash: &[u8; 32], body: &[u8]) -> Vec<u8> {
 }
 
 /// Checks an answer from `miner` to the request `request` (its bytes as sent), and that its
-/// output fits the synapse asked; the output.
+/// output fits the synapse asked; what it says.
 pub fn open_answer(
     bytes: &[u8],
     request: &[u8],
@@ -466,7 +478,7 @@ pub fn open_answer(
     synapse: &Synapse,
     vocab: u32,
     dim: u32,
-) -> Result<Output, SynapseError> {
+) -> Result<Said, SynapseError> {
     if bytes.len() < 32 + SIGNATURE_BYTES {
         return Err(SynapseError::Malformed(format!(
             "{} bytes: shorter than an answer's header",
@@ -485,10 +497,10 @@ pub fn open_answer(
             "the answer does not verify under the miner's hotkey",
         ));
     }
-    let output = Output::decode_all(&mut &body[..])
+    let said = Said::decode_all(&mut &body[..])
         .map_err(|e| SynapseError::Output(format!("not an output: {e}")))?;
-    output.check(synapse, vocab, dim)?;
-    Ok(output)
+    said.output.check(synapse, vocab, dim)?;
+    Ok(said)
 }
 
 /// This machine's clock in nanoseconds since the Unix epoch.

@@ -113,10 +113,8 @@ pub fn generate<B: Backend>(
 /// `SINTER_FAULT_SLOW_TOKEN_MS=MS` each token takes MS milliseconds longer, so that requests
 /// queue up and a client can leave mid-generation.
 pub fn slow_for_test() {
-    #[cfg(feature = "fault-injection")]
-    if let Some(ms) = std::env::var("SINTER_FAULT_SLOW_TOKEN_MS")
-        .ok()
-        .and_then(|ms| ms.parse::<u64>().ok())
+    if let Some(ms) =
+        crate::fault_for_test("SINTER_FAULT_SLOW_TOKEN_MS").and_then(|ms| ms.parse::<u64>().ok())
     {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }

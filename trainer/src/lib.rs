@@ -50,6 +50,15 @@ use std::path::PathBuf;
 
 pub use config::RunConfig;
 
+/// The value of the test-only fault hook `var` (a `SINTER_FAULT_*` variable): always `None`
+/// unless built with the `fault-injection` feature, which only the test builds turn on.
+pub fn fault_for_test(var: &str) -> Option<String> {
+    match cfg!(feature = "fault-injection") {
+        true => std::env::var(var).ok(),
+        false => None,
+    }
+}
+
 /// The CPU backend used by default.
 pub type CpuBackend = burn::backend::Flex;
 /// The CPU backend with autodiff, for training.

@@ -6,6 +6,8 @@
 //! refused (`--axon-refuse-unknown`). Every answer, a refusal included, is signed by the
 //! miner's hotkey over the request's hash.
 //!
+//! Every answer claims the model it comes from: the SHA-256 of the weights file served.
+//!
 //! Served: `TextGeneration`, `CausalLmNext` and `CausalLm` (the likeliest next tokens with
 //! their probabilities, as bf16, and the mass left over: after the text, or at each of its
 //! positions) and `LastHiddenState` (the final norm's output at each position, as bf16).
@@ -21,8 +23,9 @@ use sinter_trainer::generate::Sampling;
 use tokio::sync::mpsc;
 
 use super::engine::{Engine, Event, Failure, Request, Score, Scored, TokenLogprob, Want};
+use super::hostile::Hostile;
 use super::queue::Priority;
-use crate::synapse::{self, Nonces, Output, Synapse, TopK};
+use crate::synapse::{self, Nonces, Output, Said, Synapse, TopK};
 
 /// The longest a caller may ask to wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
@@ -110,6 +113,8 @@ pub struct Axon {
     pub engine: Engine,
     /// The miner's hotkey: callers address it, answers are signed with it.
     pub hotkey: Keypair,
+    /// SHA-256 of the weights file served: the model every answer claims.
+    pub model: [u8; 32],
     /// The model's vocabulary.
     pub vocab: u32,
     /// Its context, in tokens.
@@ -120,20 +125,40 @@ pub struct Axon {
     pub refuse_unknown: bool,
     /// The callers' last nonces.
     pub nonces: Mutex<Nonces>,
+    /// How this miner spoils its answers, in a test of hostile miners.
+    pub hostile: Option<Hostile>,
 }
 
 impl Axon {
     /// The signed answer to `request` (hostile bytes): an output, or a refusal saying why.
     pub async fn answer(&self, request: &[u8]) -> Vec<u8> {
-        let (hash, output) = match self.output(request).await {
+        match &self.hostile {
+            Some(hostile) => hostile.answer(self, request).await,
+            None => {
+                let (hash, output) = self.honest(request).await;
+                synapse::answer(&self.hotkey, hash, &self.said(output))
+            }
+        }
+    }
+
+    /// `output`, said with the model this miner serves.
+    pub fn said(&self, output: Output) -> Said {
+        Said {
+            model: self.model,
+            output,
+        }
+    }
+
+    /// What an honest miner answers `request` with (the hash it answers, and its output).
+    pub async fn honest(&self, request: &[u8]) -> ([u8; 32], Output) {
+        match self.output(request).await {
             Ok(answered) => answered,
             Err(reason) => {
                 metrics::counter!("sinter_axon_refused_total").increment(1);
                 tracing::debug!(%reason, "axon request refused");
                 (synapse::request_hash(request), Output::refused(&reason))
             }
-        };
-        synapse::answer(&self.hotkey, hash, &output)
+        }
     }
 
     async fn output(&self, request: &[u8]) -> Result<([u8; 32], Output), String> {
@@ -154,20 +179,17 @@ impl Axon {
             None => 0,
         };
         let timeout = Duration::from_millis(verified.header.timeout_ms.into()).min(MAX_TIMEOUT);
-        let priority = Priority { stake };
-        let want = match *synapse {
-            Synapse::LastHiddenState { .. } => Some(Want::Hidden),
-            Synapse::CausalLm { top_k, .. } => Some(Want::Top(top_k as usize)),
-            _ => None,
+        let asked = Asked {
+            priority: Priority { stake },
+            timeout,
         };
-        if let Some(want) = want {
-            let output = self
-                .score(synapse.tokens(), want, priority, timeout)
-                .await?;
-            metrics::counter!("sinter_axon_answered_total").increment(1);
-            return Ok((verified.request_hash, output));
-        }
-        let (tokens, max_tokens, sampling, top) = match *synapse {
+        let output = match *synapse {
+            Synapse::LastHiddenState { ref tokens } => {
+                self.score(tokens, Want::Hidden, asked).await?
+            }
+            Synapse::CausalLm { ref tokens, top_k } => {
+                self.score(tokens, Want::Top(top_k as usize), asked).await?
+            }
             Synapse::TextGeneration {
                 ref tokens,
                 max_tokens,
@@ -178,9 +200,12 @@ impl Axon {
                     temperature: temperature_milli as f32 / 1000.0,
                     top_k: 0,
                     top_p: 1.0,
-                    seed,
+                    seed: own_seed(seed, &me),
                 };
-                (tokens, max_tokens as usize, sampling, 1)
+                let generated = self
+                    .generate(tokens, max_tokens as usize, sampling, 1, asked)
+                    .await?;
+                Output::Text(generated.iter().map(|t| t.id).collect())
             }
             Synapse::CausalLmNext { ref tokens, top_k } => {
                 let greedy = Sampling {
@@ -189,12 +214,29 @@ impl Axon {
                     top_p: 1.0,
                     seed: 0,
                 };
-                (tokens, 1, greedy, top_k as usize)
-            }
-            Synapse::LastHiddenState { .. } | Synapse::CausalLm { .. } => {
-                unreachable!("scored above")
+                let generated = self
+                    .generate(tokens, 1, greedy, top_k as usize, asked)
+                    .await?;
+                let next = generated
+                    .first()
+                    .ok_or_else(|| "no token was generated".to_string())?;
+                Output::Distributions(vec![distribution(next)])
             }
         };
+        metrics::counter!("sinter_axon_answered_total").increment(1);
+        Ok((verified.request_hash, output))
+    }
+
+    /// Generates up to `max_tokens` after `tokens`, each with its `top` likeliest
+    /// alternatives.
+    async fn generate(
+        &self,
+        tokens: &[u32],
+        max_tokens: usize,
+        sampling: Sampling,
+        top: usize,
+        asked: Asked,
+    ) -> Result<Vec<TokenLogprob>, String> {
         if tokens.len().saturating_add(max_tokens) > self.context {
             return Err(format!(
                 "{} tokens and {max_tokens} to generate exceed the context of {}",
@@ -206,50 +248,52 @@ impl Axon {
         let arrived = Instant::now();
         self.engine
             .submit(Request {
-                prompt: tokens.clone(),
+                prompt: tokens.to_vec(),
                 max_tokens,
                 sampling,
                 stop: Vec::new(),
                 logprobs: Some(top),
                 events,
                 arrived,
-                priority,
-                deadline: Some(arrived + timeout),
+                priority: asked.priority,
+                deadline: Some(arrived + asked.timeout),
             })
             .map_err(|_| "the queue is full".to_string())?;
-        let mut generated: Vec<TokenLogprob> = Vec::new();
+        let mut generated = Vec::new();
         loop {
             match receiver.recv().await {
                 Some(Event::Logprob(token)) => generated.push(token),
                 Some(Event::Text(_)) => {}
-                Some(Event::Done { .. }) => break,
+                Some(Event::Done { .. }) => return Ok(generated),
                 Some(Event::Failed(failure)) => return Err(refusal(failure)),
                 None => return Err("the model stopped".into()),
             }
         }
-        let output = match synapse {
-            Synapse::CausalLmNext { .. } => {
-                let next = generated
-                    .first()
-                    .ok_or_else(|| "no token was generated".to_string())?;
-                Output::Distributions(vec![distribution(next)])
-            }
-            _ => Output::Text(generated.iter().map(|t| t.id).collect()),
-        };
-        metrics::counter!("sinter_axon_answered_total").increment(1);
-        Ok((verified.request_hash, output))
     }
+}
+
+/// How a request waits in the engine's queue.
+#[derive(Clone, Copy)]
+struct Asked {
+    priority: Priority,
+    timeout: Duration,
+}
+
+/// The seed this miner samples a generation with: the caller's, mixed with the miner's hotkey.
+/// Two miners serving one model so answer one request differently, and a miner relaying
+/// another's answers gives itself away (the validator's copy check).
+fn own_seed(seed: u64, miner: &AccountId) -> u64 {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(seed.to_le_bytes());
+    hash.update(miner.0);
+    let digest = hash.finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 impl Axon {
     /// One forward pass over `tokens`: hidden states or top-k distributions at every position.
-    async fn score(
-        &self,
-        tokens: &[u32],
-        want: Want,
-        priority: Priority,
-        timeout: Duration,
-    ) -> Result<Output, String> {
+    async fn score(&self, tokens: &[u32], want: Want, asked: Asked) -> Result<Output, String> {
         if tokens.len() > self.context {
             return Err(format!(
                 "{} tokens exceed the context of {}",
@@ -264,8 +308,8 @@ impl Axon {
                 tokens: tokens.to_vec(),
                 want,
                 arrived,
-                priority,
-                deadline: Some(arrived + timeout),
+                priority: asked.priority,
+                deadline: Some(arrived + asked.timeout),
                 reply,
             })
             .map_err(|_| "the queue is full".to_string())?;

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod axon;
 pub mod engine;
+pub mod hostile;
 pub mod http;
 pub mod queue;
 pub mod rate;
@@ -17,6 +18,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
+use sha2::Digest;
 use sinter_kernels::Kernels;
 use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::wallet::Wallet;
@@ -56,9 +58,10 @@ impl BackendJob for ServeJob {
             sinter_trainer::weights::from_bytes::<B::InnerBackend>(&bytes, &path, &device)?;
         let tokenizer = sinter_trainer::tokenizer::Tokenizer::load(&config.data.tokenizer)?;
         let context = config.model.context;
+        let weights_sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
         let metadata = json!({
             "checkpoint_root": checkpoints::root_of(&args.source)?,
-            "weights_sha256": sinter_trainer::round_state::sha256_hex(&bytes),
+            "weights_sha256": hex::encode(weights_sha256),
             "tokenizer": tokenizer.id(),
             "context_length": context,
         });
@@ -91,6 +94,7 @@ impl BackendJob for ServeJob {
                     &args,
                     listen,
                     engine.clone(),
+                    weights_sha256,
                     vocab,
                     context,
                     ledger.clone(),
@@ -172,6 +176,7 @@ fn axon_setup(
     args: &ServeArgs,
     listen: &str,
     engine: engine::Engine,
+    model: [u8; 32],
     vocab: u32,
     context: usize,
     ledger: Option<Arc<dyn Ledger>>,
@@ -199,11 +204,13 @@ fn axon_setup(
     let axon = axon::Axon {
         engine,
         hotkey,
+        model,
         vocab,
         context,
         stakes,
         refuse_unknown: args.axon_refuse_unknown,
         nonces: Default::default(),
+        hostile: hostile::Fault::from_env().map(hostile::Hostile::new),
     };
     Ok((Arc::new(axon), config))
 }

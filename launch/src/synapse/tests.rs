@@ -33,6 +33,14 @@ fn signed(caller: &Keypair, callee: AccountId, nonce: u64, body: &[u8]) -> Vec<u
     bytes
 }
 
+/// What a miner serving the weights hashed `[1; 32]` says.
+fn said(output: Output) -> Said {
+    Said {
+        model: [1; 32],
+        output,
+    }
+}
+
 fn open(bytes: &[u8], me: &AccountId) -> Result<Verified, SynapseError> {
     open_request(bytes, me, &mut Nonces::default(), now_nanos())
 }
@@ -53,9 +61,13 @@ fn a_signed_request_opens_and_its_signed_answer_checks() {
         ],
         rest: 0.25,
     }]);
-    let reply = answer(&miner, got.request_hash, &output);
+    let said = Said {
+        model: [7; 32],
+        output,
+    };
+    let reply = answer(&miner, got.request_hash, &said);
     let back = open_answer(&reply, &sent, &miner.account(), &next(), VOCAB, DIM).unwrap();
-    assert_eq!(back, output);
+    assert_eq!(back, said);
 }
 
 #[test]
@@ -190,8 +202,8 @@ fn every_truncation_and_random_bytes_are_refused_without_a_panic() {
     for len in 0..sent.len() {
         assert!(open(&sent[..len], &me).is_err(), "{len} bytes");
     }
-    let output = Output::Text(vec![1, 2]);
-    let reply = answer(&miner, Sha256::digest(&sent).into(), &output);
+    let said = said(Output::Text(vec![1, 2]));
+    let reply = answer(&miner, Sha256::digest(&sent).into(), &said);
     let generation = Synapse::TextGeneration {
         tokens: vec![1],
         max_tokens: 4,
@@ -216,11 +228,11 @@ fn a_forged_replayed_or_altered_answer_is_refused() {
     let (validator, miner) = keys();
     let sent = request(&validator, miner.account(), &next(), Duration::from_secs(1));
     let hash: [u8; 32] = Sha256::digest(&sent).into();
-    let output = Output::Distributions(vec![TopK {
+    let output = said(Output::Distributions(vec![TopK {
         ids: vec![3],
         probs: vec![half::bf16::from_f32(0.9).to_bits()],
         rest: 0.1,
-    }]);
+    }]));
     let reply = answer(&miner, hash, &output);
     let check = |bytes: &[u8], request: &[u8], from: &AccountId| {
         open_answer(bytes, request, from, &next(), VOCAB, DIM)
@@ -241,13 +253,15 @@ fn a_forged_replayed_or_altered_answer_is_refused() {
         check(&reply, &again, &miner.account()),
         Err(SynapseError::Output(_))
     ));
-    // The output altered on the way.
-    let mut altered = reply.clone();
-    *altered.last_mut().unwrap() ^= 1;
-    assert!(matches!(
-        check(&altered, &sent, &miner.account()),
-        Err(SynapseError::Signature(_))
-    ));
+    // The output, or the model it claims, altered on the way.
+    for at in [reply.len() - 1, 32 + SIGNATURE_BYTES] {
+        let mut altered = reply.clone();
+        altered[at] ^= 1;
+        assert!(matches!(
+            check(&altered, &sent, &miner.account()),
+            Err(SynapseError::Signature(_))
+        ));
+    }
 }
 
 #[test]

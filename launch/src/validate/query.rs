@@ -1,7 +1,8 @@
-//! Asking miners: each round, every miner gets its examples one after another (a caller's
-//! nonces must reach a miner in order), all miners at once, each request signed by the
-//! validator's hotkey and each answer checked ([`synapse::open_answer`]) before it counts. A
-//! miner gets until the round's deadline; what it has not answered by then is absent.
+//! Asking miners: each round, every miner gets the round's sampling probe, then its examples,
+//! one after another (a caller's nonces must reach a miner in order), all miners at once, each
+//! request signed by the validator's hotkey and each answer checked
+//! ([`synapse::open_answer`]) before it counts. A miner gets until the round's deadline; what
+//! it has not answered by then is absent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use sinter_comms::net::{Client, Multiaddr, PeerId};
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 
-use crate::synapse::{self, Output, Synapse, TopK};
+use crate::synapse::{self, Output, Said, Synapse, TopK};
 
 /// A miner as the metagraph shows it.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct Miner {
     pub uid: u16,
     /// Its hotkey: requests are addressed to it, answers must be signed by it.
     pub hotkey: AccountId,
+    /// The block it registered at.
+    pub registered_at: u64,
     /// The axon address it announced (bytes from the ledger: parsed, not trusted).
     pub address: String,
 }
@@ -34,6 +37,10 @@ pub enum Miss {
     /// An answer that is malformed, unsigned, signed by another key, for another request, or
     /// of the wrong shape or values.
     Bad,
+    /// Its sample repeats another miner's, registered earlier: it relays that miner.
+    Copied,
+    /// It claims the shared model, but its distributions are not the shared model's.
+    WrongModel,
 }
 
 impl Miss {
@@ -44,6 +51,8 @@ impl Miss {
             Miss::Late => "late",
             Miss::Refused => "refused",
             Miss::Bad => "bad_answer",
+            Miss::Copied => "copied",
+            Miss::WrongModel => "wrong_model",
         }
     }
 }
@@ -53,8 +62,27 @@ impl Miss {
 pub struct Answer {
     /// The distributions at each position, or what went wrong (and the detail, for the log).
     pub rows: Result<Vec<TopK>, (Miss, String)>,
+    /// The weights it claims answered (their SHA-256), when it answered.
+    pub model: Option<[u8; 32]>,
     /// Seconds from sending to the answer (or the failure).
     pub seconds: f64,
+}
+
+/// What a miner answered in a round.
+pub struct Answers {
+    /// Its sample for the round's probe (a generation every miner is asked alike).
+    pub sample: Result<Vec<u32>, (Miss, String)>,
+    /// Its answers to the examples routed to it, in order.
+    pub examples: Vec<Answer>,
+}
+
+impl Answers {
+    /// Voids every answer of the round: each misses with `miss`.
+    pub fn void(&mut self, miss: Miss, why: &str) {
+        for answer in &mut self.examples {
+            answer.rows = Err((miss.clone(), why.to_string()));
+        }
+    }
 }
 
 /// What every request of a round shares.
@@ -74,31 +102,55 @@ pub struct Asking<'a> {
 }
 
 impl Asking<'_> {
-    /// `miner`'s answers to `examples` (token windows), in order.
-    pub async fn miner(&self, miner: &Miner, examples: &[&[u32]]) -> Vec<Answer> {
+    /// `miner`'s sample for `probe`, then its answers to `examples` (token windows), in order.
+    pub async fn miner(&self, miner: &Miner, probe: &Synapse, examples: &[&[u32]]) -> Answers {
         let started = Instant::now();
         let peer = match self.dial(&miner.address).await {
             Ok(peer) => peer,
             Err(why) => {
-                return examples
-                    .iter()
-                    .map(|_| Answer {
-                        rows: Err((Miss::Unreachable, why.clone())),
-                        seconds: started.elapsed().as_secs_f64(),
-                    })
-                    .collect();
+                let missed = || Answer {
+                    rows: Err((Miss::Unreachable, why.clone())),
+                    model: None,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                return Answers {
+                    sample: Err((Miss::Unreachable, why.clone())),
+                    examples: examples.iter().map(|_| missed()).collect(),
+                };
             }
         };
+        let sample = self
+            .ask(peer, miner.hotkey, probe)
+            .await
+            .and_then(|said| match said.output {
+                Output::Text(tokens) => Ok(tokens),
+                _ => Err((Miss::Bad, "not text".into())),
+            });
         let mut answers = Vec::with_capacity(examples.len());
         for tokens in examples {
             let sent = Instant::now();
-            let rows = self.ask(peer, miner.hotkey, tokens).await;
+            let synapse = Synapse::CausalLm {
+                tokens: tokens.to_vec(),
+                top_k: self.top_k,
+            };
+            let (rows, model) = match self.ask(peer, miner.hotkey, &synapse).await {
+                Ok(Said {
+                    model,
+                    output: Output::Distributions(rows),
+                }) => (Ok(rows), Some(model)),
+                Ok(_) => (Err((Miss::Bad, "not distributions".into())), None),
+                Err(missed) => (Err(missed), None),
+            };
             answers.push(Answer {
                 rows,
+                model,
                 seconds: sent.elapsed().as_secs_f64(),
             });
         }
-        answers
+        Answers {
+            sample,
+            examples: answers,
+        }
     }
 
     async fn dial(&self, address: &str) -> Result<PeerId, String> {
@@ -113,34 +165,31 @@ impl Asking<'_> {
         }
     }
 
+    /// `miner`'s checked output for `synapse`, or why there is none.
     async fn ask(
         &self,
         peer: PeerId,
         miner: AccountId,
-        tokens: &[u32],
-    ) -> Result<Vec<TopK>, (Miss, String)> {
+        synapse: &Synapse,
+    ) -> Result<Said, (Miss, String)> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let timeout = self.timeout.min(left);
         if timeout.is_zero() {
             return Err((Miss::Late, "the round's deadline passed".into()));
         }
-        let synapse = Synapse::CausalLm {
-            tokens: tokens.to_vec(),
-            top_k: self.top_k,
-        };
-        let request = synapse::request(self.hotkey, miner, &synapse, timeout);
+        let request = synapse::request(self.hotkey, miner, synapse, timeout);
         let bytes =
             match tokio::time::timeout(timeout, self.client.request(peer, request.clone())).await {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(e)) => return Err((Miss::Unreachable, e.to_string())),
                 Err(_) => return Err((Miss::Late, format!("no answer within {timeout:?}"))),
             };
-        match synapse::open_answer(&bytes, &request, &miner, &synapse, self.vocab, 0) {
-            Ok(Output::Distributions(rows)) => Ok(rows),
-            Ok(_) => Err((Miss::Bad, "not distributions".into())),
-            Err(e @ synapse::SynapseError::Refused(_)) => Err((Miss::Refused, e.to_string())),
-            Err(e) => Err((Miss::Bad, e.to_string())),
-        }
+        synapse::open_answer(&bytes, &request, &miner, synapse, self.vocab, 0).map_err(
+            |e| match e {
+                synapse::SynapseError::Refused(_) => (Miss::Refused, e.to_string()),
+                e => (Miss::Bad, e.to_string()),
+            },
+        )
     }
 }
 

@@ -3,11 +3,16 @@
 //! `mechanism/tests/fixtures/subtensor/`, on a free loopback port, killed on drop. State is
 //! set with chopsticks' `dev_setStorage` and blocks made with `dev_newBlock`, over plain
 //! HTTP JSON-RPC.
+//!
+//! One local chain runs at a time in a test process: chopsticks executes the runtime's wasm
+//! for every block, and several instances side by side on a two-core machine once made a
+//! block take over a minute, so a run waiting on the chain outlived its deadline.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -19,6 +24,34 @@ pub struct LocalChain {
     /// Its WebSocket URL.
     pub url: String,
     dir: tempfile::TempDir,
+    /// This test's turn with the chain, released after chopsticks is killed.
+    _turn: Turn,
+}
+
+/// Whether a local chain runs in this process, and the signal that it stopped.
+static CHAIN_RUNS: Mutex<bool> = Mutex::new(false);
+static CHAIN_STOPPED: Condvar = Condvar::new();
+
+/// A test's turn with the one local chain: taken by waiting for the last to end.
+struct Turn;
+
+impl Turn {
+    fn take() -> Self {
+        // A test that panicked while holding the lock has still ended: the flag stands.
+        let mut runs = CHAIN_RUNS.lock().unwrap_or_else(|p| p.into_inner());
+        while *runs {
+            runs = CHAIN_STOPPED.wait(runs).unwrap_or_else(|p| p.into_inner());
+        }
+        *runs = true;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        *CHAIN_RUNS.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        CHAIN_STOPPED.notify_one();
+    }
 }
 
 fn chopsticks() -> PathBuf {
@@ -33,6 +66,7 @@ impl LocalChain {
             eprintln!("SINTER_SKIP_CHAIN is set: the live chain test does not run");
             return None;
         }
+        let turn = Turn::take();
         let bin = chopsticks();
         assert!(
             bin.exists(),
@@ -75,6 +109,7 @@ impl LocalChain {
             port,
             url: format!("ws://127.0.0.1:{port}"),
             dir,
+            _turn: turn,
         };
         let started = Instant::now();
         while chain.try_rpc("chain_getHeader", json!([])).is_err() {

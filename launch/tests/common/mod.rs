@@ -182,20 +182,32 @@ impl Drop for Node {
 /// Starts `launch ledger node ARGS…` and returns it with its first listen address.
 #[allow(dead_code)]
 pub fn ledger_node(args: &[&str]) -> (Node, String) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_launch"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_launch"));
+    command
         .args(["ledger", "node", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(args)
+        .args(args);
+    spawn_until(command, "listening on ")
+}
+
+/// Spawns `command` and waits until a line of its stdout starts with `prefix`; the process and
+/// the rest of that line. Its stdout is read on to the end (a process whose stdout is closed
+/// dies at its next line).
+#[allow(dead_code)]
+pub fn spawn_until(mut command: Command, prefix: &str) -> (Node, String) {
+    use std::io::BufRead;
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let node = Node(child);
-    let line = std::io::BufReader::new(stdout)
-        .lines()
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("listening on "))
-        .expect("the node prints its address");
-    (node, line["listening on ".len()..].to_owned())
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("the process ended without printing {prefix:?}"));
+    std::thread::spawn(move || lines.for_each(drop));
+    (node, line[prefix.len()..].to_owned())
 }

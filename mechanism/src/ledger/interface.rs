@@ -75,6 +75,9 @@ pub struct NeuronInfo {
     pub validator_permit: bool,
     /// Block its weights were last set at.
     pub last_update: u64,
+    /// Block its hotkey registered at (of two miners serving one output, the earlier is the
+    /// original).
+    pub registered_at: u64,
 }
 
 /// The subnet's neurons at a block.
@@ -124,6 +127,7 @@ impl Metagraph {
                     emission: n.total_emission,
                     validator_permit: n.validator_permit,
                     last_update: n.weights_set_at,
+                    registered_at: n.registered_at,
                 })
                 .collect(),
         }

@@ -152,12 +152,13 @@ pub(super) async fn read_metagraph(at: &At, netuid: u16) -> Result<Metagraph, Ch
         let hotkey: AccountId32 = read(at, S, "Keys", (netuid, uid))
             .await?
             .unwrap_or(AccountId32([0; 32]));
-        let (coldkey, stake, axon) = futures::try_join!(
+        let (coldkey, stake, axon, registered_at) = futures::try_join!(
             read::<_, AccountId32>(at, S, "Owner", (hotkey.0,)),
             read::<_, u64>(at, S, "TotalHotkeyAlpha", (hotkey.0, netuid)),
             read::<_, AxonInfo>(at, S, "Axons", (netuid, hotkey.0)),
+            read::<_, u64>(at, S, "BlockAtRegistration", (netuid, uid)),
         )?;
-        Ok::<_, ChainError>((uid, hotkey, coldkey, stake, axon))
+        Ok::<_, ChainError>((uid, hotkey, coldkey, stake, axon, registered_at))
     }))
     .await?;
     let share = |v: &[u16], i: usize| {
@@ -169,7 +170,7 @@ pub(super) async fn read_metagraph(at: &At, netuid: u16) -> Result<Metagraph, Ch
         epochs: epochs_by(at.block_number(), netuid, params.tempo),
         neurons: neurons
             .into_iter()
-            .map(|(uid, hotkey, coldkey, stake, axon)| {
+            .map(|(uid, hotkey, coldkey, stake, axon, registered_at)| {
                 let i = usize::from(uid);
                 NeuronInfo {
                     uid,
@@ -186,6 +187,7 @@ pub(super) async fn read_metagraph(at: &At, netuid: u16) -> Result<Metagraph, Ch
                     emission: emission.get(i).copied().unwrap_or(0),
                     validator_permit: permits.get(i).copied().unwrap_or(false),
                     last_update: last_update.get(i).copied().unwrap_or(0),
+                    registered_at: registered_at.unwrap_or(0),
                 }
             })
             .collect(),

@@ -22,11 +22,18 @@ pub fn behaves_as_a_ledger(ledger: &dyn Ledger, stake: u64) {
         .expect("a block within the limit");
     assert!(next > height);
 
-    // Registering twice is the same uid.
+    // Registering twice is the same uid, registered at a block since the one seen before.
     let hotkey = ledger.hotkey();
     let uid = ledger.register().expect("registers");
     assert_eq!(ledger.register().expect("registered already"), uid);
-    assert_eq!(ledger.metagraph().uid(&hotkey), Some(uid));
+    let metagraph = ledger.metagraph();
+    assert_eq!(metagraph.uid(&hotkey), Some(uid));
+    let registered_at = metagraph.neuron(uid).expect("its neuron").registered_at;
+    assert!(
+        (next..=metagraph.block).contains(&registered_at),
+        "registered at {registered_at}, between blocks {next} and {}",
+        metagraph.block
+    );
 
     // Serving binds a network identity to the hotkey: the metagraph shows it for this uid
     // only, as the peer's signature says.
