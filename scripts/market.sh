@@ -57,7 +57,9 @@ serve miner "$model" 8011
 serve specialist "$out/specialist/model.safetensors" 8012
 
 "$launch" validate "$config" "${ledger[@]}" $(as validator) --ledger "$out/validator.ledger" \
-    --out "$out/validator" --rounds "$rounds" --examples 4 --k 2 \
+    --out "$out/validator" --rounds "$rounds" --round-secs 2 --examples 4 --k 2 \
     --eval-corpus shakespeare --eval-corpus milton --shared "$model" 2>"$out/validator.log"
+echo "waiting for the ledger's next epoch to pay the miners"
+sleep 12
 "$launch" status --validator "$out/validator"
 "$launch" ledger show "$out/author.ledger"

@@ -62,7 +62,7 @@ pub fn status(dir: &Path, json: bool) -> Result<()> {
         }
         println!(
             "{:>4} {:<50} {:>8.4} {:>8.4} {:>9} {:>8.2}s {:>6.2}  {}",
-            m["uid"],
+            m["uid"].as_u64().map_or("?".into(), |uid| uid.to_string()),
             m["hotkey"].as_str().unwrap_or("?"),
             number(&m["score"]),
             number(&m["value"]),
