@@ -186,5 +186,17 @@ impl Drop for LocalChain {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // Its log goes with its directory: show its warnings, errors and slow blocks'
+            // headlines, then its end, beside the failure.
+            let log = self.log();
+            eprintln!("chopsticks' warnings, errors and block headlines:");
+            log.lines()
+                .filter(|l| l.starts_with('[') && !l.contains("INFO (rpc)"))
+                .for_each(|line| eprintln!("  {line}"));
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("the end of chopsticks' log:");
+            tail.iter().rev().for_each(|line| eprintln!("  {line}"));
+        }
     }
 }
