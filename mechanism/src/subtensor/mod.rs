@@ -22,9 +22,13 @@ pub mod metagraph;
 pub mod record;
 pub mod units;
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use subxt::backend::{Backend, BlockRef, CombinedBackend};
+use subxt::config::Header;
 use subxt::config::polkadot::PolkadotConfig;
 use subxt::ext::frame_decode::storage::{IntoDecodableValues, IntoEncodableValues};
 use subxt::ext::scale_decode::DecodeAsType;
@@ -46,11 +50,22 @@ pub const CONNECT_PATIENCE: Duration = Duration::from_secs(8);
 /// `RateLimit`).
 pub const DEFAULT_RATE_LIMIT: u64 = 100;
 
+/// Blocks whose view is kept: reads at a block seen lately do not ask the node again for
+/// the runtime's version (a runtime call: a few milliseconds on a node, a fifth of a second
+/// in chopsticks, where a peer polling for the next block once took it over whole).
+const VIEWS_KEPT: usize = 8;
+/// How often [`Chain::wait_for_block`] asks for the newest block.
+const POLL: Duration = Duration::from_millis(500);
+
 type At = OnlineClientAtBlock<PolkadotConfig>;
+type BlockHash = subxt::config::HashFor<PolkadotConfig>;
 
 /// A connection to a subtensor node.
 pub struct Chain {
     client: OnlineClient<PolkadotConfig>,
+    backend: Arc<CombinedBackend<PolkadotConfig>>,
+    /// The views of the blocks read at lately, newest last.
+    views: Mutex<VecDeque<At>>,
     url: String,
     /// Declared last: dropped after the client whose tasks it runs.
     runtime: tokio::runtime::Runtime,
@@ -111,7 +126,7 @@ impl subxt::transactions::Signer<PolkadotConfig> for ChainSigner<'_> {
     }
 }
 
-fn rpc(what: impl Into<String>) -> impl FnOnce(subxt::Error) -> ChainError {
+fn rpc<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> ChainError {
     let what = what.into();
     move |e| ChainError::Rpc {
         what,
@@ -134,17 +149,12 @@ impl Chain {
             })?;
         let deadline = Instant::now() + CONNECT_PATIENCE;
         let mut backoff = Duration::from_millis(250);
-        let client = loop {
+        let (client, backend) = loop {
             let attempt = runtime.block_on(async {
-                let config = PolkadotConfig::builder().use_historic_types(false).build();
-                tokio::time::timeout(
-                    Duration::from_secs(15),
-                    OnlineClient::<PolkadotConfig>::from_insecure_url_with_config(config, url),
-                )
-                .await
+                tokio::time::timeout(Duration::from_secs(15), Self::open(url)).await
             });
             match attempt {
-                Ok(Ok(client)) => break client,
+                Ok(Ok(opened)) => break opened,
                 Ok(Err(e)) if Instant::now() + backoff >= deadline => {
                     return Err(ChainError::Connect {
                         url: url.into(),
@@ -166,9 +176,38 @@ impl Chain {
         };
         Ok(Self {
             client,
+            backend,
+            views: Mutex::new(VecDeque::with_capacity(VIEWS_KEPT)),
             url: url.into(),
             runtime,
         })
+    }
+
+    /// A client on subxt's default backend, which [`Chain`] also keeps to ask for blocks
+    /// without a runtime call.
+    async fn open(
+        url: &str,
+    ) -> Result<
+        (
+            OnlineClient<PolkadotConfig>,
+            Arc<CombinedBackend<PolkadotConfig>>,
+        ),
+        String,
+    > {
+        let rpc = subxt::rpcs::RpcClient::from_insecure_url(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let backend = Arc::new(
+            CombinedBackend::builder()
+                .build_with_background_driver(rpc)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let config = PolkadotConfig::builder().use_historic_types(false).build();
+        let client = OnlineClient::from_backend_with_config(config, backend.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((client, backend))
     }
 
     /// The URL connected to.
@@ -185,14 +224,70 @@ impl Chain {
         self.runtime.block_on(future)
     }
 
+    /// The newest finalized block and its number, without a runtime call.
+    async fn newest(&self) -> Result<(BlockRef<BlockHash>, u64), ChainError> {
+        let what = || "reading the newest block".to_string();
+        let block = self
+            .backend
+            .latest_finalized_block_ref()
+            .await
+            .map_err(rpc(what()))?;
+        let number = self.number_of(block.hash()).await?;
+        Ok((block, number))
+    }
+
+    /// The number of the block `hash`.
+    async fn number_of(&self, hash: BlockHash) -> Result<u64, ChainError> {
+        let what = || format!("reading the header of block {hash:?}");
+        let header = self.backend.block_header(hash).await.map_err(rpc(what()))?;
+        header.map(|h| h.number()).ok_or_else(|| ChainError::Rpc {
+            what: what(),
+            why: "the node does not have it".into(),
+        })
+    }
+
+    /// A view of the newest finalized block.
     async fn at(&self) -> Result<At, ChainError> {
-        self.client
-            .at_current_block()
+        let (block, number) = self.newest().await?;
+        self.view(block, number).await
+    }
+
+    /// A view of block `number` of the chain.
+    async fn at_number(&self, number: u64) -> Result<At, ChainError> {
+        let what = || format!("reading block {number}");
+        let block = self
+            .backend
+            .block_number_to_hash(number)
+            .await
+            .map_err(rpc(what()))?
+            .ok_or_else(|| ChainError::Rpc {
+                what: what(),
+                why: "the node does not have it".into(),
+            })?;
+        self.view(block, number).await
+    }
+
+    /// The view of `block` (number `number`), kept from an earlier read when there was one.
+    async fn view(&self, block: BlockRef<BlockHash>, number: u64) -> Result<At, ChainError> {
+        let hash = block.hash();
+        let kept = |views: &VecDeque<At>| views.iter().find(|v| v.block_hash() == hash).cloned();
+        if let Some(view) = kept(&self.views.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(view);
+        }
+        let view = self
+            .client
+            .at_block_hash_and_number(block, number)
             .await
             .map_err(|e| ChainError::Rpc {
-                what: "reading the newest block".into(),
+                what: format!("reading block {number}"),
                 why: e.to_string(),
-            })
+            })?;
+        let mut views = self.views.lock().unwrap_or_else(PoisonError::into_inner);
+        if views.len() == VIEWS_KEPT {
+            views.pop_front();
+        }
+        views.push_back(view.clone());
+        Ok(view)
     }
 
     /// The runtime's spec version now.
@@ -202,7 +297,7 @@ impl Chain {
 
     /// The newest finalized block's number.
     pub fn height(&self) -> Result<u64, ChainError> {
-        self.block_on(async { Ok(self.at().await?.block_number()) })
+        self.block_on(async { Ok(self.newest().await?.1) })
     }
 
     /// Waits until a block after `height` is finalized, or `limit` passes (`None`).
@@ -217,7 +312,7 @@ impl Chain {
             if left.is_zero() {
                 return Ok(None);
             }
-            std::thread::sleep(left.min(Duration::from_millis(200)));
+            std::thread::sleep(left.min(POLL));
         }
     }
 
@@ -262,15 +357,7 @@ impl Chain {
                     _ => continue,
                 };
                 progress(Progress::InBlock);
-                let block = self
-                    .client
-                    .at_block(in_block.block_hash())
-                    .await
-                    .map_err(|e| ChainError::Rpc {
-                        what: format!("reading the block {label} is in"),
-                        why: e.to_string(),
-                    })?
-                    .block_number();
+                let block = self.number_of(in_block.block_hash()).await?;
                 return match in_block.wait_for_success().await {
                     Ok(_) => Ok(Included { block, extrinsic }),
                     Err(subxt::error::TransactionEventsError::ExtrinsicFailed(e)) => {
@@ -459,17 +546,7 @@ impl Chain {
         hotkey: &AccountId,
         block: u64,
     ) -> Result<Option<Commitment>, ChainError> {
-        self.block_on(async {
-            let at = self
-                .client
-                .at_block(block)
-                .await
-                .map_err(|e| ChainError::Rpc {
-                    what: format!("reading block {block}"),
-                    why: e.to_string(),
-                })?;
-            commitment_at(&at, netuid, hotkey).await
-        })
+        self.block_on(async { commitment_at(&self.at_number(block).await?, netuid, hotkey).await })
     }
 
     /// The hotkey holding `uid` on `netuid`.
@@ -621,7 +698,7 @@ where
         .storage()
         .try_fetch(address, keys)
         .await
-        .map_err(|e| rpc(what.clone())(e.into()))?;
+        .map_err(rpc(what.clone()))?;
     value
         .map(|v| v.decode_as::<V>())
         .transpose()
