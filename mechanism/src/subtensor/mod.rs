@@ -134,6 +134,14 @@ fn rpc<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> Chain
     }
 }
 
+/// The error for a block the node answered it does not have.
+fn not_on_node(what: String) -> ChainError {
+    ChainError::Rpc {
+        what,
+        why: "the node does not have it".into(),
+    }
+}
+
 impl Chain {
     /// Connects to `url` (`ws://`, `wss://`; plain `ws://` is for local nodes), retrying
     /// with backoff for up to [`CONNECT_PATIENCE`].
@@ -226,12 +234,11 @@ impl Chain {
 
     /// The newest finalized block and its number, without a runtime call.
     async fn newest(&self) -> Result<(BlockRef<BlockHash>, u64), ChainError> {
-        let what = || "reading the newest block".to_string();
         let block = self
             .backend
             .latest_finalized_block_ref()
             .await
-            .map_err(rpc(what()))?;
+            .map_err(rpc("reading the newest block"))?;
         let number = self.number_of(block.hash()).await?;
         Ok((block, number))
     }
@@ -240,10 +247,9 @@ impl Chain {
     async fn number_of(&self, hash: BlockHash) -> Result<u64, ChainError> {
         let what = || format!("reading the header of block {hash:?}");
         let header = self.backend.block_header(hash).await.map_err(rpc(what()))?;
-        header.map(|h| h.number()).ok_or_else(|| ChainError::Rpc {
-            what: what(),
-            why: "the node does not have it".into(),
-        })
+        header
+            .map(|h| h.number())
+            .ok_or_else(|| not_on_node(what()))
     }
 
     /// A view of the newest finalized block.
@@ -260,10 +266,7 @@ impl Chain {
             .block_number_to_hash(number)
             .await
             .map_err(rpc(what()))?
-            .ok_or_else(|| ChainError::Rpc {
-                what: what(),
-                why: "the node does not have it".into(),
-            })?;
+            .ok_or_else(|| not_on_node(what()))?;
         self.view(block, number).await
     }
 
@@ -283,10 +286,13 @@ impl Chain {
                 why: e.to_string(),
             })?;
         let mut views = self.views.lock().unwrap_or_else(PoisonError::into_inner);
-        if views.len() == VIEWS_KEPT {
-            views.pop_front();
+        // Another thread may have read the same block meanwhile.
+        if kept(&views).is_none() {
+            if views.len() == VIEWS_KEPT {
+                views.pop_front();
+            }
+            views.push_back(view.clone());
         }
-        views.push_back(view.clone());
         Ok(view)
     }
 
