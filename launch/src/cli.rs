@@ -972,17 +972,25 @@ pub struct LeaveArgs {
 
 /// `launch status`.
 #[derive(Debug, Args)]
-#[group(id = "of", required = true, multiple = false, args = ["peer", "validator"])]
 pub struct StatusArgs {
+    /// Whose status.
+    #[command(flatten)]
+    pub of: StatusOf,
+    /// Print the status as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `launch status` reports on: a run's peer or a validator's output.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct StatusOf {
     /// Any peer of the run, e.g. /ip4/127.0.0.1/tcp/4001 (with or without /p2p/PEER_ID).
     #[arg(long, value_name = "MULTIADDR")]
     pub peer: Option<String>,
     /// A validator's output directory (`launch validate --out DIR`): its last round.
     #[arg(long, value_name = "DIR")]
     pub validator: Option<PathBuf>,
-    /// Print the status as JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `launch train`.
@@ -1258,4 +1266,35 @@ pub struct RelayArgs {
     /// Minutes one circuit may stay open (peers open a new one when it closes).
     #[arg(long, value_name = "MINUTES", default_value_t = 60)]
     pub max_circuit_minutes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_takes_json_with_either_a_peer_or_a_validator_but_not_both() {
+        for of in [
+            ["--peer", "/ip4/127.0.0.1/tcp/4001"],
+            ["--validator", "out/v"],
+        ] {
+            let cli = Cli::try_parse_from(["launch", "status", of[0], of[1], "--json"])
+                .unwrap_or_else(|e| panic!("status {of:?} --json: {e}"));
+            let Command::Status(args) = cli.command else {
+                panic!("not status")
+            };
+            assert!(args.json);
+        }
+        let both = ["launch", "status", "--peer", "/ip4/127.0.0.1/tcp/4001"];
+        let both = both.into_iter().chain(["--validator", "out/v"]);
+        assert!(Cli::try_parse_from(both).is_err());
+        assert!(Cli::try_parse_from(["launch", "status", "--json"]).is_err());
+    }
 }

@@ -113,9 +113,10 @@ fn run(cli: Cli) -> Result<()> {
             peer::run(config, *args)
         }
         Command::Leave(args) => peer::leave(args),
-        Command::Status(args) => match &args.validator {
-            Some(dir) => validate::status(dir, args.json),
-            None => peer::status(args),
+        Command::Status(args) => match (&args.of.peer, &args.of.validator) {
+            (Some(peer), _) => peer::status(peer, args.json),
+            (None, Some(dir)) => validate::status(dir, args.json),
+            (None, None) => anyhow::bail!("give --peer MULTIADDR or --validator DIR"),
         },
         Command::Relay(args) => relay::run(args),
         Command::Train(args) => {

@@ -25,7 +25,7 @@ use sinter_trainer::peer::{PeerOptions, run_peer};
 use sinter_trainer::simulate::Observer;
 
 use crate::backend::{BackendJob, dispatch};
-use crate::cli::{LeaveArgs, RunArgs, StatusArgs};
+use crate::cli::{LeaveArgs, RunArgs};
 use crate::control;
 use crate::progress::Progress;
 use crate::report;
@@ -487,8 +487,7 @@ pub fn leave(args: LeaveArgs) -> Result<()> {
 }
 
 /// Runs `launch status`: dials the peer with a throwaway identity and prints its answer.
-pub fn status(args: StatusArgs) -> Result<()> {
-    let peer = args.peer.as_deref().context("give --peer MULTIADDR")?;
+pub fn status(peer: &str, json: bool) -> Result<()> {
     let addr = multiaddr(peer, "--peer")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -512,7 +511,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
         .with_context(|| format!("{addr} did not answer within 30 s"))??;
         anyhow::Ok(status)
     })?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
