@@ -1292,8 +1292,8 @@ mod tests {
             };
             assert!(args.json);
         }
-        let both = ["launch", "status", "--peer", "/ip4/127.0.0.1/tcp/4001"];
-        let both = both.into_iter().chain(["--validator", "out/v"]);
+        let peer = "/ip4/127.0.0.1/tcp/4001";
+        let both = ["launch", "status", "--peer", peer, "--validator", "out/v"];
         assert!(Cli::try_parse_from(both).is_err());
         assert!(Cli::try_parse_from(["launch", "status", "--json"]).is_err());
     }

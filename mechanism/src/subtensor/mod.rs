@@ -281,10 +281,7 @@ impl Chain {
             .client
             .at_block_hash_and_number(block, number)
             .await
-            .map_err(|e| ChainError::Rpc {
-                what: format!("reading block {number}"),
-                why: e.to_string(),
-            })?;
+            .map_err(rpc(format!("reading block {number}")))?;
         let mut views = self.views.lock().unwrap_or_else(PoisonError::into_inner);
         // Another thread may have read the same block meanwhile.
         if kept(&views).is_none() {
@@ -346,10 +343,7 @@ impl Chain {
             let extrinsic = watch.extrinsic_hash().0;
             progress(Progress::Submitted { extrinsic });
             while let Some(status) = watch.next().await {
-                let status = status.map_err(|e| ChainError::Rpc {
-                    what: format!("watching {label}"),
-                    why: e.to_string(),
-                })?;
+                let status = status.map_err(rpc(format!("watching {label}")))?;
                 let in_block = match status {
                     TransactionStatus::InBestBlock(b) | TransactionStatus::InFinalizedBlock(b) => b,
                     TransactionStatus::Invalid { message }
@@ -369,10 +363,7 @@ impl Chain {
                     Err(subxt::error::TransactionEventsError::ExtrinsicFailed(e)) => {
                         Err(self.dispatch_error(call, &label, &e, key).await)
                     }
-                    Err(e) => Err(ChainError::Rpc {
-                        what: format!("reading {label}'s events"),
-                        why: e.to_string(),
-                    }),
+                    Err(e) => Err(rpc(format!("reading {label}'s events"))(e)),
                 };
             }
             Err(ChainError::Rejected {
