@@ -53,17 +53,17 @@ pub fn run(args: AskArgs) -> Result<()> {
     let request = synapse::request(&hotkey, miner, &synapse, timeout);
     let started = std::time::Instant::now();
     let bytes = crate::peer::runtime()?.block_on(async {
-        let mut config = NetConfig::client(net::Keypair::generate_ed25519(), "sinter/axon".into());
-        config.request_timeout = timeout + Duration::from_secs(5);
+        let config = NetConfig::client(net::Keypair::generate_ed25519(), "sinter/axon".into());
         let (client, _events, event_loop) = net::start(config).await?;
         tokio::spawn(event_loop.run());
         let peer = client
             .dial(axon.clone())
             .await
             .with_context(|| format!("dialling the axon at {axon}"))?;
-        client
-            .request(peer, request.clone())
+        let call = synapse::call(&client, peer, &request, &synapse, dim);
+        tokio::time::timeout(timeout + Duration::from_secs(5), call)
             .await
+            .with_context(|| format!("no answer from the axon at {axon} within {timeout:?}"))?
             .with_context(|| format!("asking the axon at {axon}"))
     })?;
     let seconds = started.elapsed().as_secs_f64();

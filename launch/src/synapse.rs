@@ -21,8 +21,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parity_scale_codec::{Decode, DecodeAll, Encode};
+use parity_scale_codec::{Compact, CompactLen, Decode, DecodeAll, Encode};
 use sha2::{Digest, Sha256};
+use sinter_comms::net::{Client, NetError, PeerId, StreamProtocol};
 use sinter_mechanism::ledger::keys::{AccountId, Keypair, verify};
 
 /// What a request's signature covers first: no signature made for anything else verifies.
@@ -31,6 +32,8 @@ const REQUEST_DOMAIN: &[u8] = b"sinter-synapse-request/1";
 const ANSWER_DOMAIN: &[u8] = b"sinter-synapse-answer/2";
 /// Tokens a request may send.
 pub const MAX_TOKENS: usize = 8192;
+/// The largest request: a header, its signature and at most [`MAX_TOKENS`] tokens fit.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Alternatives per position a request may ask for.
 pub const MAX_TOP_K: u32 = 64;
 /// Tokens a generation may ask for.
@@ -88,6 +91,26 @@ impl Synapse {
             | Synapse::CausalLmNext { tokens, .. }
             | Synapse::TextGeneration { tokens, .. } => tokens,
         }
+    }
+
+    /// The most bytes an answer to it can take for a model of `dim` hidden values: its
+    /// largest output (or a refusal) with the answer's hash, signature and model. A caller
+    /// reads no further ([`call`]).
+    pub fn max_answer_bytes(&self, dim: u32) -> usize {
+        let len = |n: usize| Compact::<u64>::compact_len(&(n as u64));
+        let list = |n: usize, each: usize| len(n).saturating_add(n.saturating_mul(each));
+        let positions = self.tokens().len();
+        let row = |top_k: u32| list(top_k as usize, 4) + list(top_k as usize, 2) + 4;
+        let output = match *self {
+            Synapse::LastHiddenState { .. } => {
+                list(positions.saturating_mul(dim as usize), 2).saturating_add(4)
+            }
+            Synapse::CausalLm { top_k, .. } => list(positions, row(top_k)),
+            Synapse::CausalLmNext { top_k, .. } => list(1, row(top_k)),
+            Synapse::TextGeneration { max_tokens, .. } => list(max_tokens as usize, 4),
+        };
+        // The request's hash, the signature, the model and the output's tag.
+        (32 + SIGNATURE_BYTES + 32 + 1).saturating_add(output.max(list(MAX_REASON, 1)))
     }
 
     /// Refuses what no miner should run: no tokens, too many, ids outside `vocab`, too many
@@ -467,6 +490,23 @@ fn answer_message(request_hash: &[u8; 32], body: &[u8]) -> Vec<u8> {
     message.extend_from_slice(request_hash);
     message.extend_from_slice(&Sha256::digest(body));
     message
+}
+
+/// The axon's protocol: a signed request, and its signed answer streamed in chunks.
+pub const AXON_PROTOCOL: StreamProtocol = StreamProtocol::new("/sinter/axon/1");
+
+/// Sends `request`, which asks `synapse`, to the axon of `peer` and returns the answer's
+/// bytes, refused past the most `synapse` can be answered with for a model of `dim` hidden
+/// values. Unchecked: open them with [`open_answer`].
+pub async fn call(
+    client: &Client,
+    peer: PeerId,
+    request: &[u8],
+    synapse: &Synapse,
+    dim: u32,
+) -> Result<Vec<u8>, NetError> {
+    let limit = synapse.max_answer_bytes(dim);
+    client.call(peer, AXON_PROTOCOL, request, limit).await
 }
 
 /// Checks an answer from `miner` to the request `request` (its bytes as sent), and that its

@@ -4,8 +4,9 @@
 //! weights on the ledger, whose epochs pay the miners.
 //!
 //! - Three miners (weights of a longer run, of a short one, untrained weights) are paid in
-//!   that order; the gate sends a Milton specialist (the short run fine-tuned on Milton) more
-//!   of Milton's text than of Shakespeare's, and the longer run the other way; a neuron
+//!   that order; the gate sends Milton's text to a Milton specialist (the longer run
+//!   fine-tuned on Milton) more than to any other miner, and more of it than of Shakespeare's,
+//!   and the longer run the other way; a neuron
 //!   announcing an address nobody answers at is absent, scores zero, and the rounds still
 //!   end within their deadline.
 //! - Hostile miners (garbage, NaN, oversized, slow, replayed, unsigned, forged, one relaying
@@ -34,42 +35,22 @@ fn config(dir: &Path, name: &str, steps: usize, lr: Option<f64>, context: usize)
     path
 }
 
-/// Weights from one worker training as [`config`] says (`launch train`).
-fn weights(dir: &Path, name: &str, steps: usize, lr: Option<f64>, context: usize) -> PathBuf {
-    let path = config(dir, name, steps, lr, context);
-    let out = dir.join(name);
-    let run = launch(&[
-        "train",
-        path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(run.status.success(), "{}", text(&run));
-    out.join("model.safetensors")
-}
-
-/// `from` (with a context of `context`) fine-tuned for `steps` steps on `corpus`
-/// (`launch train --from`).
-fn fine_tuned(
+/// Weights from one worker training as [`config`] says (`launch train`), after `also` (its
+/// `--from`, `--corpus`).
+fn weights(
     dir: &Path,
     name: &str,
-    from: &Path,
-    corpus: &str,
     steps: usize,
+    lr: Option<f64>,
     context: usize,
+    also: &[&str],
 ) -> PathBuf {
-    let config = config(dir, name, steps, None, context);
+    let path = config(dir, name, steps, lr, context);
     let out = dir.join(name);
-    let run = launch(&[
-        "train",
-        config.to_str().unwrap(),
-        "--from",
-        from.to_str().unwrap(),
-        "--corpus",
-        corpus,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let mut args = vec!["train", path.to_str().unwrap()];
+    args.extend_from_slice(also);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let run = launch(&args);
     assert!(run.status.success(), "{}", text(&run));
     out.join("model.safetensors")
 }
@@ -251,12 +232,12 @@ fn a_validator_pays_the_trained_miner_most_and_the_untrained_least_through_the_l
     // Windows of 128 tokens: a shorter one says too little for the gate to tell Milton's
     // text from Shakespeare's.
     let context = 128;
-    let trained = weights(d, "trained", 400, None, context);
-    let undertrained = weights(d, "undertrained", 12, None, context);
-    let untrained = weights(d, "untrained", 1, Some(1e-9), context);
-    // Fine-tuned from the short run, so it knows Milton better and Shakespeare worse than the
-    // longer run.
-    let specialist = fine_tuned(d, "specialist", &undertrained, "milton", 200, context);
+    let trained = weights(d, "trained", 400, None, context, &[]);
+    let undertrained = weights(d, "undertrained", 12, None, context, &[]);
+    let untrained = weights(d, "untrained", 1, Some(1e-9), context, &[]);
+    // The shared model fine-tuned on Milton: it knows Milton better and Shakespeare worse.
+    let from = ["--from", trained.to_str().unwrap(), "--corpus", "milton"];
+    let specialist = weights(d, "specialist", 200, None, context, &from);
     let market = Market::start(d, &["good", "fair", "poor", "milton", "absent"]);
     let _miners = [
         ("good", &trained),
@@ -305,8 +286,16 @@ fn a_validator_pays_the_trained_miner_most_and_the_untrained_least_through_the_l
         ["good", "milton"].map(|name| (share(name, "milton"), share(name, "shakespeare")));
     assert!(
         milton_share.0 > milton_share.1,
-        "Milton's text goes to the specialist: {milton_share:?}"
+        "the specialist gets more of Milton's text than of Shakespeare's: {milton_share:?}"
     );
+    for other in ["good", "fair", "poor"] {
+        let theirs = share(other, "milton");
+        assert!(
+            milton_share.0 > theirs,
+            "Milton's text goes to the specialist ({}) more than to {other} ({theirs})",
+            milton_share.0
+        );
+    }
     assert!(
         good_share.1 > good_share.0,
         "Shakespeare's to the Shakespeare model: {good_share:?}"
@@ -351,8 +340,8 @@ fn a_validator_pays_the_trained_miner_most_and_the_untrained_least_through_the_l
 fn hostile_miners_get_nothing_and_the_rounds_keep_their_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let trained = weights(d, "trained", 60, None, 32);
-    let untrained = weights(d, "untrained", 1, Some(1e-9), 32);
+    let trained = weights(d, "trained", 60, None, 32, &[]);
+    let untrained = weights(d, "untrained", 1, Some(1e-9), 32, &[]);
     let shared_hash = {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(std::fs::read(&trained).unwrap());

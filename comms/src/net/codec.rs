@@ -1,7 +1,7 @@
 //! Length-prefixed byte messages for libp2p request-response, with size limits checked by us
 //! (libp2p's own limits surface only as a closed connection).
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 use libp2p::StreamProtocol;
 
 /// The request-response protocol sinter speaks.
@@ -20,43 +20,14 @@ async fn read_limited<T>(io: &mut T, max: usize, what: &str) -> std::io::Result<
 where
     T: futures::AsyncRead + Unpin + Send,
 {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{what} of {len} bytes exceeds the limit of {max} bytes"),
-        ));
-    }
-    // Grown as bytes arrive, not allocated on the sender's word: a peer that announces the
-    // largest frame and sends nothing holds no memory here.
-    let mut data = Vec::new();
-    io.take(len as u64).read_to_end(&mut data).await?;
-    if data.len() < len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("{what} ended after {} of its {len} bytes", data.len()),
-        ));
-    }
-    Ok(data)
+    super::stream::read_frame(io, max, what).await
 }
 
 async fn write_limited<T>(io: &mut T, data: &[u8], max: usize, what: &str) -> std::io::Result<()>
 where
     T: futures::AsyncWrite + Unpin + Send,
 {
-    if data.len() > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "{what} of {} bytes exceeds the limit of {max} bytes",
-                data.len()
-            ),
-        ));
-    }
-    io.write_all(&(data.len() as u32).to_le_bytes()).await?;
-    io.write_all(data).await?;
+    super::stream::write_frame(io, data, max, what).await?;
     io.close().await
 }
 

@@ -3,7 +3,8 @@
 //! libp2p's file-sharing example. Transport: tcp + noise + yamux (quic with the `quic`
 //! feature). Behaviours: identify, ping, Kademlia (seeded with the bootstrap list),
 //! gossipsub for small control messages on one topic per run, and request-response for
-//! everything that carries tensors, with size limits and timeouts chosen for that. Each
+//! everything that carries tensors, with size limits and timeouts chosen for that; plain
+//! streams for calls whose answers stream in chunks ([`stream`]). Each
 //! peer's requests are limited ([`PeerLimits`]) and a banned peer is disconnected and refused
 //! (libp2p's block list). Peers behind NATs are reached through relays and hole punching
 //! ([`nat`]).
@@ -13,6 +14,7 @@ pub mod key;
 mod limits;
 pub mod nat;
 pub mod stall;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,7 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use codec::{FrameCodec, PROTOCOL};
 pub use libp2p::identity::Keypair;
 pub use libp2p::multiaddr::Protocol;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, StreamProtocol};
+pub use libp2p_stream::IncomingStreams;
 pub use limits::PeerLimits;
 pub use nat::{Reachability, RelayService, Route, Routes};
 
@@ -67,6 +70,15 @@ pub enum NetError {
         /// The peer.
         peer: PeerId,
         /// What went wrong.
+        reason: String,
+    },
+    /// A peer's streamed answer broke the protocol: larger than the caller takes, or in
+    /// frames larger than [`stream::CHUNK`].
+    #[error("answer from {peer} refused: {reason}")]
+    Answer {
+        /// The peer.
+        peer: PeerId,
+        /// What was wrong.
         reason: String,
     },
     /// Building the swarm failed.
@@ -193,6 +205,7 @@ struct Behaviour {
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
     dcutr: dcutr::Behaviour,
+    streams: libp2p_stream::Behaviour,
 }
 
 enum Command {
@@ -228,6 +241,8 @@ enum Command {
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
+    streams: libp2p_stream::Control,
+    max_request: usize,
     peer_id: PeerId,
     routes: Routes,
 }
@@ -263,6 +278,41 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Request { peer, data, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Calls `peer` on `protocol` (a plain stream): sends `request` and returns its answer,
+    /// streamed in chunks and refused past `limit` bytes ([`stream`]).
+    pub async fn call(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        request: &[u8],
+        limit: usize,
+    ) -> Result<Vec<u8>, NetError> {
+        let stream = self.open(peer, protocol).await?;
+        stream::call_on(peer, stream, request, self.max_request, limit).await
+    }
+
+    /// A plain stream to `peer` on `protocol` (dialling it if need be).
+    pub async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream, NetError> {
+        let opened = self.streams.clone().open_stream(peer, protocol).await;
+        opened.map_err(|e| NetError::Request {
+            peer,
+            reason: format!("opening a stream: {e}"),
+        })
+    }
+
+    /// The calls peers make on `protocol`, to answer with [`stream::serve_calls`]. One
+    /// taker per protocol.
+    pub fn accept(&self, protocol: StreamProtocol) -> Result<IncomingStreams, NetError> {
+        self.streams
+            .clone()
+            .accept(protocol.clone())
+            .map_err(|_| NetError::Setup(format!("{protocol} is already taken")))
     }
 
     /// Answers an incoming request.
@@ -389,6 +439,7 @@ pub async fn start(
                         .then(|| relay::Behaviour::new(peer_id, config.relay_service.config())),
                 ),
                 dcutr: dcutr::Behaviour::new(peer_id),
+                streams: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| setup(&e))?
@@ -473,6 +524,8 @@ pub async fn start(
     }
     let client = Client {
         commands: commands_tx,
+        streams: event_loop.swarm.behaviour().streams.new_control(),
+        max_request: config.max_request_bytes,
         peer_id: config.key.public().to_peer_id(),
         routes: event_loop.routes.clone(),
     };

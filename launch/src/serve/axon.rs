@@ -1,5 +1,7 @@
 //! The axon: `launch serve --axon MULTIADDR` answers validators over libp2p with the signed
-//! synapses of [`crate::synapse`]. Each request is checked (signature, callee, body hash,
+//! synapses of [`crate::synapse`], on a protocol of its own ([`synapse::AXON_PROTOCOL`]): a
+//! request in one frame, its answer streamed in chunks, so no answer is held to one message's
+//! size (`sinter_comms::net::stream`). Each request is checked (signature, callee, body hash,
 //! nonce, then what it asks) before it reaches the model; it then waits in the engine's queue
 //! with its caller's stake as its priority (from the ledger's metagraph) and its own timeout
 //! as its deadline. Callers the ledger does not know wait behind every staked caller, or are
@@ -16,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sinter_comms::net::IncomingStreams;
+use sinter_comms::net::stream::{CallLimits, serve_calls};
 use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::interface::Metagraph;
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
@@ -63,19 +67,19 @@ impl Source {
 impl Stakes {
     /// The stakes of the ledger file at `path`, read now: an unreadable file is an error.
     pub fn from_file(path: PathBuf) -> Result<Self, sinter_mechanism::ledger::LedgerError> {
-        Self::from(Source::File(path))
-    }
-
-    /// The stakes of the ledger this miner follows.
-    pub fn from_ledger(ledger: Arc<dyn Ledger>) -> Self {
-        Self::from(Source::Ledger(ledger)).expect("reading a followed ledger cannot fail")
-    }
-
-    fn from(source: Source) -> Result<Self, sinter_mechanism::ledger::LedgerError> {
+        let source = Source::File(path);
         Ok(Self {
             metagraph: Mutex::new(Some(source.read()?)),
             source: Some(source),
         })
+    }
+
+    /// The stakes of the ledger this miner follows.
+    pub fn from_ledger(ledger: Arc<dyn Ledger>) -> Self {
+        Self {
+            metagraph: Mutex::new(Some(ledger.metagraph())),
+            source: Some(Source::Ledger(ledger)),
+        }
     }
 
     /// The stake of `caller`'s neuron, or `None` if the ledger does not know it.
@@ -354,23 +358,31 @@ fn distribution(next: &TokenLogprob) -> TopK {
     top_k(&row)
 }
 
-/// Answers the axon's requests from `events` until the network stops.
+/// Calls the axon answers at once; more wait for a free one or are closed unanswered.
+const CONCURRENT_CALLS: usize = 256;
+
+/// Answers the `calls` taken from `client`'s network (kept running by holding it) until it
+/// stops.
 pub async fn serve(
     axon: Arc<Axon>,
     client: sinter_comms::net::Client,
+    calls: IncomingStreams,
     mut events: mpsc::Receiver<sinter_comms::net::NetEvent>,
 ) {
     let refresher = axon.clone();
     tokio::spawn(async move { refresher.stakes.refresh().await });
-    while let Some(event) = events.recv().await {
-        if let sinter_comms::net::NetEvent::Request { data, reply, .. } = event {
-            let (axon, client) = (axon.clone(), client.clone());
-            tokio::spawn(async move {
-                let answer = axon.answer(&data).await;
-                if let Err(e) = client.respond(reply, answer).await {
-                    tracing::debug!(error = %e, "axon answer not sent");
-                }
-            });
-        }
-    }
+    // Calls come on their own protocol; the other events are read so that the network never
+    // waits on them.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let limits = CallLimits {
+        max_request: synapse::MAX_REQUEST_BYTES,
+        concurrent: CONCURRENT_CALLS,
+        deadline: MAX_TIMEOUT + Duration::from_secs(60),
+    };
+    serve_calls(calls, limits, move |_, request| {
+        let axon = axon.clone();
+        async move { axon.answer(&request).await }
+    })
+    .await;
+    drop(client);
 }

@@ -51,9 +51,12 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The fault `SINTER_FAULT_AXON` names, in a test build; `None` otherwise.
-    pub fn from_env() -> Option<Self> {
-        let kind = sinter_trainer::fault_for_test(VAR)?;
+    /// The fault `SINTER_FAULT_AXON` names, in a test build; `None` otherwise. A name no
+    /// fault has is an error.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        let Some(kind) = sinter_trainer::fault_for_test(VAR) else {
+            return Ok(None);
+        };
         let fault = match kind.as_str() {
             "garbage" => Fault::Garbage,
             "nan" => Fault::Nan,
@@ -75,11 +78,11 @@ impl Fault {
                 });
                 claimed
                     .or(copied)
-                    .unwrap_or_else(|| panic!("{VAR}={other}: not a fault this axon knows"))
+                    .ok_or_else(|| format!("{VAR}={other}: not a fault this axon knows"))?
             }
         };
         tracing::error!(?fault, "{VAR}: this axon answers as a hostile miner");
-        Some(fault)
+        Ok(Some(fault))
     }
 }
 
@@ -127,8 +130,8 @@ impl Hostile {
             }
             Fault::Replayed => {
                 let mut previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
-                let first = synapse::answer(miner, [0; 32], &said(output));
-                previous.replace(signed).unwrap_or(first)
+                let first = || synapse::answer(miner, [0; 32], &said(output));
+                previous.replace(signed).unwrap_or_else(first)
             }
             Fault::Unsigned => {
                 let mut bytes = signed;
@@ -165,8 +168,7 @@ impl Hostile {
             .await?;
         let timeout = Duration::from_secs(10);
         let relayed = synapse::request(miner, victim, &asked, timeout);
-        let bytes = client
-            .request(*peer, relayed.clone())
+        let bytes = synapse::call(client, *peer, &relayed, &asked, u32::MAX)
             .await
             .map_err(|e| e.to_string())?;
         synapse::open_answer(&bytes, &relayed, &victim, &asked, u32::MAX, 0)

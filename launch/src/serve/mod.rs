@@ -119,6 +119,7 @@ impl BackendJob for ServeJob {
                     .await
                     .context("starting the axon")?;
                 tokio::spawn(event_loop.run());
+                let calls = client.accept(crate::synapse::AXON_PROTOCOL)?;
                 let addresses: Vec<String> = client
                     .listen_addrs()
                     .await?
@@ -134,7 +135,7 @@ impl BackendJob for ServeJob {
                 if let (Some(ledger), Some(address)) = (ledger, addresses.first().cloned()) {
                     announce(ledger, address).await?;
                 }
-                tokio::spawn(axon::serve(axon, client, events));
+                tokio::spawn(axon::serve(axon, client, calls, events));
             }
             let listener = tokio::net::TcpListener::bind(&args.http)
                 .await
@@ -192,9 +193,9 @@ fn axon_setup(
     let key = sinter_comms::net::key::load_or_create(&args.axon_key)?;
     let mut config = sinter_comms::net::NetConfig::new(key, "sinter/axon".into());
     config.listen = vec![crate::peer::multiaddr(listen, "--axon")?];
-    // A request is a header and at most `MAX_TOKENS` tokens; answers are small.
-    config.max_request_bytes = 1 << 20;
-    config.max_response_bytes = 8 << 20;
+    // Calls come on the axon's own protocol; request-response carries nothing here.
+    config.max_request_bytes = 1 << 16;
+    config.max_response_bytes = 1 << 16;
     let stakes = match (ledger, &args.ledger) {
         (Some(ledger), _) => axon::Stakes::from_ledger(ledger),
         (None, Some(path)) => axon::Stakes::from_file(path.clone())
@@ -210,7 +211,9 @@ fn axon_setup(
         stakes,
         refuse_unknown: args.axon_refuse_unknown,
         nonces: Default::default(),
-        hostile: hostile::Fault::from_env().map(hostile::Hostile::new),
+        hostile: hostile::Fault::from_env()
+            .map_err(anyhow::Error::msg)?
+            .map(hostile::Hostile::new),
     };
     Ok((Arc::new(axon), config))
 }

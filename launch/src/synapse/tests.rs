@@ -375,3 +375,81 @@ fn synapses_asking_what_no_miner_should_run_are_refused() {
     }
     assert!(lm(vec![1, 99], MAX_TOP_K).check(VOCAB).is_ok());
 }
+
+#[test]
+fn the_largest_answer_a_synapse_can_get_fits_its_limit_and_one_row_more_does_not() {
+    let (miner, _) = keys();
+    let tokens: Vec<u32> = (0..MAX_TOKENS as u32).map(|t| t % VOCAB).collect();
+    let row = |k: u32| TopK {
+        ids: (0..k).collect(),
+        probs: vec![u16::MAX; k as usize],
+        rest: 1.0,
+    };
+    let dim = 1024;
+    let cases = [
+        (
+            Synapse::LastHiddenState {
+                tokens: tokens.clone(),
+            },
+            Output::HiddenState {
+                dim,
+                values: vec![1; tokens.len() * dim as usize],
+            },
+        ),
+        (
+            Synapse::CausalLm {
+                tokens: tokens.clone(),
+                top_k: MAX_TOP_K,
+            },
+            Output::Distributions(vec![row(MAX_TOP_K); tokens.len()]),
+        ),
+        (
+            Synapse::CausalLmNext {
+                tokens: tokens.clone(),
+                top_k: MAX_TOP_K,
+            },
+            Output::Distributions(vec![row(MAX_TOP_K)]),
+        ),
+        (
+            Synapse::TextGeneration {
+                tokens: tokens.clone(),
+                max_tokens: MAX_GENERATED,
+                temperature_milli: 0,
+                seed: 0,
+            },
+            Output::Text(vec![u32::MAX; MAX_GENERATED as usize]),
+        ),
+    ];
+    for (synapse, output) in cases {
+        let limit = synapse.max_answer_bytes(dim);
+        let bytes = answer(&miner, [0; 32], &said(output.clone()));
+        assert!(bytes.len() <= limit, "{} > {limit}", bytes.len());
+        let refusal = answer(&miner, [0; 32], &said(Output::refused(&"é".repeat(400))));
+        assert!(
+            refusal.len() <= limit,
+            "a refusal: {} > {limit}",
+            refusal.len()
+        );
+        let more = match output {
+            Output::HiddenState { dim, mut values } => {
+                values.extend(std::iter::repeat_n(1, dim as usize));
+                Output::HiddenState { dim, values }
+            }
+            Output::Distributions(mut rows) => {
+                rows.push(row(MAX_TOP_K));
+                Output::Distributions(rows)
+            }
+            Output::Text(mut ids) => {
+                ids.extend([1, 2]);
+                Output::Text(ids)
+            }
+            Output::Refused(_) => unreachable!(),
+        };
+        let bytes = answer(&miner, [0; 32], &said(more));
+        assert!(
+            bytes.len() > limit,
+            "one row more: {} <= {limit}",
+            bytes.len()
+        );
+    }
+}

@@ -156,9 +156,7 @@ pub fn run(args: ValidateArgs) -> Result<()> {
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let client = runtime.block_on(async {
-        let mut config = NetConfig::client(net::Keypair::generate_ed25519(), "sinter/axon".into());
-        config.request_timeout = Duration::from_secs_f64(args.timeout) + Duration::from_secs(5);
-        config.max_response_bytes = 8 << 20;
+        let config = NetConfig::client(net::Keypair::generate_ed25519(), "sinter/axon".into());
         let (client, _events, event_loop) = net::start(config).await?;
         tokio::spawn(event_loop.run());
         anyhow::Ok(client)

@@ -1,13 +1,14 @@
 //! Asking miners: each round, every miner gets the round's sampling probe, then its examples,
 //! one after another (a caller's nonces must reach a miner in order), all miners at once, each
-//! request signed by the validator's hotkey and each answer checked
+//! request signed by the validator's hotkey, each answer streamed and read no further than the
+//! request can be answered with, then checked
 //! ([`synapse::open_answer`]) before it counts. A miner gets until the round's deadline; what
 //! it has not answered by then is absent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use sinter_comms::net::{Client, Multiaddr, PeerId};
+use sinter_comms::net::{Client, Multiaddr, NetError, PeerId};
 use sinter_mechanism::ledger::keys::{AccountId, Keypair};
 
 use crate::synapse::{self, Output, Said, Synapse, TopK};
@@ -178,12 +179,13 @@ impl Asking<'_> {
             return Err((Miss::Late, "the round's deadline passed".into()));
         }
         let request = synapse::request(self.hotkey, miner, synapse, timeout);
-        let bytes =
-            match tokio::time::timeout(timeout, self.client.request(peer, request.clone())).await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(e)) => return Err((Miss::Unreachable, e.to_string())),
-                Err(_) => return Err((Miss::Late, format!("no answer within {timeout:?}"))),
-            };
+        let call = synapse::call(self.client, peer, &request, synapse, 0);
+        let bytes = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e @ NetError::Answer { .. })) => return Err((Miss::Bad, e.to_string())),
+            Ok(Err(e)) => return Err((Miss::Unreachable, e.to_string())),
+            Err(_) => return Err((Miss::Late, format!("no answer within {timeout:?}"))),
+        };
         synapse::open_answer(&bytes, &request, &miner, synapse, self.vocab, 0).map_err(
             |e| match e {
                 synapse::SynapseError::Refused(_) => (Miss::Refused, e.to_string()),
