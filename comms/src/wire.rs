@@ -9,12 +9,16 @@
 //! data    = dtype 0 (int8 blocks): block u32 | scale_dtype u8 (0 f32, 1 f16)
 //!                                  | scales (f32 or f16, one per block) | codes i8*n
 //!         | dtype 1 (f32):         values f32*n
+//!         | dtype 2 (sparse top-k): chunk u32 | k u32 | bits u8 | scales f32*chunks
+//!                                  | index gaps (varints) | packed codes (sinter_kernels::sparse)
 //! ```
 //! All integers little-endian. Decoding trusts nothing: every length is checked against what
 //! remains and against [`CodecLimits`] before anything is allocated, the zstd output is
 //! bounded by the declared (and capped) decoded length, and every failure is a [`WireError`].
 
-use sinter_kernels::{KernelError, QuantConfig, QuantizedTensor, ScaleDtype};
+use sinter_kernels::{
+    KernelError, QuantConfig, QuantizedTensor, ScaleDtype, SparseConfig, SparseTensor,
+};
 
 const MAGIC: [u8; 4] = *b"SNTR";
 /// The format version this build writes and reads.
@@ -24,6 +28,7 @@ const MAX_RANK: usize = 8;
 const MAX_NAME_LEN: usize = 1024;
 const DTYPE_INT8: u8 = 0;
 const DTYPE_F32: u8 = 1;
+const DTYPE_SPARSE: u8 = 2;
 
 /// A tensor's values as they travel.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +37,8 @@ pub enum TensorPayload {
     Int8(QuantizedTensor),
     /// Full-precision values.
     F32(Vec<f32>),
+    /// The top-k entries of each chunk, low-bit.
+    Sparse(SparseTensor),
 }
 
 impl TensorPayload {
@@ -40,6 +47,7 @@ impl TensorPayload {
         match self {
             TensorPayload::Int8(q) => q.len(),
             TensorPayload::F32(v) => v.len(),
+            TensorPayload::Sparse(s) => s.len,
         }
     }
 
@@ -53,6 +61,7 @@ impl TensorPayload {
         match self {
             TensorPayload::Int8(q) => q.payload_bytes(),
             TensorPayload::F32(v) => v.len() * 4,
+            TensorPayload::Sparse(s) => s.payload_bytes(),
         }
     }
 }
@@ -237,6 +246,24 @@ pub fn encode(set: &TensorSet, level: i32) -> Result<Vec<u8>, WireError> {
                     .iter()
                     .for_each(|v| body.extend_from_slice(&v.to_le_bytes()));
             }
+            TensorPayload::Sparse(sparse) => {
+                sparse
+                    .validate()
+                    .map_err(|source| WireError::InvalidTensor {
+                        name: t.name.clone(),
+                        source,
+                    })?;
+                body.push(DTYPE_SPARSE);
+                put_u32(&mut body, sparse.config.chunk)?;
+                put_u32(&mut body, sparse.config.k)?;
+                body.push(sparse.config.bits);
+                sparse
+                    .scales
+                    .iter()
+                    .for_each(|s| body.extend_from_slice(&s.to_le_bytes()));
+                sparse.write_gaps(&mut body);
+                body.extend_from_slice(&sparse.codes);
+            }
         }
     }
     frame(&body, level)
@@ -309,6 +336,39 @@ pub fn decode(bytes: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireError
         )));
     }
     decode_tensors(&decoded, limits)
+}
+
+/// A sparse tensor of `len` values: every count is checked against the bytes that remain
+/// before anything is allocated.
+fn read_sparse(r: &mut Reader<'_>, name: &str, len: usize) -> Result<SparseTensor, WireError> {
+    let invalid = |source| WireError::InvalidTensor {
+        name: name.to_owned(),
+        source,
+    };
+    let chunk = r.u32("chunk size")? as usize;
+    let k = r.u32("entries per chunk")? as usize;
+    let bits = r.u8("bits per value")?;
+    let config = SparseConfig { chunk, k, bits };
+    config.validate().map_err(invalid)?;
+    let scales = r
+        .take("scales", config.chunks(len).saturating_mul(4))?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+        .collect();
+    let (indices, read) =
+        SparseTensor::read_gaps(config, len, &r.bytes[r.pos..]).map_err(invalid)?;
+    r.pos += read;
+    let (_, code_bytes) = config.totals(len);
+    let codes = r.take("codes", code_bytes)?.to_vec();
+    let sparse = SparseTensor {
+        config,
+        len,
+        scales,
+        indices,
+        codes,
+    };
+    sparse.validate().map_err(invalid)?;
+    Ok(sparse)
 }
 
 fn decode_tensors(body: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireError> {
@@ -408,6 +468,7 @@ fn decode_tensors(body: &[u8], limits: &CodecLimits) -> Result<TensorSet, WireEr
                 }
                 TensorPayload::F32(values)
             }
+            DTYPE_SPARSE => TensorPayload::Sparse(read_sparse(&mut r, &name, len)?),
             code => return Err(WireError::UnknownDtype { name, code }),
         };
         tensors.push(WireTensor {

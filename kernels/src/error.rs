@@ -36,6 +36,26 @@ pub enum KernelError {
     /// The quantization block size is not usable.
     #[error("block size {0} is invalid: it must be a multiple of 4 between 4 and 65536")]
     InvalidBlockSize(usize),
+    /// The sparse codec's settings are not usable.
+    #[error(
+        "sparse codec chunk {chunk}, k {k}, bits {bits} is invalid: chunk must be 1..=65536, k 1..=chunk, bits 2, 4 or 8"
+    )]
+    InvalidSparseConfig {
+        /// Values per chunk.
+        chunk: usize,
+        /// Entries kept per chunk.
+        k: usize,
+        /// Bits per kept value.
+        bits: u8,
+    },
+    /// A sparse tensor's chunk is inconsistent.
+    #[error("sparse chunk {chunk} is malformed: {why}")]
+    BadSparseChunk {
+        /// The chunk.
+        chunk: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// No device to run on: no adapter, no driver, or no kernel compiler.
     #[error("no usable device: {0}")]
     DeviceUnavailable(String),

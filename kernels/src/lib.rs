@@ -8,6 +8,7 @@
 //! | [`Kernels::pseudo_gradient_quantize`] | `θ_global − θ_local` (+ error-feedback residual) quantized in one pass |
 //! | [`Kernels::dequantize_accumulate`] | adds `weight · dequant(q)` into an fp32 accumulator (the reduction) |
 //! | [`Kernels::outer_nesterov_step`] | SGD with Nesterov momentum, dampening 0, as PyTorch defines it |
+//! | [`sparse::sparsify_with_feedback`] | top-k per chunk of `global − local` + decayed error feedback, 2/4/8-bit values (host only) |
 //!
 //! One trait, two implementations that the same tests hold to the same answers:
 //! [`RayonKernels`] (CPU threads) and [`CubeKernels`] (CubeCL: wgpu, or CUDA with the `cuda`
@@ -29,6 +30,7 @@ mod cpu;
 mod cube;
 mod error;
 mod quantized;
+pub mod sparse;
 
 pub use cpu::RayonKernels;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -43,6 +45,7 @@ pub type WgpuKernels = CubeKernels<cubecl::wgpu::WgpuRuntime>;
 #[cfg(feature = "cuda")]
 pub type CudaKernels = CubeKernels<cubecl::cuda::CudaRuntime>;
 pub use quantized::{MIN_SCALE, QuantConfig, QuantizedTensor, ScaleDtype};
+pub use sparse::{SparseConfig, SparseTensor};
 
 /// Largest relative difference allowed between the two implementations' float outputs.
 pub const FLOAT_TOLERANCE: f32 = 1e-6;

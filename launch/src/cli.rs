@@ -773,6 +773,9 @@ pub enum QuantArg {
     Int8,
     /// Full-precision f32 pseudo-gradients.
     None,
+    /// The top-k entries of each chunk, 2/4/8-bit, with error feedback (SparseLoCo); see
+    /// `--sparse-k`, `--sparse-chunk`, `--sparse-bits`, `--error-decay`.
+    Sparse,
 }
 
 /// Where a run writes its results.
@@ -807,8 +810,20 @@ pub struct OuterOverrides {
     #[arg(long, value_name = "H")]
     pub inner_steps: Option<usize>,
     /// Pseudo-gradient encoding (overrides `outer.quant`).
-    #[arg(long, value_enum)]
+    #[arg(long, visible_alias = "codec", value_enum)]
     pub quant: Option<QuantArg>,
+    /// Sparse codec: entries kept per chunk (overrides `outer.sparse.k`).
+    #[arg(long, value_name = "K")]
+    pub sparse_k: Option<usize>,
+    /// Sparse codec: values per chunk, at most 65536 (overrides `outer.sparse.chunk`).
+    #[arg(long, value_name = "N")]
+    pub sparse_chunk: Option<usize>,
+    /// Sparse codec: bits per kept value, 2, 4 or 8 (overrides `outer.sparse.bits`).
+    #[arg(long, value_name = "BITS")]
+    pub sparse_bits: Option<u8>,
+    /// Sparse codec: error-feedback decay, 0–1 (overrides `outer.sparse.error_decay`).
+    #[arg(long, value_name = "DECAY")]
+    pub error_decay: Option<f32>,
     /// DiLoCo or data-parallel (overrides `outer.mode`).
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
@@ -1028,6 +1043,11 @@ pub struct PlotArgs {
     /// Horizontal axis: training tokens of all workers, or inner steps per worker.
     #[arg(long, value_enum, default_value = "tokens")]
     pub x: XAxis,
+    /// Plot the loss/bytes frontier instead of curves: each run's final loss against the
+    /// bytes each worker sent (log scale), from its summary.json; data-parallel runs and
+    /// runs that sent nothing become labelled reference lines.
+    #[arg(long, conflicts_with = "x")]
+    pub frontier: bool,
 }
 
 /// `launch plot --x` values.

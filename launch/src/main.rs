@@ -208,6 +208,16 @@ fn run(cli: Cli) -> Result<()> {
             validators,
             iters,
         }) => bench::yuma(uids, validators, iters.max(1)),
+        Command::Plot(args) if args.frontier => {
+            let runs = args
+                .runs
+                .iter()
+                .map(|dir| report::read_frontier_point(dir))
+                .collect::<Result<Vec<_>>>()?;
+            report::plot_frontier(&args.out, &args.title, &runs)?;
+            println!("wrote {}", args.out.display());
+            Ok(())
+        }
         Command::Plot(args) => {
             let series = args
                 .runs
@@ -276,7 +286,23 @@ fn config_with_overrides(path: &Path, args: &OuterOverrides, out: &OutArgs) -> R
         outer.quant = match q {
             QuantArg::Int8 => Quant::Int8,
             QuantArg::None => Quant::None,
+            QuantArg::Sparse => Quant::Sparse,
         };
+    }
+    let sparse = &mut outer.sparse;
+    for (value, field) in [
+        (args.sparse_k, &mut sparse.k),
+        (args.sparse_chunk, &mut sparse.chunk),
+    ] {
+        if let Some(v) = value {
+            *field = v;
+        }
+    }
+    if let Some(bits) = args.sparse_bits {
+        sparse.bits = bits;
+    }
+    if let Some(decay) = args.error_decay {
+        sparse.error_decay = decay;
     }
     if let Some(m) = args.mode {
         outer.mode = match m {
@@ -342,10 +368,13 @@ fn train_and_report(
             "DiLoCo, {} workers, H={}, {}",
             config.outer.workers,
             config.outer.inner_steps,
-            if config.outer.quant == Quant::Int8 {
-                "int8"
-            } else {
-                "fp32"
+            match config.outer.quant {
+                Quant::Int8 => "int8".to_owned(),
+                Quant::None => "fp32".to_owned(),
+                Quant::Sparse => {
+                    let s = config.outer.sparse;
+                    format!("top-{}/{} {}-bit", s.k, s.chunk, s.bits)
+                }
             }
         ),
     };
@@ -405,14 +434,14 @@ impl BackendJob for TrainJob {
             model,
         } = result?;
         println!(
-            "{}: validation loss {:.4} -> {:.4} in {:.0} s ({:.1}k tokens/s); {} MB sent per worker ({} MB data-parallel would)",
+            "{}: validation loss {:.4} -> {:.4} in {:.0} s ({:.1}k tokens/s); {} sent per worker ({} data-parallel would)",
             self.title,
             summary.initial_val_loss,
             summary.final_val_loss,
             summary.wall_secs,
             summary.tokens_per_sec / 1000.0,
-            summary.bytes_sent_per_worker / 1_000_000,
-            summary.ddp_equivalent_bytes_per_worker / 1_000_000
+            report::human_bytes(summary.bytes_sent_per_worker as f64),
+            report::human_bytes(summary.ddp_equivalent_bytes_per_worker as f64)
         );
         let c = &summary.checkpoints;
         if c.checkpoints_written > 0 {

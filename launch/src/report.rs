@@ -75,22 +75,10 @@ pub fn plot_curves(
     };
     let points = series.iter().flat_map(|(_, s)| s.iter());
     let max_x = points.clone().map(x_of).fold(0.0, f64::max).max(1e-9);
-    let (lo, hi) = points.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| {
-        (lo.min(p.val_loss), hi.max(p.val_loss))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (lo as f64 * 0.95, hi as f64 * 1.02)
-    } else {
-        (0.0, 1.0)
-    };
+    let (lo, hi) = padded_range(points.map(|p| f64::from(p.val_loss)), 0.95, 1.02);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_x, lo..hi)?;
+    let mut chart = titled(&root, title).build_cartesian_2d(0.0..max_x, lo..hi)?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
@@ -108,6 +96,41 @@ pub fn plot_curves(
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
+    legend_and_save(&mut chart, &root, path)
+}
+
+/// From the smallest to the largest of `values`, scaled by `below` and `above`.
+fn padded_range(values: impl Iterator<Item = f64>, below: f64, above: f64) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if lo.is_finite() {
+        (lo * below, hi * above)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
+/// A chart builder on `root` with the title and margins every picture here uses.
+fn titled<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60);
+    builder
+}
+
+/// Draws the chart's legend and writes the picture.
+fn legend_and_save<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    path: &Path,
+) -> Result<()> {
     chart
         .configure_series_labels()
         .border_style(BLACK)
@@ -116,6 +139,100 @@ pub fn plot_curves(
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// One run on the loss/bytes frontier, from its `summary.json`.
+#[derive(Debug, Clone)]
+pub struct FrontierPoint {
+    /// The run directory's name.
+    pub label: String,
+    /// Bytes each worker sent.
+    pub bytes: f64,
+    /// Final validation loss.
+    pub loss: f64,
+    /// A baseline drawn as a line: data-parallel, or a run that sent nothing.
+    pub reference: bool,
+}
+
+/// Reads the frontier point of the run in `dir`.
+pub fn read_frontier_point(dir: &Path) -> Result<FrontierPoint> {
+    let path = dir.join("summary.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let summary: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let number = |field: &str| {
+        summary[field]
+            .as_f64()
+            .with_context(|| format!("{}: no number `{field}`", path.display()))
+    };
+    let bytes = number("bytes_sent_per_worker")?;
+    Ok(FrontierPoint {
+        label: dir
+            .file_name()
+            .unwrap_or(dir.as_os_str())
+            .to_string_lossy()
+            .into_owned(),
+        bytes,
+        loss: number("final_val_loss")?,
+        reference: summary["mode"] == "ddp" || bytes == 0.0,
+    })
+}
+
+/// Final loss against bytes sent per worker (log scale): a labelled point per run, a
+/// labelled horizontal line per reference run.
+pub fn plot_frontier(path: &Path, title: &str, runs: &[FrontierPoint]) -> Result<()> {
+    let sent = runs.iter().filter(|r| r.bytes > 0.0).map(|r| r.bytes);
+    let (min_x, max_x) = sent.fold((f64::INFINITY, 0.0f64), |(lo, hi), b| {
+        (lo.min(b), hi.max(b))
+    });
+    let (min_x, max_x) = if min_x.is_finite() {
+        (min_x / 2.0, max_x * 2.0)
+    } else {
+        (1e6, 1e9)
+    };
+    let (lo, hi) = padded_range(runs.iter().map(|r| r.loss), 0.99, 1.01);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = titled(&root, title).build_cartesian_2d((min_x..max_x).log_scale(), lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("bytes sent per worker (log scale)")
+        .y_desc("final validation loss (nats/token)")
+        .x_label_formatter(&|b| human_bytes(*b))
+        .draw()?;
+    for (i, run) in runs.iter().filter(|r| r.reference).enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                [(min_x, run.loss), (max_x, run.loss)],
+                color.stroke_width(1),
+            ))?
+            .label(format!("{} ({:.3})", run.label, run.loss))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
+            });
+    }
+    chart.draw_series(runs.iter().filter(|r| !r.reference).map(|r| {
+        EmptyElement::at((r.bytes, r.loss))
+            + Circle::new((0, 0), 4, BLUE.filled())
+            + Text::new(
+                format!("{} {:.3}", r.label, r.loss),
+                (6, -14),
+                ("sans-serif", 12),
+            )
+    }))?;
+    legend_and_save(&mut chart, &root, path)
+}
+
+/// `1.5 MB`, `3.1 GB`: a byte count for an axis label.
+pub fn human_bytes(b: f64) -> String {
+    match b {
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.0} kB", b / 1e3),
+        b => format!("{b:.0} B"),
+    }
 }
 
 /// Prints a metagraph's neurons, one row each.

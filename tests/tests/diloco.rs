@@ -94,6 +94,27 @@ fn fp32_pseudo_gradients_cost_about_four_times_int8() {
 }
 
 #[test]
+fn sparse_diloco_learns_and_counts_an_all_gather_of_its_frames() {
+    let mut config = small();
+    config.outer.quant = Quant::Sparse;
+    config.outer.sparse.chunk = 1024;
+    config.outer.sparse.k = 32;
+    let (summary, _) = run(&config, &RayonKernels);
+    assert!(
+        summary.final_val_loss < summary.initial_val_loss - 0.3,
+        "{summary:?}"
+    );
+    let (int8, _) = run(&small(), &RayonKernels);
+    // 3 % of the entries, 2-bit, each member's set sent to the 2 others: about a tenth of
+    // int8's all-reduce.
+    let ratio = summary.payload_bytes_per_worker as f64 / int8.payload_bytes_per_worker as f64;
+    assert!((0.03..0.2).contains(&ratio), "sparse/int8 payload {ratio}");
+    assert_eq!(summary.rejected_contributions, 0);
+    let (again, _) = run(&config, &RayonKernels);
+    assert_eq!(again.final_val_loss, summary.final_val_loss);
+}
+
+#[test]
 fn data_parallel_with_one_worker_is_plain_training_and_sends_nothing() {
     let mut config = small();
     config.outer.mode = Mode::Ddp;

@@ -410,6 +410,49 @@ pub enum Quant {
     Int8,
     /// Full-precision f32.
     None,
+    /// The top-k entries of each chunk, low-bit, with decayed error feedback (SparseLoCo):
+    /// settings in `[outer.sparse]`. Members exchange their sets whole (an all-gather).
+    Sparse,
+}
+
+/// The sparse codec's settings (`[outer.sparse]`, used when `outer.quant = "sparse"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SparseSettings {
+    /// Values per chunk (at most 65536).
+    pub chunk: usize,
+    /// Entries kept per chunk: `k / chunk` is the density.
+    pub k: usize,
+    /// Bits per kept value: 2, 4 or 8.
+    pub bits: u8,
+    /// Error-feedback decay: `e ← decay·e + Δ` before each selection.
+    pub error_decay: f32,
+}
+
+impl Default for SparseSettings {
+    fn default() -> Self {
+        Self {
+            chunk: 4096,
+            k: 64,
+            bits: 2,
+            error_decay: 0.95,
+        }
+    }
+}
+
+impl SparseSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The kernels' view of these settings.
+    pub fn kernel_config(&self) -> sinter_kernels::SparseConfig {
+        sinter_kernels::SparseConfig {
+            chunk: self.chunk,
+            k: self.k,
+            bits: self.bits,
+        }
+    }
 }
 
 /// Storage type of quantization scales.
@@ -449,6 +492,9 @@ pub struct OuterConfig {
     pub warmup_ddp_steps: usize,
     /// Outer learning rate schedule: `constant` or `cosine` (to 10 % over the run).
     pub lr_schedule: OuterSchedule,
+    /// The sparse codec's settings (`quant = "sparse"`).
+    #[serde(skip_serializing_if = "SparseSettings::is_default")]
+    pub sparse: SparseSettings,
 }
 
 /// Outer learning-rate schedule.
@@ -476,6 +522,7 @@ impl Default for OuterConfig {
             error_feedback: false,
             warmup_ddp_steps: 0,
             lr_schedule: OuterSchedule::Constant,
+            sparse: SparseSettings::default(),
         }
     }
 }
@@ -647,6 +694,17 @@ impl RunConfig {
         quant
             .validate()
             .map_err(|e| format!("`outer.block`: {e}"))?;
+        self.outer
+            .sparse
+            .kernel_config()
+            .validate()
+            .map_err(|e| format!("`outer.sparse`: {e}"))?;
+        if !(0.0..=1.0).contains(&self.outer.sparse.error_decay) {
+            return Err(format!(
+                "`outer.sparse.error_decay` is {}; allowed: 0 ≤ value ≤ 1",
+                self.outer.sparse.error_decay
+            ));
+        }
         self.incentives.validate()?;
         if self.outer.warmup_ddp_steps >= self.inner.steps {
             return Err(format!(
@@ -768,6 +826,23 @@ mod tests {
         assert!(err.contains("model.d_model"), "{err}");
         let err = parse("[outer]\nblock = 6\n").unwrap_err().to_string();
         assert!(err.contains("outer.block"), "{err}");
+        for bad in [
+            "k = 0",
+            "k = 5000",
+            "bits = 3",
+            "chunk = 70000",
+            "error_decay = 1.5",
+        ] {
+            let err = parse(&format!(
+                "[outer]\nquant = \"sparse\"\n[outer.sparse]\n{bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("outer.sparse"), "{bad}: {err}");
+        }
+        let sparse = parse("[outer]\nquant = \"sparse\"\n[outer.sparse]\nk = 32\n").unwrap();
+        assert_eq!(sparse.outer.sparse.k, 32);
+        assert_ne!(sparse.hash(), RunConfig::default().hash());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use sinter_comms::{TensorPayload, TensorSet, WireTensor};
-use sinter_kernels::{Kernels, QuantConfig, ScaleDtype};
+use sinter_kernels::{Kernels, QuantConfig, ScaleDtype, sparse};
 
 use crate::TrainerError;
 use crate::config::{OuterConfig, Quant, ScaleType};
@@ -16,7 +16,7 @@ use crate::params::{ParamLayout, ParamSlot};
 /// The quantization an outer config asks for, if any.
 pub fn quant_config(outer: &OuterConfig) -> Option<QuantConfig> {
     match outer.quant {
-        Quant::None => None,
+        Quant::None | Quant::Sparse => None,
         Quant::Int8 => Some(QuantConfig {
             block: outer.block,
             scale: match outer.scale {
@@ -25,6 +25,50 @@ pub fn quant_config(outer: &OuterConfig) -> Option<QuantConfig> {
             },
         }),
     }
+}
+
+/// Whether a worker keeps an error-feedback residual: always for the sparse codec (what it
+/// does not send this round waits there), for int8 when `outer.error_feedback` asks.
+pub fn keeps_residual(outer: &OuterConfig) -> bool {
+    match outer.quant {
+        Quant::Sparse => true,
+        Quant::Int8 => outer.error_feedback,
+        Quant::None => false,
+    }
+}
+
+/// Builds the sparse tensor set of `global − local` plus the decayed `residual`, one wire
+/// tensor per parameter (chunks never span two tensors), and leaves in `residual` what was
+/// not sent. On error the residual may have been updated for the tensors before the bad one.
+pub fn build_sparse(
+    layout: &ParamLayout,
+    global: &[f32],
+    local: &[f32],
+    residual: &mut [f32],
+    outer: &OuterConfig,
+) -> Result<TensorSet, TrainerError> {
+    let config = outer.sparse.kernel_config();
+    let tensors = layout
+        .slots
+        .iter()
+        .map(|slot| {
+            let range = slot.offset..slot.offset + slot.len;
+            let payload = sparse::sparsify_with_feedback(
+                &global[range.clone()],
+                &local[range.clone()],
+                &mut residual[range],
+                outer.sparse.error_decay,
+                config,
+            )
+            .map_err(|e| TrainerError::Layout(format!("{}: {e}", slot.name)))?;
+            Ok(WireTensor {
+                name: slot.name.clone(),
+                shape: slot.shape.clone(),
+                payload: TensorPayload::Sparse(payload),
+            })
+        })
+        .collect::<Result<_, TrainerError>>()?;
+    Ok(TensorSet { tensors })
 }
 
 /// Builds the tensor set for `global − local (+ residual)`, one wire tensor per parameter.
@@ -117,6 +161,7 @@ pub fn check(slots: &[ParamSlot], set: &TensorSet) -> Result<(), TrainerError> {
         }
         match &t.payload {
             TensorPayload::Int8(q) => q.validate()?,
+            TensorPayload::Sparse(s) => s.validate()?,
             TensorPayload::F32(values) => {
                 if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                     return Err(TrainerError::Layout(format!(
@@ -150,6 +195,7 @@ fn accumulate_at(
                 .iter_mut()
                 .zip(values)
                 .for_each(|(a, v)| *a += weight * v),
+            TensorPayload::Sparse(s) => s.accumulate(acc, weight)?,
         }
     }
     Ok(())

@@ -223,23 +223,37 @@ impl<B: AutodiffBackend> Run<'_, B> {
         round: usize,
     ) -> Result<Option<Vec<f32>>, TrainerError> {
         let n = workers.len();
-        let quant = pseudo_gradient::quant_config(&self.config.outer);
+        let outer = &self.config.outer;
+        let quant = pseudo_gradient::quant_config(outer);
+        let sparse = outer.quant == Quant::Sparse;
+        // Dense sets are all-reduced (each member sends 2(N−1)/N of one); sparse sets, whose
+        // mean is no longer sparse, are all-gathered (each member's set reaches N−1 others).
+        let share = if sparse {
+            (n - 1) as f64
+        } else {
+            allreduce_factor(n)
+        };
         let limits = CodecLimits::default();
         let mut frames = Vec::with_capacity(n);
         for (w, worker) in workers.iter_mut().enumerate() {
             let (_, local) = flatten(&worker.model);
-            let built = pseudo_gradient::build(
-                self.kernels,
-                &self.layout,
-                global,
-                &local,
-                worker.residual.as_deref_mut(),
-                quant,
-            );
+            let built = match worker.residual.as_deref_mut() {
+                Some(residual) if sparse => {
+                    pseudo_gradient::build_sparse(&self.layout, global, &local, residual, outer)
+                }
+                residual => pseudo_gradient::build(
+                    self.kernels,
+                    &self.layout,
+                    global,
+                    &local,
+                    residual,
+                    quant,
+                ),
+            };
             match built.and_then(|set| Ok((set.payload_bytes(), encode(&set, 3)?))) {
                 Ok((payload, frame)) => {
-                    self.bytes_sent += allreduce_factor(n) * frame.len() as f64 / n as f64;
-                    self.payload_bytes += allreduce_factor(n) * payload as f64 / n as f64;
+                    self.bytes_sent += share * frame.len() as f64 / n as f64;
+                    self.payload_bytes += share * payload as f64 / n as f64;
                     frames.push((w, frame));
                 }
                 Err(e) => {
@@ -268,9 +282,16 @@ impl<B: AutodiffBackend> Run<'_, B> {
         if contributions.is_empty() {
             return Ok(None);
         }
+        let mut mean = vec![0.0f32; global.len()];
+        if sparse {
+            let weight = 1.0 / contributions.len() as f32;
+            for set in &contributions {
+                pseudo_gradient::accumulate(CANONICAL, &self.layout.slots, set, &mut mean, weight)?;
+            }
+            return Ok(Some(mean));
+        }
         let reduced =
             pseudo_gradient::mean(self.kernels, &self.layout.slots, &contributions, quant)?;
-        let mut mean = vec![0.0f32; global.len()];
         pseudo_gradient::accumulate(CANONICAL, &self.layout.slots, &reduced, &mut mean, 1.0)?;
         Ok(Some(mean))
     }
@@ -466,7 +487,7 @@ pub fn simulate<B: AutodiffBackend>(
         Mode::Diloco => {
             let warmup = config.outer.warmup_ddp_steps;
             let mut optimizer = inner_optimizer::<B>(&config.inner);
-            let error_feedback = config.outer.error_feedback && config.outer.quant == Quant::Int8;
+            let error_feedback = pseudo_gradient::keeps_residual(&config.outer);
             let total_rounds = (steps - warmup).div_ceil(h);
             let (mut global, mut momentum, mut workers, mut step);
             match resume {

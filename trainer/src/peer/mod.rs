@@ -298,6 +298,11 @@ pub fn run_peer<B: AutodiffBackend>(
             "`launch run` trains DiLoCo without a data-parallel warm start: set outer.mode = \"diloco\" and outer.warmup_ddp_steps = 0".into(),
         ));
     }
+    if config.outer.quant == crate::config::Quant::Sparse {
+        return Err(TrainerError::Network(
+            "`launch run` does not exchange sparse pseudo-gradients yet (their all-gather is sim-only): set outer.quant = \"int8\" or \"none\", or try the codec with `launch sim`".into(),
+        ));
+    }
     let started = Instant::now();
     let mut model: Llama<B> = initial_model(&config.model, config.run.seed, device);
     let (layout, global): (ParamLayout, Vec<f32>) = flatten(&model);
@@ -396,9 +401,8 @@ pub fn run_peer<B: AutodiffBackend>(
     };
     let mut optimizer = inner_optimizer::<B>(&config.inner);
     let order = dataset.order(config.run.seed);
-    let mut residual = (config.outer.error_feedback
-        && config.outer.quant == crate::config::Quant::Int8)
-        .then(|| vec![0.0f32; state.global.len()]);
+    let mut residual =
+        pseudo_gradient::keeps_residual(&config.outer).then(|| vec![0.0f32; state.global.len()]);
     let mut last_group: Option<(u64, Vec<PeerId>)> = None;
     while round < total_rounds + CLOSINGS && options.max_rounds.is_none_or(|m| round < m) {
         if stop.load(Ordering::Relaxed) {
