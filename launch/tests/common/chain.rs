@@ -86,11 +86,19 @@ impl LocalChain {
             .local_addr()
             .unwrap()
             .port();
+        // The genesis state has no `Timestamp.Now`, so chopsticks reads the wall clock once for
+        // block 1's Aura slot and again for its timestamp; across a slot boundary the runtime
+        // refuses the block ("Timestamp slot must match `CurrentSlot`") and the chain stalls at
+        // genesis. `timestamp` stores one instant for both.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
         let config = dir.path().join("chain.yml");
         std::fs::write(
             &config,
             format!(
-                "genesis: {}\nport: {port}\nbuild-block-mode: Instant\n",
+                "genesis: {}\nport: {port}\nbuild-block-mode: Instant\ntimestamp: {now_ms}\n",
                 spec.display()
             ),
         )
