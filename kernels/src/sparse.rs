@@ -60,7 +60,7 @@ impl SparseConfig {
 
     /// Entries kept in chunk `c` of a buffer of `len` values.
     pub fn kept(&self, c: usize, len: usize) -> usize {
-        let start = c * self.chunk;
+        let start = c.saturating_mul(self.chunk);
         self.k.min(len.saturating_sub(start).min(self.chunk))
     }
 
@@ -103,28 +103,35 @@ pub struct SparseTensor {
 impl SparseTensor {
     /// Bytes of scales, index gaps and codes: what this tensor costs before compression.
     pub fn payload_bytes(&self) -> usize {
-        let mut gaps = Vec::new();
-        self.write_gaps(&mut gaps);
-        self.scales.len() * 4 + gaps.len() + self.codes.len()
+        let gaps: usize = self
+            .chunk_indices()
+            .flat_map(gaps)
+            .map(|gap| (32 - gap.leading_zeros()).div_ceil(7).max(1) as usize)
+            .sum();
+        self.scales.len() * 4 + gaps + self.codes.len()
     }
 
     /// Appends the indices as varint gaps, chunk by chunk.
     pub fn write_gaps(&self, out: &mut Vec<u8>) {
-        let mut at = 0;
-        for c in 0..self.scales.len() {
-            let n = self.config.kept(c, self.len);
-            let mut next = 0u32;
-            for &i in &self.indices[at..at + n] {
-                let mut gap = u32::from(i).wrapping_sub(next);
-                while gap >= 0x80 {
-                    out.push((gap as u8) | 0x80);
-                    gap >>= 7;
-                }
-                out.push(gap as u8);
-                next = u32::from(i) + 1;
+        for mut gap in self.chunk_indices().flat_map(gaps) {
+            while gap >= 0x80 {
+                out.push((gap as u8) | 0x80);
+                gap >>= 7;
             }
-            at += n;
+            out.push(gap as u8);
         }
+    }
+
+    /// Each chunk's kept indices, in order. On a tensor whose list is shorter than its config
+    /// says (which [`validate`](Self::validate) refuses) it stops early instead of panicking.
+    fn chunk_indices(&self) -> impl Iterator<Item = &[u16]> + '_ {
+        let mut at = 0usize;
+        (0..self.scales.len()).map_while(move |c| {
+            let n = self.config.kept(c, self.len);
+            let ids = self.indices.get(at..at.checked_add(n)?)?;
+            at += n;
+            Some(ids)
+        })
     }
 
     /// Reads `config.totals(len)` indices written by [`write_gaps`](Self::write_gaps) from
@@ -190,18 +197,14 @@ impl SparseTensor {
         if let Some(c) = self.scales.iter().position(|s| !s.is_finite() || *s < 0.0) {
             return Err(self.bad_chunk(c, "its scale is negative or not finite"));
         }
-        let mut at = 0;
-        for c in 0..self.scales.len() {
-            let n = self.config.kept(c, self.len);
+        for (c, ids) in self.chunk_indices().enumerate() {
             let chunk_len = (self.len - c * self.config.chunk).min(self.config.chunk);
-            let ids = &self.indices[at..at + n];
             if ids.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(self.bad_chunk(c, "its indices are not strictly increasing"));
             }
             if ids.last().is_some_and(|&i| usize::from(i) >= chunk_len) {
                 return Err(self.bad_chunk(c, "an index is past its end"));
             }
-            at += n;
         }
         Ok(())
     }
@@ -210,19 +213,20 @@ impl SparseTensor {
         KernelError::BadSparseChunk { chunk, why }
     }
 
-    /// `accumulator += weight · decoded`, at the kept positions only.
+    /// `accumulator += weight · decoded`, at the kept positions only. An inconsistent tensor
+    /// is refused (see [`validate`](Self::validate)) and the accumulator left untouched.
     pub fn accumulate(&self, accumulator: &mut [f32], weight: f32) -> Result<(), KernelError> {
+        self.validate()?;
         crate::check_lengths("accumulator", self.len, accumulator.len())?;
-        let mut at = (0, 0);
-        for (c, &scale) in self.scales.iter().enumerate() {
-            let n = self.config.kept(c, self.len);
-            let codes = &self.codes[at.1..at.1 + self.config.code_bytes(n)];
+        let mut codes_at = 0;
+        for (c, (ids, &scale)) in self.chunk_indices().zip(&self.scales).enumerate() {
+            let codes = &self.codes[codes_at..codes_at + self.config.code_bytes(ids.len())];
             let base = c * self.config.chunk;
-            for (j, &i) in self.indices[at.0..at.0 + n].iter().enumerate() {
+            for (j, &i) in ids.iter().enumerate() {
                 let value = level(self.config, code_at(codes, j, self.config.bits), scale);
                 accumulator[base + usize::from(i)] += weight * value;
             }
-            at = (at.0 + n, at.1 + codes.len());
+            codes_at += codes.len();
         }
         Ok(())
     }
@@ -353,6 +357,16 @@ fn level(config: SparseConfig, code: u32, scale: f32) -> f32 {
     scale * (2.0 * code as f32 + 1.0 - levels) / (levels - 1.0)
 }
 
+/// A chunk's indices as the gaps that travel: each index minus the previous one minus one.
+fn gaps(ids: &[u16]) -> impl Iterator<Item = u32> + '_ {
+    let mut next = 0u32;
+    ids.iter().map(move |&i| {
+        let gap = u32::from(i).wrapping_sub(next);
+        next = u32::from(i) + 1;
+        gap
+    })
+}
+
 /// Code `j` of a chunk's packed codes.
 fn code_at(codes: &[u8], j: usize, bits: u8) -> u32 {
     let bit = j * usize::from(bits);
@@ -440,8 +454,18 @@ mod tests {
         short.codes.pop();
         let mut nan = good.clone();
         nan.scales[1] = f32::NAN;
-        for bad in [unsorted, past, short, nan] {
+        let mut few = good.clone();
+        few.indices.truncate(3);
+        let mut huge = good.clone();
+        huge.config.chunk = usize::MAX;
+        for bad in [unsorted, past, short, nan, few, huge] {
             assert!(bad.validate().is_err(), "{bad:?}");
+            let mut acc = vec![0.0; 10];
+            assert!(bad.accumulate(&mut acc, 1.0).is_err(), "{bad:?}");
+            assert_eq!(acc, [0.0; 10], "a refused tensor adds nothing");
+            let mut gaps = Vec::new();
+            bad.write_gaps(&mut gaps); // no panic
+            assert!(bad.payload_bytes() <= good.payload_bytes() + 8);
         }
     }
 
@@ -461,6 +485,10 @@ mod tests {
             let local = vec![0.0; values.len()];
             let s = sparsify_with_feedback(&values, &local, &mut residual, decay, config).unwrap();
             s.validate().unwrap();
+            let mut gaps = Vec::new();
+            s.write_gaps(&mut gaps);
+            proptest::prop_assert_eq!(s.payload_bytes(), 4 * s.scales.len() + gaps.len() + s.codes.len());
+            proptest::prop_assert_eq!(SparseTensor::read_gaps(config, values.len(), &gaps).unwrap(), (s.indices.clone(), gaps.len()));
             let mut sent = vec![0.0; values.len()];
             s.accumulate(&mut sent, 1.0).unwrap();
             for (c, piece) in sent.chunks(chunk).enumerate() {
