@@ -89,7 +89,9 @@ impl LocalChain {
         // The genesis state has no `Timestamp.Now`, so chopsticks reads the wall clock once for
         // block 1's Aura slot and again for its timestamp; across a slot boundary the runtime
         // refuses the block ("Timestamp slot must match `CurrentSlot`") and the chain stalls at
-        // genesis. `timestamp` stores one instant for both.
+        // genesis. `timestamp` stores one instant for both. Chopsticks applies it only after its
+        // own startup block, which may still fail that way; the next block is then built from
+        // the stored instant.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
