@@ -251,8 +251,10 @@ fn an_unreachable_chain_says_where_it_looked() {
 }
 
 /// subtensor as a run's `Ledger`: the suite every implementation passes, on the real runtime
-/// (subnet 1 with commit-reveal on a 4-block tempo, commitments not rate-limited, a block
-/// every 200 ms).
+/// (subnet 1 with commit-reveal on a 10-block tempo, commitments not rate-limited, a block
+/// every 200 ms). The reveal window is one epoch, and the suite spends a block or two on a
+/// forged reveal before the real one: a 4-block tempo left too few (CI saw the commitment
+/// expire first).
 #[test]
 fn subtensor_behaves_as_a_ledger() {
     use sinter_mechanism::ledger::wallet::{Wallet as Keys, WalletPath};
@@ -268,7 +270,7 @@ fn subtensor_behaves_as_a_ledger() {
     chain.set_subnet("WeightsSetRateLimit", 1, json!(1));
     chain.set_subnet("SubnetAlphaIn", 1, json!(29 * TAO));
     chain.set_subnet("CommitRevealWeightsEnabled", 1, json!(true));
-    chain.set_subnet("Tempo", 1, json!(4));
+    chain.set_subnet("Tempo", 1, json!(10));
     let chain = Arc::new(chain);
     let blocks = Blocks::start(chain.clone(), vec![bob.hotkey.clone()], 1);
     let path = WalletPath::new(Some(dir.path()), "bob", "miner").unwrap();
