@@ -638,7 +638,7 @@ impl BackendJob for PeerJob {
             s.summary.final_val_loss,
             s.summary.wall_secs,
             s.summary.bytes_sent_per_worker / 1000,
-            &s.params_sha256[..16],
+            &s.summary.params_sha256[..16],
         );
         if let Some(incentives) = &s.incentives {
             print_incentives(incentives);

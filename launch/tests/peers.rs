@@ -77,6 +77,55 @@ fn three_peers_end_bit_identical_and_match_the_simulation() {
     }
 }
 
+/// The sparse codec over real peers: each shard's owner relays the members' top-k sets, and
+/// every peer ends with the simulation's parameters, bit for bit.
+#[test]
+fn sparse_peers_end_bit_identical_to_the_simulation() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sparse.toml");
+    let sparse = common::small_config(8, 3, 2).replace(
+        "inner_steps = 2\n",
+        "inner_steps = 2\nquant = \"sparse\"\nlr = 2.0\nmomentum = 0.0\n",
+    ) + "\n[outer.sparse]\nchunk = 256\nk = 8\n";
+    std::fs::write(&config, sparse).unwrap();
+    let first = Peer::start(dir.path(), "p1", &config, &[]);
+    let addr = first.address();
+    let others = ["p2", "p3"].map(|name| {
+        (
+            Peer::start(dir.path(), name, &config, &["--bootstrap", &addr]),
+            name,
+        )
+    });
+    let mut summaries = Vec::new();
+    for (peer, name) in std::iter::once((first, "p1")).chain(others) {
+        let (status, summary) = peer.wait(dir.path(), name);
+        assert!(status.success(), "{name}: {summary}");
+        assert_eq!(summary["rounds"], 4, "{name}: {summary}");
+        assert_eq!(summary["workers"], 3, "{name}: {summary}");
+        assert_eq!(summary["quant"], "sparse", "{name}: {summary}");
+        summaries.push(summary);
+    }
+    let sim = dir.path().join("sim");
+    let out = common::launch(&[
+        "sim",
+        config.to_str().unwrap(),
+        "--out",
+        sim.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sim.join("summary.json")).unwrap()).unwrap();
+    for summary in &summaries {
+        assert_eq!(summary["params_sha256"], expected["params_sha256"]);
+        assert_eq!(summary["final_val_loss"], expected["final_val_loss"]);
+    }
+}
+
 #[test]
 fn a_peer_with_another_config_is_refused_with_the_differing_field() {
     let _serial = common::peers::serial();

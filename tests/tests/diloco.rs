@@ -94,7 +94,7 @@ fn fp32_pseudo_gradients_cost_about_four_times_int8() {
 }
 
 #[test]
-fn sparse_diloco_learns_and_counts_an_all_gather_of_its_frames() {
+fn sparse_diloco_learns_and_counts_the_relay_of_its_sets() {
     let mut config = small();
     config.outer.quant = Quant::Sparse;
     config.outer.sparse.chunk = 1024;
@@ -105,8 +105,9 @@ fn sparse_diloco_learns_and_counts_an_all_gather_of_its_frames() {
         "{summary:?}"
     );
     let (int8, _) = run(&small(), &RayonKernels);
-    // 3 % of the entries, 2-bit, each member's set sent to the 2 others: about a tenth of
-    // int8's all-reduce.
+    // 3 % of the entries, 2-bit; each member's parts go to the shards' owners, which relay
+    // every member's parts to the others ((N²−1)/N sets sent per member, against int8's
+    // 2(N−1)/N): about a tenth of int8's all-reduce.
     let ratio = summary.payload_bytes_per_worker as f64 / int8.payload_bytes_per_worker as f64;
     assert!((0.03..0.2).contains(&ratio), "sparse/int8 payload {ratio}");
     assert_eq!(summary.rejected_contributions, 0);

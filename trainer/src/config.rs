@@ -411,7 +411,8 @@ pub enum Quant {
     /// Full-precision f32.
     None,
     /// The top-k entries of each chunk, low-bit, with decayed error feedback (SparseLoCo):
-    /// settings in `[outer.sparse]`. Members exchange their sets whole (an all-gather).
+    /// settings in `[outer.sparse]`. The shards' owners relay the members' sets whole, and
+    /// every member averages them.
     Sparse,
 }
 

@@ -71,6 +71,32 @@ pub fn build_sparse(
     Ok(TensorSet { tensors })
 }
 
+/// Builds a worker's pseudo-gradient as `outer` asks: sparse (with `residual` as its error
+/// feedback; none is a zero one) or dense through [`build`].
+pub fn build_for(
+    kernels: &dyn Kernels,
+    layout: &ParamLayout,
+    global: &[f32],
+    local: &[f32],
+    residual: Option<&mut [f32]>,
+    outer: &OuterConfig,
+) -> Result<TensorSet, TrainerError> {
+    match (outer.quant, residual) {
+        (Quant::Sparse, Some(residual)) => build_sparse(layout, global, local, residual, outer),
+        (Quant::Sparse, None) => {
+            build_sparse(layout, global, local, &mut vec![0.0; global.len()], outer)
+        }
+        (_, residual) => build(
+            kernels,
+            layout,
+            global,
+            local,
+            residual,
+            quant_config(outer),
+        ),
+    }
+}
+
 /// Builds the tensor set for `global − local (+ residual)`, one wire tensor per parameter.
 /// With `residual` (error feedback) and int8, the residual is updated with what was lost.
 pub fn build(
@@ -262,6 +288,48 @@ pub fn mean(
     Ok(TensorSet { tensors })
 }
 
+/// What the group's exchange of sparse sets carries: the contributors' sets (each already
+/// [`check`]ed), one after the other in member order. Their mean is not sparse, so a shard's
+/// owner relays them whole rather than averaging them, and every member averages them alike.
+pub fn bundle(sets: Vec<TensorSet>) -> TensorSet {
+    TensorSet {
+        tensors: sets.into_iter().flat_map(|s| s.tensors).collect(),
+    }
+}
+
+/// Adds the mean of a [`bundle`] of `contributors` sets of the tensors of `slots` into the
+/// whole-model `accumulator`, each set weighted `1 / contributors` and added in order, as the
+/// simulation and every peer do. Nothing is added unless the bundle holds exactly that many
+/// sets, each matching `slots`.
+pub fn accumulate_bundle(
+    slots: &[ParamSlot],
+    bundle: TensorSet,
+    contributors: usize,
+    accumulator: &mut [f32],
+) -> Result<(), TrainerError> {
+    if contributors == 0 || bundle.tensors.len() != contributors.saturating_mul(slots.len()) {
+        return Err(TrainerError::Layout(format!(
+            "a bundle of {} tensors is not {contributors} sets of {}",
+            bundle.tensors.len(),
+            slots.len()
+        )));
+    }
+    let mut tensors = bundle.tensors.into_iter();
+    let sets: Vec<TensorSet> = (0..contributors)
+        .map(|_| TensorSet {
+            tensors: tensors.by_ref().take(slots.len()).collect(),
+        })
+        .collect();
+    for set in &sets {
+        check(slots, set)?;
+    }
+    let weight = 1.0 / contributors as f32;
+    for set in &sets {
+        accumulate(crate::outer::CANONICAL, slots, set, accumulator, weight)?;
+    }
+    Ok(())
+}
+
 /// L2 norm of a received set's values (checked against `slots` first).
 pub fn norm(
     kernels: &dyn Kernels,
@@ -302,6 +370,75 @@ mod tests {
             })
             .collect();
         ParamLayout { slots }
+    }
+
+    /// Three workers' sparse sets of a two-tensor model.
+    fn sparse_sets(l: &ParamLayout) -> Vec<TensorSet> {
+        let outer = OuterConfig {
+            quant: Quant::Sparse,
+            sparse: crate::config::SparseSettings {
+                chunk: 16,
+                k: 4,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let global: Vec<f32> = (0..l.len()).map(|i| (i as f32 * 0.37).sin()).collect();
+        (0..3)
+            .map(|w| {
+                let local: Vec<f32> = global
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| g - ((i * (w + 2)) as f32 * 0.11).cos())
+                    .collect();
+                build_for(crate::outer::CANONICAL, l, &global, &local, None, &outer).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bundle_adds_the_mean_of_its_sets_in_order() {
+        let l = layout(&[20, 12]);
+        let sets = sparse_sets(&l);
+        let mut expected = vec![0.0f32; l.len()];
+        for set in &sets {
+            accumulate(
+                crate::outer::CANONICAL,
+                &l.slots,
+                set,
+                &mut expected,
+                1.0 / 3.0,
+            )
+            .unwrap();
+        }
+        assert!(expected.iter().any(|v| *v != 0.0));
+        let mut got = vec![0.0f32; l.len()];
+        accumulate_bundle(&l.slots, bundle(sets), 3, &mut got).unwrap();
+        assert_eq!(got, expected, "bit for bit, as the simulation adds them");
+    }
+
+    #[test]
+    fn a_bundle_that_is_not_its_contributors_sets_adds_nothing() {
+        let l = layout(&[20, 12]);
+        let sets = sparse_sets(&l);
+        let mut renamed = sets.clone();
+        renamed[2].tensors[1].name = "t0".into();
+        let mut short = bundle(sets.clone());
+        short.tensors.pop();
+        let cases = [
+            ("fewer contributors than sets", bundle(sets.clone()), 2),
+            ("more contributors than sets", bundle(sets.clone()), 4),
+            ("no contributors", bundle(sets.clone()), 0),
+            ("a set cut short", short, 3),
+            ("a set of other tensors", bundle(renamed), 3),
+            ("an absurd count", bundle(sets.clone()), usize::MAX),
+        ];
+        for (what, b, contributors) in cases {
+            let mut acc = vec![0.0f32; l.len()];
+            let got = accumulate_bundle(&l.slots, b, contributors, &mut acc);
+            assert!(got.is_err(), "{what}: accepted");
+            assert!(acc.iter().all(|v| *v == 0.0), "{what}: added something");
+        }
     }
 
     #[test]

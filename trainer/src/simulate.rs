@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
+use sha2::Digest;
 use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
 
@@ -66,6 +67,9 @@ pub struct Summary {
     pub ddp_equivalent_bytes_per_worker: u64,
     /// Worker pseudo-gradients left out of a round (non-finite or malformed).
     pub rejected_contributions: usize,
+    /// SHA-256 of the final global parameters (little-endian f32 bytes): equal for a
+    /// simulation and real peers at the same settings.
+    pub params_sha256: String,
     /// Wall-clock seconds.
     pub wall_secs: f64,
     /// Training tokens per second.
@@ -107,6 +111,15 @@ pub trait Observer {
 /// An observer that ignores everything.
 pub struct Quiet;
 impl Observer for Quiet {}
+
+/// SHA-256 of parameters as little-endian f32 bytes, hex.
+pub fn params_sha256(values: &[f32]) -> String {
+    let mut hasher = sha2::Sha256::new();
+    for v in values {
+        hasher.update(v.to_le_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
 
 /// All-reduce share: the fraction of a payload each of `n` peers sends.
 pub fn allreduce_factor(n: usize) -> f64 {
@@ -226,10 +239,11 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let outer = &self.config.outer;
         let quant = pseudo_gradient::quant_config(outer);
         let sparse = outer.quant == Quant::Sparse;
-        // Dense sets are all-reduced (each member sends 2(N−1)/N of one); sparse sets, whose
-        // mean is no longer sparse, are all-gathered (each member's set reaches N−1 others).
+        // Dense sets are all-reduced (each member sends 2(N−1)/N of one). Sparse sets, whose
+        // mean is no longer sparse, go in parts to the shards' owners ((N−1)/N of one), which
+        // relay the bundle of every member's parts to the N−1 others (below).
         let share = if sparse {
-            (n - 1) as f64
+            (n - 1) as f64 / n as f64
         } else {
             allreduce_factor(n)
         };
@@ -237,19 +251,14 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let mut frames = Vec::with_capacity(n);
         for (w, worker) in workers.iter_mut().enumerate() {
             let (_, local) = flatten(&worker.model);
-            let built = match worker.residual.as_deref_mut() {
-                Some(residual) if sparse => {
-                    pseudo_gradient::build_sparse(&self.layout, global, &local, residual, outer)
-                }
-                residual => pseudo_gradient::build(
-                    self.kernels,
-                    &self.layout,
-                    global,
-                    &local,
-                    residual,
-                    quant,
-                ),
-            };
+            let built = pseudo_gradient::build_for(
+                self.kernels,
+                &self.layout,
+                global,
+                &local,
+                worker.residual.as_deref_mut(),
+                outer,
+            );
             match built.and_then(|set| Ok((set.payload_bytes(), encode(&set, 3)?))) {
                 Ok((payload, frame)) => {
                     self.bytes_sent += share * frame.len() as f64 / n as f64;
@@ -284,10 +293,12 @@ impl<B: AutodiffBackend> Run<'_, B> {
         }
         let mut mean = vec![0.0f32; global.len()];
         if sparse {
-            let weight = 1.0 / contributions.len() as f32;
-            for set in &contributions {
-                pseudo_gradient::accumulate(CANONICAL, &self.layout.slots, set, &mut mean, weight)?;
-            }
+            let count = contributions.len();
+            let bundle = pseudo_gradient::bundle(contributions);
+            let relayed = (n - 1) as f64 / n as f64;
+            self.payload_bytes += relayed * bundle.payload_bytes() as f64;
+            self.bytes_sent += relayed * encode(&bundle, 3)?.len() as f64;
+            pseudo_gradient::accumulate_bundle(&self.layout.slots, bundle, count, &mut mean)?;
             return Ok(Some(mean));
         }
         let reduced =
@@ -580,6 +591,7 @@ pub fn simulate<B: AutodiffBackend>(
         ddp_equivalent_bytes_per_worker: (allreduce_factor(n) * params as f64 * 4.0 * steps as f64)
             .round() as u64,
         rejected_contributions: run.rejected,
+        params_sha256: params_sha256(&flatten(&final_model).1),
         wall_secs,
         tokens_per_sec: run.tokens as f64 / wall_secs,
         config_hash: config.hash(),

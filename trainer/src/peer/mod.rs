@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
-use sha2::Digest;
-use sinter_comms::encode;
 use sinter_comms::group::{Arrival, Group, GroupError, PeerStats};
 use sinter_comms::net::PeerId;
+use sinter_comms::{CodecLimits, encode};
 use sinter_kernels::Kernels;
 use sinter_mechanism::Ledger;
 
 use crate::checkpoint::{Checkpointing, Snapshot};
-use crate::config::{Mode, RunConfig};
+use crate::config::{Mode, Quant, RunConfig};
 use crate::data::{DataUsage, Dataset, position};
 use crate::eval::EvalPoint;
 use crate::eval::validation_loss;
@@ -38,6 +37,7 @@ use crate::model::Llama;
 use crate::outer::{CANONICAL, outer_lr, outer_step};
 use crate::params::{ParamLayout, flatten, initial_model, load};
 use crate::round_state::{RoundState, sha256_hex};
+pub use crate::simulate::params_sha256;
 use crate::simulate::{Observer, Summary, allreduce_factor};
 use crate::{TrainerError, pseudo_gradient};
 use validator::{IncentiveSummary, RunIncentives, Scoring};
@@ -78,8 +78,6 @@ pub struct PeerSummary {
     pub peer_id: String,
     /// Every peer seen in a group during the run.
     pub peers_seen: Vec<String>,
-    /// SHA-256 of the final global parameters (little-endian f32 bytes).
-    pub params_sha256: String,
     /// Bytes this peer received.
     pub bytes_received: u64,
     /// Requests and contributions refused, per peer.
@@ -104,15 +102,6 @@ pub struct PeerOutcome<B: burn::tensor::backend::Backend> {
     pub evals: Vec<EvalPoint>,
     /// The final global model.
     pub model: Llama<B>,
-}
-
-/// SHA-256 of parameters as little-endian f32 bytes, hex.
-pub fn params_sha256(values: &[f32]) -> String {
-    let mut hasher = sha2::Sha256::new();
-    for v in values {
-        hasher.update(v.to_le_bytes());
-    }
-    hex::encode(hasher.finalize())
 }
 
 fn group_error(e: GroupError) -> TrainerError {
@@ -154,10 +143,12 @@ fn fetch_agreed_state(
     Ok((fetched, blob))
 }
 
-/// The mean pseudo-gradient of a round from its reduced shards; a shard that does not decode
-/// leaves its parameters out of this round (every member skips it alike). Canonical kernels:
-/// every member decodes the same bytes to the same bits.
+/// The mean pseudo-gradient of a round from its reduced shards (a dense shard's mean, or a
+/// sparse shard's bundle of its contributors' sets); a shard that does not decode leaves its
+/// parameters out of this round (every member skips it alike). Canonical kernels: every
+/// member decodes the same bytes to the same bits.
 fn reduced_delta(
+    config: &RunConfig,
     layout: &ParamLayout,
     bounds: &[std::ops::Range<usize>],
     shards: &[Arrival],
@@ -168,18 +159,35 @@ fn reduced_delta(
         if shard.frame.is_empty() {
             continue;
         }
-        let applied = pseudo_gradient::accumulate_frame(
-            CANONICAL,
-            &layout.slots[bounds[k].clone()],
-            &shard.frame,
-            &mut delta,
-            1.0,
-        );
+        let slots = &layout.slots[bounds[k].clone()];
+        let applied = match config.outer.quant {
+            Quant::Sparse => sinter_comms::decode(&shard.frame, &CodecLimits::default())
+                .map_err(TrainerError::from)
+                .and_then(|bundle| {
+                    pseudo_gradient::accumulate_bundle(
+                        slots,
+                        bundle,
+                        shard.contributors.len(),
+                        &mut delta,
+                    )
+                }),
+            _ => pseudo_gradient::accumulate_frame(CANONICAL, slots, &shard.frame, &mut delta, 1.0),
+        };
         if let Err(e) = applied {
             tracing::warn!(round, shard = k, from = %shard.from, error = %e, "reduced shard unusable; its parameters skip this round");
         }
     }
     delta
+}
+
+/// The bytes a member sends in a round's exchange per byte of its own pseudo-gradient: dense
+/// sets are all-reduced (2(N−1)/N); sparse sets reach the shards' owners ((N−1)/N), which
+/// relay every member's parts to the N−1 others (on average N−1 more).
+pub fn exchange_factor(config: &RunConfig, n: usize) -> f64 {
+    match config.outer.quant {
+        Quant::Sparse => (n as f64 - 1.0) * (n as f64 + 1.0) / n as f64,
+        _ => allreduce_factor(n),
+    }
 }
 
 /// What a peer counts over its run, for its summary.
@@ -238,6 +246,7 @@ impl Tally {
                     * self.steps_done as f64)
                     .round() as u64,
                 rejected_contributions: rejected.values().sum::<u64>() as usize,
+                params_sha256: params_sha256(&state.global),
                 wall_secs,
                 tokens_per_sec: state.tokens as f64 / wall_secs,
                 config_hash: config.hash(),
@@ -248,7 +257,6 @@ impl Tally {
             },
             peer_id: group.me().to_string(),
             peers_seen: self.peers_seen.into_iter().collect(),
-            params_sha256: params_sha256(&state.global),
             bytes_received: self.bytes_received,
             rejected_by_peer: rejected
                 .into_iter()
@@ -296,11 +304,6 @@ pub fn run_peer<B: AutodiffBackend>(
     if config.outer.mode != Mode::Diloco || config.outer.warmup_ddp_steps > 0 {
         return Err(TrainerError::Network(
             "`launch run` trains DiLoCo without a data-parallel warm start: set outer.mode = \"diloco\" and outer.warmup_ddp_steps = 0".into(),
-        ));
-    }
-    if config.outer.quant == crate::config::Quant::Sparse {
-        return Err(TrainerError::Network(
-            "`launch run` does not exchange sparse pseudo-gradients yet (their all-gather is sim-only): set outer.quant = \"int8\" or \"none\", or try the codec with `launch sim`".into(),
         ));
     }
     let started = Instant::now();
@@ -515,18 +518,17 @@ pub fn run_peer<B: AutodiffBackend>(
             i.trained(compute_secs);
         }
         let (_, local) = flatten(&model);
-        let quant = pseudo_gradient::quant_config(&config.outer);
         let bounds = pseudo_gradient::shard_bounds(&layout, n * SHARDS_PER_MEMBER);
-        let parts = match pseudo_gradient::build(
+        let parts = match pseudo_gradient::build_for(
             kernels,
             &layout,
             &state.global,
             &local,
             residual.as_deref_mut(),
-            quant,
+            &config.outer,
         ) {
             Ok(set) => {
-                tally.payload_bytes += allreduce_factor(n) * set.payload_bytes() as f64 / n as f64;
+                tally.payload_bytes += exchange_factor(config, n) * set.payload_bytes() as f64;
                 pseudo_gradient::split(set, &bounds)
                     .iter()
                     .map(|s| encode(s, 3))
@@ -558,7 +560,7 @@ pub fn run_peer<B: AutodiffBackend>(
             .map_err(group_error)?;
         tally.bytes_sent += result.bytes_sent;
         tally.bytes_received += result.bytes_received;
-        let delta = reduced_delta(&layout, &bounds, &result.shards, round);
+        let delta = reduced_delta(config, &layout, &bounds, &result.shards, round);
         let before = incentives
             .is_some()
             .then(|| (state.global.clone(), state.momentum.clone()));
@@ -593,6 +595,7 @@ pub fn run_peer<B: AutodiffBackend>(
             members = n,
             compute_secs,
             comm_secs = comm_started.elapsed().as_secs_f64(),
+            round_secs = round_started.elapsed().as_secs_f64(),
             bytes_sent = result.bytes_sent,
             bytes_received = result.bytes_received,
             params = %&params_sha256(&state.global)[..16],

@@ -1,4 +1,5 @@
-//! What a shard's owner makes of the contributions to its shard: the checked mean, and the
+//! What a shard's owner makes of the contributions to its shard: the checked mean (for the
+//! sparse codec, the bundle of the accepted sets, which every member averages), and the
 //! refusals with their reasons.
 
 use sinter_comms::group::{Arrival, Reduction};
@@ -6,7 +7,7 @@ use sinter_comms::{CodecLimits, decode, encode};
 use sinter_kernels::Kernels;
 use sinter_mechanism::filter::{MAX_NORM_RATIO, NormRule, norm_outliers};
 
-use crate::config::RunConfig;
+use crate::config::{Quant, RunConfig};
 use crate::params::ParamSlot;
 use crate::{TrainerError, pseudo_gradient};
 
@@ -54,7 +55,11 @@ pub(super) fn reduce_shard(
             contributors.push(from);
         }
     }
-    let frame = pseudo_gradient::mean(kernels, slots, &sets, quant)
+    let combined = match config.outer.quant {
+        Quant::Sparse => Ok(pseudo_gradient::bundle(sets)),
+        _ => pseudo_gradient::mean(kernels, slots, &sets, quant),
+    };
+    let frame = combined
         .and_then(|set| Ok(encode(&set, 3)?))
         .unwrap_or_else(|e| {
             // E.g. a mean too large for f16 scales. Every member then skips this shard's
