@@ -126,6 +126,28 @@ fn sparse_peers_end_bit_identical_to_the_simulation() {
     }
 }
 
+/// A peer stopped early by `--max-rounds` evaluates its last round, so its summary tells
+/// the loss it ended at rather than the initial one.
+#[test]
+fn a_peer_stopped_by_max_rounds_reports_the_loss_it_reached() {
+    let _serial = common::peers::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    let text = common::small_config(12, 1, 2).replace("every_steps = 2", "every_steps = 100");
+    std::fs::write(&config, text).unwrap();
+    let peer = Peer::start(dir.path(), "p1", &config, &["--max-rounds", "2"]);
+    let out = peer.out.clone();
+    let (status, summary) = peer.wait(dir.path(), "p1");
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["rounds"], 2, "{summary}");
+    let losses = val_losses(&out);
+    assert_eq!(losses.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 4]);
+    assert!(
+        summary["final_val_loss"].as_f64() < summary["initial_val_loss"].as_f64(),
+        "{summary}"
+    );
+}
+
 #[test]
 fn a_peer_with_another_config_is_refused_with_the_differing_field() {
     let _serial = common::peers::serial();

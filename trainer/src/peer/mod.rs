@@ -602,7 +602,10 @@ pub fn run_peer<B: AutodiffBackend>(
             "round done"
         );
         let every = config.eval.every_steps;
-        if end / every > step / every || end == steps {
+        // The last round this peer runs (`--max-rounds`) is evaluated too, so that its summary
+        // tells the loss it ended at.
+        let last = end == steps || options.max_rounds.is_some_and(|m| round >= m);
+        if end / every > step / every || last {
             let point = EvalPoint {
                 round,
                 step: end,
