@@ -213,16 +213,63 @@ pub fn plot_frontier(path: &Path, title: &str, runs: &[FrontierPoint]) -> Result
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
             });
     }
-    chart.draw_series(runs.iter().filter(|r| !r.reference).map(|r| {
+    let points: Vec<(&FrontierPoint, String)> = runs
+        .iter()
+        .filter(|r| !r.reference)
+        .map(|r| (r, format!("{} {:.3}", r.label, r.loss)))
+        .collect();
+    let pixels: Vec<(i32, i32)> = points
+        .iter()
+        .map(|(r, _)| chart.backend_coord(&(r.bytes, r.loss)))
+        .collect();
+    // About the width of a 12-pixel sans-serif character.
+    let widths: Vec<i32> = points
+        .iter()
+        .map(|(_, text)| text.chars().count() as i32 * 13 / 2)
+        .collect();
+    let offsets = label_offsets(&pixels, &widths, LABEL_HEIGHT);
+    chart.draw_series(points.iter().zip(offsets).map(|((r, text), offset)| {
         EmptyElement::at((r.bytes, r.loss))
             + Circle::new((0, 0), 4, BLUE.filled())
-            + Text::new(
-                format!("{} {:.3}", r.label, r.loss),
-                (6, -14),
-                ("sans-serif", 12),
-            )
+            + Text::new(text.clone(), offset, ("sans-serif", 12))
     }))?;
     legend_and_save(&mut chart, &root, path)
+}
+
+/// A point label's height in pixels.
+const LABEL_HEIGHT: i32 = 13;
+
+/// Where each point's label goes, as an offset from its point (pixels, y down): beside it,
+/// moved up or down past the labels placed before it so that no two overlap, where a dozen
+/// tries find room (the last try otherwise).
+fn label_offsets(points: &[(i32, i32)], widths: &[i32], height: i32) -> Vec<(i32, i32)> {
+    let mut placed: Vec<[i32; 4]> = Vec::new();
+    let overlaps =
+        |a: &[i32; 4], b: &[i32; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+    points
+        .iter()
+        .zip(widths)
+        .map(|(&(x, y), &w)| {
+            let boxed = |dy: i32| [x + 6, y + dy, x + 6 + w, y + dy + height];
+            let tries = (0..12).map(|i: i32| {
+                let step = (i + 1) / 2 * (height + 1);
+                if i % 2 == 0 {
+                    -height - 1 - step
+                } else {
+                    4 + step - height - 1
+                }
+            });
+            let mut chosen = -height - 1;
+            for dy in tries {
+                chosen = dy;
+                if !placed.iter().any(|p| overlaps(p, &boxed(dy))) {
+                    break;
+                }
+            }
+            placed.push(boxed(chosen));
+            (6, chosen)
+        })
+        .collect()
 }
 
 /// `1.5 MB`, `3.1 GB`: a byte count for an axis label.
@@ -253,5 +300,35 @@ pub fn print_neurons(neurons: &[sinter_mechanism::ledger::interface::NeuronInfo]
             n.validator_trust,
             n.emission
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_of_nearby_points_do_not_overlap() {
+        let points = [(100, 200), (110, 200), (105, 203), (400, 200), (100, 300)];
+        let widths = [120, 120, 120, 120, 120];
+        let offsets = label_offsets(&points, &widths, LABEL_HEIGHT);
+        let boxes: Vec<[i32; 4]> = points
+            .iter()
+            .zip(&offsets)
+            .zip(widths)
+            .map(|((p, o), w)| {
+                let (x, y) = (p.0 + o.0, p.1 + o.1);
+                [x, y, x + w, y + LABEL_HEIGHT]
+            })
+            .collect();
+        for (i, a) in boxes.iter().enumerate() {
+            for b in &boxes[i + 1..] {
+                let apart = a[2] <= b[0] || b[2] <= a[0] || a[3] <= b[1] || b[3] <= a[1];
+                assert!(apart, "{a:?} and {b:?} overlap");
+            }
+        }
+        // A point with room keeps the usual place, just above and right of it.
+        assert_eq!(offsets[0], (6, -LABEL_HEIGHT - 1));
+        assert_eq!(offsets[3], (6, -LABEL_HEIGHT - 1));
     }
 }
