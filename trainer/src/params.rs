@@ -108,6 +108,10 @@ impl<B: Backend> ModuleVisitor<B> for Flatten {
 /// peer starts from the same bits whatever its backend (each backend's random generator
 /// draws other numbers from the same seed). `B` is seeded too, for anything drawn later.
 pub fn initial_model<B: Backend>(config: &ModelConfig, seed: u64, device: &B::Device) -> Llama<B> {
+    // Seeding and drawing go through the backends' global random state: one model at a time,
+    // or two in one process (tests side by side) interleave their draws.
+    static DRAWING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = DRAWING.lock().unwrap_or_else(|e| e.into_inner());
     let cpu = Default::default();
     CpuBackend::seed(&cpu, seed);
     let drawn: Llama<CpuBackend> = config.init(&cpu);
