@@ -2,7 +2,8 @@
 //! peers on loopback: an answer far beyond one message's limit arrives whole; one past the
 //! caller's limit is refused as it arrives; a hostile answerer (a frame past the chunk size,
 //! an answer cut short) and hostile callers (an oversized request, streams held open to use up
-//! the answerer's slots) get an error or a closed stream, and honest calls go on.
+//! the answerer's slots) get an error or a closed stream, and honest calls go on; a call
+//! whose stream is dropped unread is tried once more.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,24 @@ async fn pair() -> (Client, PeerId, Client, net::IncomingStreams) {
 /// `n` bytes that differ from one position to the next.
 fn blob(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// A stream that announces a request of 100 bytes and sends none, left open. Opened again
+/// while the answerer resets it: `libp2p-stream` drops a stream that arrives before the
+/// answerer took the one before it, and a dropped stream is reset at once, while a taken one
+/// stays silent until its deadline.
+async fn hold(caller: &Client, server: PeerId) -> net::Stream {
+    for _ in 0..10 {
+        let mut stream = caller.open(server, PROTOCOL).await.unwrap();
+        stream.write_all(&100u32.to_le_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte));
+        if read.await.is_err() {
+            return stream;
+        }
+    }
+    panic!("ten streams in a row were reset unread")
 }
 
 fn limits(concurrent: usize, deadline: Duration) -> CallLimits {
@@ -167,6 +186,31 @@ async fn a_hostile_answerer_gets_an_error_not_an_allocation_or_a_hang() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_stream_is_dropped_unread_is_tried_once_more() {
+    let (caller, server_id, _server, mut calls) = pair().await;
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let first = calls.next().await;
+        drop(first);
+        dropped_tx.send(()).unwrap();
+        serve_calls(
+            calls,
+            limits(2, Duration::from_secs(10)),
+            |_, request| async move { request.repeat(2) },
+        )
+        .await
+    });
+    assert_eq!(
+        caller
+            .call(server_id, PROTOCOL, b"again", 1 << 10)
+            .await
+            .unwrap(),
+        b"againagain"
+    );
+    assert!(dropped.await.is_ok(), "the first stream was never dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_callers_cannot_hold_the_answerer_and_honest_calls_go_on() {
     let (caller, server_id, _server, calls) = pair().await;
     let deadline = Duration::from_secs(2);
@@ -182,17 +226,14 @@ async fn hostile_callers_cannot_hold_the_answerer_and_honest_calls_go_on() {
         Err(NetError::Request { .. }) => {}
         other => panic!("an oversized request: {other:?}"),
     }
-    // Two streams that never send their request hold both slots; a third call is closed.
+    // Two streams that never send their request hold both slots; a third call is closed,
+    // and so is its second try.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = caller.open(server_id, PROTOCOL).await.unwrap();
-        stream.write_all(&100u32.to_le_bytes()).await.unwrap();
-        stream.flush().await.unwrap();
-        held.push(stream);
+        held.push(hold(&caller, server_id).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     match honest().await {
-        Err(NetError::Request { .. }) => {}
+        Err(NetError::Request { reason, .. }) => assert!(reason.contains("unanswered"), "{reason}"),
         other => panic!("a call beyond the slots: {other:?}"),
     }
     // Past the deadline the held streams are closed and their slots free again.

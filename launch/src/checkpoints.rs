@@ -8,7 +8,7 @@ use sinter_checkpoints::store::{self, Checkpoint};
 use sinter_comms::transfer::Manifest;
 use sinter_trainer::checkpoint::{Meta, Snapshot};
 use sinter_trainer::model::Llama;
-use sinter_trainer::params::flatten;
+use sinter_trainer::params::{flatten, skeleton};
 use sinter_trainer::{CpuBackend, RunConfig, weights};
 
 use crate::cli::{ExportArgs, ExportFormat, WeightsArgs};
@@ -94,7 +94,7 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
 /// The snapshot in a checkpoint, for `--resume`.
 pub fn snapshot(path: &Path, config: &RunConfig) -> Result<Snapshot> {
     let (checkpoint, dir) = read(path)?;
-    let model: Llama<CpuBackend> = config.model.init(&Default::default());
+    let model: Llama<CpuBackend> = skeleton(&config.model, &Default::default());
     let (layout, _) = flatten(&model);
     tracing::info!(checkpoint = %dir.display(), "resuming from");
     Ok(Snapshot::from_checkpoint(&checkpoint, &dir, &layout)?)

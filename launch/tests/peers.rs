@@ -528,9 +528,10 @@ fn a_rogue_member_is_refused_with_reasons_and_the_run_goes_on() {
     );
 
     // The rogue: a real libp2p peer speaking the group protocol, whose payloads are poison.
-    let model = config
-        .model
-        .init::<sinter_trainer::CpuBackend>(&Default::default());
+    let model = sinter_trainer::params::skeleton::<sinter_trainer::CpuBackend>(
+        &config.model,
+        &Default::default(),
+    );
     let (layout, _) = sinter_trainer::params::flatten(&model);
     let shards = 3 * sinter_trainer::peer::SHARDS_PER_MEMBER;
     let bounds = sinter_trainer::pseudo_gradient::shard_bounds(&layout, shards);

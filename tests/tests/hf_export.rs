@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
 use sinter_trainer::config::RunConfig;
-use sinter_trainer::params::flatten;
+use sinter_trainer::params::{flatten, skeleton};
 use sinter_trainer::{CpuBackend, export, weights};
 
 fn config(tied: bool) -> RunConfig {
@@ -29,7 +29,7 @@ fn config(tied: bool) -> RunConfig {
 
 fn sinter_logits(config: &RunConfig, tokens: &[u32]) -> (Vec<u8>, Vec<Vec<f32>>) {
     let device = Default::default();
-    let model = config.model.init::<CpuBackend>(&device);
+    let model = skeleton::<CpuBackend>(&config.model, &device);
     let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     let input =
         Tensor::<CpuBackend, 2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);

@@ -534,6 +534,7 @@ impl<B: Backend> Rope<B> {
 mod tests {
     use super::*;
     use crate::CpuBackend as B;
+    use crate::params::skeleton;
     use burn::tensor::Distribution;
 
     fn tiny(n_kv_heads: usize) -> ModelConfig {
@@ -598,7 +599,7 @@ mod tests {
     fn decoding_from_the_cache_is_the_full_pass_alone_or_batched() {
         let device = Default::default();
         for kv in [4, 2, 1] {
-            let model: Llama<B> = tiny(kv).init(&device);
+            let model: Llama<B> = skeleton(&tiny(kv), &device);
             let tokens = [3i32, 9, 1, 30, 7, 7, 2, 11];
             let full = model.forward(ids(&tokens));
             let (first, mut cache) = model.prefill(ids(&tokens[..3]));
@@ -644,7 +645,7 @@ mod tests {
     fn attention_is_causal_for_plain_and_grouped_heads() {
         let device = Default::default();
         for kv in [4, 2, 1] {
-            let model: Llama<B> = tiny(kv).init(&device);
+            let model: Llama<B> = skeleton(&tiny(kv), &device);
             let a = Tensor::<B, 2, Int>::from_data(
                 TensorData::new(vec![1i32, 5, 7, 9, 2, 3], [1, 6]),
                 &device,
@@ -672,7 +673,7 @@ mod tests {
     #[test]
     fn a_fresh_model_predicts_near_uniformly() {
         let device = Default::default();
-        let model: Llama<B> = tiny(4).init(&device);
+        let model: Llama<B> = skeleton(&tiny(4), &device);
         let windows = Tensor::<B, 2, Int>::from_data(
             TensorData::new((0..18).map(|i| i % 32).collect::<Vec<i32>>(), [2, 9]),
             &device,
@@ -688,7 +689,7 @@ mod tests {
             tie_embeddings: true,
             ..tiny(4)
         };
-        let model: Llama<B> = config.init(&device);
+        let model: Llama<B> = skeleton(&config, &device);
         assert!(model.lm_head.is_none());
         let logits = model.forward(Tensor::from_data(
             TensorData::new(vec![1i32, 2], [1, 2]),
@@ -714,7 +715,7 @@ mod tests {
             tiny(2),
         ];
         for config in variants {
-            let model: Llama<B> = config.init(&Default::default());
+            let model: Llama<B> = skeleton(&config, &Default::default());
             assert_eq!(crate::params::flatten(&model).0.len(), config.param_count());
         }
     }

@@ -104,14 +104,26 @@ impl<B: Backend> ModuleVisitor<B> for Flatten {
     }
 }
 
+/// Held while a model is drawn. Seeding and drawing go through the backends' global random
+/// state, so two models drawn at once in one process (tests side by side) would interleave
+/// their draws and a seeded one would not get its seed's weights.
+fn drawing() -> std::sync::MutexGuard<'static, ()> {
+    static DRAWING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DRAWING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A model of `config` with unseeded random weights: a skeleton for weights loaded next, or
+/// a model any weights will do for. Drawn under the lock [`initial_model`] holds.
+pub fn skeleton<B: Backend>(config: &ModelConfig, device: &B::Device) -> Llama<B> {
+    let _one_at_a_time = drawing();
+    config.init(device)
+}
+
 /// A run's initial model on `device`: drawn on the CPU from `seed` and moved there, so every
 /// peer starts from the same bits whatever its backend (each backend's random generator
 /// draws other numbers from the same seed). `B` is seeded too, for anything drawn later.
 pub fn initial_model<B: Backend>(config: &ModelConfig, seed: u64, device: &B::Device) -> Llama<B> {
-    // Seeding and drawing go through the backends' global random state: one model at a time,
-    // or two in one process (tests side by side) interleave their draws.
-    static DRAWING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = DRAWING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = drawing();
     let cpu = Default::default();
     CpuBackend::seed(&cpu, seed);
     let drawn: Llama<CpuBackend> = config.init(&cpu);

@@ -13,7 +13,7 @@ use sinter_checkpoints::tensors;
 use crate::TrainerError;
 use crate::config::RunConfig;
 use crate::model::Llama;
-use crate::params::{ParamLayout, flatten, load};
+use crate::params::{ParamLayout, flatten, load, skeleton};
 
 const CONFIG_KEY: &str = "sinter.config";
 
@@ -80,7 +80,7 @@ pub fn from_bytes<B: Backend>(
         )
     })?;
     let config = RunConfig::parse(config_text, path)?;
-    let model: Llama<B> = config.model.init(device);
+    let model: Llama<B> = skeleton(&config.model, device);
     let (layout, _) = flatten(&model);
     let values = layout
         .gather(&found, "")

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use codec::{FrameCodec, PROTOCOL};
 pub use libp2p::identity::Keypair;
 pub use libp2p::multiaddr::Protocol;
-pub use libp2p::{Multiaddr, PeerId, StreamProtocol};
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use libp2p_stream::IncomingStreams;
 pub use limits::PeerLimits;
 pub use nat::{Reachability, RelayService, Route, Routes};
@@ -282,6 +282,12 @@ impl Client {
 
     /// Calls `peer` on `protocol` (a plain stream): sends `request` and returns its answer,
     /// streamed in chunks and refused past `limit` bytes ([`stream`]).
+    ///
+    /// A call whose stream closes before any of the answer arrives is tried once more after
+    /// [`stream::RETRY_PAUSE`]: `libp2p-stream` resets a stream that arrives while the
+    /// answerer has not yet taken the one before it (rust-libp2p #5651), so a burst of calls
+    /// from several callers loses some unread, and an answerer at its limit of calls closes
+    /// new ones until a slot frees.
     pub async fn call(
         &self,
         peer: PeerId,
@@ -289,8 +295,19 @@ impl Client {
         request: &[u8],
         limit: usize,
     ) -> Result<Vec<u8>, NetError> {
-        let stream = self.open(peer, protocol).await?;
-        stream::call_on(peer, stream, request, self.max_request, limit).await
+        let mut retried = false;
+        loop {
+            let stream = self.open(peer, protocol.clone()).await?;
+            match stream::call_on(peer, stream, request, self.max_request, limit).await {
+                Ok(answer) => return Ok(answer),
+                Err(failed) if failed.unanswered && !retried => {
+                    tracing::debug!(%peer, %protocol, error = %failed.error, "trying the call again");
+                    retried = true;
+                    tokio::time::sleep(stream::RETRY_PAUSE).await;
+                }
+                Err(failed) => return Err(failed.error),
+            }
+        }
     }
 
     /// A plain stream to `peer` on `protocol` (dialling it if need be).

@@ -19,14 +19,33 @@ use super::NetError;
 /// The largest frame of a streamed answer.
 pub const CHUNK: usize = 256 << 10;
 
+/// How long a caller waits before trying again a call its answerer closed unanswered.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Reads one frame of at most `max` bytes (`what` names it in errors).
 pub(crate) async fn read_frame<T>(io: &mut T, max: usize, what: &str) -> std::io::Result<Vec<u8>>
 where
     T: futures::AsyncRead + Unpin + Send,
 {
+    let len = read_len(io).await?;
+    read_body(io, len, max, what).await
+}
+
+/// A frame's length prefix.
+async fn read_len<T>(io: &mut T) -> std::io::Result<usize>
+where
+    T: futures::AsyncRead + Unpin + Send,
+{
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let len = u32::from_le_bytes(len) as usize;
+    Ok(u32::from_le_bytes(len) as usize)
+}
+
+/// The `len` bytes of a frame after its prefix, if `len` is at most `max`.
+async fn read_body<T>(io: &mut T, len: usize, max: usize, what: &str) -> std::io::Result<Vec<u8>>
+where
+    T: futures::AsyncRead + Unpin + Send,
+{
     if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -90,9 +109,13 @@ pub enum ChunkedError {
     /// The answer broke the protocol: past the reader's limit, or a frame over [`CHUNK`].
     #[error("{0}")]
     Refused(String),
-    /// The stream failed or ended before the empty frame.
+    /// The stream failed or ended before the answer's first frame: the answerer closed it
+    /// unread or never took it.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Unanswered(std::io::Error),
+    /// The stream failed or ended after the answer began, before its empty frame.
+    #[error("{0}")]
+    Io(std::io::Error),
 }
 
 /// Reads frames until the empty one and returns their bytes, refusing an answer of more than
@@ -102,8 +125,14 @@ where
     T: futures::AsyncRead + Unpin + Send,
 {
     let mut data = Vec::new();
+    let mut begun = false;
     loop {
-        let chunk = read_frame(io, CHUNK, "chunk")
+        let len = read_len(io).await.map_err(|e| match begun {
+            true => ChunkedError::Io(e),
+            false => ChunkedError::Unanswered(e),
+        })?;
+        begun = true;
+        let chunk = read_body(io, len, CHUNK, "chunk")
             .await
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::InvalidData => ChunkedError::Refused(e.to_string()),
@@ -121,6 +150,14 @@ where
     }
 }
 
+/// One failed try of a call.
+pub(crate) struct Failed {
+    pub(crate) error: NetError,
+    /// The stream closed before any of the answer arrived: the answerer refused it unread, or
+    /// never took it, so another try may be answered.
+    pub(crate) unanswered: bool,
+}
+
 /// Asks `peer` over `stream` (opened on its protocol): writes `request` (at most
 /// `max_request` bytes), then reads the chunked answer, of at most `limit` bytes.
 pub(crate) async fn call_on(
@@ -129,15 +166,34 @@ pub(crate) async fn call_on(
     request: &[u8],
     max_request: usize,
     limit: usize,
-) -> Result<Vec<u8>, NetError> {
-    let failed = |reason: String| NetError::Request { peer, reason };
-    write_frame(&mut stream, request, max_request, "request")
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    stream.flush().await.map_err(|e| failed(e.to_string()))?;
+) -> Result<Vec<u8>, Failed> {
+    let failed = |reason: String, unanswered| Failed {
+        error: NetError::Request { peer, reason },
+        unanswered,
+    };
+    let sent = async {
+        write_frame(&mut stream, request, max_request, "request").await?;
+        stream.flush().await
+    };
+    match sent.await {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(failed(e.to_string(), false));
+        }
+        Err(e) => {
+            return Err(failed(
+                format!("closed unanswered: sending the request: {e}"),
+                true,
+            ));
+        }
+        Ok(()) => {}
+    }
     read_chunked(&mut stream, limit).await.map_err(|e| match e {
-        ChunkedError::Refused(reason) => NetError::Answer { peer, reason },
-        ChunkedError::Io(e) => failed(format!("reading the answer: {e}")),
+        ChunkedError::Refused(reason) => Failed {
+            error: NetError::Answer { peer, reason },
+            unanswered: false,
+        },
+        ChunkedError::Unanswered(e) => failed(format!("closed unanswered: {e}"), true),
+        ChunkedError::Io(e) => failed(format!("reading the answer: {e}"), false),
     })
 }
 
