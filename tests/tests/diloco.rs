@@ -37,9 +37,8 @@ fn int8_diloco_learns_and_counts_bytes_of_real_frames() {
     assert_eq!(summary.rounds, 4);
     assert_eq!(evals.len(), 5, "initial + one per round");
     // Payload per sync: one int8 code per parameter plus one f32 scale per block of each tensor.
-    let (layout, _) = params::flatten(&params::initial_model::<sinter_trainer::CpuBackend>(
+    let (layout, _) = params::flatten(&params::skeleton::<sinter_trainer::CpuBackend>(
         &config.model,
-        0,
         &Default::default(),
     ));
     let per_sync: usize = layout
@@ -129,9 +128,7 @@ fn data_parallel_with_one_worker_is_plain_training_and_sends_nothing() {
 #[test]
 fn a_lying_or_corrupt_pseudo_gradient_is_rejected_before_it_touches_the_mean() {
     let config = small();
-    // Through `initial_model`: burn's random state is global, and tests run side by side.
-    let model =
-        params::initial_model::<sinter_trainer::CpuBackend>(&config.model, 0, &Default::default());
+    let model = params::skeleton::<sinter_trainer::CpuBackend>(&config.model, &Default::default());
     let (layout, global) = params::flatten(&model);
     let mut local = global.clone();
     local[10] += 0.5;

@@ -127,9 +127,12 @@ where
     let mut data = Vec::new();
     let mut begun = false;
     loop {
-        let len = read_len(io).await.map_err(|e| match begun {
-            true => ChunkedError::Io(e),
-            false => ChunkedError::Unanswered(e),
+        let len = read_len(io).await.map_err(|e| {
+            if begun {
+                ChunkedError::Io(e)
+            } else {
+                ChunkedError::Unanswered(e)
+            }
         })?;
         begun = true;
         let chunk = read_body(io, len, CHUNK, "chunk")
