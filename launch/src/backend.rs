@@ -1,20 +1,17 @@
 //! Runs a job on the compute backend and kernels a config names.
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
 use sinter_kernels::Kernels;
 use sinter_trainer::config::BackendKind;
+use sinter_trainer::fused::TrainBackend;
 
 /// Work that is generic over the training backend.
 pub trait BackendJob {
     /// What the job returns.
     type Output;
     /// Runs on backend `B` (with autodiff) and the kernels that suit it.
-    fn run<B: AutodiffBackend>(
-        self,
-        device: B::Device,
-        kernels: &dyn Kernels,
-    ) -> Result<Self::Output>;
+    fn run<B: TrainBackend>(self, device: B::Device, kernels: &dyn Kernels)
+    -> Result<Self::Output>;
 }
 
 /// What a backend needs from the machine, for the message when it is missing.

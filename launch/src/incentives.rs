@@ -2,11 +2,11 @@
 //! the command line.
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use sinter_kernels::Kernels;
 use sinter_mechanism::consensus::Consensus;
 use sinter_mechanism::score::ScoreKind;
 use sinter_trainer::RunConfig;
+use sinter_trainer::fused::TrainBackend;
 
 use crate::ConfigFileError;
 use crate::backend::{BackendJob, dispatch};
@@ -81,7 +81,7 @@ struct Job {
 impl BackendJob for Job {
     type Output = ContributionReport;
 
-    fn run<B: AutodiffBackend>(
+    fn run<B: TrainBackend>(
         self,
         device: B::Device,
         kernels: &dyn Kernels,

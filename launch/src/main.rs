@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use sinter_kernels::Kernels;
 use sinter_trainer::config::{Mode, Quant};
+use sinter_trainer::fused::TrainBackend;
 use sinter_trainer::generate::{Sampling, generate};
 use sinter_trainer::simulate::{Observer, SimOptions, Summary, simulate};
 use sinter_trainer::{RunConfig, TrainerError, weights};
@@ -400,7 +400,7 @@ struct TrainJob {
 impl BackendJob for TrainJob {
     type Output = Summary;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<Summary> {
+    fn run<B: TrainBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<Summary> {
         let (_, dataset) = self.config.load_data()?;
         let total = match self.config.outer.mode {
             Mode::Ddp => self.config.inner.steps,
@@ -472,7 +472,7 @@ struct EvalJob {
 impl BackendJob for EvalJob {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
+    fn run<B: TrainBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
         let (config, model) = checkpoints::load_model::<B::InnerBackend>(&self.source, &device)?;
         let (_, dataset) = config.load_data()?;
         let windows = dataset.validation_windows(&config.data, config.run.seed);
@@ -498,7 +498,7 @@ struct GenerateJob {
 impl BackendJob for GenerateJob {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
+    fn run<B: TrainBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
         let args = self.args;
         let (config, model) = checkpoints::load_model::<B::InnerBackend>(&args.source, &device)?;
         let tokenizer = sinter_trainer::tokenizer::Tokenizer::load(&config.data.tokenizer)?;

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 use sinter_checkpoints::serve::Served;
 use sinter_comms::group::{Group, GroupLimits, GroupSettings};
 use sinter_comms::net::{self, Multiaddr, NetConfig};
@@ -18,6 +17,7 @@ use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::wallet::Wallet;
 use sinter_mechanism::subtensor::{Chain, ledger::ChainLedger};
 use sinter_trainer::RunConfig;
+use sinter_trainer::fused::TrainBackend;
 use sinter_trainer::ledger_net::{RunLedger, replica_path};
 use sinter_trainer::peer::identity::served_address;
 use sinter_trainer::peer::validator::IncentiveSummary;
@@ -608,7 +608,7 @@ struct PeerJob {
 impl BackendJob for PeerJob {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<()> {
+    fn run<B: TrainBackend>(self, device: B::Device, kernels: &dyn Kernels) -> Result<()> {
         let (_, dataset) = self.config.load_data()?;
         let mut progress = Progress::new(self.config.inner.steps as u64);
         let result = run_peer::<B>(

@@ -9,15 +9,15 @@
 mod common;
 
 use burn::backend::{Autodiff, Wgpu};
-use burn::tensor::backend::AutodiffBackend;
 use common::small;
 use sinter_trainer::config::RunConfig;
+use sinter_trainer::fused::TrainBackend;
 use sinter_trainer::inner::{inner_optimizer, train_step};
 use sinter_trainer::params::{flatten, initial_model};
 use sinter_trainer::{CpuTrainBackend, model::Llama};
 
 /// H local steps from the run's initial model: the start, the end and the losses.
-fn local_steps<B: AutodiffBackend>(config: &RunConfig, h: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn local_steps<B: TrainBackend>(config: &RunConfig, h: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let device = B::Device::default();
     let (_, dataset) = config.load_data().unwrap();
     let order = dataset.order(config.run.seed);

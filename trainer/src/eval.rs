@@ -1,5 +1,6 @@
 //! Validation loss: mean cross-entropy per token over fixed held-out windows.
 
+use crate::fused::ModelBackend;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 
@@ -24,7 +25,7 @@ use crate::model::Llama;
 /// Mean loss over `batches` (each a concatenation of `batch_size` equal windows). On the CPU
 /// backend batches are spread over the cores; the sum is taken in batch order, so the result
 /// does not depend on the number of threads.
-pub fn validation_loss<B: Backend>(
+pub fn validation_loss<B: ModelBackend>(
     model: &Llama<B>,
     batches: &[Vec<u32>],
     batch_size: usize,

@@ -1,6 +1,6 @@
 //! Sampling text from a model: temperature, top-k, top-p; temperature 0 is greedy.
 
-use burn::tensor::backend::Backend;
+use crate::fused::ModelBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,7 +67,7 @@ pub fn sample_token(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u3
 
 /// Extends `prompt` by up to `max_tokens` tokens, calling `on_token` with each as it is
 /// chosen; generation stops early when it returns `false`. An empty prompt yields nothing.
-pub fn generate<B: Backend>(
+pub fn generate<B: ModelBackend>(
     model: &Llama<B>,
     prompt: &[u32],
     max_tokens: usize,

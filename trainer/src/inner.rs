@@ -2,6 +2,7 @@
 //! gradient-norm clipping (as PyTorch's `clip_grad_norm_`, over all parameters at once;
 //! burn's own clipping works per tensor).
 
+use crate::fused::TrainBackend;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
@@ -93,7 +94,7 @@ pub fn inner_lr(config: &InnerConfig, step: usize) -> f64 {
 }
 
 /// One AdamW step on a batch of windows; returns the updated model and the batch loss.
-pub fn train_step<B: AutodiffBackend>(
+pub fn train_step<B: TrainBackend>(
     model: Llama<B>,
     optimizer: &mut InnerOptimizer<B>,
     windows: &[u32],

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`config`] | the TOML run configuration and its validation |
 //! | [`model`] | the decoder (Hugging Face LLaMA conventions) |
+//! | [`fused`] | the model's fused softmax and SwiGLU, with their backward: flex host kernels, autodiff nodes |
 //! | [`tokenizer`], [`data`] | tokens, cached token files, shards, validation windows |
 //! | [`params`] | a model's parameters as one flat vector with a named layout |
 //! | [`inner`], [`schedule`] | one worker's AdamW step with global-norm clipping; its learning rate |
@@ -30,6 +31,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod fused;
 pub mod generate;
 pub mod inner;
 pub mod ledger_net;

@@ -9,8 +9,10 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
+
+use crate::fused::ModelBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
@@ -202,7 +204,7 @@ fn rotate_half_matrix(heads: usize, head_dim: usize) -> Vec<f32> {
 }
 
 /// Constant tensors one forward pass shares across layers, laid out so that burn's CPU
-/// backend stays on its contiguous fast paths (no strided views, no expanded masks).
+/// backend stays on its contiguous fast paths (no strided views).
 struct Positional<B: Backend> {
     /// `cos` of each position's angles as one row `[1, seq · n_heads · head_dim]` (Hugging
     /// Face layout: frequencies repeated over both halves of each head).
@@ -210,8 +212,6 @@ struct Positional<B: Backend> {
     sin: Tensor<B, 2>,
     /// `[width, width]` block-diagonal matrix with `x · R = rotate_half(x)` per head.
     rotate_half: Tensor<B, 2>,
-    /// One row `[1, seq · seq]`: 0 where a query may attend, −∞ in the future.
-    causal_bias: Tensor<B, 2>,
     seq: usize,
 }
 
@@ -221,15 +221,6 @@ impl<B: Backend> Positional<B> {
         let positions: Vec<usize> = (0..seq).collect();
         let (cos, sin) = rope_angles(&positions, heads, head_dim, theta);
         let rotate = rotate_half_matrix(heads, head_dim);
-        let causal: Vec<f32> = (0..seq * seq)
-            .map(|k| {
-                if k % seq > k / seq {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
         let table = |v: Vec<f32>, rows: usize, cols: usize| {
             Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([rows, cols])
         };
@@ -237,7 +228,6 @@ impl<B: Backend> Positional<B> {
             cos: table(cos, 1, seq * width),
             sin: table(sin, 1, seq * width),
             rotate_half: table(rotate, width, width),
-            causal_bias: table(causal, 1, seq * seq),
             seq,
         }
     }
@@ -257,7 +247,7 @@ impl<B: Backend> Positional<B> {
 /// heads are repeated.
 type KeysValues<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
-impl<B: Backend> Attention<B> {
+impl<B: ModelBackend> Attention<B> {
     /// `x` is `[batch · seq, d_model]`; the output, and the keys and values it attended to.
     fn forward(
         &self,
@@ -272,13 +262,12 @@ impl<B: Backend> Attention<B> {
         let k = heads(kv_pos.rope(self.wk.forward(x.clone())), self.n_kv_heads);
         let v = heads(self.wv.forward(x), self.n_kv_heads);
         let (kx, vx) = (self.repeat_kv(k.clone()), self.repeat_kv(v.clone()));
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
         let scores = q
             .matmul(kx.swap_dims(2, 3))
-            .mul_scalar(scale)
-            .reshape([b * self.n_heads, s * s]);
-        let scores = (scores + q_pos.causal_bias.clone()).reshape([b, self.n_heads, s, s]);
-        let out = softmax(scores, 3).matmul(vx);
+            .reshape([b * self.n_heads * s, s]);
+        let probs = B::causal_softmax(scores, scale);
+        let out = probs.reshape([b, self.n_heads, s, s]).matmul(vx);
         let out = self.wo.forward(
             out.swap_dims(1, 2)
                 .reshape([b * s, self.n_heads * self.head_dim]),
@@ -300,14 +289,14 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-impl<B: Backend> FeedForward<B> {
+impl<B: ModelBackend> FeedForward<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.down
-            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+            .forward(B::swiglu(self.gate.forward(x.clone()), self.up.forward(x)))
     }
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: ModelBackend> Llama<B> {
     /// Logits `[batch, seq, vocab]` for tokens `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         self.run(tokens).0

@@ -14,10 +14,10 @@
 //! DiLoCo runs write checkpoints at round boundaries in the background and resume from
 //! them bit-exactly (same losses, same parameters as the uninterrupted run).
 
+use crate::fused::TrainBackend;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use sha2::Digest;
 use sinter_comms::{CodecLimits, decode, encode};
@@ -126,13 +126,13 @@ pub fn allreduce_factor(n: usize) -> f64 {
     2.0 * (n as f64 - 1.0) / n as f64
 }
 
-struct Worker<B: AutodiffBackend> {
+struct Worker<B: TrainBackend> {
     model: Llama<B>,
     optimizer: InnerOptimizer<B>,
     residual: Option<Vec<f32>>,
 }
 
-struct Run<'a, B: AutodiffBackend> {
+struct Run<'a, B: TrainBackend> {
     config: &'a RunConfig,
     dataset: &'a Dataset,
     order: DataOrder,
@@ -150,7 +150,7 @@ struct Run<'a, B: AutodiffBackend> {
     checkpointing: Option<Checkpointing>,
 }
 
-impl<B: AutodiffBackend> Run<'_, B> {
+impl<B: TrainBackend> Run<'_, B> {
     fn tokens_per_step(&self) -> u64 {
         (self.config.inner.batch_size * self.config.model.context) as u64
     }
@@ -308,7 +308,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
     }
 }
 
-impl<B: AutodiffBackend> Run<'_, B> {
+impl<B: TrainBackend> Run<'_, B> {
     /// Snapshots the run before `round` (at inner step `step`) and hands it to the
     /// background writer; the loop only pays for copying the state out.
     fn checkpoint(
@@ -422,7 +422,7 @@ pub struct SimOutcome<B: burn::tensor::backend::Backend> {
 }
 
 /// Runs a whole simulation and returns its summary, evaluations and final global model.
-pub fn simulate<B: AutodiffBackend>(
+pub fn simulate<B: TrainBackend>(
     config: &RunConfig,
     dataset: &Dataset,
     kernels: &dyn Kernels,

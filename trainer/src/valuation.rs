@@ -8,6 +8,7 @@
 //! run on the training thread (burn 0.21's autodiff graphs must not run backward on two
 //! threads at once).
 
+use crate::fused::{ModelBackend, TrainBackend};
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -27,7 +28,7 @@ pub struct Evaluator<B: Backend> {
     device: B::Device,
 }
 
-impl<B: Backend> Evaluator<B> {
+impl<B: ModelBackend> Evaluator<B> {
     /// An evaluator over `batches` (each `batch_size` windows).
     pub fn new(
         template: Llama<B>,
@@ -76,7 +77,7 @@ pub struct RoundGame<'a, B: Backend> {
     pub base_loss: f64,
 }
 
-impl<B: Backend> RoundGame<'_, B> {
+impl<B: ModelBackend> RoundGame<'_, B> {
     /// `v(S)` for peers `members`.
     pub fn value(&self, members: &[usize]) -> f64 {
         if members.is_empty() {
@@ -137,7 +138,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for FlatGradients<'_> {
 /// The gradient `g` (mean over batches) and diagonal empirical Fisher `F` (mean of each
 /// batch's squared gradient) of the loss over `batches` at `params`, both in the parameter
 /// layout's order.
-pub fn curvature<B: AutodiffBackend>(
+pub fn curvature<B: TrainBackend>(
     template: &Llama<B>,
     params: &[f32],
     batches: &[Vec<u32>],

@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -38,6 +37,7 @@ use sinter_mechanism::score::{
     Curvature, RoundScores, filter_round, spearman, to_u16_row, value_round,
 };
 use sinter_mechanism::shapley::{Coalitions, monte_carlo, relative_error};
+use sinter_trainer::fused::TrainBackend;
 
 use sinter_trainer::config::{DataConfig, IncentiveConfig, RunConfig};
 use sinter_trainer::data::{DataOrder, Dataset};
@@ -171,7 +171,7 @@ pub struct ContributionReport {
     pub epochs: u64,
 }
 
-struct Peer<B: AutodiffBackend> {
+struct Peer<B: TrainBackend> {
     role: Role,
     key: Keypair,
     model: Llama<B>,
@@ -228,7 +228,7 @@ fn block(
 }
 
 /// The peers, each with its own data (Shakespeare peers split Shakespeare into shards).
-fn make_peers<B: AutodiffBackend>(
+fn make_peers<B: TrainBackend>(
     roles: &[Role],
     initial: &Llama<B>,
     shakespeare: &Dataset,
@@ -262,7 +262,7 @@ fn make_peers<B: AutodiffBackend>(
 
 /// The ledger's genesis: the validator (uid 0, all the stake, the author) and every peer
 /// registered with no stake.
-fn genesis<B: AutodiffBackend>(
+fn genesis<B: TrainBackend>(
     validator: &Keypair,
     owner: &Keypair,
     peers: &[Peer<B>],
@@ -308,7 +308,7 @@ fn commit_contribution(ledger: &Replica, key: &Keypair, round: usize, frame: &[u
 }
 
 /// Runs the experiment.
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: TrainBackend>(
     config: &RunConfig,
     kernels: &dyn Kernels,
     device: &B::Device,
@@ -697,7 +697,7 @@ fn marginal_against_accepted<F: FnMut(&[usize]) -> f64>(
 }
 
 /// Each training peer's steps `steps` on its own data.
-fn train_round<B: AutodiffBackend>(
+fn train_round<B: TrainBackend>(
     peers: &mut [Peer<B>],
     steps: std::ops::Range<usize>,
     shakespeare: &Dataset,
@@ -733,7 +733,7 @@ fn train_round<B: AutodiffBackend>(
 }
 
 /// Every peer continues from the new global parameters.
-fn restart_from<B: AutodiffBackend>(peers: &mut [Peer<B>], global: &[f32], device: &B::Device) {
+fn restart_from<B: TrainBackend>(peers: &mut [Peer<B>], global: &[f32], device: &B::Device) {
     for peer in peers.iter_mut() {
         peer.model = load(peer.model.clone(), global, device);
     }

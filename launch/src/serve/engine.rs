@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use sinter_trainer::fused::ModelBackend;
 use sinter_trainer::generate::{Sampling, sample_token, slow_for_test};
 use sinter_trainer::model::{KvCache, Llama};
 use sinter_trainer::tokenizer::{TextStream, Tokenizer};
@@ -221,7 +221,7 @@ pub struct Busy;
 impl Engine {
     /// Starts the thread owning `model`, generating up to `batch` requests at once; up to
     /// `capacity` more wait.
-    pub fn start<B: Backend + 'static>(
+    pub fn start<B: ModelBackend + 'static>(
         model: Llama<B>,
         tokenizer: Tokenizer,
         device: B::Device,
@@ -271,7 +271,7 @@ impl From<Score> for Job {
     }
 }
 
-fn serve<B: Backend>(
+fn serve<B: ModelBackend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
     device: &B::Device,
@@ -318,7 +318,7 @@ fn serve<B: Backend>(
 }
 
 /// Starts `job`: a generation joins `running`; a score runs now.
-fn start<'t, B: Backend>(
+fn start<'t, B: ModelBackend>(
     model: &Llama<B>,
     tokenizer: &'t Tokenizer,
     device: &B::Device,
@@ -334,7 +334,7 @@ fn start<'t, B: Backend>(
 }
 
 /// Runs `score`'s text through the model and answers it, unless nobody waits for it.
-fn run_score<B: Backend>(model: &Llama<B>, device: &B::Device, score: Score) {
+fn run_score<B: ModelBackend>(model: &Llama<B>, device: &B::Device, score: Score) {
     metrics::histogram!("sinter_queue_seconds").record(score.arrived.elapsed().as_secs_f64());
     if score.deadline.is_some_and(|d| Instant::now() >= d) {
         return Job::Score(score).fail(Failure::Deadline);
@@ -383,7 +383,7 @@ fn top_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 }
 
 /// A request being generated: its cache, the logits of its next token, and what it sent.
-struct Sequence<'t, B: Backend> {
+struct Sequence<'t, B: ModelBackend> {
     request: Request,
     cache: KvCache<B>,
     logits: Vec<f32>,
@@ -394,7 +394,7 @@ struct Sequence<'t, B: Backend> {
     last: Option<Instant>,
 }
 
-impl<'t, B: Backend> Sequence<'t, B> {
+impl<'t, B: ModelBackend> Sequence<'t, B> {
     /// Runs the prompt; `None` when there is nothing to generate (then it is answered), or
     /// nobody to generate for (its caller left or its deadline passed while it waited).
     fn start(

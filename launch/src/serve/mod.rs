@@ -15,13 +15,13 @@ pub mod rate;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
 use sha2::Digest;
 use sinter_kernels::Kernels;
 use sinter_mechanism::Ledger;
 use sinter_mechanism::ledger::wallet::Wallet;
+use sinter_trainer::fused::TrainBackend;
 
 use crate::backend::BackendJob;
 use crate::checkpoints;
@@ -43,7 +43,7 @@ pub struct ServeJob {
 impl BackendJob for ServeJob {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
+    fn run<B: TrainBackend>(self, device: B::Device, _: &dyn Kernels) -> Result<()> {
         let args = self.args;
         let metrics = PrometheusBuilder::new()
             .set_buckets(&SECONDS_BUCKETS)?

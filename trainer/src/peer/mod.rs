@@ -15,11 +15,11 @@
 //! | `reduce` | a shard owner's checked mean of its shard |
 //! | `faults` | test-only fault hooks |
 
+use crate::fused::TrainBackend;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use sinter_comms::group::{Arrival, Group, GroupError, PeerStats};
 use sinter_comms::net::PeerId;
@@ -290,7 +290,7 @@ pub const SHARDS_PER_MEMBER: usize = 4;
 /// fetches the final state before the others leave; while a member of it lacks that state,
 /// the members form once more, which they can only do once it has fetched it.
 #[allow(clippy::too_many_arguments)]
-pub fn run_peer<B: AutodiffBackend>(
+pub fn run_peer<B: TrainBackend>(
     config: &RunConfig,
     dataset: &Dataset,
     kernels: &dyn Kernels,

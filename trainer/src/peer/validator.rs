@@ -17,11 +17,12 @@
 //! Weights come from Shapley values: Fisher importance needs backward passes, which burn's
 //! autodiff keeps on the training thread (`launch incentives` reports it).
 
+use crate::fused::{ModelBackend, TrainBackend};
 use std::collections::BTreeMap;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use serde::Serialize;
 use sinter_comms::group::{Group, Handed};
 use sinter_comms::net::PeerId;
@@ -138,11 +139,11 @@ pub struct Scoring<B: Backend> {
     pub seed: u64,
 }
 
-impl<B: Backend> Scoring<B> {
+impl<B: ModelBackend> Scoring<B> {
     /// What a peer of the run described by `config` scores with: the validator's own
     /// validation batches (`incentives.validator_batches`) on the model's current weights.
     #[allow(clippy::too_many_arguments)]
-    pub fn for_run<AB: AutodiffBackend<InnerBackend = B>>(
+    pub fn for_run<AB: TrainBackend<InnerBackend = B>>(
         config: &RunConfig,
         dataset: &Dataset,
         model: &Llama<AB>,
@@ -206,7 +207,7 @@ pub struct RunIncentives<B: Backend> {
     training_secs: f64,
 }
 
-impl<B: Backend> RunIncentives<B> {
+impl<B: ModelBackend> RunIncentives<B> {
     /// A peer's incentives; starts the thread that scores rounds (it ends with them).
     pub fn new(scoring: Scoring<B>) -> Self {
         let context = Arc::new(scoring);
@@ -513,7 +514,7 @@ impl<B: Backend> RunIncentives<B> {
 
 /// Fetches every member's contribution to a round, as soon as the round ends (members keep
 /// only their last few).
-fn fetch<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Fetched {
+fn fetch<B: ModelBackend>(context: &Scoring<B>, job: RoundJob) -> Fetched {
     let started = Instant::now();
     let group = &context.group;
     let me = group.me();
@@ -541,7 +542,7 @@ fn fetch<B: Backend>(context: &Scoring<B>, job: RoundJob) -> Fetched {
 
 /// Scores a fetched round: waits for its members' commitments, checks the contributions
 /// against them, filters and values them.
-fn score<B: Backend>(context: &Scoring<B>, fetched: Fetched) -> Scored {
+fn score<B: ModelBackend>(context: &Scoring<B>, fetched: Fetched) -> Scored {
     let Fetched { job, blobs, secs } = fetched;
     let fetched: Vec<PeerId> = job
         .members
@@ -643,7 +644,7 @@ fn commitment_wait(ledger: &dyn Ledger) -> Duration {
 /// committed is scored zero). A member whose commitment the ledger does not show (the chain
 /// holds only the root of its batch) is asked for its proof each block, which the ledger
 /// checks.
-fn commitments<B: Backend>(
+fn commitments<B: ModelBackend>(
     context: &Scoring<B>,
     round: u64,
     members: &[PeerId],
