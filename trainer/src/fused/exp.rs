@@ -115,12 +115,44 @@ mod tests {
             .iter()
             .map(|&x| std::hint::black_box(exp(x)).to_bits())
             .collect();
-        let run = |xs: &[f32]| -> Vec<u32> { xs.iter().map(|&x| exp(x).to_bits()).collect() };
-        assert_eq!(vectorized(|| run(&xs)), scalar);
+        // Inlined into each target-feature wrapper, so each compiles its own vector code.
+        #[inline(always)]
+        fn run(xs: &[f32]) -> Vec<u32> {
+            xs.iter().map(|&x| exp(x).to_bits()).collect()
+        }
+        assert_eq!(
+            vectorized(
+                #[inline(always)]
+                || run(&xs)
+            ),
+            scalar
+        );
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            assert_eq!(unsafe { with_avx2(|| run(&xs)) }, scalar);
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                assert_eq!(
+                    unsafe {
+                        with_avx512(
+                            #[inline(always)]
+                            || run(&xs),
+                        )
+                    },
+                    scalar
+                );
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, checked just above.
+                assert_eq!(
+                    unsafe {
+                        with_avx2(
+                            #[inline(always)]
+                            || run(&xs),
+                        )
+                    },
+                    scalar
+                );
+            }
         }
     }
 }
