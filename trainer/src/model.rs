@@ -12,15 +12,12 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 
-use crate::fused::ModelBackend;
+use crate::fused::{AttentionShape, ModelBackend, repeat_kv};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 
 /// RMSNorm as Hugging Face computes it: `x · rsqrt(mean(x²) + ε) · weight`, on `[tokens, d]`.
-///
-/// Written with a multiply by the per-row reciprocal rather than burn's divide, which keeps
-/// burn's CPU backend on its broadcast fast paths forward and backward.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
     /// The learned scale, `[d]`, initialised to ones.
@@ -35,12 +32,11 @@ impl<B: Backend> RmsNorm<B> {
             epsilon,
         }
     }
+}
 
+impl<B: ModelBackend> RmsNorm<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let inv_rms = (x.clone().square().mean_dim(1) + self.epsilon)
-            .sqrt()
-            .recip();
-        (x * inv_rms) * self.weight.val().unsqueeze()
+        B::rms_norm(x, self.weight.val(), self.epsilon)
     }
 }
 
@@ -187,59 +183,51 @@ fn rope_angles(
     (cos, sin)
 }
 
-/// `[width, width]` block-diagonal matrix with `x · R = rotate_half(x)` per head:
-/// `rotate_half([x1, x2]) = [-x2, x1]`.
-fn rotate_half_matrix(heads: usize, head_dim: usize) -> Vec<f32> {
-    let half = head_dim / 2;
-    let width = heads * head_dim;
-    let mut rotate = vec![0.0f32; width * width];
-    for h in 0..heads {
-        let base = h * head_dim;
-        for j in 0..half {
-            rotate[(base + j + half) * width + base + j] = -1.0;
-            rotate[(base + j) * width + base + j + half] = 1.0;
-        }
-    }
-    rotate
-}
-
-/// Constant tensors one forward pass shares across layers, laid out so that burn's CPU
-/// backend stays on its contiguous fast paths (no strided views).
-struct Positional<B: Backend> {
-    /// `cos` of each position's angles as one row `[1, seq · n_heads · head_dim]` (Hugging
+/// RoPE's tables for rows at given positions: every position of a sequence when training,
+/// one new token per sequence when decoding.
+struct Rope<B: Backend> {
+    /// `cos` and `sin` of each position's angles, `[positions, heads · head_dim]` (Hugging
     /// Face layout: frequencies repeated over both halves of each head).
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
-    /// `[width, width]` block-diagonal matrix with `x · R = rotate_half(x)` per head.
-    rotate_half: Tensor<B, 2>,
-    seq: usize,
+    head_dim: usize,
 }
 
-impl<B: Backend> Positional<B> {
-    fn new(seq: usize, heads: usize, head_dim: usize, theta: f64, device: &B::Device) -> Self {
-        let width = heads * head_dim;
-        let positions: Vec<usize> = (0..seq).collect();
-        let (cos, sin) = rope_angles(&positions, heads, head_dim, theta);
-        let rotate = rotate_half_matrix(heads, head_dim);
-        let table = |v: Vec<f32>, rows: usize, cols: usize| {
-            Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([rows, cols])
+impl<B: ModelBackend> Rope<B> {
+    fn at(
+        positions: &[usize],
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+        device: &B::Device,
+    ) -> Self {
+        let (cos, sin) = rope_angles(positions, heads, head_dim, theta);
+        let table = |v: Vec<f32>| {
+            Tensor::<B, 1>::from_floats(v.as_slice(), device)
+                .reshape([positions.len(), heads * head_dim])
         };
         Self {
-            cos: table(cos, 1, seq * width),
-            sin: table(sin, 1, seq * width),
-            rotate_half: table(rotate, width, width),
-            seq,
+            cos: table(cos),
+            sin: table(sin),
+            head_dim,
         }
     }
 
-    /// RoPE on `[batch · seq, width]` projections, before they are split into heads. Each
-    /// sequence is one row against the shared `cos`/`sin` row, burn's fast broadcast shape.
-    fn rope(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let [tokens, width] = x.dims();
-        let rows = [tokens / self.seq, self.seq * width];
-        let rotated = x.clone().matmul(self.rotate_half.clone()).reshape(rows);
-        let out = x.reshape(rows) * self.cos.clone() + rotated * self.sin.clone();
-        out.reshape([tokens, width])
+    /// Positions `0..seq`, for whole sequences.
+    fn sequence(seq: usize, heads: usize, head_dim: usize, theta: f64, device: &B::Device) -> Self {
+        let positions: Vec<usize> = (0..seq).collect();
+        Self::at(&positions, heads, head_dim, theta, device)
+    }
+
+    /// The tables' positions.
+    fn len(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// RoPE on `[rows, heads · head_dim]` projections before they are split into heads, row
+    /// `r` at the table's position `r mod len`.
+    fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        B::rope(x, self.cos.clone(), self.sin.clone(), self.head_dim)
     }
 }
 
@@ -252,40 +240,33 @@ impl<B: ModelBackend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 2>,
-        q_pos: &Positional<B>,
-        kv_pos: &Positional<B>,
+        q_rope: &Rope<B>,
+        kv_rope: &Rope<B>,
     ) -> (Tensor<B, 2>, KeysValues<B>) {
-        let s = q_pos.seq;
-        let b = x.dims()[0] / s;
-        let heads = |t: Tensor<B, 2>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
-        let q = heads(q_pos.rope(self.wq.forward(x.clone())), self.n_heads);
-        let k = heads(kv_pos.rope(self.wk.forward(x.clone())), self.n_kv_heads);
-        let v = heads(self.wv.forward(x), self.n_kv_heads);
-        let (kx, vx) = (self.repeat_kv(k.clone()), self.repeat_kv(v.clone()));
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let scores = q
-            .matmul(kx.swap_dims(2, 3))
-            .reshape([b * self.n_heads * s, s]);
-        let probs = B::causal_softmax(scores, scale);
-        let out = probs.reshape([b, self.n_heads, s, s]).matmul(vx);
-        let out = self.wo.forward(
-            out.swap_dims(1, 2)
-                .reshape([b * s, self.n_heads * self.head_dim]),
-        );
-        (out, (k, v))
+        let seq = q_rope.len();
+        let batch = x.dims()[0] / seq;
+        let q = q_rope.apply(self.wq.forward(x.clone()));
+        let k = kv_rope.apply(self.wk.forward(x.clone()));
+        let v = self.wv.forward(x);
+        let shape = AttentionShape {
+            batch,
+            seq,
+            heads: self.n_heads,
+            kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        };
+        let (out, _) = B::causal_attention(q, k.clone(), v.clone(), shape);
+        let heads = |t: Tensor<B, 2>| {
+            t.reshape([batch, seq, self.n_kv_heads, self.head_dim])
+                .swap_dims(1, 2)
+        };
+        (self.wo.forward(out), (heads(k), heads(v)))
     }
 
     /// `[batch, kv_heads, len, head_dim]` with each key/value head repeated for the query
     /// heads sharing it.
     fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
-        let repeat = self.n_heads / self.n_kv_heads;
-        if repeat == 1 {
-            return t;
-        }
-        let [b, _, len, _] = t.dims();
-        t.unsqueeze_dim::<5>(2)
-            .expand([b, self.n_kv_heads, repeat, len, self.head_dim])
-            .reshape([b, self.n_heads, len, self.head_dim])
+        repeat_kv(t, self.n_heads / self.n_kv_heads)
     }
 }
 
@@ -327,15 +308,15 @@ impl<B: ModelBackend> Llama<B> {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let first = &self.layers[0].attention;
-        let q_pos = Positional::new(
+        let q_rope = Rope::sequence(
             seq,
             first.n_heads,
             first.head_dim,
             first.rope_theta,
             &device,
         );
-        let kv_pos_own = (first.n_kv_heads != first.n_heads).then(|| {
-            Positional::new(
+        let kv_rope_own = (first.n_kv_heads != first.n_heads).then(|| {
+            Rope::sequence(
                 seq,
                 first.n_kv_heads,
                 first.head_dim,
@@ -343,7 +324,7 @@ impl<B: ModelBackend> Llama<B> {
                 &device,
             )
         });
-        let kv_pos = kv_pos_own.as_ref().unwrap_or(&q_pos);
+        let kv_rope = kv_rope_own.as_ref().unwrap_or(&q_rope);
         let [batch, _] = tokens.dims();
         let mut x = self
             .embedding
@@ -354,7 +335,7 @@ impl<B: ModelBackend> Llama<B> {
             let (attended, kv) =
                 layer
                     .attention
-                    .forward(layer.attention_norm.forward(x.clone()), &q_pos, kv_pos);
+                    .forward(layer.attention_norm.forward(x.clone()), &q_rope, kv_rope);
             kept.push(kv);
             x = x + attended;
             x = x.clone() + layer.ffn.forward(layer.ffn_norm.forward(x));
@@ -484,41 +465,6 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// RoPE for rows at given positions (one new token per sequence when decoding).
-struct Rope<B: Backend> {
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
-    rotate_half: Tensor<B, 2>,
-}
-
-impl<B: Backend> Rope<B> {
-    fn at(
-        positions: &[usize],
-        heads: usize,
-        head_dim: usize,
-        theta: f64,
-        device: &B::Device,
-    ) -> Self {
-        let width = heads * head_dim;
-        let rows = positions.len();
-        let (cos, sin) = rope_angles(positions, heads, head_dim, theta);
-        let table = |v: Vec<f32>, rows: usize| {
-            Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([rows, width])
-        };
-        Self {
-            cos: table(cos, rows),
-            sin: table(sin, rows),
-            rotate_half: table(rotate_half_matrix(heads, head_dim), width),
-        }
-    }
-
-    /// RoPE on `[rows, width]`, row `i` at the `i`th position.
-    fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let rotated = x.clone().matmul(self.rotate_half.clone());
-        x * self.cos.clone() + rotated * self.sin.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,9 +489,9 @@ mod tests {
     fn rope_matches_the_hugging_face_formula() {
         let device = Default::default();
         let (seq, heads, hd) = (5, 2, 8);
-        let pos = Positional::<B>::new(seq, heads, hd, 10000.0, &device);
+        let pos = Rope::<B>::sequence(seq, heads, hd, 10000.0, &device);
         let x = Tensor::<B, 2>::random([seq, heads * hd], Distribution::Normal(0.0, 1.0), &device);
-        let got = pos.rope(x.clone()).into_data().to_vec::<f32>().unwrap();
+        let got = pos.apply(x.clone()).into_data().to_vec::<f32>().unwrap();
         let x = x.into_data().to_vec::<f32>().unwrap();
         for p in 0..seq {
             for h in 0..heads {

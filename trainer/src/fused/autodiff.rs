@@ -1,5 +1,6 @@
 //! The fused operations under autodiff: the inner backend computes the forward pass, and one
-//! node in the graph keeps what the op's backward needs (softmax's output; SwiGLU's inputs).
+//! node in the graph keeps what the op's backward needs (attention's inputs and
+//! probabilities; RMSNorm's inputs; RoPE's tables, the constants it rotates by; SwiGLU's inputs).
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -9,15 +10,71 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::ModelBackend;
+use super::{AttentionShape, ModelBackend};
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
-    fn causal_softmax(scores: Tensor<Self, 2>, scale: f32) -> Tensor<Self, 2> {
-        let x = primitive(scores);
-        let y = primitive(B::causal_softmax(tensor(x.primitive.clone()), scale));
-        let op = CausalSoftmax { scale };
+    fn causal_attention(
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        shape: AttentionShape,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let [q, k, v] = [q, k, v].map(primitive);
+        let inner = [&q, &k, &v].map(|t| t.primitive.clone());
+        let (out, probs) = B::causal_attention(
+            tensor(inner[0].clone()),
+            tensor(inner[1].clone()),
+            tensor(inner[2].clone()),
+            shape,
+        );
+        let (out, probs) = (primitive(out), primitive(probs));
+        let nodes = [q.node, k.node, v.node];
+        let op = CausalAttention { shape };
+        let out = match op.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((inner, probs.clone()), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (tensor(out), Tensor::from_inner(tensor(probs)))
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
+        let x = primitive(x);
+        let weight = weight.into_primitive().tensor();
+        let inner = (x.primitive, weight.primitive);
+        let y = primitive(B::rms_norm(
+            tensor(inner.0.clone()),
+            Tensor::from_primitive(TensorPrimitive::Float(inner.1.clone())),
+            epsilon,
+        ));
+        let op = RmsNorm { epsilon };
+        let out = match op
+            .prepare::<C>([x.node, weight.node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(inner, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        tensor(out)
+    }
+
+    fn rope(
+        x: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        let x = primitive(x);
+        let (cos, sin) = (cos.inner(), sin.inner());
+        let y = primitive(B::rope(
+            tensor(x.primitive),
+            cos.clone(),
+            sin.clone(),
+            head_dim,
+        ));
+        let op = Rope { head_dim };
         let out = match op.prepare::<C>([x.node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+            OpsKind::Tracked(prep) => prep.finish((primitive(cos), primitive(sin)), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         tensor(out)
@@ -37,19 +94,66 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
 }
 
 #[derive(Debug)]
-struct CausalSoftmax {
-    scale: f32,
+struct CausalAttention {
+    shape: AttentionShape,
 }
 
-impl<B: ModelBackend> Backward<B, 1> for CausalSoftmax {
-    /// The forward pass's output.
-    type State = FloatTensor<B>;
+impl<B: ModelBackend> Backward<B, 3> for CausalAttention {
+    /// The forward pass's inputs `q`, `k`, `v` and its probabilities.
+    type State = ([FloatTensor<B>; 3], FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let ([q, k, v], probs) = ops.state;
+        let [q, k, v, probs, grad] = [q, k, v, probs, grad].map(tensor);
+        let inputs = B::causal_attention_backward(q, k, v, probs, grad, self.shape);
+        for (node, d) in ops.parents.into_iter().zip(inputs) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, primitive(d));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RmsNorm {
+    epsilon: f64,
+}
+
+impl<B: ModelBackend> Backward<B, 2> for RmsNorm {
+    /// The forward pass's inputs, `x` and `weight`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_node, weight_node] = ops.parents;
+        let (x, weight) = ops.state;
+        let weight = Tensor::from_primitive(TensorPrimitive::Float(weight));
+        let (dx, dweight) = B::rms_norm_backward(tensor(x), weight, tensor(grad), self.epsilon);
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, primitive(dx));
+        }
+        if let Some(node) = weight_node {
+            grads.register::<B>(node.id, dweight.into_primitive().tensor());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Rope {
+    head_dim: usize,
+}
+
+impl<B: ModelBackend> Backward<B, 1> for Rope {
+    /// The tables `cos` and `sin`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let [x] = ops.parents;
+        let (cos, sin) = ops.state;
         if let Some(x) = x {
-            let dx = B::causal_softmax_backward(tensor(ops.state), tensor(grad), self.scale);
+            let dx = B::rope(tensor(grad), tensor(cos), -tensor(sin), self.head_dim);
             grads.register::<B>(x.id, primitive(dx));
         }
     }

@@ -8,7 +8,7 @@ use burn::tensor::{Bytes, DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::exp::{exp, vectorized};
-use super::{ModelBackend, composed};
+use super::{AttentionShape, ModelBackend, composed, flex_attention};
 
 /// Values per rayon task: enough to outweigh a task's cost, few enough to fill both cores.
 const TASK_VALUES: usize = 16 * 1024;
@@ -16,66 +16,164 @@ const TASK_VALUES: usize = 16 * 1024;
 const LANES: usize = 16;
 
 impl ModelBackend for Flex {
-    fn causal_softmax(scores: Tensor<Self, 2>, scale: f32) -> Tensor<Self, 2> {
-        if scores.dtype() != DType::F32 {
-            return composed::causal_softmax(scores, scale);
+    fn causal_attention(
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        shape: AttentionShape,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
+            return composed::causal_attention(q, k, v, shape);
         }
-        let [rows, len] = scores.dims();
-        let x = contiguous(scores);
-        let mut y = vec![0.0f32; rows * len];
+        let dims = q.dims();
+        let [q, k, v] = [q, k, v].map(contiguous);
+        let (out, probs) = flex_attention::forward(q.storage(), k.storage(), v.storage(), shape);
+        let probs_dims = [shape.batch * shape.heads * shape.seq, shape.seq];
+        (tensor(out, dims), tensor(probs, probs_dims))
+    }
+
+    fn causal_attention_backward(
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        probs: Tensor<Self, 2>,
+        grad: Tensor<Self, 2>,
+        shape: AttentionShape,
+    ) -> [Tensor<Self, 2>; 3] {
+        if [&q, &k, &v, &probs, &grad]
+            .iter()
+            .any(|t| t.dtype() != DType::F32)
+        {
+            return composed::causal_attention_backward(q, k, v, probs, grad, shape);
+        }
+        let (q_dims, kv_dims) = (q.dims(), k.dims());
+        let [q, k, v, probs, grad] = [q, k, v, probs, grad].map(contiguous);
+        let [dq, dk, dv] = flex_attention::backward(
+            [q.storage(), k.storage(), v.storage()],
+            probs.storage(),
+            grad.storage(),
+            shape,
+        );
+        [tensor(dq, q_dims), tensor(dk, kv_dims), tensor(dv, kv_dims)]
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return composed::rms_norm(x, weight, epsilon);
+        }
+        let dims @ [_, d] = x.dims();
+        let x = contiguous(x);
+        let weight = weight.into_primitive().tensor().to_contiguous();
+        let weight = weight.storage::<f32>();
+        let mut y = vec![0.0f32; x.storage::<f32>().len()];
         for_chunks(
-            len,
+            d,
             &mut y,
             [x.storage()],
             #[inline(always)]
-            |first, [x], y| {
-                for (r, (x, y)) in x.chunks(len).zip(y.chunks_mut(len)).enumerate() {
-                    // The query's own position and those before it; the rest stay 0.
-                    let seen = (first + r) % len + 1;
-                    let (x, y) = (&x[..seen], &mut y[..seen]);
-                    let max = fold_lanes(x, f32::NEG_INFINITY, |m, v| m.max(v));
-                    y.iter_mut()
-                        .zip(x)
-                        .for_each(|(y, &x)| *y = exp(scale * (x - max)));
-                    let inv = 1.0 / fold_lanes(y, 0.0, |s, v| s + v);
-                    y.iter_mut().for_each(|y| *y *= inv);
-                }
-            },
-        );
-        tensor(y, [rows, len])
-    }
-
-    fn causal_softmax_backward(
-        y: Tensor<Self, 2>,
-        grad: Tensor<Self, 2>,
-        scale: f32,
-    ) -> Tensor<Self, 2> {
-        if y.dtype() != DType::F32 || grad.dtype() != DType::F32 {
-            return composed::causal_softmax_backward(y, grad, scale);
-        }
-        let [rows, len] = y.dims();
-        let (y, grad) = (contiguous(y), contiguous(grad));
-        let mut dx = vec![0.0f32; rows * len];
-        for_chunks(
-            len,
-            &mut dx,
-            [y.storage(), grad.storage()],
-            #[inline(always)]
-            |_, [y, g], dx| {
-                let rows = y.chunks(len).zip(g.chunks(len)).zip(dx.chunks_mut(len));
-                for ((y, g), dx) in rows {
-                    dx.iter_mut()
-                        .zip(y)
-                        .zip(g)
-                        .for_each(|((dx, &y), &g)| *dx = y * g);
-                    let dot = fold_lanes(dx, 0.0, |s, v| s + v);
-                    for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                        *dx = scale * (y * (g - dot));
+            |_, [x], y| {
+                for (x, y) in x.chunks(d).zip(y.chunks_mut(d)) {
+                    let r = inv_rms(x, y, epsilon);
+                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+                        *y = x * r * w;
                     }
                 }
             },
         );
-        tensor(dx, [rows, len])
+        tensor(y, dims)
+    }
+
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 1>,
+        grad: Tensor<Self, 2>,
+        epsilon: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        if [x.dtype(), weight.dtype(), grad.dtype()]
+            .iter()
+            .any(|&t| t != DType::F32)
+        {
+            return composed::rms_norm_backward(x, weight, grad, epsilon);
+        }
+        let dims @ [_, d] = x.dims();
+        let (x, grad) = (contiguous(x), contiguous(grad));
+        let weight = weight.into_primitive().tensor().to_contiguous();
+        let weight = weight.storage::<f32>();
+        let (mut dx, mut scaled) = (vec![0.0f32; dims[0] * d], vec![0.0f32; dims[0] * d]);
+        let ins = [x.storage(), grad.storage()];
+        for_chunks(
+            d,
+            &mut dx,
+            ins,
+            #[inline(always)]
+            |_, [x, g], dx| {
+                for ((x, g), dx) in x.chunks(d).zip(g.chunks(d)).zip(dx.chunks_mut(d)) {
+                    let r = inv_rms(x, dx, epsilon);
+                    let gwx = dx.iter_mut().zip(g).zip(weight).zip(x);
+                    gwx.for_each(|(((dx, &g), &w), &x)| *dx = g * w * x);
+                    let mean = fold_lanes(dx, 0.0, |s, v| s + v) / d as f32;
+                    for (((dx, &g), &w), &x) in dx.iter_mut().zip(g).zip(weight).zip(x) {
+                        *dx = r * (g * w - x * (r * r) * mean);
+                    }
+                }
+            },
+        );
+        // `grad ⊙ x · r` per row, summed over the rows below.
+        for_chunks(
+            d,
+            &mut scaled,
+            ins,
+            #[inline(always)]
+            |_, [x, g], out| {
+                for ((x, g), out) in x.chunks(d).zip(g.chunks(d)).zip(out.chunks_mut(d)) {
+                    let r = inv_rms(x, out, epsilon);
+                    for ((out, &g), &x) in out.iter_mut().zip(g).zip(x) {
+                        *out = g * x * r;
+                    }
+                }
+            },
+        );
+        let dweight = tensor(scaled, dims).sum_dim(0).reshape([d]);
+        (tensor(dx, dims), dweight)
+    }
+
+    fn rope(
+        x: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
+    ) -> Tensor<Self, 2> {
+        if [&x, &cos, &sin].iter().any(|t| t.dtype() != DType::F32) {
+            return composed::rope(x, cos, sin, head_dim);
+        }
+        let dims @ [_, width] = x.dims();
+        let [x, cos, sin] = [x, cos, sin].map(contiguous);
+        let (cos, sin) = (cos.storage::<f32>(), sin.storage::<f32>());
+        let (table_rows, half) = (cos.len() / width, head_dim / 2);
+        let mut y = vec![0.0f32; x.storage::<f32>().len()];
+        for_chunks(
+            width,
+            &mut y,
+            [x.storage()],
+            #[inline(always)]
+            |first, [x], y| {
+                for (r, (x, y)) in x.chunks(width).zip(y.chunks_mut(width)).enumerate() {
+                    let t = (first + r) % table_rows * width;
+                    let (cos, sin) = (&cos[t..t + width], &sin[t..t + width]);
+                    let heads = x.chunks(head_dim).zip(y.chunks_mut(head_dim));
+                    let tables = cos.chunks(head_dim).zip(sin.chunks(head_dim));
+                    for ((x, y), (cos, sin)) in heads.zip(tables) {
+                        let (x1, x2) = x.split_at(half);
+                        let (y1, y2) = y.split_at_mut(half);
+                        for j in 0..half {
+                            y1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+                            y2[j] = x2[j] * cos[half + j] + x1[j] * sin[half + j];
+                        }
+                    }
+                }
+            },
+        );
+        tensor(y, dims)
     }
 
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
@@ -143,7 +241,7 @@ impl ModelBackend for Flex {
 /// `values` folded by `op` in [`LANES`] interleaved running values, then across them: an
 /// order that vectorizes and is the same on every CPU.
 #[inline(always)]
-fn fold_lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+pub(super) fn fold_lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; LANES];
     let chunks = values.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -154,6 +252,14 @@ fn fold_lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     }
     let folded = lanes.into_iter().fold(init, &op);
     tail.iter().fold(folded, |acc, &v| op(acc, v))
+}
+
+/// `rsqrt(mean(x²) + ε)` of a row, with `scratch` (as long as `x`) for the squares.
+#[inline(always)]
+fn inv_rms(x: &[f32], scratch: &mut [f32], epsilon: f64) -> f32 {
+    scratch.iter_mut().zip(x).for_each(|(s, &x)| *s = x * x);
+    let mean = fold_lanes(scratch, 0.0, |s, v| s + v) / x.len() as f32;
+    1.0 / (mean + epsilon as f32).sqrt()
 }
 
 #[inline(always)]

@@ -1,17 +1,21 @@
-//! The model's two widest operations as single operations with their own backward: the
-//! scaled, causally masked softmax over the attention scores, and SwiGLU's `silu(gate) · up`.
+//! The model's widest operations as single operations with their own backward: causal
+//! self-attention (scores, masked softmax and the weighted sum of values, over all heads),
+//! RMSNorm, rotary position embedding, and SwiGLU's `silu(gate) · up`.
 //!
-//! burn records the masked softmax as seven operations and SwiGLU as three, each a pass over a tensor of
-//! `batch · heads · seq²` or `tokens · ffn_hidden` values, most of them kept for the backward
-//! pass; and flex computes `exp` one value at a time. [`ModelBackend`] makes each one
-//! operation on every backend: its default methods compose burn's tensor operations (wgpu,
-//! CUDA), flex overrides them with host kernels ([`flex`]: one pass per row or element, a
+//! burn records attention as a dozen operations, RMSNorm as seven, RoPE as four (one of them a matrix product) and
+//! SwiGLU as three, each a pass over a tensor
+//! of `batch · heads · seq²` or `tokens · ffn_hidden` values, most of them kept for the
+//! backward pass, with copies to split the heads and merge them again; and flex computes `exp`
+//! one value at a time. [`ModelBackend`] makes each one operation on every backend: its
+//! default methods compose burn's tensor operations (wgpu, CUDA), flex overrides them with host
+//! kernels ([`flex`], [`flex_attention`]: gemm on strided views, one pass per row or element, a
 //! vectorized `exp`), and autodiff records a single node whose backward calls the op's own
 //! ([`autodiff`]).
 
 mod autodiff;
 mod exp;
 mod flex;
+mod flex_attention;
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{sigmoid, silu, softmax};
@@ -19,23 +23,94 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 
 pub use exp::exp;
 
-/// A backend the model runs on: burn's [`Backend`] with the model's fused operations.
-pub trait ModelBackend: Backend {
-    /// Attention probabilities from raw scores `[groups · len, len]` (a group per batch and
-    /// head, its row `i` the query at position `i`): softmax along each row of `scale ·
-    /// scores`, with the keys after the query's position masked out (probability 0).
-    fn causal_softmax(scores: Tensor<Self, 2>, scale: f32) -> Tensor<Self, 2> {
-        composed::causal_softmax(scores, scale)
+/// The sizes of one causal self-attention: `batch` sequences of `seq` tokens, `heads` query
+/// heads of `head_dim` values, sharing `kv_heads` key/value heads (grouped-query attention
+/// when fewer; `heads` a multiple of `kv_heads`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// The scores' scale, `1 / √head_dim`.
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
     }
 
-    /// The gradient of [`ModelBackend::causal_softmax`] at its output `y`: `scale · y ⊙
-    /// (grad − Σ grad ⊙ y)`, the sum along each row.
-    fn causal_softmax_backward(
-        y: Tensor<Self, 2>,
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// A backend the model runs on: burn's [`Backend`] with the model's fused operations.
+pub trait ModelBackend: Backend {
+    /// Causal self-attention on token-major projections: `q` is `[batch · seq, heads ·
+    /// head_dim]`, `k` and `v` `[batch · seq, kv_heads · head_dim]` (keys after RoPE), and
+    /// each query attends with `softmax(q · kᵀ / √head_dim)` to the keys at its own position
+    /// and before. Returns the output in `q`'s layout, and the attention probabilities
+    /// `[batch · heads · seq, seq]` (a future key's exactly 0) that the backward pass takes.
+    fn causal_attention(
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        shape: AttentionShape,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        composed::causal_attention(q, k, v, shape)
+    }
+
+    /// The gradients of [`ModelBackend::causal_attention`]'s output with respect to `q`, `k`
+    /// and `v`, given its inputs, its probabilities and the output's gradient `grad`.
+    fn causal_attention_backward(
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        probs: Tensor<Self, 2>,
         grad: Tensor<Self, 2>,
-        scale: f32,
+        shape: AttentionShape,
+    ) -> [Tensor<Self, 2>; 3] {
+        composed::causal_attention_backward(q, k, v, probs, grad, shape)
+    }
+
+    /// RMSNorm over each row of `x` `[rows, d]`: `x · rsqrt(mean(x²) + ε) ⊙ weight`.
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
+        composed::rms_norm(x, weight, epsilon)
+    }
+
+    /// The gradients of [`ModelBackend::rms_norm`] with respect to `x` and `weight`: with `r =
+    /// rsqrt(mean(x²) + ε)` per row, `dx = r · (grad ⊙ weight − x · r² · mean(grad ⊙ weight ⊙
+    /// x))` and `dweight = Σ_rows grad ⊙ x · r`.
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 1>,
+        grad: Tensor<Self, 2>,
+        epsilon: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        composed::rms_norm_backward(x, weight, grad, epsilon)
+    }
+
+    /// Rotary position embedding in Hugging Face's rotate-half layout on `x` `[rows, heads ·
+    /// head_dim]`: `x ⊙ cos + rotate_half(x) ⊙ sin` per head, `rotate_half([x₁, x₂]) = [−x₂,
+    /// x₁]` over the head's halves, row `r` taking row `r mod m` of the constant tables `cos`
+    /// and `sin` `[m, heads · head_dim]` (`rows` a multiple of `m`). The tables repeat each
+    /// frequency over both halves of a head, so the gradient is the same rotation with `sin`
+    /// negated.
+    fn rope(
+        x: Tensor<Self, 2>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        head_dim: usize,
     ) -> Tensor<Self, 2> {
-        composed::causal_softmax_backward(y, grad, scale)
+        composed::rope(x, cos, sin, head_dim)
     }
 
     /// SwiGLU's gated activation `silu(gate) ⊙ up` (both `[tokens, ffn_hidden]`).
@@ -69,11 +144,79 @@ impl ModelBackend for burn::backend::Wgpu {}
 #[cfg(feature = "cuda")]
 impl ModelBackend for burn::backend::Cuda {}
 
+/// Key/value heads `[batch, kv_heads, len, head_dim]` with each repeated for the `group` query
+/// heads sharing it: `[batch, kv_heads · group, len, head_dim]`.
+pub fn repeat_kv<B: Backend>(t: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
+    if group == 1 {
+        return t;
+    }
+    let [b, kv_heads, len, head_dim] = t.dims();
+    t.unsqueeze_dim::<5>(2)
+        .expand([b, kv_heads, group, len, head_dim])
+        .reshape([b, kv_heads * group, len, head_dim])
+}
+
 /// The fused operations written with burn's tensor operations, for any backend.
 mod composed {
     use super::*;
 
-    pub fn causal_softmax<B: Backend>(scores: Tensor<B, 2>, scale: f32) -> Tensor<B, 2> {
+    pub fn causal_attention<B: Backend>(
+        q: Tensor<B, 2>,
+        k: Tensor<B, 2>,
+        v: Tensor<B, 2>,
+        shape: AttentionShape,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let AttentionShape { batch, seq, .. } = shape;
+        let group = shape.group();
+        let q = split_heads(q, shape.heads, shape);
+        let k = repeat_kv(split_heads(k, shape.kv_heads, shape), group);
+        let v = repeat_kv(split_heads(v, shape.kv_heads, shape), group);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let probs = causal_softmax(
+            scores.reshape([batch * shape.heads * seq, seq]),
+            shape.scale(),
+        );
+        let out = probs
+            .clone()
+            .reshape([batch, shape.heads, seq, seq])
+            .matmul(v);
+        (merge_heads(out), probs)
+    }
+
+    pub fn causal_attention_backward<B: Backend>(
+        q: Tensor<B, 2>,
+        k: Tensor<B, 2>,
+        v: Tensor<B, 2>,
+        probs: Tensor<B, 2>,
+        grad: Tensor<B, 2>,
+        shape: AttentionShape,
+    ) -> [Tensor<B, 2>; 3] {
+        let AttentionShape {
+            batch, seq, heads, ..
+        } = shape;
+        let group = shape.group();
+        let q = split_heads(q, heads, shape);
+        let k = repeat_kv(split_heads(k, shape.kv_heads, shape), group);
+        let v = repeat_kv(split_heads(v, shape.kv_heads, shape), group);
+        let grad = split_heads(grad, heads, shape);
+        let p = probs.clone().reshape([batch, heads, seq, seq]);
+        let dv = p.swap_dims(2, 3).matmul(grad.clone());
+        let dp = grad.matmul(v.swap_dims(2, 3));
+        let ds =
+            causal_softmax_backward(probs, dp.reshape([batch * heads * seq, seq]), shape.scale())
+                .reshape([batch, heads, seq, seq]);
+        let dq = ds.clone().matmul(k);
+        let dk = ds.swap_dims(2, 3).matmul(q);
+        [
+            merge_heads(dq),
+            merge_heads(sum_groups(dk, group)),
+            merge_heads(sum_groups(dv, group)),
+        ]
+    }
+
+    /// Softmax along each row of `scale · scores` (`[groups · len, len]`, row `i` of a group
+    /// the query at position `i`) with the keys after the query's position masked out.
+    fn causal_softmax<B: Backend>(scores: Tensor<B, 2>, scale: f32) -> Tensor<B, 2> {
         let [rows, len] = scores.dims();
         let future = |k: usize| k % len > k / len;
         let bias: Vec<f32> = (0..len * len)
@@ -84,13 +227,93 @@ mod composed {
         softmax((groups + bias.unsqueeze()).reshape([rows, len]), 1)
     }
 
-    pub fn causal_softmax_backward<B: Backend>(
+    /// The gradient of [`causal_softmax`] at its output `y`: `scale · y ⊙ (grad − Σ grad ⊙
+    /// y)`, the sum along each row.
+    fn causal_softmax_backward<B: Backend>(
         y: Tensor<B, 2>,
         grad: Tensor<B, 2>,
         scale: f32,
     ) -> Tensor<B, 2> {
         let dot = (grad.clone() * y.clone()).sum_dim(1);
         (y * (grad - dot)).mul_scalar(scale)
+    }
+
+    /// `[batch · seq, n · head_dim]` as `[batch, n, seq, head_dim]`.
+    fn split_heads<B: Backend>(t: Tensor<B, 2>, n: usize, shape: AttentionShape) -> Tensor<B, 4> {
+        t.reshape([shape.batch, shape.seq, n, shape.head_dim])
+            .swap_dims(1, 2)
+    }
+
+    /// `[batch, n, seq, head_dim]` as `[batch · seq, n · head_dim]`.
+    fn merge_heads<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [batch, n, seq, head_dim] = t.dims();
+        t.swap_dims(1, 2).reshape([batch * seq, n * head_dim])
+    }
+
+    /// Per-head gradients `[batch, heads, seq, head_dim]` summed over each group of query heads
+    /// that shared a key/value head: the gradient through [`repeat_kv`].
+    fn sum_groups<B: Backend>(t: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
+        if group == 1 {
+            return t;
+        }
+        let [batch, heads, seq, head_dim] = t.dims();
+        t.reshape([batch, heads / group, group, seq, head_dim])
+            .sum_dim(2)
+            .reshape([batch, heads / group, seq, head_dim])
+    }
+
+    /// Written with a multiply by the per-row reciprocal rather than burn's divide, which
+    /// keeps burn's broadcasts on their fast paths.
+    pub fn rms_norm<B: Backend>(
+        x: Tensor<B, 2>,
+        weight: Tensor<B, 1>,
+        epsilon: f64,
+    ) -> Tensor<B, 2> {
+        (x.clone() * inv_rms(x, epsilon)) * weight.unsqueeze()
+    }
+
+    pub fn rms_norm_backward<B: Backend>(
+        x: Tensor<B, 2>,
+        weight: Tensor<B, 1>,
+        grad: Tensor<B, 2>,
+        epsilon: f64,
+    ) -> (Tensor<B, 2>, Tensor<B, 1>) {
+        let d = weight.dims()[0];
+        let r = inv_rms(x.clone(), epsilon);
+        let gw = grad.clone() * weight.unsqueeze();
+        let mean = (gw.clone() * x.clone()).mean_dim(1);
+        let dx = (gw - x.clone() * r.clone().square() * mean) * r.clone();
+        let dweight = (grad * x * r).sum_dim(0).reshape([d]);
+        (dx, dweight)
+    }
+
+    /// `rsqrt(mean(x²) + ε)` of each row, `[rows, 1]`.
+    fn inv_rms<B: Backend>(x: Tensor<B, 2>, epsilon: f64) -> Tensor<B, 2> {
+        (x.square().mean_dim(1) + epsilon).sqrt().recip()
+    }
+
+    pub fn rope<B: Backend>(
+        x: Tensor<B, 2>,
+        cos: Tensor<B, 2>,
+        sin: Tensor<B, 2>,
+        head_dim: usize,
+    ) -> Tensor<B, 2> {
+        let [rows, width] = x.dims();
+        let [m, _] = cos.dims();
+        let half = head_dim / 2;
+        let heads = x.clone().reshape([rows, width / head_dim, head_dim]);
+        let rotated = Tensor::cat(
+            vec![
+                heads.clone().narrow(2, half, half).neg(),
+                heads.narrow(2, 0, half),
+            ],
+            2,
+        );
+        // Each group of `m` rows as one row against the tables as one row: a plain broadcast.
+        let grouped = [rows / m, m * width];
+        let table = |t: Tensor<B, 2>| t.reshape([1, m * width]);
+        let out = x.reshape(grouped) * table(cos) + rotated.reshape(grouped) * table(sin);
+        out.reshape([rows, width])
     }
 
     pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {

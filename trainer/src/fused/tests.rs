@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{ModelBackend, composed};
+use super::{AttentionShape, ModelBackend, composed};
 use crate::CpuBackend as B;
 
 type AB = Autodiff<B>;
@@ -37,42 +37,180 @@ fn assert_close(fused: &[f32], composed: &[f32], tolerance: f32, what: &str) {
     }
 }
 
+/// Grouped-query heads (4 sharing 2) over 70 positions: three query blocks, the last one
+/// short, and a row length no vector divides.
+const GROUPED: AttentionShape = AttentionShape {
+    batch: 3,
+    seq: 70,
+    heads: 4,
+    kv_heads: 2,
+    head_dim: 8,
+};
+
+/// `q`, `k`, `v` for `shape`, each `[tokens, width]` with its dims.
+fn projections(shape: AttentionShape, seed: u64) -> [(Vec<f32>, [usize; 2]); 3] {
+    let tokens = shape.batch * shape.seq;
+    let width = |heads: usize| heads * shape.head_dim;
+    [shape.heads, shape.kv_heads, shape.kv_heads].map(|heads| {
+        let dims = [tokens, width(heads)];
+        (values_in(dims[0], dims[1], seed + heads as u64), dims)
+    })
+}
+
+fn tensors<Bk: burn::tensor::backend::Backend, const N: usize>(
+    inputs: &[(Vec<f32>, [usize; 2]); N],
+) -> [Tensor<Bk, 2>; N] {
+    inputs.each_ref().map(|(x, dims)| tensor(x.clone(), *dims))
+}
+
+/// Grouped, plain, and one key/value head for all.
+const SHAPES: [AttentionShape; 3] = [
+    GROUPED,
+    AttentionShape {
+        kv_heads: 4,
+        ..GROUPED
+    },
+    AttentionShape {
+        kv_heads: 1,
+        ..GROUPED
+    },
+];
+
 #[test]
-fn flex_causal_softmax_is_burns_masked_softmax_the_future_exactly_zero() {
-    // 5 groups of 70: rows split unevenly over rayon's tasks, a length no vector divides.
-    let (len, dims) = (70, [350, 70]);
-    let x = values_in(dims[0], dims[1], 1);
-    let fused = values(B::causal_softmax(tensor(x.clone(), dims), 0.35));
-    let composed = composed::causal_softmax::<B>(tensor(x, dims), 0.35);
-    assert_close(&fused, &values(composed), 1e-6, "causal softmax");
-    for (r, row) in fused.chunks(len).enumerate() {
-        let query = r % len;
-        assert!(
-            row[query + 1..].iter().all(|&p| p == 0.0),
-            "row {r} sees the future"
-        );
-        assert!(row[..=query].iter().all(|&p| p > 0.0));
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+fn flex_causal_attention_is_the_composed_attention_the_future_exactly_zero() {
+    for shape in SHAPES {
+        let [q, k, v] = tensors::<B, 3>(&projections(shape, 1));
+        let (out, probs) = B::causal_attention(q.clone(), k.clone(), v.clone(), shape);
+        let (out_composed, probs_composed) = composed::causal_attention(q, k, v, shape);
+        let probs = values(probs);
+        assert_close(&probs, &values(probs_composed), 1e-6, "probabilities");
+        assert_close(&values(out), &values(out_composed), 1e-5, "output");
+        for (r, row) in probs.chunks(shape.seq).enumerate() {
+            let query = r % shape.seq;
+            assert!(
+                row[query + 1..].iter().all(|&p| p == 0.0),
+                "row {r} sees the future"
+            );
+            assert!(row[..=query].iter().all(|&p| p > 0.0));
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
     }
 }
 
 #[test]
-fn flex_causal_softmax_backward_is_the_composed_formula() {
-    let dims = [8 * 33, 33];
-    let y = values(B::causal_softmax(
-        tensor(values_in(dims[0], dims[1], 2), dims),
-        0.5,
-    ));
-    let grad = values_in(dims[0], dims[1], 3);
-    let fused =
-        B::causal_softmax_backward(tensor(y.clone(), dims), tensor(grad.clone(), dims), 0.5);
-    let composed = composed::causal_softmax_backward::<B>(tensor(y, dims), tensor(grad, dims), 0.5);
+fn flex_causal_attention_backward_is_the_composed_formula() {
+    for shape in SHAPES {
+        let inputs = projections(shape, 2);
+        let [q, k, v] = tensors::<B, 3>(&inputs);
+        let probs = B::causal_attention(q.clone(), k.clone(), v.clone(), shape).1;
+        let grad = tensor::<B>(values_in(inputs[0].1[0], inputs[0].1[1], 3), inputs[0].1);
+        let fused = B::causal_attention_backward(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            probs.clone(),
+            grad.clone(),
+            shape,
+        );
+        let composed = composed::causal_attention_backward(q, k, v, probs, grad, shape);
+        for ((fused, composed), what) in fused.into_iter().zip(composed).zip(["dq", "dk", "dv"]) {
+            assert_close(&values(fused), &values(composed), 1e-4, what);
+        }
+    }
+}
+
+#[test]
+fn flex_rms_norm_forward_backward_and_under_autodiff_are_the_composed_ops() {
+    // 300 rows over rayon's tasks unevenly; a width no vector divides.
+    let dims = [300, 72];
+    let (x, grad) = (
+        values_in(dims[0], dims[1], 20),
+        values_in(dims[0], dims[1], 21),
+    );
+    let weight = values_in(1, dims[1], 22);
+    let w = || Tensor::<B, 1>::from_floats(weight.as_slice(), &Default::default());
+    let x_ = || tensor::<B>(x.clone(), dims);
+    let fused = B::rms_norm(x_(), w(), 1e-5);
     assert_close(
         &values(fused),
-        &values(composed),
-        1e-5,
-        "causal softmax backward",
+        &values(composed::rms_norm(x_(), w(), 1e-5)),
+        1e-6,
+        "rms norm",
     );
+    let g = || tensor::<B>(grad.clone(), dims);
+    let (dx, dw) = B::rms_norm_backward(x_(), w(), g(), 1e-5);
+    let (dx_c, dw_c) = composed::rms_norm_backward(x_(), w(), g(), 1e-5);
+    assert_close(&values(dx), &values(dx_c), 1e-5, "rms norm dx");
+    let flat = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().unwrap();
+    assert_close(&flat(dw), &flat(dw_c), 1e-4, "rms norm dweight");
+
+    let autodiff = |op: fn(Tensor<AB, 2>, Tensor<AB, 1>, f64) -> Tensor<AB, 2>| {
+        let x = tensor::<AB>(x.clone(), dims).require_grad();
+        let w = Tensor::<AB, 1>::from_floats(weight.as_slice(), &Default::default()).require_grad();
+        let grads = (op(x.clone(), w.clone(), 1e-5) * tensor::<AB>(grad.clone(), dims))
+            .sum()
+            .backward();
+        let dw = w.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        (values(x.grad(&grads).unwrap()), dw)
+    };
+    let (fused, composed) = (autodiff(AB::rms_norm), autodiff(composed::rms_norm));
+    assert_close(&fused.0, &composed.0, 1e-5, "autodiff rms norm dx");
+    assert_close(&fused.1, &composed.1, 1e-4, "autodiff rms norm dweight");
+}
+
+/// RoPE as a function of `x`, its tables and the head size.
+type RopeOp = fn(Tensor<AB, 2>, Tensor<AB, 2>, Tensor<AB, 2>, usize) -> Tensor<AB, 2>;
+
+/// RoPE's tables for 6 positions of 3 heads of 8: random angles, each repeated over both
+/// halves of a head as the model's are.
+fn rope_tables() -> [(Vec<f32>, [usize; 2]); 2] {
+    let (positions, heads, head_dim) = (6, 3, 8);
+    let angles = values_in(positions * heads, head_dim / 2, 12);
+    let table = |f: fn(f32) -> f32| {
+        let row = |half: &[f32]| half.iter().chain(half).map(|&a| f(a)).collect::<Vec<_>>();
+        let values = angles.chunks(head_dim / 2).flat_map(row).collect();
+        (values, [positions, heads * head_dim])
+    };
+    [table(f32::cos), table(f32::sin)]
+}
+
+#[test]
+fn flex_rope_and_autodiff_through_it_are_the_composed_ops() {
+    let [(cos, table), (sin, _)] = rope_tables();
+    let dims = [4 * table[0], table[1]];
+    let x = values_in(dims[0], dims[1], 13);
+    let args = || {
+        (
+            tensor::<B>(x.clone(), dims),
+            tensor(cos.clone(), table),
+            tensor(sin.clone(), table),
+        )
+    };
+    let (x_, c, s) = args();
+    let fused = B::rope(x_, c, s, 8);
+    let (x_, c, s) = args();
+    assert_close(
+        &values(fused),
+        &values(composed::rope(x_, c, s, 8)),
+        1e-6,
+        "rope",
+    );
+
+    let with_tables = |op: RopeOp| {
+        let (cos, sin) = (cos.clone(), sin.clone());
+        move |x: &[Tensor<AB, 2>]| {
+            op(
+                x[0].clone(),
+                tensor(cos.clone(), table),
+                tensor(sin.clone(), table),
+                8,
+            )
+        }
+    };
+    let inputs = [(x, dims)];
+    let fused = gradients(with_tables(AB::rope), &inputs);
+    let composed = gradients(with_tables(composed::rope), &inputs);
+    assert_close(&fused[0], &composed[0], 1e-5, "rope's gradient");
 }
 
 #[test]
@@ -99,38 +237,49 @@ fn flex_swiglu_and_its_backward_are_the_composed_ops() {
 }
 
 #[test]
-fn a_nan_spreads_through_its_row_and_value_instead_of_vanishing() {
-    let mut x = values_in(16, 16, 7);
-    x[16 * 9 + 3] = f32::NAN;
-    let y = values(B::causal_softmax(tensor(x.clone(), [16, 16]), 1.0));
-    assert!(
-        y[16 * 9..16 * 9 + 10].iter().all(|p| p.is_nan()),
-        "row 9 sees the NaN in what it attends to"
+fn a_nan_spreads_to_what_attends_to_it_instead_of_vanishing() {
+    let shape = AttentionShape {
+        batch: 2,
+        seq: 40,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 4,
+    };
+    let [(q, q_dims), (mut k, k_dims), (v, v_dims)] = projections(shape, 7);
+    // The key at position 33 of the second sequence, which both heads share.
+    k[(shape.seq + 33) * shape.head_dim + 1] = f32::NAN;
+    let (out, _) = B::causal_attention(
+        tensor(q, q_dims),
+        tensor(k, k_dims),
+        tensor(v, v_dims),
+        shape,
     );
-    assert!(
-        y[..16 * 9]
-            .iter()
-            .chain(&y[16 * 10..])
-            .all(|p| p.is_finite())
-    );
-    let mut x = x[..64].to_vec();
+    let out = values(out);
+    for (token, row) in out.chunks(q_dims[1]).enumerate() {
+        let sees_it = token >= shape.seq + 33;
+        assert_eq!(
+            row.iter().all(|x| x.is_nan()),
+            sees_it,
+            "token {token}: {row:?}"
+        );
+        assert!(sees_it || row.iter().all(|x| x.is_finite()));
+    }
+    let mut x = values_in(4, 16, 8);
     x[20] = f32::NAN;
     let h = values(B::swiglu(tensor(x.clone(), [4, 16]), tensor(x, [4, 16])));
     assert!(h[20].is_nan() && h.iter().filter(|v| v.is_nan()).count() == 1);
 }
 
 /// Gradients of `Σ w ⊙ op(x…)` with respect to each input, through autodiff.
-fn gradients(
+fn gradients<const N: usize>(
     op: impl Fn(&[Tensor<AB, 2>]) -> Tensor<AB, 2>,
-    inputs: &[Vec<f32>],
-    dims: [usize; 2],
+    inputs: &[(Vec<f32>, [usize; 2]); N],
 ) -> Vec<Vec<f32>> {
-    let xs: Vec<Tensor<AB, 2>> = inputs
-        .iter()
-        .map(|x| tensor::<AB>(x.clone(), dims).require_grad())
-        .collect();
-    let w = tensor::<AB>(values_in(dims[0], dims[1], 99), dims);
-    let grads = (op(&xs) * w).sum().backward();
+    let xs = tensors::<AB, N>(inputs).map(|x| x.require_grad());
+    let y = op(&xs);
+    let [rows, cols] = y.dims();
+    let w = tensor::<AB>(values_in(rows, cols, 99), [rows, cols]);
+    let grads = (y * w).sum().backward();
     xs.iter()
         .map(|x| {
             x.grad(&grads)
@@ -144,25 +293,28 @@ fn gradients(
 
 #[test]
 fn autodiff_through_the_fused_ops_gives_burns_gradients() {
-    let dims = [3 * 40, 40];
-    let x = values_in(dims[0], dims[1], 8);
-    let softmax = |x: &[Tensor<AB, 2>]| AB::causal_softmax(x[0].clone(), 0.25);
-    let fused = gradients(softmax, std::slice::from_ref(&x), dims);
-    let composed = gradients(|x| composed::causal_softmax(x[0].clone(), 0.25), &[x], dims);
-    assert_close(
-        &fused[0],
-        &composed[0],
-        1e-5,
-        "causal softmax's input gradient",
-    );
-
-    let inputs = [values_in(1, 4800, 10), values_in(1, 4800, 11)];
-    let fused = gradients(|x| AB::swiglu(x[0].clone(), x[1].clone()), &inputs, dims);
-    let composed = gradients(
-        |x| composed::swiglu(x[0].clone(), x[1].clone()),
+    let inputs = projections(GROUPED, 8);
+    let fused = gradients(
+        |x| AB::causal_attention(x[0].clone(), x[1].clone(), x[2].clone(), GROUPED).0,
         &inputs,
-        dims,
     );
+    let composed = gradients(
+        |x| composed::causal_attention(x[0].clone(), x[1].clone(), x[2].clone(), GROUPED).0,
+        &inputs,
+    );
+    for ((fused, composed), what) in fused.iter().zip(&composed).zip(["q", "k", "v"]) {
+        assert_close(
+            fused,
+            composed,
+            1e-4,
+            &format!("attention's {what} gradient"),
+        );
+    }
+
+    let dims = [120, 40];
+    let inputs = [10, 11].map(|seed| (values_in(dims[0], dims[1], seed), dims));
+    let fused = gradients(|x| AB::swiglu(x[0].clone(), x[1].clone()), &inputs);
+    let composed = gradients(|x| composed::swiglu(x[0].clone(), x[1].clone()), &inputs);
     assert_close(&fused[0], &composed[0], 1e-5, "swiglu's gate gradient");
     assert_close(&fused[1], &composed[1], 1e-5, "swiglu's up gradient");
 }
