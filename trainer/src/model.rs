@@ -9,7 +9,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 
 use crate::fused::{AttentionShape, ModelBackend, repeat_kv};
@@ -442,8 +442,7 @@ impl<B: ModelBackend> Llama<B> {
         let targets = windows.narrow(1, 1, s1 - 1).reshape([b * (s1 - 1)]);
         let logits = self.forward(inputs);
         let vocab = logits.dims()[2];
-        let logp = log_softmax(logits.reshape([b * (s1 - 1), vocab]), 1);
-        logp.gather(1, targets.unsqueeze_dim(1)).mean().neg()
+        B::cross_entropy(logits.reshape([b * (s1 - 1), vocab]), targets)
     }
 }
 

@@ -1,14 +1,14 @@
 //! The fused operations under autodiff: the inner backend computes the forward pass, and one
 //! node in the graph keeps what the op's backward needs (attention's inputs and
-//! probabilities; RMSNorm's inputs; RoPE's tables, the constants it rotates by; SwiGLU's inputs).
+//! probabilities; the loss's logits and targets; RMSNorm's inputs; RoPE's tables, the constants it rotates by; SwiGLU's inputs).
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 use super::{AttentionShape, ModelBackend};
 
@@ -35,6 +35,23 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         (tensor(out), Tensor::from_inner(tensor(probs)))
+    }
+
+    fn cross_entropy(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
+        let logits = primitive(logits);
+        let targets = targets.inner();
+        let loss = B::cross_entropy(tensor(logits.primitive.clone()), targets.clone());
+        let loss = loss.into_primitive().tensor();
+        let state = (logits.primitive, targets.into_primitive());
+        let out = match CrossEntropy
+            .prepare::<C>([logits.node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, loss),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 
     fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
@@ -111,6 +128,26 @@ impl<B: ModelBackend> Backward<B, 3> for CausalAttention {
             if let Some(node) = node {
                 grads.register::<B>(node.id, primitive(d));
             }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CrossEntropy;
+
+impl<B: ModelBackend> Backward<B, 1> for CrossEntropy {
+    /// The logits and the targets.
+    type State = (FloatTensor<B>, IntTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [logits_node] = ops.parents;
+        let (logits, targets) = ops.state;
+        if let Some(node) = logits_node {
+            let grad = Tensor::from_primitive(TensorPrimitive::Float(grad));
+            let targets = Tensor::from_primitive(targets);
+            let d = B::cross_entropy_backward(tensor(logits), targets, grad);
+            grads.register::<B>(node.id, primitive(d));
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::tensor::{Bytes, DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bytes, DType, ElementConversion, Int, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::exp::{exp, vectorized};
@@ -55,6 +55,71 @@ impl ModelBackend for Flex {
             shape,
         );
         [tensor(dq, q_dims), tensor(dk, kv_dims), tensor(dv, kv_dims)]
+    }
+
+    fn cross_entropy(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
+        if logits.dtype() != DType::F32 {
+            return composed::cross_entropy(logits, targets);
+        }
+        let [rows, vocab] = logits.dims();
+        let targets = target_ids(targets, vocab);
+        let logits = contiguous(logits);
+        let mut losses = vec![0.0f32; rows];
+        let chunk = TASK_VALUES.div_ceil(vocab.max(1));
+        losses
+            .par_chunks_mut(chunk)
+            .zip(logits.storage::<f32>().par_chunks(chunk * vocab))
+            .zip(targets.par_chunks(chunk))
+            .for_each(|((losses, logits), targets)| {
+                let mut exps = vec![0.0f32; vocab];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let rows = losses.iter_mut().zip(logits.chunks(vocab)).zip(targets);
+                        for ((loss, x), &target) in rows {
+                            let (max, sum) = exps_of(x, &mut exps);
+                            let picked = target.map_or(f32::NAN, |t| x[t]);
+                            *loss = max + sum.ln() - picked;
+                        }
+                    },
+                )
+            });
+        let mean = losses.iter().sum::<f32>() / rows as f32;
+        Tensor::from_floats([mean], &Default::default())
+    }
+
+    fn cross_entropy_backward(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        if logits.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+            return composed::cross_entropy_backward(logits, targets, grad);
+        }
+        let dims @ [rows, vocab] = logits.dims();
+        let targets = target_ids(targets, vocab);
+        let scale = grad.into_scalar().elem::<f32>() / rows as f32;
+        let logits = contiguous(logits);
+        let mut d = vec![0.0f32; rows * vocab];
+        for_chunks(
+            vocab,
+            &mut d,
+            [logits.storage()],
+            #[inline(always)]
+            |first, [x], d| {
+                let rows = x.chunks(vocab).zip(d.chunks_mut(vocab));
+                for (r, (x, d)) in rows.enumerate() {
+                    let (_, sum) = exps_of(x, d);
+                    let inv = scale / sum;
+                    d.iter_mut().for_each(|d| *d *= inv);
+                    match targets[first + r] {
+                        Some(t) => d[t] -= scale,
+                        None => d.fill(f32::NAN),
+                    }
+                }
+            },
+        );
+        tensor(d, dims)
     }
 
     fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
@@ -260,6 +325,22 @@ fn inv_rms(x: &[f32], scratch: &mut [f32], epsilon: f64) -> f32 {
     scratch.iter_mut().zip(x).for_each(|(s, &x)| *s = x * x);
     let mean = fold_lanes(scratch, 0.0, |s, v| s + v) / x.len() as f32;
     1.0 / (mean + epsilon as f32).sqrt()
+}
+
+/// A row's maximum and `Σ exp(x − max)`, with `exps` (as long as `x`) set to the terms.
+#[inline(always)]
+fn exps_of(x: &[f32], exps: &mut [f32]) -> (f32, f32) {
+    let max = fold_lanes(x, f32::NEG_INFINITY, f32::max);
+    exps.iter_mut().zip(x).for_each(|(e, &x)| *e = exp(x - max));
+    (max, fold_lanes(exps, 0.0, |s, v| s + v))
+}
+
+/// Token ids as indices into a row of logits; `None` for one outside `0..vocab`.
+fn target_ids(targets: Tensor<Flex, 1, Int>, vocab: usize) -> Vec<Option<usize>> {
+    let ids = targets.into_data();
+    ids.iter::<i64>()
+        .map(|t| usize::try_from(t).ok().filter(|&t| t < vocab))
+        .collect()
 }
 
 #[inline(always)]

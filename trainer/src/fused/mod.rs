@@ -1,6 +1,6 @@
 //! The model's widest operations as single operations with their own backward: causal
 //! self-attention (scores, masked softmax and the weighted sum of values, over all heads),
-//! RMSNorm, rotary position embedding, and SwiGLU's `silu(gate) · up`.
+//! RMSNorm, rotary position embedding, SwiGLU's `silu(gate) · up`, and the cross-entropy loss.
 //!
 //! burn records attention as a dozen operations, RMSNorm as seven, RoPE as four (one of them a matrix product) and
 //! SwiGLU as three, each a pass over a tensor
@@ -17,9 +17,9 @@ mod exp;
 mod flex;
 mod flex_attention;
 
-use burn::tensor::Tensor;
-use burn::tensor::activation::{sigmoid, silu, softmax};
+use burn::tensor::activation::{log_softmax, sigmoid, silu, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
 
 pub use exp::exp;
 
@@ -79,6 +79,23 @@ pub trait ModelBackend: Backend {
         shape: AttentionShape,
     ) -> [Tensor<Self, 2>; 3] {
         composed::causal_attention_backward(q, k, v, probs, grad, shape)
+    }
+
+    /// The mean cross-entropy `[1]` of predicting `targets` `[rows]` (token ids) from
+    /// `logits` `[rows, vocab]`: the mean over rows of `logsumexp(row) − row[target]`. A
+    /// target outside the vocabulary makes it NaN.
+    fn cross_entropy(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
+        composed::cross_entropy(logits, targets)
+    }
+
+    /// The gradient of [`ModelBackend::cross_entropy`] with respect to `logits`, given the
+    /// loss's gradient `grad` `[1]`: `(softmax(row) − onehot(target)) · grad / rows`.
+    fn cross_entropy_backward(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        composed::cross_entropy_backward(logits, targets, grad)
     }
 
     /// RMSNorm over each row of `x` `[rows, d]`: `x · rsqrt(mean(x²) + ε) ⊙ weight`.
@@ -260,6 +277,36 @@ mod composed {
         t.reshape([batch, heads / group, group, seq, head_dim])
             .sum_dim(2)
             .reshape([batch, heads / group, seq, head_dim])
+    }
+
+    pub fn cross_entropy<B: Backend>(
+        logits: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 1> {
+        let [_, vocab] = logits.dims();
+        let clamped = targets.clone().clamp(0, vocab as i64 - 1);
+        let valid = clamped.clone().equal(targets).float();
+        let targets = clamped;
+        let picked = log_softmax(logits, 1)
+            .gather(1, targets.unsqueeze_dim(1))
+            .reshape([-1]);
+        // A target outside the vocabulary: 0 · -∞ would hide it; NaN says it.
+        let nan_if_invalid = valid.clone().log() * valid;
+        (picked.neg() + nan_if_invalid).mean()
+    }
+
+    pub fn cross_entropy_backward<B: Backend>(
+        logits: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+        grad: Tensor<B, 1>,
+    ) -> Tensor<B, 2> {
+        let [rows, vocab] = logits.dims();
+        let classes = Tensor::<B, 1, Int>::arange(0..vocab as i64, &logits.device());
+        let one_hot = targets
+            .unsqueeze_dim::<2>(1)
+            .equal(classes.unsqueeze())
+            .float();
+        (softmax(logits, 1) - one_hot) * grad.div_scalar(rows as f32).unsqueeze()
     }
 
     /// Written with a multiply by the per-row reciprocal rather than burn's divide, which

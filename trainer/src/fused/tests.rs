@@ -2,7 +2,7 @@
 //! backward, and the autodiff node's gradients against autodiff through the composed ops.
 
 use burn::backend::Autodiff;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -116,6 +116,66 @@ fn flex_causal_attention_backward_is_the_composed_formula() {
         for ((fused, composed), what) in fused.into_iter().zip(composed).zip(["dq", "dk", "dv"]) {
             assert_close(&values(fused), &values(composed), 1e-4, what);
         }
+    }
+}
+
+fn ids<Bk: burn::tensor::backend::Backend>(ids: &[i64]) -> Tensor<Bk, 1, Int> {
+    Tensor::from_data(
+        TensorData::new(ids.to_vec(), [ids.len()]),
+        &Default::default(),
+    )
+}
+
+#[test]
+fn flex_cross_entropy_and_its_gradient_are_the_composed_ops() {
+    // 100 rows over rayon's tasks unevenly, a vocabulary no vector divides.
+    let dims @ [rows, vocab] = [100, 77];
+    let logits = values_in(rows, vocab, 30);
+    let targets: Vec<i64> = (0..rows as i64).map(|r| r * 31 % vocab as i64).collect();
+    let x = || tensor::<B>(logits.clone(), dims);
+    let loss = B::cross_entropy(x(), ids(&targets)).into_scalar();
+    let expected = composed::cross_entropy(x(), ids(&targets)).into_scalar();
+    assert!(
+        (loss - expected).abs() < 1e-5,
+        "loss {loss} against {expected}"
+    );
+    let grad = || Tensor::<B, 1>::from_floats([0.7], &Default::default());
+    let d = B::cross_entropy_backward(x(), ids(&targets), grad());
+    let d_composed = composed::cross_entropy_backward(x(), ids(&targets), grad());
+    assert_close(&values(d), &values(d_composed), 1e-6, "logits' gradient");
+
+    let through = |op: fn(Tensor<AB, 2>, Tensor<AB, 1, Int>) -> Tensor<AB, 1>| {
+        let x = tensor::<AB>(logits.clone(), dims).require_grad();
+        let grads = op(x.clone(), ids(&targets)).backward();
+        values(x.grad(&grads).unwrap())
+    };
+    let (fused, composed) = (through(AB::cross_entropy), through(composed::cross_entropy));
+    assert_close(&fused, &composed, 1e-6, "autodiff logits' gradient");
+}
+
+#[test]
+fn a_target_outside_the_vocabulary_makes_the_loss_nan_on_both_paths() {
+    let dims = [3, 8];
+    let x = || tensor::<B>(values_in(3, 8, 31), dims);
+    for bad in [8, -1] {
+        let targets = ids::<B>(&[1, bad, 7]);
+        assert!(
+            B::cross_entropy(x(), targets.clone())
+                .into_scalar()
+                .is_nan()
+        );
+        assert!(
+            composed::cross_entropy(x(), targets.clone())
+                .into_scalar()
+                .is_nan()
+        );
+        let grad = Tensor::<B, 1>::from_floats([1.0], &Default::default());
+        let d = values(B::cross_entropy_backward(x(), targets, grad));
+        assert!(
+            d[8..16].iter().all(|v| v.is_nan()),
+            "the bad row's gradient"
+        );
+        assert!(d[..8].iter().chain(&d[16..]).all(|v| v.is_finite()));
     }
 }
 
