@@ -1,12 +1,15 @@
 //! The fused operations under autodiff: the inner backend computes the forward pass, and one
 //! node in the graph keeps what the op's backward needs (attention's inputs and
-//! probabilities; the loss's logits and targets; RMSNorm's inputs; RoPE's tables, the constants it rotates by; SwiGLU's inputs).
+//! probabilities; the loss's logits and targets; RMSNorm's and SwiGLU's inputs; RoPE's
+//! tables, the constants it rotates by).
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
@@ -20,20 +23,17 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         shape: AttentionShape,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
         let [q, k, v] = [q, k, v].map(primitive);
-        let inner = [&q, &k, &v].map(|t| t.primitive.clone());
-        let (out, probs) = B::causal_attention(
-            tensor(inner[0].clone()),
-            tensor(inner[1].clone()),
-            tensor(inner[2].clone()),
-            shape,
-        );
-        let (out, probs) = (primitive(out), primitive(probs));
-        let nodes = [q.node, k.node, v.node];
+        let inner = || [&q, &k, &v].map(|t| t.primitive.clone());
+        let [qi, ki, vi] = inner().map(tensor);
+        let (out, probs) = B::causal_attention(qi, ki, vi, shape);
+        let probs = primitive(probs);
         let op = CausalAttention { shape };
-        let out = match op.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((inner, probs.clone()), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
+        let out = record::<C, _, _, _>(
+            op,
+            [&q, &k, &v],
+            || (inner(), probs.clone()),
+            primitive(out),
+        );
         (tensor(out), Tensor::from_inner(tensor(probs)))
     }
 
@@ -41,38 +41,27 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         let logits = primitive(logits);
         let targets = targets.inner();
         let loss = B::cross_entropy(tensor(logits.primitive.clone()), targets.clone());
-        let loss = loss.into_primitive().tensor();
-        let state = (logits.primitive, targets.into_primitive());
-        let out = match CrossEntropy
-            .prepare::<C>([logits.node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, loss),
-            OpsKind::UnTracked(prep) => prep.finish(loss),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        let state = || (logits.primitive.clone(), targets.into_primitive());
+        tensor(record::<C, _, _, _>(
+            CrossEntropy,
+            [&logits],
+            state,
+            primitive(loss),
+        ))
     }
 
     fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
-        let x = primitive(x);
-        let weight = weight.into_primitive().tensor();
-        let inner = (x.primitive, weight.primitive);
-        let y = primitive(B::rms_norm(
-            tensor(inner.0.clone()),
-            Tensor::from_primitive(TensorPrimitive::Float(inner.1.clone())),
-            epsilon,
-        ));
+        let (x, weight) = (primitive(x), primitive(weight));
+        let inputs = || (x.primitive.clone(), weight.primitive.clone());
+        let (xi, wi) = inputs();
+        let y = B::rms_norm(tensor(xi), tensor(wi), epsilon);
         let op = RmsNorm { epsilon };
-        let out = match op
-            .prepare::<C>([x.node, weight.node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(inner, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        tensor(out)
+        tensor(record::<C, _, _, _>(
+            op,
+            [&x, &weight],
+            inputs,
+            primitive(y),
+        ))
     }
 
     fn rope(
@@ -83,30 +72,52 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     ) -> Tensor<Self, 2> {
         let x = primitive(x);
         let (cos, sin) = (cos.inner(), sin.inner());
-        let y = primitive(B::rope(
-            tensor(x.primitive),
+        let y = B::rope(
+            tensor(x.primitive.clone()),
             cos.clone(),
             sin.clone(),
             head_dim,
-        ));
-        let op = Rope { head_dim };
-        let out = match op.prepare::<C>([x.node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((primitive(cos), primitive(sin)), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        tensor(out)
+        );
+        let tables = || (primitive(cos), primitive(sin));
+        tensor(record::<C, _, _, _>(
+            Rope { head_dim },
+            [&x],
+            tables,
+            primitive(y),
+        ))
     }
 
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
         let (gate, up) = (primitive(gate), primitive(up));
-        let inner = (gate.primitive, up.primitive);
-        let h = primitive(B::swiglu(tensor(inner.0.clone()), tensor(inner.1.clone())));
-        let nodes = [gate.node, up.node];
-        let out = match Swiglu.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(inner, h),
-            OpsKind::UnTracked(prep) => prep.finish(h),
-        };
-        tensor(out)
+        let inputs = || (gate.primitive.clone(), up.primitive.clone());
+        let (g, u) = inputs();
+        let h = B::swiglu(tensor(g), tensor(u));
+        tensor(record::<C, _, _, _>(
+            Swiglu,
+            [&gate, &up],
+            inputs,
+            primitive(h),
+        ))
+    }
+}
+
+/// `out`, computed by the inner backend, as the output of `op` over `inputs`: a node in the
+/// graph that keeps `state()` for the backward pass when an input is tracked.
+fn record<C, B, Op, const N: usize>(
+    op: Op,
+    inputs: [&FloatTensor<Autodiff<B, C>>; N],
+    state: impl FnOnce() -> Op::State,
+    out: FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: ModelBackend,
+    C: CheckpointStrategy,
+    Op: Backward<B, N>,
+{
+    let nodes = inputs.map(|t| t.node.clone());
+    match op.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state(), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
 
@@ -124,10 +135,8 @@ impl<B: ModelBackend> Backward<B, 3> for CausalAttention {
         let ([q, k, v], probs) = ops.state;
         let [q, k, v, probs, grad] = [q, k, v, probs, grad].map(tensor);
         let inputs = B::causal_attention_backward(q, k, v, probs, grad, self.shape);
-        for (node, d) in ops.parents.into_iter().zip(inputs) {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, primitive(d));
-            }
+        for (parent, d) in ops.parents.iter().zip(inputs) {
+            register(grads, parent.as_ref().map(|p| p.id), d);
         }
     }
 }
@@ -144,10 +153,9 @@ impl<B: ModelBackend> Backward<B, 1> for CrossEntropy {
         let [logits_node] = ops.parents;
         let (logits, targets) = ops.state;
         if let Some(node) = logits_node {
-            let grad = Tensor::from_primitive(TensorPrimitive::Float(grad));
             let targets = Tensor::from_primitive(targets);
-            let d = B::cross_entropy_backward(tensor(logits), targets, grad);
-            grads.register::<B>(node.id, primitive(d));
+            let d = B::cross_entropy_backward(tensor(logits), targets, tensor(grad));
+            register(grads, Some(node.id), d);
         }
     }
 }
@@ -165,14 +173,10 @@ impl<B: ModelBackend> Backward<B, 2> for RmsNorm {
         let grad = grads.consume::<B>(&ops.node);
         let [x_node, weight_node] = ops.parents;
         let (x, weight) = ops.state;
-        let weight = Tensor::from_primitive(TensorPrimitive::Float(weight));
-        let (dx, dweight) = B::rms_norm_backward(tensor(x), weight, tensor(grad), self.epsilon);
-        if let Some(node) = x_node {
-            grads.register::<B>(node.id, primitive(dx));
-        }
-        if let Some(node) = weight_node {
-            grads.register::<B>(node.id, dweight.into_primitive().tensor());
-        }
+        let (dx, dweight) =
+            B::rms_norm_backward(tensor(x), tensor(weight), tensor(grad), self.epsilon);
+        register(grads, x_node.map(|n| n.id), dx);
+        register(grads, weight_node.map(|n| n.id), dweight);
     }
 }
 
@@ -187,11 +191,11 @@ impl<B: ModelBackend> Backward<B, 1> for Rope {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let [x] = ops.parents;
+        let [x_node] = ops.parents;
         let (cos, sin) = ops.state;
-        if let Some(x) = x {
+        if let Some(node) = x_node {
             let dx = B::rope(tensor(grad), tensor(cos), -tensor(sin), self.head_dim);
-            grads.register::<B>(x.id, primitive(dx));
+            register(grads, Some(node.id), dx);
         }
     }
 }
@@ -208,19 +212,26 @@ impl<B: ModelBackend> Backward<B, 2> for Swiglu {
         let [gate_node, up_node] = ops.parents;
         let (gate, up) = ops.state;
         let (d_gate, d_up) = B::swiglu_backward(tensor(gate), tensor(up), tensor(grad));
-        if let Some(node) = gate_node {
-            grads.register::<B>(node.id, primitive(d_gate));
-        }
-        if let Some(node) = up_node {
-            grads.register::<B>(node.id, primitive(d_up));
-        }
+        register(grads, gate_node.map(|n| n.id), d_gate);
+        register(grads, up_node.map(|n| n.id), d_up);
     }
 }
 
-fn primitive<B: burn::tensor::backend::Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
+/// `grad` as the gradient of the input `parent`, when that input is tracked.
+fn register<B: ModelBackend, const D: usize>(
+    grads: &mut Gradients,
+    parent: Option<NodeId>,
+    grad: Tensor<B, D>,
+) {
+    if let Some(id) = parent {
+        grads.register::<B>(id, primitive(grad));
+    }
+}
+
+fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
-fn tensor<B: burn::tensor::backend::Backend>(p: FloatTensor<B>) -> Tensor<B, 2> {
+fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }

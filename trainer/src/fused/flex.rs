@@ -103,10 +103,10 @@ impl ModelBackend for Flex {
         let mut d = vec![0.0f32; rows * vocab];
         for_chunks(
             vocab,
-            &mut d,
+            [&mut d],
             [logits.storage()],
             #[inline(always)]
-            |first, [x], d| {
+            |first, [x], [d]| {
                 let rows = x.chunks(vocab).zip(d.chunks_mut(vocab));
                 for (r, (x, d)) in rows.enumerate() {
                     let (_, sum) = exps_of(x, d);
@@ -133,10 +133,10 @@ impl ModelBackend for Flex {
         let mut y = vec![0.0f32; x.storage::<f32>().len()];
         for_chunks(
             d,
-            &mut y,
+            [&mut y],
             [x.storage()],
             #[inline(always)]
-            |_, [x], y| {
+            |_, [x], [y]| {
                 for (x, y) in x.chunks(d).zip(y.chunks_mut(d)) {
                     let r = inv_rms(x, y, epsilon);
                     for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
@@ -165,35 +165,24 @@ impl ModelBackend for Flex {
         let weight = weight.into_primitive().tensor().to_contiguous();
         let weight = weight.storage::<f32>();
         let (mut dx, mut scaled) = (vec![0.0f32; dims[0] * d], vec![0.0f32; dims[0] * d]);
-        let ins = [x.storage(), grad.storage()];
         for_chunks(
             d,
-            &mut dx,
-            ins,
+            [&mut dx, &mut scaled],
+            [x.storage(), grad.storage()],
             #[inline(always)]
-            |_, [x, g], dx| {
-                for ((x, g), dx) in x.chunks(d).zip(g.chunks(d)).zip(dx.chunks_mut(d)) {
+            |_, [x, g], [dx, scaled]| {
+                let rows = x.chunks(d).zip(g.chunks(d));
+                for ((x, g), (dx, scaled)) in rows.zip(dx.chunks_mut(d).zip(scaled.chunks_mut(d))) {
                     let r = inv_rms(x, dx, epsilon);
+                    // `grad ⊙ x · r` per row, summed over the rows below.
+                    for ((scaled, &g), &x) in scaled.iter_mut().zip(g).zip(x) {
+                        *scaled = g * x * r;
+                    }
                     let gwx = dx.iter_mut().zip(g).zip(weight).zip(x);
                     gwx.for_each(|(((dx, &g), &w), &x)| *dx = g * w * x);
                     let mean = fold_lanes(dx, 0.0, |s, v| s + v) / d as f32;
                     for (((dx, &g), &w), &x) in dx.iter_mut().zip(g).zip(weight).zip(x) {
                         *dx = r * (g * w - x * (r * r) * mean);
-                    }
-                }
-            },
-        );
-        // `grad ⊙ x · r` per row, summed over the rows below.
-        for_chunks(
-            d,
-            &mut scaled,
-            ins,
-            #[inline(always)]
-            |_, [x, g], out| {
-                for ((x, g), out) in x.chunks(d).zip(g.chunks(d)).zip(out.chunks_mut(d)) {
-                    let r = inv_rms(x, out, epsilon);
-                    for ((out, &g), &x) in out.iter_mut().zip(g).zip(x) {
-                        *out = g * x * r;
                     }
                 }
             },
@@ -218,10 +207,10 @@ impl ModelBackend for Flex {
         let mut y = vec![0.0f32; x.storage::<f32>().len()];
         for_chunks(
             width,
-            &mut y,
+            [&mut y],
             [x.storage()],
             #[inline(always)]
-            |first, [x], y| {
+            |first, [x], [y]| {
                 for (r, (x, y)) in x.chunks(width).zip(y.chunks_mut(width)).enumerate() {
                     let t = (first + r) % table_rows * width;
                     let (cos, sin) = (&cos[t..t + width], &sin[t..t + width]);
@@ -250,10 +239,10 @@ impl ModelBackend for Flex {
         let mut h = vec![0.0f32; dims[0] * dims[1]];
         for_chunks(
             1,
-            &mut h,
+            [&mut h],
             [gate.storage(), up.storage()],
             #[inline(always)]
-            |_, [g, u], h| {
+            |_, [g, u], [h]| {
                 for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
                     *h = g * sigmoid(g) * u;
                 }
@@ -274,31 +263,20 @@ impl ModelBackend for Flex {
         let (gate, up, grad) = (contiguous(gate), contiguous(up), contiguous(grad));
         let n = dims[0] * dims[1];
         let (mut d_gate, mut d_up) = (vec![0.0f32; n], vec![0.0f32; n]);
-        let ins = [gate.storage(), up.storage(), grad.storage()];
-        let chunk = TASK_VALUES;
-        d_gate
-            .par_chunks_mut(chunk)
-            .zip(d_up.par_chunks_mut(chunk))
-            .zip(ins[0].par_chunks(chunk))
-            .zip(ins[1].par_chunks(chunk).zip(ins[2].par_chunks(chunk)))
-            .for_each(|(((d_gate, d_up), g), (u, grad))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let values = d_gate
-                            .iter_mut()
-                            .zip(d_up.iter_mut())
-                            .zip(g)
-                            .zip(u)
-                            .zip(grad);
-                        for ((((d_gate, d_up), &g), &u), &grad) in values {
-                            let s = sigmoid(g);
-                            *d_up = grad * g * s;
-                            *d_gate = grad * u * s * (1.0 + g * (1.0 - s));
-                        }
-                    },
-                )
-            });
+        for_chunks(
+            1,
+            [&mut d_gate, &mut d_up],
+            [gate.storage(), up.storage(), grad.storage()],
+            #[inline(always)]
+            |_, [g, u, grad], [d_gate, d_up]| {
+                let outs = d_gate.iter_mut().zip(d_up.iter_mut());
+                for ((d_gate, d_up), ((&g, &u), &grad)) in outs.zip(g.iter().zip(u).zip(grad)) {
+                    let s = sigmoid(g);
+                    *d_up = grad * g * s;
+                    *d_gate = grad * u * s * (1.0 + g * (1.0 - s));
+                }
+            },
+        );
         (tensor(d_gate, dims), tensor(d_up, dims))
     }
 }
@@ -348,30 +326,35 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Runs `f` on consecutive chunks of `out`, each a whole number of `row`-value rows, with the
-/// index of the chunk's first row and the same ranges of `ins`: a chunk per rayon task,
-/// vectorized.
-fn for_chunks<const N: usize>(
+/// Runs `f` on consecutive chunks of the outputs `outs` (all as long), each a whole number of
+/// `row`-value rows, with the index of the chunk's first row and the same ranges of `ins`: a
+/// chunk per rayon task, vectorized.
+fn for_chunks<const N: usize, const M: usize>(
     row: usize,
-    out: &mut [f32],
+    outs: [&mut [f32]; M],
     ins: [&[f32]; N],
-    f: impl Fn(usize, [&[f32]; N], &mut [f32]) + Sync,
+    f: impl Fn(usize, [&[f32]; N], [&mut [f32]; M]) + Sync,
 ) {
-    if out.is_empty() {
-        return;
-    }
+    let len = outs.first().map_or(0, |out| out.len());
+    assert!(outs.iter().all(|out| out.len() == len));
     let row = row.max(1);
     let chunk = TASK_VALUES.div_ceil(row) * row;
-    out.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let start = task * chunk;
-            let ins = ins.map(|x| &x[start..start + out.len()]);
-            vectorized(
-                #[inline(always)]
-                || f(start / row, ins, out),
-            )
-        });
+    let mut split = outs.map(|out| out.chunks_mut(chunk));
+    let tasks: Vec<[&mut [f32]; M]> = (0..len.div_ceil(chunk))
+        .map(|_| {
+            split
+                .each_mut()
+                .map(|chunks| chunks.next().expect("equal lengths"))
+        })
+        .collect();
+    tasks.into_par_iter().enumerate().for_each(|(task, outs)| {
+        let start = task * chunk;
+        let ins = ins.map(|x| &x[start..start + outs[0].len()]);
+        vectorized(
+            #[inline(always)]
+            || f(start / row, ins, outs),
+        )
+    });
 }
 
 fn contiguous(x: Tensor<Flex, 2>) -> FlexTensor {

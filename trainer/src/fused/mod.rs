@@ -2,14 +2,14 @@
 //! self-attention (scores, masked softmax and the weighted sum of values, over all heads),
 //! RMSNorm, rotary position embedding, SwiGLU's `silu(gate) · up`, and the cross-entropy loss.
 //!
-//! burn records attention as a dozen operations, RMSNorm as seven, RoPE as four (one of them a matrix product) and
-//! SwiGLU as three, each a pass over a tensor
-//! of `batch · heads · seq²` or `tokens · ffn_hidden` values, most of them kept for the
-//! backward pass, with copies to split the heads and merge them again; and flex computes `exp`
-//! one value at a time. [`ModelBackend`] makes each one operation on every backend: its
-//! default methods compose burn's tensor operations (wgpu, CUDA), flex overrides them with host
-//! kernels ([`flex`], [`flex_attention`]: gemm on strided views, one pass per row or element, a
-//! vectorized `exp`), and autodiff records a single node whose backward calls the op's own
+//! burn records attention as a dozen operations, RMSNorm as seven, RoPE as four (one of them
+//! a matrix product) and SwiGLU as three, each a pass over a tensor of `batch · heads · seq²`
+//! or `tokens · width` values, most of them kept for the backward pass, with copies to split
+//! the heads and merge them again; and flex computes `exp` one value at a time.
+//! [`ModelBackend`] makes each one operation on every backend: its default methods compose
+//! burn's tensor operations (wgpu, CUDA), flex overrides them with host kernels ([`flex`],
+//! [`flex_attention`]: gemm on strided views, one pass per row or element, a vectorized
+//! `exp`), and autodiff records a single node whose backward calls the op's own
 //! ([`autodiff`]).
 
 mod autodiff;
@@ -286,9 +286,8 @@ mod composed {
         let [_, vocab] = logits.dims();
         let clamped = targets.clone().clamp(0, vocab as i64 - 1);
         let valid = clamped.clone().equal(targets).float();
-        let targets = clamped;
         let picked = log_softmax(logits, 1)
-            .gather(1, targets.unsqueeze_dim(1))
+            .gather(1, clamped.unsqueeze_dim(1))
             .reshape([-1]);
         // A target outside the vocabulary: 0 · -∞ would hide it; NaN says it.
         let nan_if_invalid = valid.clone().log() * valid;
