@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::peers::{Peer, wait_for_round};
+use common::peers::{Peer, RunDir, wait_for_round};
 
 fn val_losses(dir: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -22,7 +22,7 @@ fn val_losses(dir: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn three_peers_end_bit_identical_and_match_the_simulation() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
     // The first peer listens on TCP and QUIC; one joiner comes over QUIC naming the peer id,
@@ -82,7 +82,7 @@ fn three_peers_end_bit_identical_and_match_the_simulation() {
 #[test]
 fn sparse_peers_end_bit_identical_to_the_simulation() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = dir.path().join("sparse.toml");
     let sparse = common::small_config(8, 3, 2).replace(
         "inner_steps = 2\n",
@@ -131,7 +131,7 @@ fn sparse_peers_end_bit_identical_to_the_simulation() {
 #[test]
 fn a_peer_stopped_by_max_rounds_reports_the_loss_it_reached() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = dir.path().join("small.toml");
     let text = common::small_config(12, 1, 2).replace("every_steps = 2", "every_steps = 100");
     std::fs::write(&config, text).unwrap();
@@ -151,7 +151,7 @@ fn a_peer_stopped_by_max_rounds_reports_the_loss_it_reached() {
 #[test]
 fn a_peer_with_another_config_is_refused_with_the_differing_field() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
     let mut first = Peer::start(dir.path(), "p1", &config, &["--workers", "2"]);
@@ -184,7 +184,7 @@ fn a_peer_with_another_config_is_refused_with_the_differing_field() {
 #[test]
 fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(12, 3, 4)).unwrap();
     let first = Peer::start(dir.path(), "p1", &config, &["--round-ceiling", "60"]);
@@ -217,7 +217,7 @@ fn survivors_finish_the_round_when_a_peer_dies_in_the_all_reduce() {
 #[test]
 fn a_second_peer_with_the_same_key_is_told_to_give_it_its_own_before_it_joins() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = long_config(dir.path(), 200);
     let first = Peer::start(dir.path(), "p1", &config, &[]);
     let addr = first.address();
@@ -250,7 +250,7 @@ fn long_config(dir: &Path, rounds: usize) -> PathBuf {
 #[test]
 fn a_peer_joins_mid_run_while_its_donor_dies_and_contributes_from_the_next_round() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = long_config(dir.path(), 80);
     // p1 dies as soon as someone fetches a chunk of its state from it.
     let first = Peer::start_with(
@@ -323,7 +323,7 @@ fn a_peer_joins_mid_run_while_its_donor_dies_and_contributes_from_the_next_round
 #[test]
 fn a_peer_arriving_in_the_last_round_leaves_with_the_final_state() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(24, 2, 4)).unwrap();
     // The last of the six rounds takes 8 s longer, for the newcomer to arrive in.
@@ -353,7 +353,7 @@ fn a_peer_arriving_in_the_last_round_leaves_with_the_final_state() {
 #[test]
 fn a_member_whose_state_drifts_refetches_the_majority_state() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = dir.path().join("small.toml");
     std::fs::write(&config, common::small_config(16, 3, 4)).unwrap();
     let first = Peer::start(dir.path(), "p1", &config, &[]);
@@ -384,7 +384,7 @@ fn a_member_whose_state_drifts_refetches_the_majority_state() {
 #[test]
 fn status_shows_the_group_and_leave_or_ctrl_c_exit_cleanly() {
     let _serial = common::peers::serial();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config = long_config(dir.path(), 200);
     let first = Peer::start(dir.path(), "p1", &config, &[]);
     let addr = first.address();
@@ -513,7 +513,7 @@ fn a_rogue_member_is_refused_with_reasons_and_the_run_goes_on() {
     use sinter_comms::group::{Arrival, Group, GroupSettings, Reduction};
     use sinter_comms::net::{self, Keypair, NetConfig};
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunDir::new();
     let config_path = dir.path().join("small.toml");
     std::fs::write(&config_path, common::small_config(16, 3, 4)).unwrap();
     let config = sinter_trainer::RunConfig::load(&config_path).unwrap();

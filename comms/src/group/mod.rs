@@ -285,6 +285,15 @@ impl Shared {
             && state.peer_stats.get(peer).is_none_or(|s| s.round <= round)
     }
 
+    /// Whether `peer`, heard from before, has sent no heartbeat for a peer timeout: a cut
+    /// link or a frozen process. (A peer never heard from is not silent, only unknown.)
+    fn is_silent(&self, state: &State, peer: &PeerId) -> bool {
+        state
+            .last_seen
+            .get(peer)
+            .is_some_and(|t| t.elapsed() >= self.settings.peer_timeout)
+    }
+
     fn live(&self, state: &State) -> BTreeSet<PeerId> {
         let mut live: BTreeSet<PeerId> = state
             .last_seen
@@ -646,7 +655,19 @@ impl Group {
     ) -> Result<(u64, Vec<u8>), GroupError> {
         let request = encode_request(header, frame);
         let bytes = request.len() as u64;
-        let answer = self.client.request(peer, request).await?;
+        // Over a cut link a request waits out its whole timeout (and a leader announcing
+        // its group, or a member sending its shard, waits with it): it is given up as soon
+        // as the peer falls silent instead.
+        let answer = tokio::select! {
+            answer = self.client.request(peer, request) => answer?,
+            () = self.until_silent(peer) => {
+                let reason = format!(
+                    "no heartbeat for {:?} (a cut link?); request given up",
+                    self.shared.settings.peer_timeout
+                );
+                return Err(NetError::Request { peer, reason }.into());
+            }
+        };
         self.shared.lock().bytes_received += answer.len() as u64;
         match Reply::decode(answer) {
             Ok(Reply::Ok) => Ok((bytes, Vec::new())),
@@ -654,6 +675,17 @@ impl Group {
             Ok(Reply::Refused(reason)) => Err(GroupError::Refused { peer, reason }),
             Err(reason) => Err(GroupError::Refused { peer, reason }),
         }
+    }
+
+    /// Returns once `peer` is silent (see [`Shared::is_silent`]); never, while it is not.
+    async fn until_silent(&self, peer: PeerId) {
+        let mut silent =
+            |shared: &Shared, state: &mut State| shared.is_silent(state, &peer).then_some(());
+        while self
+            .wait_for(Duration::from_secs(3600), &mut silent)
+            .await
+            .is_none()
+        {}
     }
 
     /// Waits until `done` holds, for at most `limit`; `done` sees the state each time

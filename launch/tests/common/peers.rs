@@ -22,6 +22,30 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A multi-peer test's directory (configs, each peer's output and log): removed when the
+/// test passes, kept when it fails, its path printed, so that every peer's log can be read.
+pub struct RunDir(Option<tempfile::TempDir>);
+
+impl RunDir {
+    pub fn new() -> RunDir {
+        RunDir(Some(tempfile::tempdir().unwrap()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("held until dropped").path()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take()
+            && std::thread::panicking()
+        {
+            eprintln!("the peers' logs are kept in {}", dir.keep().display());
+        }
+    }
+}
+
 pub struct Peer {
     pub child: Child,
     pub out: PathBuf,
