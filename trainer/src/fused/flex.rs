@@ -139,9 +139,7 @@ impl ModelBackend for Flex {
             |_, [x], [y]| {
                 for (x, y) in x.chunks(d).zip(y.chunks_mut(d)) {
                     let r = inv_rms(x, y, epsilon);
-                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
-                        *y = x * r * w;
-                    }
+                    map2(y, x, weight, |x, w| x * r * w);
                 }
             },
         );
@@ -175,15 +173,10 @@ impl ModelBackend for Flex {
                 for ((x, g), (dx, scaled)) in rows.zip(dx.chunks_mut(d).zip(scaled.chunks_mut(d))) {
                     let r = inv_rms(x, dx, epsilon);
                     // `grad ⊙ x · r` per row, summed over the rows below.
-                    for ((scaled, &g), &x) in scaled.iter_mut().zip(g).zip(x) {
-                        *scaled = g * x * r;
-                    }
-                    let gwx = dx.iter_mut().zip(g).zip(weight).zip(x);
-                    gwx.for_each(|(((dx, &g), &w), &x)| *dx = g * w * x);
+                    map2(scaled, g, x, |g, x| g * x * r);
+                    map3(dx, g, weight, x, |g, w, x| g * w * x);
                     let mean = fold_lanes(dx, 0.0, |s, v| s + v) / d as f32;
-                    for (((dx, &g), &w), &x) in dx.iter_mut().zip(g).zip(weight).zip(x) {
-                        *dx = r * (g * w - x * (r * r) * mean);
-                    }
+                    map3(dx, g, weight, x, |g, w, x| r * (g * w - x * (r * r) * mean));
                 }
             },
         );
@@ -243,9 +236,7 @@ impl ModelBackend for Flex {
             [gate.storage(), up.storage()],
             #[inline(always)]
             |_, [g, u], [h]| {
-                for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
-                    *h = g * sigmoid(g) * u;
-                }
+                map2(h, g, u, |g, u| g * sigmoid(g) * u);
             },
         );
         tensor(h, dims)
@@ -297,10 +288,37 @@ pub(super) fn fold_lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32
     tail.iter().fold(folded, |acc, &v| op(acc, v))
 }
 
+/// `out[i] = f(a[i])`. As separate slice arguments of an inlined function, output and inputs
+/// are known not to overlap (here and in [`map2`], [`map3`]), so the loop vectorizes without
+/// a run-time overlap check; written inline in the kernels' closures, such loops took their
+/// scalar path (RMSNorm's forward ran about 5× faster this way).
+#[inline(always)]
+fn map1(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
+    for (o, &a) in out.iter_mut().zip(a) {
+        *o = f(a);
+    }
+}
+
+/// `out[i] = f(a[i], b[i])` (see [`map1`]).
+#[inline(always)]
+fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(a, b);
+    }
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` (see [`map1`]).
+#[inline(always)]
+fn map3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = f(a, b, c);
+    }
+}
+
 /// `rsqrt(mean(x²) + ε)` of a row, with `scratch` (as long as `x`) for the squares.
 #[inline(always)]
 fn inv_rms(x: &[f32], scratch: &mut [f32], epsilon: f64) -> f32 {
-    scratch.iter_mut().zip(x).for_each(|(s, &x)| *s = x * x);
+    map1(scratch, x, |x| x * x);
     let mean = fold_lanes(scratch, 0.0, |s, v| s + v) / x.len() as f32;
     1.0 / (mean + epsilon as f32).sqrt()
 }
@@ -309,7 +327,7 @@ fn inv_rms(x: &[f32], scratch: &mut [f32], epsilon: f64) -> f32 {
 #[inline(always)]
 fn exps_of(x: &[f32], exps: &mut [f32]) -> (f32, f32) {
     let max = fold_lanes(x, f32::NEG_INFINITY, f32::max);
-    exps.iter_mut().zip(x).for_each(|(e, &x)| *e = exp(x - max));
+    map1(exps, x, |x| exp(x - max));
     (max, fold_lanes(exps, 0.0, |s, v| s + v))
 }
 
