@@ -277,8 +277,7 @@ impl ModelBackend for Flex {
 #[inline(always)]
 pub(super) fn fold_lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail = chunks.remainder();
+    let (chunks, tail) = values.as_chunks::<LANES>();
     for chunk in chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
             *lane = op(*lane, v);
