@@ -94,6 +94,11 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<Linear<B>>,
 }
 
+/// `x · layer`'s weight, through the backend's linear op (the model's layers have no bias).
+fn project<B: ModelBackend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    B::dense(x, layer.weight.val())
+}
+
 fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
     LinearConfig::new(d_in, d_out)
         .with_bias(false)
@@ -245,9 +250,9 @@ impl<B: ModelBackend> Attention<B> {
     ) -> (Tensor<B, 2>, KeysValues<B>) {
         let seq = q_rope.len();
         let batch = x.dims()[0] / seq;
-        let q = q_rope.apply(self.wq.forward(x.clone()));
-        let k = kv_rope.apply(self.wk.forward(x.clone()));
-        let v = self.wv.forward(x);
+        let q = q_rope.apply(project(&self.wq, x.clone()));
+        let k = kv_rope.apply(project(&self.wk, x.clone()));
+        let v = project(&self.wv, x);
         let shape = AttentionShape {
             batch,
             seq,
@@ -260,7 +265,7 @@ impl<B: ModelBackend> Attention<B> {
             t.reshape([batch, seq, self.n_kv_heads, self.head_dim])
                 .swap_dims(1, 2)
         };
-        (self.wo.forward(out), (heads(k), heads(v)))
+        (project(&self.wo, out), (heads(k), heads(v)))
     }
 
     /// `[batch, kv_heads, len, head_dim]` with each key/value head repeated for the query
@@ -272,8 +277,10 @@ impl<B: ModelBackend> Attention<B> {
 
 impl<B: ModelBackend> FeedForward<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.down
-            .forward(B::swiglu(self.gate.forward(x.clone()), self.up.forward(x)))
+        self.down.forward(B::swiglu(
+            project(&self.gate, x.clone()),
+            project(&self.up, x),
+        ))
     }
 }
 
@@ -347,8 +354,8 @@ impl<B: ModelBackend> Llama<B> {
     fn head(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = self.norm.forward(x);
         match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.embedding.weight.val().transpose()),
+            Some(head) => project(head, x),
+            None => B::dense(x, self.embedding.weight.val().transpose()),
         }
     }
 
@@ -405,9 +412,9 @@ impl<B: ModelBackend> Llama<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             let a = &layer.attention;
             let h = layer.attention_norm.forward(x.clone());
-            let q = q_rope.apply(a.wq.forward(h.clone()));
-            let k = kv_rope.apply(a.wk.forward(h.clone()));
-            let v = a.wv.forward(h);
+            let q = q_rope.apply(project(&a.wq, h.clone()));
+            let k = kv_rope.apply(project(&a.wk, h.clone()));
+            let v = project(&a.wv, h);
             let scale = 1.0 / (a.head_dim as f64).sqrt();
             let outs = caches
                 .iter_mut()
@@ -429,7 +436,7 @@ impl<B: ModelBackend> Llama<B> {
                         .reshape([1, a.n_heads * a.head_dim])
                 })
                 .collect();
-            x = x + a.wo.forward(Tensor::cat(outs, 0));
+            x = x + project(&a.wo, Tensor::cat(outs, 0));
             x = x.clone() + layer.ffn.forward(layer.ffn_norm.forward(x));
         }
         self.head(x)

@@ -1,5 +1,6 @@
 //! The fused operations under autodiff: the inner backend computes the forward pass, and one
-//! node in the graph keeps what the op's backward needs (attention's inputs and
+//! node in the graph keeps what the op's backward needs (a linear layer's input and weight;
+//! attention's inputs and
 //! probabilities; the loss's logits and targets; RMSNorm's and SwiGLU's inputs; RoPE's
 //! tables, the constants it rotates by).
 
@@ -16,6 +17,10 @@ use burn::tensor::{Int, Tensor, TensorPrimitive};
 use super::{AttentionShape, ModelBackend};
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn dense(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        record_pair(Dense, x, weight, B::dense)
+    }
+
     fn causal_attention(
         q: Tensor<Self, 2>,
         k: Tensor<Self, 2>,
@@ -51,17 +56,9 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     }
 
     fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
-        let (x, weight) = (primitive(x), primitive(weight));
-        let inputs = || (x.primitive.clone(), weight.primitive.clone());
-        let (xi, wi) = inputs();
-        let y = B::rms_norm(tensor(xi), tensor(wi), epsilon);
-        let op = RmsNorm { epsilon };
-        tensor(record::<C, _, _, _>(
-            op,
-            [&x, &weight],
-            inputs,
-            primitive(y),
-        ))
+        record_pair(RmsNorm { epsilon }, x, weight, |x, w| {
+            B::rms_norm(x, w, epsilon)
+        })
     }
 
     fn rope(
@@ -88,16 +85,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     }
 
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        let (gate, up) = (primitive(gate), primitive(up));
-        let inputs = || (gate.primitive.clone(), up.primitive.clone());
-        let (g, u) = inputs();
-        let h = B::swiglu(tensor(g), tensor(u));
-        tensor(record::<C, _, _, _>(
-            Swiglu,
-            [&gate, &up],
-            inputs,
-            primitive(h),
-        ))
+        record_pair(Swiglu, gate, up, B::swiglu)
     }
 }
 
@@ -118,6 +106,58 @@ where
     match op.prepare::<C>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(state(), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// `forward(first, second)` on the inner backend, recorded as `op`, which keeps both inputs
+/// for its backward pass ([`pair_backward`]).
+fn record_pair<B, C, Op, const D: usize>(
+    op: Op,
+    first: Tensor<Autodiff<B, C>, 2>,
+    second: Tensor<Autodiff<B, C>, D>,
+    forward: impl FnOnce(Tensor<B, 2>, Tensor<B, D>) -> Tensor<B, 2>,
+) -> Tensor<Autodiff<B, C>, 2>
+where
+    B: ModelBackend,
+    C: CheckpointStrategy,
+    Op: Backward<B, 2, State = (FloatTensor<B>, FloatTensor<B>)>,
+{
+    let (first, second) = (primitive(first), primitive(second));
+    let inputs = || (first.primitive.clone(), second.primitive.clone());
+    let (a, b) = inputs();
+    let out = forward(tensor(a), tensor(b));
+    tensor(record::<C, _, _, _>(
+        op,
+        [&first, &second],
+        inputs,
+        primitive(out),
+    ))
+}
+
+/// The backward pass of an op recorded by [`record_pair`]: `backward(first, second, grad)`
+/// gives the two inputs' gradients.
+fn pair_backward<B: ModelBackend, const D: usize>(
+    ops: Ops<(FloatTensor<B>, FloatTensor<B>), 2>,
+    grads: &mut Gradients,
+    backward: impl FnOnce(Tensor<B, 2>, Tensor<B, D>, Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, D>),
+) {
+    let grad = grads.consume::<B>(&ops.node);
+    let [first_node, second_node] = ops.parents;
+    let (first, second) = ops.state;
+    let (d_first, d_second) = backward(tensor(first), tensor(second), tensor(grad));
+    register(grads, first_node.map(|n| n.id), d_first);
+    register(grads, second_node.map(|n| n.id), d_second);
+}
+
+#[derive(Debug)]
+struct Dense;
+
+impl<B: ModelBackend> Backward<B, 2> for Dense {
+    /// The forward pass's inputs, `x` and `weight`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        pair_backward(ops, grads, B::dense_backward);
     }
 }
 
@@ -170,13 +210,9 @@ impl<B: ModelBackend> Backward<B, 2> for RmsNorm {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [x_node, weight_node] = ops.parents;
-        let (x, weight) = ops.state;
-        let (dx, dweight) =
-            B::rms_norm_backward(tensor(x), tensor(weight), tensor(grad), self.epsilon);
-        register(grads, x_node.map(|n| n.id), dx);
-        register(grads, weight_node.map(|n| n.id), dweight);
+        pair_backward(ops, grads, |x, w, grad| {
+            B::rms_norm_backward(x, w, grad, self.epsilon)
+        });
     }
 }
 
@@ -208,12 +244,7 @@ impl<B: ModelBackend> Backward<B, 2> for Swiglu {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [gate_node, up_node] = ops.parents;
-        let (gate, up) = ops.state;
-        let (d_gate, d_up) = B::swiglu_backward(tensor(gate), tensor(up), tensor(grad));
-        register(grads, gate_node.map(|n| n.id), d_gate);
-        register(grads, up_node.map(|n| n.id), d_up);
+        pair_backward(ops, grads, B::swiglu_backward);
     }
 }
 

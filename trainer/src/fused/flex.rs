@@ -8,6 +8,7 @@ use burn::tensor::{Bytes, DType, ElementConversion, Int, Tensor, TensorPrimitive
 use rayon::prelude::*;
 
 use super::exp::{exp, vectorized};
+use super::matrix::{Matrix, product_new};
 use super::{AttentionShape, ModelBackend, composed, flex_attention};
 
 /// Values per rayon task: enough to outweigh a task's cost, few enough to fill both cores.
@@ -16,6 +17,49 @@ const TASK_VALUES: usize = 16 * 1024;
 const LANES: usize = 16;
 
 impl ModelBackend for Flex {
+    fn dense(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return composed::dense(x, weight);
+        }
+        let ([rows, d_in], [w_in, d_out]) = (x.dims(), weight.dims());
+        assert_eq!(
+            d_in, w_in,
+            "dense: x has {d_in} columns, the weight {w_in} rows"
+        );
+        let (x, weight) = (contiguous(x), contiguous(weight));
+        let (x, weight) = (rows_of(&x, d_in), rows_of(&weight, d_out));
+        // SAFETY: `x` is `[rows, d_in]` and `weight` `[d_in, d_out]`, contiguous and alive.
+        let y = unsafe { product_new([rows, d_out, d_in], x, weight) };
+        tensor(y, [rows, d_out])
+    }
+
+    fn dense_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        grad: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        if [&x, &weight, &grad].iter().any(|t| t.dtype() != DType::F32) {
+            return composed::dense_backward(x, weight, grad);
+        }
+        let ([rows, d_in], [w_in, d_out]) = (x.dims(), weight.dims());
+        assert_eq!(
+            d_in, w_in,
+            "dense: x has {d_in} columns, the weight {w_in} rows"
+        );
+        assert_eq!(grad.dims(), [rows, d_out], "dense: the gradient's shape");
+        let [x, weight, grad] = [x, weight, grad].map(contiguous);
+        let [x, weight, grad] =
+            [(&x, d_in), (&weight, d_out), (&grad, d_out)].map(|(t, columns)| rows_of(t, columns));
+        // SAFETY: as in `dense`, and `grad` is `[rows, d_out]`.
+        let (dx, dweight) = unsafe {
+            (
+                product_new([rows, d_in, d_out], grad, weight.transposed()),
+                product_new([d_in, d_out, rows], x.transposed(), grad),
+            )
+        };
+        (tensor(dx, [rows, d_in]), tensor(dweight, [d_in, d_out]))
+    }
+
     fn causal_attention(
         q: Tensor<Self, 2>,
         k: Tensor<Self, 2>,
@@ -373,6 +417,11 @@ fn for_chunks<const N: usize, const M: usize>(
             || f(start / row, ins, outs),
         )
     });
+}
+
+/// A contiguous `f32` tensor as a row-major matrix of `columns` columns.
+fn rows_of(x: &FlexTensor, columns: usize) -> Matrix {
+    Matrix::rows(x.storage::<f32>().as_ptr(), columns)
 }
 
 fn contiguous(x: Tensor<Flex, 2>) -> FlexTensor {

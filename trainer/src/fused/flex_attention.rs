@@ -8,55 +8,15 @@
 //! key/value head with the query heads sharing it in order (backward), on one thread: the
 //! same bits whatever the number of threads.
 
-use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::AttentionShape;
 use super::exp::{exp, vectorized};
 use super::flex::fold_lanes;
+use super::matrix::{Matrix, product};
 
 /// Queries per block of the causal products.
 const BLOCK: usize = 32;
-
-/// A strided `f32` matrix inside a buffer: element `(r, c)` at `ptr + r · rs + c · cs`.
-#[derive(Clone, Copy)]
-struct Matrix {
-    ptr: *mut f32,
-    rs: isize,
-    cs: isize,
-}
-
-// SAFETY: a `Matrix` is an address; the tasks that share one read it, or write disjoint parts.
-unsafe impl Send for Matrix {}
-unsafe impl Sync for Matrix {}
-
-impl Matrix {
-    /// Row-major with `stride` values from one row to the next.
-    fn rows(ptr: *const f32, stride: usize) -> Self {
-        Self {
-            ptr: ptr.cast_mut(),
-            rs: stride as isize,
-            cs: 1,
-        }
-    }
-
-    fn transposed(self) -> Self {
-        Self {
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    /// The matrix whose `(0, 0)` is this one's `(r, c)`.
-    fn at(self, r: usize, c: usize) -> Self {
-        let offset = r as isize * self.rs + c as isize * self.cs;
-        Self {
-            ptr: self.ptr.wrapping_offset(offset),
-            ..self
-        }
-    }
-}
 
 /// A token-major projection `[batch · seq, heads · head_dim]` as one matrix per sequence and
 /// head.
@@ -79,39 +39,6 @@ impl Heads {
     /// Sequence `b`'s head `h`, `[seq, head_dim]`.
     fn of(self, b: usize, h: usize) -> Matrix {
         self.all.at(b * self.seq, h * self.head_dim)
-    }
-}
-
-/// `dst = lhs · rhs` (`m × k` by `k × n`), or `dst += lhs · rhs` when `accumulate`, on this
-/// thread.
-///
-/// # Safety
-/// Each matrix's `m`, `n` or `k` rows and columns lie in a live buffer, and no other thread
-/// touches `dst`'s.
-unsafe fn product([m, n, k]: [usize; 3], dst: Matrix, lhs: Matrix, rhs: Matrix, accumulate: bool) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.ptr,
-            dst.cs,
-            dst.rs,
-            accumulate,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
     }
 }
 

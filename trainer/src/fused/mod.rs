@@ -1,21 +1,25 @@
-//! The model's widest operations as single operations with their own backward: causal
-//! self-attention (scores, masked softmax and the weighted sum of values, over all heads),
-//! RMSNorm, rotary position embedding, SwiGLU's `silu(gate) · up`, and the cross-entropy loss.
+//! The model's widest operations as single operations with their own backward: the linear
+//! layers, causal self-attention (scores, masked softmax and the weighted sum of values, over
+//! all heads), RMSNorm, rotary position embedding, SwiGLU's `silu(gate) · up`, and the
+//! cross-entropy loss.
 //!
 //! burn records attention as a dozen operations, RMSNorm as seven, RoPE as four (one of them
 //! a matrix product) and SwiGLU as three, each a pass over a tensor of `batch · heads · seq²`
 //! or `tokens · width` values, most of them kept for the backward pass, with copies to split
-//! the heads and merge them again; and flex computes `exp` one value at a time.
+//! the heads and merge them again; flex computes `exp` one value at a time, and its matrix
+//! products clear their output before gemm overwrites it and split poorly across threads.
 //! [`ModelBackend`] makes each one operation on every backend: its default methods compose
 //! burn's tensor operations (wgpu, CUDA), flex overrides them with host kernels ([`flex`],
 //! [`flex_attention`]: gemm on strided views, one pass per row or element, a vectorized
-//! `exp`), and autodiff records a single node whose backward calls the op's own
+//! `exp`; [`matrix`]: products split across the threads into uninitialized buffers), and
+//! autodiff records a single node whose backward calls the op's own
 //! ([`autodiff`]).
 
 mod autodiff;
 mod exp;
 mod flex;
 mod flex_attention;
+mod matrix;
 
 use burn::tensor::activation::{log_softmax, sigmoid, silu, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -54,6 +58,22 @@ impl AttentionShape {
 
 /// A backend the model runs on: burn's [`Backend`] with the model's fused operations.
 pub trait ModelBackend: Backend {
+    /// A linear layer without bias: `x` `[rows, d_in]` times `weight` `[d_in, d_out]` (burn's
+    /// `Linear` layout).
+    fn dense(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        composed::dense(x, weight)
+    }
+
+    /// The gradients of [`ModelBackend::dense`] with respect to `x` and `weight`, given the
+    /// output's gradient `grad`: `grad · weightᵀ` and `xᵀ · grad`.
+    fn dense_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        grad: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        composed::dense_backward(x, weight, grad)
+    }
+
     /// Causal self-attention on token-major projections: `q` is `[batch · seq, heads ·
     /// head_dim]`, `k` and `v` `[batch · seq, kv_heads · head_dim]` (keys after RoPE), and
     /// each query attends with `softmax(q · kᵀ / √head_dim)` to the keys at its own position
@@ -176,6 +196,21 @@ pub fn repeat_kv<B: Backend>(t: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
 /// The fused operations written with burn's tensor operations, for any backend.
 mod composed {
     use super::*;
+
+    pub fn dense<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(weight)
+    }
+
+    pub fn dense_backward<B: Backend>(
+        x: Tensor<B, 2>,
+        weight: Tensor<B, 2>,
+        grad: Tensor<B, 2>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        (
+            grad.clone().matmul(weight.transpose()),
+            x.transpose().matmul(grad),
+        )
+    }
 
     pub fn causal_attention<B: Backend>(
         q: Tensor<B, 2>,

@@ -218,6 +218,39 @@ fn flex_rms_norm_forward_backward_and_under_autodiff_are_the_composed_ops() {
     assert_close(&fused.1, &composed.1, 1e-4, "autodiff rms norm dweight");
 }
 
+#[test]
+fn flex_dense_layers_are_burns_matrix_products_to_the_bit() {
+    // Split by rows (x · w, dx) and by columns (dw, over the 600 rows), uneven parts; and a
+    // weight given transposed (the tied LM head), which flex first makes contiguous.
+    let ([rows, d_in, d_out], seed) = ([600, 96, 200], 30);
+    let x = || tensor::<B>(values_in(rows, d_in, seed), [rows, d_in]);
+    let w = || tensor::<B>(values_in(d_in, d_out, seed + 1), [d_in, d_out]);
+    let grad = || tensor::<B>(values_in(rows, d_out, seed + 2), [rows, d_out]);
+    let bits = |t: Tensor<B, 2>| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(B::dense(x(), w())),
+        bits(composed::dense(x(), w())),
+        "x · w"
+    );
+    let w_t = || tensor::<B>(values_in(d_out, d_in, seed + 3), [d_out, d_in]).transpose();
+    assert_eq!(
+        bits(B::dense(x(), w_t())),
+        bits(composed::dense(x(), w_t())),
+        "x · wᵀ"
+    );
+    let (dx, dw) = B::dense_backward(x(), w(), grad());
+    let (dx_c, dw_c) = composed::dense_backward(x(), w(), grad());
+    assert_eq!(bits(dx), bits(dx_c), "dx");
+    assert_eq!(bits(dw), bits(dw_c), "dw");
+
+    let inputs = [(rows, d_in, seed), (d_in, d_out, seed + 1)]
+        .map(|(r, c, seed)| (values_in(r, c, seed), [r, c]));
+    let fused = gradients(|x| AB::dense(x[0].clone(), x[1].clone()), &inputs);
+    let composed = gradients(|x| composed::dense(x[0].clone(), x[1].clone()), &inputs);
+    assert_close(&fused[0], &composed[0], 1e-6, "autodiff dense dx");
+    assert_close(&fused[1], &composed[1], 1e-6, "autodiff dense dweight");
+}
+
 /// RoPE as a function of `x`, its tables and the head size.
 type RopeOp = fn(Tensor<AB, 2>, Tensor<AB, 2>, Tensor<AB, 2>, usize) -> Tensor<AB, 2>;
 
