@@ -21,7 +21,8 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let clamped = x.clamp(MIN_ARG, MAX_ARG);
-    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -30,7 +31,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    let two_n = f32::from_bits(((n as i32).wrapping_add(127) as u32) << 23);
+    // `n` as an integer without a conversion (Rust's saturating `as i32` compiles to one
+    // scalar conversion per value): `shifted`'s low mantissa bits are `n` above ROUND's.
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let two_n = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     let e = e_r * two_n;
     if x < MIN_ARG {
         0.0
