@@ -7,6 +7,8 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{Bytes, DType, ElementConversion, Int, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::exp::exp_avx512;
 use super::exp::{exp, vectorized};
 use super::matrix::{Matrix, product_new};
 use super::{AttentionShape, ModelBackend, composed, flex_attention};
@@ -370,9 +372,109 @@ fn inv_rms(x: &[f32], scratch: &mut [f32], epsilon: f64) -> f32 {
 /// A row's maximum and `Σ exp(x − max)`, with `exps` (as long as `x`) set to the terms.
 #[inline(always)]
 fn exps_of(x: &[f32], exps: &mut [f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { exps_of_avx512(x, exps) };
+    }
     let max = fold_lanes(x, f32::NEG_INFINITY, f32::max);
     map1(exps, x, |x| exp(x - max));
     (max, fold_lanes(exps, 0.0, |s, v| s + v))
+}
+
+/// [`exps_of`] in AVX-512 instructions (see [`exp_terms_avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exps_of_avx512(x: &[f32], exps: &mut [f32]) -> (f32, f32) {
+    assert_eq!(x.len(), exps.len(), "exps_of: lengths");
+    // SAFETY: `x` and `exps` hold `x.len()` values each.
+    unsafe { exp_terms_avx512(x.as_ptr(), exps.as_mut_ptr(), x.len(), 1.0) }
+}
+
+/// `dst[i] = exp(scale · (src[i] − max))` for the `len` values at `src` (`dst` may be `src`),
+/// with `max` their maximum; returns `max` and `Σ dst`. The same operations in the same order
+/// as the portable loops ([`fold_lanes`]: [`LANES`] running values, then across them, then
+/// the tail in order; `exp` value by value), so the same bits, but in whole vectors whatever
+/// the row's length: the auto-vectorized loops ran attention's rows (1 to 128 values) mostly
+/// in their four-wide remainder loop. (`scale · (x − max)` with `scale` 1 is `x − max`.) A NaN
+/// in the row makes the maximum NaN here, where `f32::max` skips it; the terms are NaN either
+/// way.
+///
+/// # Safety
+/// `src` and `dst` point to `len` values each, and the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp_terms_avx512(
+    src: *const f32,
+    dst: *mut f32,
+    len: usize,
+    scale: f32,
+) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let (whole, rest) = (len / LANES * LANES, len % LANES);
+    let tail_mask: __mmask16 = (1u32 << rest).wrapping_sub(1) as __mmask16;
+    let fold = |v: __m512, init: f32, op: fn(f32, f32) -> f32| {
+        let mut values = [0.0f32; LANES];
+        // SAFETY: `values` holds `LANES` (16) values.
+        unsafe { _mm512_storeu_ps(values.as_mut_ptr(), v) };
+        values.into_iter().fold(init, op)
+    };
+    // SAFETY (every access below): offsets below `whole` are whole vectors inside `len`; the
+    // tail's are masked to `rest` values.
+    unsafe {
+        let mut lanes = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..whole).step_by(LANES) {
+            lanes = _mm512_max_ps(lanes, _mm512_loadu_ps(src.add(i)));
+        }
+        let mut max = fold(lanes, f32::NEG_INFINITY, f32::max);
+        for i in whole..len {
+            max = max.max(*src.add(i));
+        }
+        let term = |v: __m512| {
+            exp_avx512(_mm512_mul_ps(
+                _mm512_set1_ps(scale),
+                _mm512_sub_ps(v, _mm512_set1_ps(max)),
+            ))
+        };
+        let mut sums = _mm512_setzero_ps();
+        for i in (0..whole).step_by(LANES) {
+            let e = term(_mm512_loadu_ps(src.add(i)));
+            _mm512_storeu_ps(dst.add(i), e);
+            sums = _mm512_add_ps(sums, e);
+        }
+        let e = term(_mm512_maskz_loadu_ps(tail_mask, src.add(whole)));
+        _mm512_mask_storeu_ps(dst.add(whole), tail_mask, e);
+        let mut sum = fold(sums, 0.0, |s, v| s + v);
+        for i in whole..len {
+            sum += *dst.add(i);
+        }
+        (max, sum)
+    }
+}
+
+/// `x[i] *= factor` in AVX-512 instructions (the same bits as the portable loop).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn scale_avx512(x: &mut [f32], factor: f32) {
+    use std::arch::x86_64::*;
+    let (chunks, tail) = x.as_chunks_mut::<LANES>();
+    for chunk in chunks {
+        // SAFETY: `chunk` holds 16 values.
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(chunk.as_ptr()), _mm512_set1_ps(factor));
+            _mm512_storeu_ps(chunk.as_mut_ptr(), v);
+        }
+    }
+    let mask: __mmask16 = (1u32 << tail.len()).wrapping_sub(1) as __mmask16;
+    // SAFETY: the mask covers the tail's values only.
+    unsafe {
+        let v = _mm512_maskz_loadu_ps(mask, tail.as_ptr());
+        let v = _mm512_mul_ps(v, _mm512_set1_ps(factor));
+        _mm512_mask_storeu_ps(tail.as_mut_ptr(), mask, v);
+    }
 }
 
 /// Token ids as indices into a row of logits; `None` for one outside `0..vocab`.

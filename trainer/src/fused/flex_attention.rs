@@ -13,6 +13,8 @@ use rayon::prelude::*;
 use super::AttentionShape;
 use super::exp::{exp, vectorized};
 use super::flex::fold_lanes;
+#[cfg(target_arch = "x86_64")]
+use super::flex::{exp_terms_avx512, scale_avx512};
 use super::matrix::{Matrix, product};
 
 /// Queries per block of the causal products.
@@ -241,6 +243,18 @@ pub(super) fn backward(
 #[inline(always)]
 fn softmax_row(row: &mut [f32], seen: usize, scale: f32) {
     let (x, future) = row.split_at_mut(seen);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: `x` holds `x.len()` values (read and written in place); the CPU has
+        // AVX-512F, checked just above.
+        unsafe {
+            let values = x.as_mut_ptr();
+            let (_, sum) = exp_terms_avx512(values, values, x.len(), scale);
+            scale_avx512(x, 1.0 / sum);
+        }
+        future.fill(0.0);
+        return;
+    }
     let max = fold_lanes(x, f32::NEG_INFINITY, f32::max);
     x.iter_mut().for_each(|x| *x = exp(scale * (*x - max)));
     let inv = 1.0 / fold_lanes(x, 0.0, |s, v| s + v);

@@ -434,3 +434,49 @@ fn an_input_without_a_gradient_gets_none_and_the_other_its_own() {
         "gate gradient",
     );
 }
+
+/// The AVX-512 row kernels against the portable loops they replace, to the bit: rows of every
+/// length up to three vectors and a vocabulary's, scaled (attention) and not (cross-entropy).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx512_row_kernels_have_the_bits_of_the_portable_loops() {
+    use super::exp;
+    use super::flex::{exp_terms_avx512, fold_lanes, scale_avx512};
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return;
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for len in (0..=48).chain([128, 256]) {
+        // Values in ±40: terms from e^-80 (near the flush to 0) to 1.
+        let x: Vec<f32> = values_in(1, len, len as u64)
+            .iter()
+            .map(|v| v * 10.0)
+            .collect();
+        for scale in [1.0, 0.176_776_7] {
+            let max = fold_lanes(&x, f32::NEG_INFINITY, f32::max);
+            let terms: Vec<f32> = x.iter().map(|&v| exp(scale * (v - max))).collect();
+            let sum = fold_lanes(&terms, 0.0, |s, v| s + v);
+            let mut out = vec![0.0f32; len];
+            // SAFETY: `x` and `out` hold `len` values; the CPU has AVX-512F (checked above).
+            let (max_simd, sum_simd) =
+                unsafe { exp_terms_avx512(x.as_ptr(), out.as_mut_ptr(), len, scale) };
+            assert_eq!(
+                bits(&out),
+                bits(&terms),
+                "terms, {len} values, scale {scale}"
+            );
+            assert_eq!(max_simd.to_bits(), max.to_bits(), "max, {len} values");
+            assert_eq!(sum_simd.to_bits(), sum.to_bits(), "sum, {len} values");
+
+            let mut in_place = x.clone();
+            let p = in_place.as_mut_ptr();
+            // SAFETY: as above, read and written in place.
+            unsafe { exp_terms_avx512(p, p, len, scale) };
+            assert_eq!(bits(&in_place), bits(&terms), "in place, {len} values");
+            // SAFETY: the CPU has AVX-512F.
+            unsafe { scale_avx512(&mut in_place, 1.0 / sum) };
+            let scaled: Vec<f32> = terms.iter().map(|t| t * (1.0 / sum)).collect();
+            assert_eq!(bits(&in_place), bits(&scaled), "scaled, {len} values");
+        }
+    }
+}
