@@ -277,10 +277,8 @@ impl<B: ModelBackend> Attention<B> {
 
 impl<B: ModelBackend> FeedForward<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.down.forward(B::swiglu(
-            project(&self.gate, x.clone()),
-            project(&self.up, x),
-        ))
+        let hidden = B::swiglu(project(&self.gate, x.clone()), project(&self.up, x));
+        project(&self.down, hidden)
     }
 }
 

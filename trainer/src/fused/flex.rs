@@ -374,21 +374,14 @@ fn inv_rms(x: &[f32], scratch: &mut [f32], epsilon: f64) -> f32 {
 fn exps_of(x: &[f32], exps: &mut [f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, checked just above.
-        return unsafe { exps_of_avx512(x, exps) };
+        assert_eq!(x.len(), exps.len(), "exps_of: lengths");
+        // SAFETY: `x` and `exps` hold `x.len()` values each; the CPU has AVX-512F, checked
+        // just above.
+        return unsafe { exp_terms_avx512(x.as_ptr(), exps.as_mut_ptr(), x.len(), 1.0) };
     }
     let max = fold_lanes(x, f32::NEG_INFINITY, f32::max);
     map1(exps, x, |x| exp(x - max));
     (max, fold_lanes(exps, 0.0, |s, v| s + v))
-}
-
-/// [`exps_of`] in AVX-512 instructions (see [`exp_terms_avx512`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn exps_of_avx512(x: &[f32], exps: &mut [f32]) -> (f32, f32) {
-    assert_eq!(x.len(), exps.len(), "exps_of: lengths");
-    // SAFETY: `x` and `exps` hold `x.len()` values each.
-    unsafe { exp_terms_avx512(x.as_ptr(), exps.as_mut_ptr(), x.len(), 1.0) }
 }
 
 /// `dst[i] = exp(scale · (src[i] − max))` for the `len` values at `src` (`dst` may be `src`),
