@@ -28,6 +28,9 @@ echo "$torch"
 python3 - "$sinter" "$torch" <<'PY'
 import json, sys
 s, t = (json.loads(a) for a in sys.argv[1:])
+# The ratio depends on the CPU (BENCHMARKS.md): name it.
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"sinter {s['tokens_per_sec']:.0f} tokens/s, PyTorch {t['tokens_per_sec']:.0f} tokens/s: "
-      f"{s['tokens_per_sec'] / t['tokens_per_sec']:.2f}x; peak memory {s['peak_host_rss_mib']} MiB")
+      f"{s['tokens_per_sec'] / t['tokens_per_sec']:.2f}x; peak memory {s['peak_host_rss_mib']} MiB; "
+      f"CPU {cpu}")
 PY
