@@ -173,16 +173,23 @@ fn rope_angles(
     theta: f64,
 ) -> (Vec<f32>, Vec<f32>) {
     let half = head_dim / 2;
+    let inv_freqs: Vec<f64> = (0..head_dim)
+        .map(|j| 1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64))
+        .collect();
     let width = heads * head_dim;
     let mut cos = Vec::with_capacity(positions.len() * width);
     let mut sin = Vec::with_capacity(positions.len() * width);
     for &pos in positions {
-        for i in 0..width {
-            let j = i % head_dim;
-            let inv_freq = 1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64);
-            let angle = pos as f64 * inv_freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
+        let (head_cos, head_sin): (Vec<f32>, Vec<f32>) = inv_freqs
+            .iter()
+            .map(|inv_freq| {
+                let angle = pos as f64 * inv_freq;
+                (angle.cos() as f32, angle.sin() as f32)
+            })
+            .unzip();
+        for _ in 0..heads {
+            cos.extend_from_slice(&head_cos);
+            sin.extend_from_slice(&head_sin);
         }
     }
     (cos, sin)

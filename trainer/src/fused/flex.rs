@@ -2,11 +2,14 @@
 //! across rayon's threads and vectorized through [`vectorized`]. Other element types take
 //! the composed operations.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{Bytes, DType, ElementConversion, Int, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::buffer::{unwritten, written, written_part};
 #[cfg(target_arch = "x86_64")]
 use super::exp::exp_avx512;
 use super::exp::{exp, vectorized};
@@ -117,13 +120,13 @@ impl ModelBackend for Flex {
             .zip(logits.storage::<f32>().par_chunks(chunk * vocab))
             .zip(targets.par_chunks(chunk))
             .for_each(|((losses, logits), targets)| {
-                let mut exps = vec![0.0f32; vocab];
+                let mut exps = unwritten(vocab);
                 vectorized(
                     #[inline(always)]
                     || {
                         let rows = losses.iter_mut().zip(logits.chunks(vocab)).zip(targets);
                         for ((loss, x), &target) in rows {
-                            let (max, sum) = exps_of(x, &mut exps);
+                            let (max, sum, _) = exps_of(x, &mut exps);
                             let picked = target.map_or(f32::NAN, |t| x[t]);
                             *loss = max + sum.ln() - picked;
                         }
@@ -146,25 +149,26 @@ impl ModelBackend for Flex {
         let targets = target_ids(targets, vocab);
         let scale = grad.into_scalar().elem::<f32>() / rows as f32;
         let logits = contiguous(logits);
-        let mut d = vec![0.0f32; rows * vocab];
-        for_chunks(
-            vocab,
-            [&mut d],
-            [logits.storage()],
-            #[inline(always)]
-            |first, [x], [d]| {
-                let rows = x.chunks(vocab).zip(d.chunks_mut(vocab));
-                for (r, (x, d)) in rows.enumerate() {
-                    let (_, sum) = exps_of(x, d);
-                    let inv = scale / sum;
-                    d.iter_mut().for_each(|d| *d *= inv);
-                    match targets[first + r] {
-                        Some(t) => d[t] -= scale,
-                        None => d.fill(f32::NAN),
+        // SAFETY: `exps_of` writes each row.
+        let [d] = unsafe {
+            for_chunks(
+                vocab,
+                [logits.storage()],
+                #[inline(always)]
+                |first, [x], [d]| {
+                    let rows = x.chunks(vocab).zip(d.chunks_mut(vocab));
+                    for (r, (x, d)) in rows.enumerate() {
+                        let (_, sum, d) = exps_of(x, d);
+                        let inv = scale / sum;
+                        d.iter_mut().for_each(|d| *d *= inv);
+                        match targets[first + r] {
+                            Some(t) => d[t] -= scale,
+                            None => d.fill(f32::NAN),
+                        }
                     }
-                }
-            },
-        );
+                },
+            )
+        };
         tensor(d, dims)
     }
 
@@ -176,19 +180,20 @@ impl ModelBackend for Flex {
         let x = contiguous(x);
         let weight = weight.into_primitive().tensor().to_contiguous();
         let weight = weight.storage::<f32>();
-        let mut y = vec![0.0f32; x.storage::<f32>().len()];
-        for_chunks(
-            d,
-            [&mut y],
-            [x.storage()],
-            #[inline(always)]
-            |_, [x], [y]| {
-                for (x, y) in x.chunks(d).zip(y.chunks_mut(d)) {
-                    let r = inv_rms(x, y, epsilon);
-                    map2(y, x, weight, |x, w| x * r * w);
-                }
-            },
-        );
+        // SAFETY: `map2` writes each row.
+        let [y] = unsafe {
+            for_chunks(
+                d,
+                [x.storage()],
+                #[inline(always)]
+                |_, [x], [y]| {
+                    for (x, y) in x.chunks(d).zip(y.chunks_mut(d)) {
+                        let r = inv_rms(x, y, epsilon);
+                        map2(y, x, weight, |x, w| x * r * w);
+                    }
+                },
+            )
+        };
         tensor(y, dims)
     }
 
@@ -208,24 +213,26 @@ impl ModelBackend for Flex {
         let (x, grad) = (contiguous(x), contiguous(grad));
         let weight = weight.into_primitive().tensor().to_contiguous();
         let weight = weight.storage::<f32>();
-        let (mut dx, mut scaled) = (vec![0.0f32; dims[0] * d], vec![0.0f32; dims[0] * d]);
-        for_chunks(
-            d,
-            [&mut dx, &mut scaled],
-            [x.storage(), grad.storage()],
-            #[inline(always)]
-            |_, [x, g], [dx, scaled]| {
-                let rows = x.chunks(d).zip(g.chunks(d));
-                for ((x, g), (dx, scaled)) in rows.zip(dx.chunks_mut(d).zip(scaled.chunks_mut(d))) {
-                    let r = inv_rms(x, dx, epsilon);
-                    // `grad ⊙ x · r` per row, summed over the rows below.
-                    map2(scaled, g, x, |g, x| g * x * r);
-                    map3(dx, g, weight, x, |g, w, x| g * w * x);
-                    let mean = fold_lanes(dx, 0.0, |s, v| s + v) / d as f32;
-                    map3(dx, g, weight, x, |g, w, x| r * (g * w - x * (r * r) * mean));
-                }
-            },
-        );
+        // SAFETY: `map2` writes each row of `scaled`, `map3` each row of `dx`.
+        let [dx, scaled] = unsafe {
+            for_chunks(
+                d,
+                [x.storage(), grad.storage()],
+                #[inline(always)]
+                |_, [x, g], [dx, scaled]| {
+                    let rows = x.chunks(d).zip(g.chunks(d));
+                    let outs = dx.chunks_mut(d).zip(scaled.chunks_mut(d));
+                    for ((x, g), (dx, scaled)) in rows.zip(outs) {
+                        let r = inv_rms(x, dx, epsilon);
+                        // `grad ⊙ x · r` per row, summed over the rows below.
+                        map2(scaled, g, x, |g, x| g * x * r);
+                        let products = map3(dx, g, weight, x, |g, w, x| g * w * x);
+                        let mean = fold_lanes(products, 0.0, |s, v| s + v) / d as f32;
+                        map3(dx, g, weight, x, |g, w, x| r * (g * w - x * (r * r) * mean));
+                    }
+                },
+            )
+        };
         let dweight = tensor(scaled, dims).sum_dim(0).reshape([d]);
         (tensor(dx, dims), dweight)
     }
@@ -240,32 +247,37 @@ impl ModelBackend for Flex {
             return composed::rope(x, cos, sin, head_dim);
         }
         let dims @ [_, width] = x.dims();
+        assert!(
+            head_dim > 0 && head_dim.is_multiple_of(2) && width.is_multiple_of(head_dim),
+            "rope: {width} columns are not heads of an even size {head_dim}"
+        );
         let [x, cos, sin] = [x, cos, sin].map(contiguous);
         let (cos, sin) = (cos.storage::<f32>(), sin.storage::<f32>());
         let (table_rows, half) = (cos.len() / width, head_dim / 2);
-        let mut y = vec![0.0f32; x.storage::<f32>().len()];
-        for_chunks(
-            width,
-            [&mut y],
-            [x.storage()],
-            #[inline(always)]
-            |first, [x], [y]| {
-                for (r, (x, y)) in x.chunks(width).zip(y.chunks_mut(width)).enumerate() {
-                    let t = (first + r) % table_rows * width;
-                    let (cos, sin) = (&cos[t..t + width], &sin[t..t + width]);
-                    let heads = x.chunks(head_dim).zip(y.chunks_mut(head_dim));
-                    let tables = cos.chunks(head_dim).zip(sin.chunks(head_dim));
-                    for ((x, y), (cos, sin)) in heads.zip(tables) {
-                        let (x1, x2) = x.split_at(half);
-                        let (y1, y2) = y.split_at_mut(half);
-                        for j in 0..half {
-                            y1[j] = x1[j] * cos[j] - x2[j] * sin[j];
-                            y2[j] = x2[j] * cos[half + j] + x1[j] * sin[half + j];
+        // SAFETY: each row is whole heads (asserted above), each head two halves, and `map4`
+        // writes each half.
+        let [y] = unsafe {
+            for_chunks(
+                width,
+                [x.storage()],
+                #[inline(always)]
+                |first, [x], [y]| {
+                    for (r, (x, y)) in x.chunks(width).zip(y.chunks_mut(width)).enumerate() {
+                        let t = (first + r) % table_rows * width;
+                        let (cos, sin) = (&cos[t..t + width], &sin[t..t + width]);
+                        let heads = x.chunks(head_dim).zip(y.chunks_mut(head_dim));
+                        let tables = cos.chunks(head_dim).zip(sin.chunks(head_dim));
+                        for ((x, y), (cos, sin)) in heads.zip(tables) {
+                            let [(x1, x2), (c1, c2), (s1, s2)] =
+                                [x, cos, sin].map(|t| t.split_at(half));
+                            let (y1, y2) = y.split_at_mut(half);
+                            map4(y1, x1, c1, x2, s1, |x1, c, x2, s| x1 * c - x2 * s);
+                            map4(y2, x2, c2, x1, s2, |x2, c, x1, s| x2 * c + x1 * s);
                         }
                     }
-                }
-            },
-        );
+                },
+            )
+        };
         tensor(y, dims)
     }
 
@@ -275,16 +287,17 @@ impl ModelBackend for Flex {
         }
         let dims = gate.dims();
         let (gate, up) = (contiguous(gate), contiguous(up));
-        let mut h = vec![0.0f32; dims[0] * dims[1]];
-        for_chunks(
-            1,
-            [&mut h],
-            [gate.storage(), up.storage()],
-            #[inline(always)]
-            |_, [g, u], [h]| {
-                map2(h, g, u, |g, u| g * sigmoid(g) * u);
-            },
-        );
+        // SAFETY: `map2` writes each chunk.
+        let [h] = unsafe {
+            for_chunks(
+                1,
+                [gate.storage(), up.storage()],
+                #[inline(always)]
+                |_, [g, u], [h]| {
+                    map2(h, g, u, |g, u| g * sigmoid(g) * u);
+                },
+            )
+        };
         tensor(h, dims)
     }
 
@@ -298,22 +311,24 @@ impl ModelBackend for Flex {
         }
         let dims = gate.dims();
         let (gate, up, grad) = (contiguous(gate), contiguous(up), contiguous(grad));
-        let n = dims[0] * dims[1];
-        let (mut d_gate, mut d_up) = (vec![0.0f32; n], vec![0.0f32; n]);
-        for_chunks(
-            1,
-            [&mut d_gate, &mut d_up],
-            [gate.storage(), up.storage(), grad.storage()],
-            #[inline(always)]
-            |_, [g, u, grad], [d_gate, d_up]| {
-                let outs = d_gate.iter_mut().zip(d_up.iter_mut());
-                for ((d_gate, d_up), ((&g, &u), &grad)) in outs.zip(g.iter().zip(u).zip(grad)) {
-                    let s = sigmoid(g);
-                    *d_up = grad * g * s;
-                    *d_gate = grad * u * s * (1.0 + g * (1.0 - s));
-                }
-            },
-        );
+        // SAFETY: each chunk's inputs are as long as its outputs, and the loop writes both
+        // outputs at every index.
+        let [d_gate, d_up] = unsafe {
+            for_chunks(
+                1,
+                [gate.storage(), up.storage(), grad.storage()],
+                #[inline(always)]
+                |_, [g, u, grad], [d_gate, d_up]| {
+                    let outs = d_gate.iter_mut().zip(d_up.iter_mut());
+                    let ins = g.iter().zip(u).zip(grad);
+                    for ((d_gate, d_up), ((&g, &u), &grad)) in outs.zip(ins) {
+                        let s = sigmoid(g);
+                        d_up.write(grad * g * s);
+                        d_gate.write(grad * u * s * (1.0 + g * (1.0 - s)));
+                    }
+                },
+            )
+        };
         (tensor(d_gate, dims), tensor(d_up, dims))
     }
 }
@@ -333,55 +348,101 @@ pub(super) fn fold_lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32
     tail.iter().fold(folded, |acc, &v| op(acc, v))
 }
 
-/// `out[i] = f(a[i])`. As separate slice arguments of an inlined function, output and inputs
-/// are known not to overlap (here and in [`map2`], [`map3`]), so the loop vectorizes without
-/// a run-time overlap check; written inline in the kernels' closures, such loops took their
-/// scalar path (RMSNorm's forward: 4.3 % of the profile before, under 1 % after; see
-/// BENCHMARKS.md).
+/// `out[i] = f(a[i])` for every `i` of `out` (the inputs are as long), returning the written
+/// `out`. As separate slice arguments of an inlined function, output and inputs are known not
+/// to overlap (here and in [`map2`] to [`map4`]), so the loop vectorizes without a run-time
+/// overlap check; written inline in the kernels' closures, such loops took their scalar path
+/// (RMSNorm's forward: 4.3 % of the profile before, under 1 % after; see BENCHMARKS.md).
 #[inline(always)]
-fn map1(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
+fn map1<'a>(out: &'a mut [MaybeUninit<f32>], a: &[f32], f: impl Fn(f32) -> f32) -> &'a mut [f32] {
+    assert!(a.len() >= out.len(), "map: a shorter input");
     for (o, &a) in out.iter_mut().zip(a) {
-        *o = f(a);
+        o.write(f(a));
     }
+    // SAFETY: the loop wrote every value of `out`.
+    unsafe { written_part(out) }
 }
 
 /// `out[i] = f(a[i], b[i])` (see [`map1`]).
 #[inline(always)]
-fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+fn map2<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32,
+) -> &'a mut [f32] {
+    assert!(a.len().min(b.len()) >= out.len(), "map: a shorter input");
     for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-        *o = f(a, b);
+        o.write(f(a, b));
     }
+    // SAFETY: the loop wrote every value of `out`.
+    unsafe { written_part(out) }
 }
 
 /// `out[i] = f(a[i], b[i], c[i])` (see [`map1`]).
 #[inline(always)]
-fn map3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+fn map3<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32,
+) -> &'a mut [f32] {
+    assert!(
+        a.len().min(b.len()).min(c.len()) >= out.len(),
+        "map: a shorter input"
+    );
     for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
-        *o = f(a, b, c);
+        o.write(f(a, b, c));
     }
+    // SAFETY: the loop wrote every value of `out`.
+    unsafe { written_part(out) }
+}
+
+/// `out[i] = f(a[i], b[i], c[i], d[i])` (see [`map1`]).
+#[inline(always)]
+fn map4<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    d: &[f32],
+    f: impl Fn(f32, f32, f32, f32) -> f32,
+) -> &'a mut [f32] {
+    let shortest = a.len().min(b.len()).min(c.len()).min(d.len());
+    assert!(shortest >= out.len(), "map: a shorter input");
+    for ((((o, &a), &b), &c), &d) in out.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+        o.write(f(a, b, c, d));
+    }
+    // SAFETY: the loop wrote every value of `out`.
+    unsafe { written_part(out) }
 }
 
 /// `rsqrt(mean(x²) + ε)` of a row, with `scratch` (as long as `x`) for the squares.
 #[inline(always)]
-fn inv_rms(x: &[f32], scratch: &mut [f32], epsilon: f64) -> f32 {
-    map1(scratch, x, |x| x * x);
-    let mean = fold_lanes(scratch, 0.0, |s, v| s + v) / x.len() as f32;
+fn inv_rms(x: &[f32], scratch: &mut [MaybeUninit<f32>], epsilon: f64) -> f32 {
+    let squares = map1(scratch, x, |x| x * x);
+    let mean = fold_lanes(squares, 0.0, |s, v| s + v) / x.len() as f32;
     1.0 / (mean + epsilon as f32).sqrt()
 }
 
-/// A row's maximum and `Σ exp(x − max)`, with `exps` (as long as `x`) set to the terms.
+/// A row's maximum and `Σ exp(x − max)`, with `exps` (as long as `x`) set to the terms and
+/// returned written.
 #[inline(always)]
-fn exps_of(x: &[f32], exps: &mut [f32]) -> (f32, f32) {
+fn exps_of<'a>(x: &[f32], exps: &'a mut [MaybeUninit<f32>]) -> (f32, f32, &'a mut [f32]) {
+    assert_eq!(x.len(), exps.len(), "exps_of: lengths");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        assert_eq!(x.len(), exps.len(), "exps_of: lengths");
         // SAFETY: `x` and `exps` hold `x.len()` values each; the CPU has AVX-512F, checked
-        // just above.
-        return unsafe { exp_terms_avx512(x.as_ptr(), exps.as_mut_ptr(), x.len(), 1.0) };
+        // just above. It writes every value of `exps`.
+        unsafe {
+            let (max, sum) = exp_terms_avx512(x.as_ptr(), exps.as_mut_ptr().cast(), x.len(), 1.0);
+            return (max, sum, written_part(exps));
+        }
     }
     let max = fold_lanes(x, f32::NEG_INFINITY, f32::max);
-    map1(exps, x, |x| exp(x - max));
-    (max, fold_lanes(exps, 0.0, |s, v| s + v))
+    let exps = map1(exps, x, |x| exp(x - max));
+    (max, fold_lanes(exps, 0.0, |s, v| s + v), exps)
 }
 
 /// `dst[i] = exp(scale · (src[i] − max))` for the `len` values at `src` (`dst` may be `src`),
@@ -483,21 +544,23 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Runs `f` on consecutive chunks of the outputs `outs` (all as long), each a whole number of
-/// `row`-value rows, with the index of the chunk's first row and the same ranges of `ins`: a
-/// chunk per rayon task, vectorized.
-fn for_chunks<const N: usize, const M: usize>(
+/// `M` new outputs as long as the first of `ins`, computed by `f` on consecutive chunks of
+/// them, each a whole number of `row`-value rows, with the index of the chunk's first row and
+/// the same ranges of `ins`: a chunk per rayon task, vectorized.
+///
+/// # Safety
+/// `f` writes every value of the output chunks it is given.
+unsafe fn for_chunks<const N: usize, const M: usize>(
     row: usize,
-    outs: [&mut [f32]; M],
     ins: [&[f32]; N],
-    f: impl Fn(usize, [&[f32]; N], [&mut [f32]; M]) + Sync,
-) {
-    let len = outs.first().map_or(0, |out| out.len());
-    assert!(outs.iter().all(|out| out.len() == len));
+    f: impl Fn(usize, [&[f32]; N], [&mut [MaybeUninit<f32>]; M]) + Sync,
+) -> [Vec<f32>; M] {
+    let len = ins.first().map_or(0, |x| x.len());
+    let mut outs = [(); M].map(|()| unwritten(len));
     let row = row.max(1);
     let chunk = TASK_VALUES.div_ceil(row) * row;
-    let mut split = outs.map(|out| out.chunks_mut(chunk));
-    let tasks: Vec<[&mut [f32]; M]> = (0..len.div_ceil(chunk))
+    let mut split = outs.each_mut().map(|out| out.chunks_mut(chunk));
+    let tasks: Vec<[&mut [MaybeUninit<f32>]; M]> = (0..len.div_ceil(chunk))
         .map(|_| {
             split
                 .each_mut()
@@ -512,6 +575,9 @@ fn for_chunks<const N: usize, const M: usize>(
             || f(start / row, ins, outs),
         )
     });
+    // SAFETY: the chunks cover every value of each output, and `f` wrote each (the
+    // caller's contract).
+    outs.map(|out| unsafe { written(out) })
 }
 
 /// A contiguous `f32` tensor as a row-major matrix of `columns` columns.

@@ -8,9 +8,12 @@
 //! key/value head with the query heads sharing it in order (backward), on one thread: the
 //! same bits whatever the number of threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::AttentionShape;
+use super::buffer::{unwritten, written, written_part};
 use super::exp::{exp, vectorized};
 use super::flex::fold_lanes;
 #[cfg(target_arch = "x86_64")]
@@ -80,12 +83,12 @@ pub(super) fn forward(
         head_dim: d,
         ..
     } = shape;
-    let mut out = vec![0.0f32; q.len()];
-    let mut probs = vec![0.0f32; shape.batch * heads * seq * seq];
-    if probs.is_empty() || d == 0 {
-        return (out, probs);
+    let probs_len = shape.batch * heads * seq * seq;
+    if probs_len == 0 || d == 0 {
+        return (vec![0.0; q.len()], vec![0.0; probs_len]);
     }
-    let out_heads = Heads::new(out.as_mut_ptr(), heads, shape);
+    let (mut out, mut probs) = (unwritten(q.len()), unwritten(probs_len));
+    let out_heads = Heads::new(out.as_mut_ptr().cast(), heads, shape);
     let q_heads = Heads::new(q.as_ptr(), heads, shape);
     let [k_heads, v_heads] = [k, v].map(|t| Heads::new(t.as_ptr(), shape.kv_heads, shape));
     probs
@@ -96,11 +99,12 @@ pub(super) fn forward(
             let g = h / shape.group();
             let (q, out) = (q_heads.of(b, h), out_heads.of(b, h));
             let (k, v) = (k_heads.of(b, g), v_heads.of(b, g));
-            let scores = Matrix::rows(p.as_mut_ptr(), seq);
+            let scores = Matrix::rows(p.as_mut_ptr().cast(), seq);
             for (first, n) in blocks(seq) {
                 let seen = first + n;
                 // SAFETY: rows `first..seen` of this sequence's `q` and `k` (`head_dim`
-                // columns of a head), and this task's own `p`.
+                // columns of a head), and this task's own `p`, whose rows it writes up to
+                // the block's last query.
                 unsafe {
                     product(
                         [n, seen, d],
@@ -115,19 +119,25 @@ pub(super) fn forward(
                 #[inline(always)]
                 || {
                     for (i, row) in p.chunks_mut(seq).enumerate() {
-                        softmax_row(&mut row[..computed(i, seq)], i + 1, shape.scale());
+                        let (scores, future) = row.split_at_mut(computed(i, seq));
+                        // SAFETY: the products above wrote the scores up to the block's
+                        // last query.
+                        softmax_row(unsafe { written_part(scores) }, i + 1, shape.scale());
+                        future.fill(MaybeUninit::new(0.0));
                     }
                 },
             );
-            let p = Matrix::rows(p.as_ptr(), seq);
+            let p = Matrix::rows(p.as_ptr().cast(), seq);
             for (first, n) in blocks(seq) {
                 let seen = first + n;
                 // SAFETY: as above; `out`'s rows and columns are this sequence's and head's
-                // only.
+                // only, and the blocks write each of its rows.
                 unsafe { product([n, d, seen], out.at(first, 0), p.at(first, 0), v, false) };
             }
         });
-    (out, probs)
+    // SAFETY: each task wrote its sequence and head's rows of `out` and every value of its
+    // `probs` (scores or zeros), and the tasks cover every sequence and head.
+    unsafe { (written(out), written(probs)) }
 }
 
 /// `dq`, `dk`, `dv` in the layouts of `q`, `k`, `v`.
@@ -147,23 +157,22 @@ pub(super) fn backward(
     } = shape;
     assert_eq!(grad.len(), q.len(), "grad");
     assert_eq!(probs.len(), shape.batch * heads * seq * seq, "probs");
-    let mut dq = vec![0.0f32; q.len()];
-    let (mut dk, mut dv) = (vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
     if probs.is_empty() || d == 0 {
-        return [dq, dk, dv];
+        return [q, k, v].map(|t| vec![0.0; t.len()]);
     }
+    let [mut dq, mut dk, mut dv] = [q, k, v].map(|t| unwritten(t.len()));
     let [q_heads, grad_heads] = [q, grad].map(|t| Heads::new(t.as_ptr(), heads, shape));
-    let dq_heads = Heads::new(dq.as_mut_ptr(), heads, shape);
+    let dq_heads = Heads::new(dq.as_mut_ptr().cast(), heads, shape);
     let [k_heads, v_heads] = [k, v].map(|t| Heads::new(t.as_ptr(), kv_heads, shape));
     let [dk_heads, dv_heads] =
-        [dk.as_mut_ptr(), dv.as_mut_ptr()].map(|t| Heads::new(t, kv_heads, shape));
+        [&mut dk, &mut dv].map(|t| Heads::new(t.as_mut_ptr().cast(), kv_heads, shape));
     (0..shape.batch * kv_heads)
         .into_par_iter()
         .for_each(|task| {
             let (b, g) = (task / kv_heads, task % kv_heads);
             let (k, v) = (k_heads.of(b, g), v_heads.of(b, g));
             let (dk, dv) = (dk_heads.of(b, g), dv_heads.of(b, g));
-            let mut ds = vec![0.0f32; seq * seq];
+            let mut ds = unwritten(seq * seq);
             for (nth, h) in (g * shape.group()..(g + 1) * shape.group()).enumerate() {
                 let accumulate = nth > 0;
                 let p_values = &probs[(b * heads + h) * seq * seq..][..seq * seq];
@@ -172,6 +181,10 @@ pub(super) fn backward(
                 // SAFETY (every product below): rows of this sequence, columns of this head
                 // or key/value head, inside their buffers (`check`); this task alone writes
                 // `dk` and `dv` of this key/value head, `dq` of its query heads, and `ds`.
+                // The first query head's products write every row of `dk` and `dv` (later
+                // ones add to them), each head's every row of its `dq`; `ds` is read only
+                // where the products and the softmax's backward wrote it (the keys up to its
+                // block's last query).
                 // dV += Pᵀ · dO: the keys from `first` on are seen by the queries from `first` on.
                 for (first, n) in blocks(seq) {
                     let lhs = p.transposed().at(first, first);
@@ -186,7 +199,7 @@ pub(super) fn backward(
                     };
                 }
                 // dP = dO · Vᵀ on the computed blocks, then the softmax's backward in place.
-                let ds_matrix = Matrix::rows(ds.as_mut_ptr(), seq);
+                let ds_matrix = Matrix::rows(ds.as_mut_ptr().cast(), seq);
                 for (first, n) in blocks(seq) {
                     let seen = first + n;
                     unsafe {
@@ -204,12 +217,14 @@ pub(super) fn backward(
                     || {
                         let rows = ds.chunks_mut(seq).zip(p_values.chunks(seq));
                         for (i, (ds, p)) in rows.enumerate() {
-                            let computed = computed(i, seq);
-                            softmax_backward_row(&mut ds[..computed], &p[..i + 1], shape.scale());
+                            // SAFETY: the products above wrote the row up to its block's last
+                            // query.
+                            let ds = unsafe { written_part(&mut ds[..computed(i, seq)]) };
+                            softmax_backward_row(ds, &p[..i + 1], shape.scale());
                         }
                     },
                 );
-                let ds_matrix = Matrix::rows(ds.as_ptr(), seq);
+                let ds_matrix = Matrix::rows(ds.as_ptr().cast(), seq);
                 // dQ = dS · K and dK += dSᵀ · Q, each over the causal part.
                 for (first, n) in blocks(seq) {
                     let seen = first + n;
@@ -235,7 +250,9 @@ pub(super) fn backward(
                 }
             }
         });
-    [dq, dk, dv]
+    // SAFETY: the tasks cover every sequence and key/value head, and each wrote every row of
+    // its heads' columns of `dq`, `dk` and `dv`.
+    [dq, dk, dv].map(|t| unsafe { written(t) })
 }
 
 /// A query's row of scores in place: the softmax of `scale · x` over its first `seen`

@@ -11,11 +11,12 @@
 //! [`ModelBackend`] makes each one operation on every backend: its default methods compose
 //! burn's tensor operations (wgpu, CUDA), flex overrides them with host kernels ([`flex`],
 //! [`flex_attention`]: gemm on strided views, one pass per row or element, a vectorized
-//! `exp`; [`matrix`]: products split across the threads into uninitialized buffers), and
-//! autodiff records a single node whose backward calls the op's own
-//! ([`autodiff`]).
+//! `exp`; [`matrix`]: products split across the threads into uninitialized buffers;
+//! [`buffer`]: every output allocated without clearing and written once), and autodiff
+//! records a single node whose backward calls the op's own ([`autodiff`]).
 
 mod autodiff;
+mod buffer;
 mod exp;
 mod flex;
 mod flex_attention;

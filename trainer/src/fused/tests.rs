@@ -329,6 +329,84 @@ fn flex_swiglu_and_its_backward_are_the_composed_ops() {
     assert_close(&values(d_up), &values(d_up_composed), 1e-5, "d up");
 }
 
+/// Frees buffers of NaN of `lens` values each, so the allocator hands that memory to the
+/// next allocations of those sizes. Twice: glibc maps a large buffer afresh (zeros) until
+/// freeing one has raised its threshold for that size.
+fn free_nans(lens: &[usize]) {
+    for _ in 0..2 {
+        let buffers: Vec<Vec<f32>> = lens.iter().map(|&len| vec![f32::NAN; len]).collect();
+        drop(std::hint::black_box(buffers));
+    }
+}
+
+fn assert_finite(values: &[f32], what: &str) {
+    let bad = values.iter().position(|v| !v.is_finite());
+    assert_eq!(bad, None, "{what}: a value not written");
+}
+
+#[test]
+fn every_output_value_is_written_over_memory_that_held_nans() {
+    // The flex kernels allocate their outputs without clearing them (`buffer`); one they
+    // left unwritten would show the NaN freed just before. The inputs are finite, so are
+    // all outputs.
+    let shape = GROUPED;
+    let inputs = projections(shape, 40);
+    let [q, k, v] = tensors::<B, 3>(&inputs);
+    let [q_len, kv_len] = [inputs[0].0.len(), inputs[1].0.len()];
+    let probs_len = shape.batch * shape.heads * shape.seq * shape.seq;
+    free_nans(&[q_len, probs_len]);
+    let (out, probs) = B::causal_attention(q.clone(), k.clone(), v.clone(), shape);
+    let grad = tensor::<B>(values_in(inputs[0].1[0], inputs[0].1[1], 41), inputs[0].1);
+    free_nans(&[q_len, kv_len, kv_len, shape.seq * shape.seq]);
+    let grads = B::causal_attention_backward(q, k, v, probs.clone(), grad, shape);
+    for (t, what) in [out, probs]
+        .into_iter()
+        .chain(grads)
+        .zip(["out", "probs", "dq", "dk", "dv"])
+    {
+        assert_finite(&values(t), what);
+    }
+
+    let dims @ [rows, width] = [100, 72];
+    let x = || tensor::<B>(values_in(rows, width, 42), dims);
+    let [x1, x2, x3] = [x(), x(), x()];
+    let weight =
+        Tensor::<B, 1>::from_floats(values_in(1, width, 43).as_slice(), &Default::default());
+    free_nans(&[rows * width]);
+    assert_finite(
+        &values(B::rms_norm(x1.clone(), weight.clone(), 1e-5)),
+        "rms norm",
+    );
+    free_nans(&[rows * width; 2]);
+    let (dx, dweight) = B::rms_norm_backward(x1.clone(), weight, x2.clone(), 1e-5);
+    assert_finite(&values(dx), "rms norm's dx");
+    assert_finite(
+        &dweight.into_data().to_vec::<f32>().unwrap(),
+        "rms norm's dweight",
+    );
+    free_nans(&[rows * width; 2]);
+    let (d_gate, d_up) = B::swiglu_backward(x1.clone(), x2.clone(), x3);
+    assert_finite(&values(d_gate), "d gate");
+    assert_finite(&values(d_up), "d up");
+    free_nans(&[rows * width]);
+    assert_finite(&values(B::swiglu(x1.clone(), x2)), "swiglu");
+    let targets = ids(&(0..rows as i64)
+        .map(|r| r % width as i64)
+        .collect::<Vec<_>>());
+    let loss = Tensor::<B, 1>::from_floats([1.0], &Default::default());
+    free_nans(&[rows * width]);
+    let d_logits = B::cross_entropy_backward(x1, targets, loss);
+    assert_finite(&values(d_logits), "d logits");
+
+    let [(cos, table), (sin, _)] = rope_tables();
+    let dims = [4 * table[0], table[1]];
+    let x = tensor(values_in(dims[0], dims[1], 44), dims);
+    let (cos, sin) = (tensor(cos, table), tensor(sin, table));
+    free_nans(&[dims[0] * dims[1]]);
+    let y = B::rope(x, cos, sin, 8);
+    assert_finite(&values(y), "rope");
+}
+
 #[test]
 fn a_nan_spreads_to_what_attends_to_it_instead_of_vanishing() {
     let shape = AttentionShape {
