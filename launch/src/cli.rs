@@ -800,9 +800,13 @@ pub struct OutArgs {
     pub backend: BackendOverride,
 }
 
-/// Overrides of the config's `[outer]` section shared by `sim` and `run`.
+/// Overrides of the DiLoCo settings shared by `sim` and `run`: the config's `[outer]`
+/// section and the inner learning rate.
 #[derive(Debug, Args)]
 pub struct OuterOverrides {
+    /// Inner AdamW peak learning rate (overrides `inner.lr`).
+    #[arg(long, value_name = "LR")]
+    pub inner_lr: Option<f64>,
     /// Number of workers (overrides `outer.workers`; for `run`, the peers to wait for).
     #[arg(long)]
     pub workers: Option<usize>,

@@ -292,6 +292,9 @@ fn load_config(path: &Path, out: &OutArgs) -> Result<RunConfig> {
 /// Loads a config and applies the `[outer]` overrides of `sim` and `run`.
 fn config_with_overrides(path: &Path, args: &OuterOverrides, out: &OutArgs) -> Result<RunConfig> {
     let mut config = load_config(path, out)?;
+    if let Some(lr) = args.inner_lr {
+        config.inner.lr = lr;
+    }
     let outer = &mut config.outer;
     if let Some(n) = args.workers {
         outer.workers = n;

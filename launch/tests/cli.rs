@@ -42,6 +42,19 @@ fn a_config_typo_exits_2_naming_file_and_field() {
 }
 
 #[test]
+fn an_override_is_validated_like_the_config_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let out = launch(&["sim", &config, "--inner-lr", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let message = text(&out);
+    assert!(
+        message.contains("command-line overrides") && message.contains("`inner.lr` is 0;"),
+        "{message}"
+    );
+}
+
+#[test]
 fn a_run_with_a_ledger_needs_a_wallet_and_valid_accounts_exit_2_before_joining() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.toml");
