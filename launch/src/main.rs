@@ -289,7 +289,8 @@ fn load_config(path: &Path, out: &OutArgs) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// Loads a config and applies the `[outer]` overrides of `sim` and `run`.
+/// Loads a config and applies the DiLoCo overrides of `sim` and `run` (`[outer]` and the
+/// inner learning rate).
 fn config_with_overrides(path: &Path, args: &OuterOverrides, out: &OutArgs) -> Result<RunConfig> {
     let mut config = load_config(path, out)?;
     if let Some(lr) = args.inner_lr {

@@ -1,6 +1,8 @@
 //! Output buffers the kernels write in full before anything reads them, allocated without
-//! clearing: zeroing every new output (`vec![0.0; n]`) took 2.5–3 % of a training step on
-//! flex, a pass over memory that the kernel's own pass then overwrites (BENCHMARKS.md).
+//! clearing: zeroing every new output (`vec![0.0; n]`) took 3.8 % of a training step on
+//! flex, a pass over memory that the kernel's own pass then overwrites (BENCHMARKS.md). The
+//! matrix products ([`super::matrix`]), the fused row and element kernels ([`super::flex`])
+//! and attention ([`super::flex_attention`]) all allocate their outputs here.
 //!
 //! The values are `MaybeUninit` until written, so no `f32` is read before it has one.
 

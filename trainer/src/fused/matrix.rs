@@ -13,6 +13,8 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use super::buffer::{unwritten, written};
+
 /// A strided `f32` matrix inside a buffer: element `(r, c)` at `ptr + r · rs + c · cs`.
 #[derive(Clone, Copy)]
 pub(super) struct Matrix {
@@ -106,8 +108,8 @@ pub(super) unsafe fn product_new([m, n, k]: [usize; 3], lhs: Matrix, rhs: Matrix
     if k == 0 {
         return vec![0.0; len];
     }
-    let mut out = Vec::<f32>::with_capacity(len);
-    let dst = Matrix::rows(out.spare_capacity_mut().as_mut_ptr().cast(), n);
+    let mut out = unwritten(len);
+    let dst = Matrix::rows(out.as_mut_ptr().cast(), n);
     let threads = if m.saturating_mul(n).saturating_mul(k) < PARALLEL_WORK {
         1
     } else {
@@ -143,8 +145,7 @@ pub(super) unsafe fn product_new([m, n, k]: [usize; 3], lhs: Matrix, rhs: Matrix
         });
     // SAFETY: the parts cover every row and column, and gemm wrote each value (`k > 0`, not
     // accumulating).
-    unsafe { out.set_len(len) };
-    out
+    unsafe { written(out) }
 }
 
 #[cfg(test)]
