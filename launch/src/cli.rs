@@ -843,6 +843,11 @@ pub struct OuterOverrides {
     /// Data-parallel warm-start steps before DiLoCo (overrides `outer.warmup_ddp_steps`).
     #[arg(long, value_name = "N")]
     pub warmup_ddp_steps: Option<usize>,
+    /// Apply each round's mean one round late, as an exchange overlapped with the next
+    /// round's steps would (sets `outer.delayed_outer_step`; `sim` only, with
+    /// `--checkpoint-every 0`).
+    #[arg(long)]
+    pub delayed_outer_step: bool,
 }
 
 /// `launch sim`.
@@ -1048,8 +1053,10 @@ pub struct PlotArgs {
     #[arg(long, value_enum, default_value = "tokens")]
     pub x: XAxis,
     /// Plot the loss/bytes frontier instead of curves: each run's final loss against the
-    /// bytes each worker sent (log scale), from its summary.json; data-parallel runs and
-    /// runs that sent nothing become labelled reference lines.
+    /// bytes each worker sent (log scale), from its summary.json (a run's directory, or the
+    /// summary file itself, labelled by its `label` field or its name: `docs/frontier/*.json`
+    /// keeps the frontier's points); data-parallel runs and runs that sent nothing become
+    /// labelled reference lines.
     #[arg(long, conflicts_with = "x")]
     pub frontier: bool,
 }

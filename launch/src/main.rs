@@ -229,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             let runs = args
                 .runs
                 .iter()
-                .map(|dir| report::read_frontier_point(dir))
+                .map(|run| report::read_frontier_point(run))
                 .collect::<Result<Vec<_>>>()?;
             report::plot_frontier(&args.out, &args.title, &runs)?;
             println!("wrote {}", args.out.display());
@@ -343,6 +343,9 @@ fn config_with_overrides(path: &Path, args: &OuterOverrides, out: &OutArgs) -> R
     if let Some(w) = args.warmup_ddp_steps {
         outer.warmup_ddp_steps = w;
     }
+    if args.delayed_outer_step {
+        outer.delayed_outer_step = true;
+    }
     config
         .validate()
         .map_err(|message| sinter_trainer::config::ConfigError {
@@ -386,7 +389,7 @@ fn train_and_report(
         Mode::Ddp if config.outer.workers == 1 => "one worker".to_owned(),
         Mode::Ddp => format!("data-parallel, {} workers", config.outer.workers),
         Mode::Diloco => format!(
-            "DiLoCo, {} workers, H={}, {}",
+            "DiLoCo, {} workers, H={}, {}{}",
             config.outer.workers,
             config.outer.inner_steps,
             match config.outer.quant {
@@ -396,6 +399,11 @@ fn train_and_report(
                     let s = config.outer.sparse;
                     format!("top-{}/{} {}-bit", s.k, s.chunk, s.bits)
                 }
+            },
+            if config.outer.delayed_outer_step {
+                ", outer step a round late"
+            } else {
+                ""
             }
         ),
     };

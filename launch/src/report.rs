@@ -154,9 +154,15 @@ pub struct FrontierPoint {
     pub reference: bool,
 }
 
-/// Reads the frontier point of the run in `dir`.
-pub fn read_frontier_point(dir: &Path) -> Result<FrontierPoint> {
-    let path = dir.join("summary.json");
+/// Reads the frontier point of a run: its directory (holding `summary.json`, labelled with the
+/// directory's name) or a summary file itself (labelled with its name less `.json`). A
+/// summary's own `label` field, where it has one, wins: a kept summary names its setting.
+pub fn read_frontier_point(run: &Path) -> Result<FrontierPoint> {
+    let path = if run.is_dir() {
+        run.join("summary.json")
+    } else {
+        run.to_path_buf()
+    };
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let summary: serde_json::Value =
@@ -167,12 +173,20 @@ pub fn read_frontier_point(dir: &Path) -> Result<FrontierPoint> {
             .with_context(|| format!("{}: no number `{field}`", path.display()))
     };
     let bytes = number("bytes_sent_per_worker")?;
-    Ok(FrontierPoint {
-        label: dir
-            .file_name()
-            .unwrap_or(dir.as_os_str())
+    let named = if run.is_dir() {
+        run.file_name()
+    } else {
+        run.file_stem()
+    };
+    let label = match summary["label"].as_str() {
+        Some(label) => label.to_owned(),
+        None => named
+            .unwrap_or(run.as_os_str())
             .to_string_lossy()
             .into_owned(),
+    };
+    Ok(FrontierPoint {
+        label,
         bytes,
         loss: number("final_val_loss")?,
         reference: summary["mode"] == "ddp" || bytes == 0.0,
@@ -192,7 +206,9 @@ pub fn plot_frontier(path: &Path, title: &str, runs: &[FrontierPoint]) -> Result
         (1e6, 1e9)
     };
     let (lo, hi) = padded_range(runs.iter().map(|r| r.loss), 0.99, 1.01);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    // Taller with more points, so that their labels find room near them.
+    let height = (360 + 16 * runs.len() as u32).clamp(560, 1400);
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = titled(&root, title).build_cartesian_2d((min_x..max_x).log_scale(), lo..hi)?;
     chart
@@ -228,9 +244,22 @@ pub fn plot_frontier(path: &Path, title: &str, runs: &[FrontierPoint]) -> Result
         .map(|(_, text)| text.chars().count() as i32 * 13 / 2)
         .collect();
     let offsets = label_offsets(&pixels, &widths, LABEL_HEIGHT);
+    // A label moved off its usual place gets a thin line back to its point.
+    let leader = |(dx, dy): (i32, i32)| {
+        let moved = dy != -LABEL_HEIGHT - 1;
+        PathElement::new(
+            if moved {
+                vec![(0, 0), (dx, dy + LABEL_HEIGHT / 2)]
+            } else {
+                vec![]
+            },
+            BLUE.mix(0.4).stroke_width(1),
+        )
+    };
     chart.draw_series(points.iter().zip(offsets).map(|((r, text), offset)| {
         EmptyElement::at((r.bytes, r.loss))
             + Circle::new((0, 0), 4, BLUE.filled())
+            + leader(offset)
             + Text::new(text.clone(), offset, ("sans-serif", 12))
     }))?;
     legend_and_save(&mut chart, &root, path)
@@ -240,7 +269,7 @@ pub fn plot_frontier(path: &Path, title: &str, runs: &[FrontierPoint]) -> Result
 const LABEL_HEIGHT: i32 = 13;
 
 /// Where each point's label goes, as an offset from its point (pixels, y down): beside it,
-/// moved up or down past the labels placed before it so that no two overlap, where a dozen
+/// moved up or down past the labels placed before it so that no two overlap, where two dozen
 /// tries find room (the last try otherwise).
 fn label_offsets(points: &[(i32, i32)], widths: &[i32], height: i32) -> Vec<(i32, i32)> {
     let mut placed: Vec<[i32; 4]> = Vec::new();
@@ -251,7 +280,7 @@ fn label_offsets(points: &[(i32, i32)], widths: &[i32], height: i32) -> Vec<(i32
         .zip(widths)
         .map(|(&(x, y), &w)| {
             let boxed = |dy: i32| [x + 6, y + dy, x + 6 + w, y + dy + height];
-            let tries = (0..12).map(|i: i32| {
+            let tries = (0..24).map(|i: i32| {
                 let step = (i + 1) / 2 * (height + 1);
                 if i % 2 == 0 {
                     -height - 1 - step
@@ -306,6 +335,50 @@ pub fn print_neurons(neurons: &[sinter_mechanism::ledger::interface::NeuronInfo]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frontier_point_comes_from_a_run_directory_or_a_kept_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("h2-top64");
+        std::fs::create_dir(&run).unwrap();
+        let summary =
+            r#"{"final_val_loss": 1.61, "bytes_sent_per_worker": 19930000, "mode": "diloco"}"#;
+        std::fs::write(run.join("summary.json"), summary).unwrap();
+        let point = read_frontier_point(&run).unwrap();
+        assert_eq!(
+            (point.label.as_str(), point.loss, point.bytes),
+            ("h2-top64", 1.61, 19.93e6)
+        );
+        assert!(!point.reference);
+
+        let kept = dir.path().join("ddp.json");
+        std::fs::write(
+            &kept,
+            r#"{"final_val_loss": 1.556, "bytes_sent_per_worker": 3086000000, "mode": "ddp"}"#,
+        )
+        .unwrap();
+        let point = read_frontier_point(&kept).unwrap();
+        assert_eq!(point.label, "ddp");
+        assert!(point.reference, "data-parallel is a reference line");
+
+        let labelled = dir.path().join("x.json");
+        std::fs::write(
+            &labelled,
+            r#"{"label": "one worker", "final_val_loss": 1.745, "bytes_sent_per_worker": 0}"#,
+        )
+        .unwrap();
+        let point = read_frontier_point(&labelled).unwrap();
+        assert_eq!(point.label, "one worker");
+        assert!(
+            point.reference,
+            "a run that sent nothing is a reference line"
+        );
+
+        let broken = dir.path().join("broken.json");
+        std::fs::write(&broken, r#"{"final_val_loss": 1.7}"#).unwrap();
+        let error = format!("{:#}", read_frontier_point(&broken).unwrap_err());
+        assert!(error.contains("bytes_sent_per_worker"), "{error}");
+    }
 
     #[test]
     fn labels_of_nearby_points_do_not_overlap() {

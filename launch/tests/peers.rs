@@ -77,25 +77,20 @@ fn three_peers_end_bit_identical_and_match_the_simulation() {
     }
 }
 
-/// The sparse codec over real peers: each shard's owner relays the members' top-k sets, and
-/// every peer ends with the simulation's parameters, bit for bit.
+/// `configs/frontier.toml` (its model, sparse codec, outer step and inner schedule; 8 steps,
+/// 3 peers) over real peers: each shard's owner relays the members' top-k sets, and every
+/// peer ends with the simulation's parameters, bit for bit.
 #[test]
-fn sparse_peers_end_bit_identical_to_the_simulation() {
+fn the_frontier_setting_over_real_peers_ends_bit_identical_to_the_simulation() {
     let _serial = common::peers::serial();
     let dir = RunDir::new();
-    let config = dir.path().join("sparse.toml");
-    let sparse = common::small_config(8, 3, 2).replace(
-        "inner_steps = 2\n",
-        "inner_steps = 2\nquant = \"sparse\"\nlr = 2.0\nmomentum = 0.0\n",
-    ) + "\n[outer.sparse]\nchunk = 256\nk = 8\n";
-    std::fs::write(&config, sparse).unwrap();
-    let first = Peer::start(dir.path(), "p1", &config, &[]);
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/frontier.toml");
+    let shorter = ["--steps", "8", "--workers", "3"];
+    let first = Peer::start(dir.path(), "p1", &config, &shorter);
     let addr = first.address();
     let others = ["p2", "p3"].map(|name| {
-        (
-            Peer::start(dir.path(), name, &config, &["--bootstrap", &addr]),
-            name,
-        )
+        let args = [&shorter[..], &["--bootstrap", &addr]].concat();
+        (Peer::start(dir.path(), name, &config, &args), name)
     });
     let mut summaries = Vec::new();
     for (peer, name) in std::iter::once((first, "p1")).chain(others) {
@@ -107,12 +102,18 @@ fn sparse_peers_end_bit_identical_to_the_simulation() {
         summaries.push(summary);
     }
     let sim = dir.path().join("sim");
-    let out = common::launch(&[
-        "sim",
-        config.to_str().unwrap(),
-        "--out",
-        sim.to_str().unwrap(),
-    ]);
+    let out = common::launch(
+        &[
+            &[
+                "sim",
+                config.to_str().unwrap(),
+                "--out",
+                sim.to_str().unwrap(),
+            ][..],
+            &shorter,
+        ]
+        .concat(),
+    );
     assert!(
         out.status.success(),
         "{}",

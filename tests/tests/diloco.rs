@@ -160,3 +160,51 @@ fn a_lying_or_corrupt_pseudo_gradient_is_rejected_before_it_touches_the_mean() {
         pseudo_gradient::build(&RayonKernels, &layout, &global, &local, None, quant).unwrap_err();
     assert!(err.to_string().contains("non-finite"), "{err}");
 }
+
+#[test]
+fn a_delayed_outer_step_lands_each_mean_a_round_late_and_loses_no_progress() {
+    let mut config = small();
+    config.outer.workers = 1;
+    config.outer.inner_steps = 3;
+    config.inner.steps = 12;
+    config.eval.every_steps = 3;
+    config.outer.quant = Quant::None;
+    config.outer.lr = 1.0;
+    config.outer.momentum = 0.0;
+    config.checkpoint.every_rounds = 0;
+    let (now, now_evals) = run(&config, &RayonKernels);
+    config.outer.delayed_outer_step = true;
+    config.validate().unwrap();
+    let (late, late_evals) = run(&config, &RayonKernels);
+    // One worker averaging with itself at lr 1: its parameters are the global ones either
+    // way, so the delay changes the intermediate global parameters, not where the run ends.
+    assert_eq!(
+        late_evals[1].val_loss, late_evals[0].val_loss,
+        "after the first round its mean has not landed yet"
+    );
+    assert_ne!(now_evals[1].val_loss, now_evals[0].val_loss);
+    assert!(
+        (late.final_val_loss - now.final_val_loss).abs() < 1e-4,
+        "delayed {} against at once {}",
+        late.final_val_loss,
+        now.final_val_loss
+    );
+    assert_eq!(late.rounds, now.rounds);
+    assert_eq!(late.bytes_sent_per_worker, now.bytes_sent_per_worker);
+
+    config.checkpoint.every_rounds = 2;
+    let refused = config.validate().unwrap_err();
+    assert!(refused.contains("checkpoint.every_rounds"), "{refused}");
+
+    let mut sparse = small();
+    sparse.outer.quant = Quant::Sparse;
+    sparse.outer.sparse.chunk = 1024;
+    sparse.outer.sparse.k = 32;
+    sparse.outer.delayed_outer_step = true;
+    sparse.checkpoint.every_rounds = 0;
+    let (summary, _) = run(&sparse, &RayonKernels);
+    assert!(
+        summary.final_val_loss < summary.initial_val_loss - 0.3,
+        "{summary:?}"
+    );
+}

@@ -496,6 +496,12 @@ pub struct OuterConfig {
     /// The sparse codec's settings (`quant = "sparse"`).
     #[serde(skip_serializing_if = "SparseSettings::is_default")]
     pub sparse: SparseSettings,
+    /// Apply each round's mean one round late, so that a round's exchange could overlap the
+    /// next round's local steps: a worker goes on from its own parameters and, once the
+    /// late mean is applied, keeps its latest round's progress on top of the new global
+    /// parameters. `sim` only for now (it measures what the delay costs in loss).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub delayed_outer_step: bool,
 }
 
 /// Outer learning-rate schedule.
@@ -524,6 +530,7 @@ impl Default for OuterConfig {
             warmup_ddp_steps: 0,
             lr_schedule: OuterSchedule::Constant,
             sparse: SparseSettings::default(),
+            delayed_outer_step: false,
         }
     }
 }
@@ -707,6 +714,11 @@ impl RunConfig {
             ));
         }
         self.incentives.validate()?;
+        if self.outer.delayed_outer_step && self.checkpoint.every_rounds > 0 {
+            return Err(
+                "`outer.delayed_outer_step` runs write no checkpoints yet (a late mean is not part of one): set `checkpoint.every_rounds = 0`".into(),
+            );
+        }
         if self.outer.warmup_ddp_steps >= self.inner.steps {
             return Err(format!(
                 "`outer.warmup_ddp_steps` ({}) must be below `inner.steps` ({})",

@@ -130,6 +130,9 @@ struct Worker<B: TrainBackend> {
     model: Llama<B>,
     optimizer: InnerOptimizer<B>,
     residual: Option<Vec<f32>>,
+    /// Where this round's local steps started, when not at the global parameters (the
+    /// delayed outer step).
+    anchor: Option<Vec<f32>>,
 }
 
 struct Run<'a, B: TrainBackend> {
@@ -254,7 +257,7 @@ impl<B: TrainBackend> Run<'_, B> {
             let built = pseudo_gradient::build_for(
                 self.kernels,
                 &self.layout,
-                global,
+                worker.anchor.as_deref().unwrap_or(global),
                 &local,
                 worker.residual.as_deref_mut(),
                 outer,
@@ -388,6 +391,18 @@ impl<B: TrainBackend> Run<'_, B> {
     }
 }
 
+/// The delayed outer step's start of a worker's next round: the new `global` parameters plus
+/// the progress of its last round (`local − anchor`), which the group's mean of that round
+/// replaces a round later.
+fn rebase<B: TrainBackend>(worker: &mut Worker<B>, global: &[f32], device: &B::Device) {
+    let (_, local) = flatten(&worker.model);
+    let anchor = worker.anchor.get_or_insert_with(|| global.to_vec());
+    for ((a, l), g) in anchor.iter_mut().zip(&local).zip(global) {
+        *a = g + (l - *a);
+    }
+    worker.model = load(worker.model.clone(), anchor, device);
+}
+
 /// A snapshot can continue this run: same run id, a DiLoCo run, one state per worker.
 fn check_resumable(config: &RunConfig, snapshot: &Snapshot) -> Result<(), TrainerError> {
     let refuse = |why: String| Err(TrainerError::Resume(why));
@@ -499,6 +514,9 @@ pub fn simulate<B: TrainBackend>(
             let warmup = config.outer.warmup_ddp_steps;
             let mut optimizer = inner_optimizer::<B>(&config.inner);
             let error_feedback = pseudo_gradient::keeps_residual(&config.outer);
+            let delayed = config.outer.delayed_outer_step;
+            // The delayed outer step's mean of an earlier round, and that round.
+            let mut late: Option<(Vec<f32>, usize)> = None;
             let total_rounds = (steps - warmup).div_ceil(h);
             let (mut global, mut momentum, mut workers, mut step);
             match resume {
@@ -513,6 +531,7 @@ pub fn simulate<B: TrainBackend>(
                             residual: state.residual.clone().or_else(|| {
                                 error_feedback.then(|| vec![0.0; snapshot.global.len()])
                             }),
+                            anchor: None,
                         })
                         .collect::<Vec<_>>();
                     rounds = snapshot.meta.round as usize;
@@ -532,6 +551,7 @@ pub fn simulate<B: TrainBackend>(
                             model: start.clone(),
                             optimizer: optimizer.clone(),
                             residual: error_feedback.then(|| vec![0.0; global.len()]),
+                            anchor: delayed.then(|| global.clone()),
                         })
                         .collect();
                     momentum = vec![0.0f32; global.len()];
@@ -541,26 +561,46 @@ pub fn simulate<B: TrainBackend>(
             while step < steps {
                 let end = (step + h).min(steps);
                 run.local_steps(&mut workers, step, end);
-                match run.reduce(&global, &mut workers, rounds)? {
-                    Some(delta) => outer_step(
+                let reduced = run.reduce(&global, &mut workers, rounds)?;
+                if reduced.is_none() {
+                    tracing::error!(
+                        round = rounds,
+                        "no worker contributed; global parameters unchanged"
+                    );
+                }
+                let mut apply = |mean: Option<(Vec<f32>, usize)>| match mean {
+                    Some((delta, round)) => outer_step(
                         config,
                         &mut global,
                         &mut momentum,
                         &delta,
-                        rounds,
+                        round,
                         total_rounds,
-                    )?,
-                    None => tracing::error!(
-                        round = rounds,
-                        "no worker contributed; global parameters unchanged"
                     ),
-                }
-                for worker in &mut workers {
-                    worker.model = load(worker.model.clone(), &global, device);
+                    None => Ok(()),
+                };
+                let this_round = reduced.map(|delta| (delta, rounds));
+                if delayed {
+                    // The mean of the round before lands now; this round's (the exchange
+                    // the next round's steps would hide) lands after the next round, or now
+                    // if there is none.
+                    apply(std::mem::replace(&mut late, this_round))?;
+                    if end == steps {
+                        apply(late.take())?;
+                    }
+                    for worker in &mut workers {
+                        rebase(worker, &global, device);
+                    }
+                } else {
+                    apply(this_round)?;
+                    for worker in &mut workers {
+                        worker.model = load(worker.model.clone(), &global, device);
+                    }
                 }
                 rounds += 1;
                 if run.should_eval(step, end) {
-                    run.evaluate(&eval_model(&workers[0].model), rounds, end);
+                    let model = load(workers[0].model.clone(), &global, device);
+                    run.evaluate(&eval_model(&model), rounds, end);
                 }
                 if checkpoint::due(config, rounds, end) {
                     run.checkpoint(&workers, &global, &momentum, rounds, end)?;
@@ -568,7 +608,7 @@ pub fn simulate<B: TrainBackend>(
                 step = end;
             }
             run.finish_checkpoints()?;
-            eval_model(&workers[0].model)
+            eval_model(&load(workers[0].model.clone(), &global, device))
         }
     };
 

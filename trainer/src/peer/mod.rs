@@ -301,9 +301,12 @@ pub fn run_peer<B: TrainBackend>(
     stop: &AtomicBool,
     observer: &mut dyn Observer,
 ) -> Result<PeerOutcome<B::InnerBackend>, TrainerError> {
-    if config.outer.mode != Mode::Diloco || config.outer.warmup_ddp_steps > 0 {
+    if config.outer.mode != Mode::Diloco
+        || config.outer.warmup_ddp_steps > 0
+        || config.outer.delayed_outer_step
+    {
         return Err(TrainerError::Network(
-            "`launch run` trains DiLoCo without a data-parallel warm start: set outer.mode = \"diloco\" and outer.warmup_ddp_steps = 0".into(),
+            "`launch run` trains DiLoCo without a data-parallel warm start or a delayed outer step: set outer.mode = \"diloco\", outer.warmup_ddp_steps = 0 and outer.delayed_outer_step = false".into(),
         ));
     }
     let started = Instant::now();
