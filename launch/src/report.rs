@@ -269,36 +269,38 @@ pub fn plot_frontier(path: &Path, title: &str, runs: &[FrontierPoint]) -> Result
 const LABEL_HEIGHT: i32 = 13;
 
 /// Where each point's label goes, as an offset from its point (pixels, y down): beside it,
-/// moved up or down past the labels placed before it so that no two overlap, where two dozen
-/// tries find room (the last try otherwise).
+/// moved up or down past the labels placed before it so that no two overlap, where five
+/// dozen tries find room (the last try otherwise). Labels are placed from the top point down,
+/// so that a crowd of points stacks its labels in the points' order.
 fn label_offsets(points: &[(i32, i32)], widths: &[i32], height: i32) -> Vec<(i32, i32)> {
     let mut placed: Vec<[i32; 4]> = Vec::new();
     let overlaps =
         |a: &[i32; 4], b: &[i32; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
-    points
-        .iter()
-        .zip(widths)
-        .map(|(&(x, y), &w)| {
-            let boxed = |dy: i32| [x + 6, y + dy, x + 6 + w, y + dy + height];
-            let tries = (0..24).map(|i: i32| {
-                let step = (i + 1) / 2 * (height + 1);
-                if i % 2 == 0 {
-                    -height - 1 - step
-                } else {
-                    4 + step - height - 1
-                }
-            });
-            let mut chosen = -height - 1;
-            for dy in tries {
-                chosen = dy;
-                if !placed.iter().any(|p| overlaps(p, &boxed(dy))) {
-                    break;
-                }
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by_key(|&i| (points[i].1, points[i].0));
+    let mut offsets = vec![(6, -height - 1); points.len()];
+    for i in order {
+        let ((x, y), w) = (points[i], widths[i]);
+        let boxed = |dy: i32| [x + 6, y + dy, x + 6 + w, y + dy + height];
+        let tries = (0..60).map(|i: i32| {
+            let step = (i + 1) / 2 * (height + 1);
+            if i % 2 == 0 {
+                -height - 1 - step
+            } else {
+                4 + step - height - 1
             }
-            placed.push(boxed(chosen));
-            (6, chosen)
-        })
-        .collect()
+        });
+        let mut chosen = -height - 1;
+        for dy in tries {
+            chosen = dy;
+            if !placed.iter().any(|p| overlaps(p, &boxed(dy))) {
+                break;
+            }
+        }
+        placed.push(boxed(chosen));
+        offsets[i] = (6, chosen);
+    }
+    offsets
 }
 
 /// `1.5 MB`, `3.1 GB`: a byte count for an axis label.
