@@ -393,12 +393,17 @@ impl<B: TrainBackend> Run<'_, B> {
 
 /// The delayed outer step's start of a worker's next round: the new `global` parameters plus
 /// the progress of its last round (`local − anchor`), which the group's mean of that round
-/// replaces a round later.
+/// replaces a round later. A worker whose parameters stopped being finite (its contribution
+/// was refused) starts over from `global`, as in the synchronous step.
 fn rebase<B: TrainBackend>(worker: &mut Worker<B>, global: &[f32], device: &B::Device) {
     let (_, local) = flatten(&worker.model);
     let anchor = worker.anchor.get_or_insert_with(|| global.to_vec());
-    for ((a, l), g) in anchor.iter_mut().zip(&local).zip(global) {
-        *a = g + (l - *a);
+    if local.iter().all(|v| v.is_finite()) {
+        for ((a, l), g) in anchor.iter_mut().zip(&local).zip(global) {
+            *a = g + (l - *a);
+        }
+    } else {
+        anchor.copy_from_slice(global);
     }
     worker.model = load(worker.model.clone(), anchor, device);
 }
